@@ -1,0 +1,162 @@
+//! The Dapr HTTP API v1.0: which path and verb is which operation, and the one map from
+//! [`ErrorKind`] to HTTP status.
+//!
+//! The HTTP transport asks [`route`] what a request means and [`status`] how to answer an error;
+//! the paths, verbs and status codes are Dapr's, so Dapr SDKs and docs apply unchanged.
+
+use http::{Method, StatusCode};
+
+use crate::call::{Op, Params};
+use crate::error::{Error, ErrorKind, codes};
+
+/// What a request path means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /v1.0/healthz`: the sidecar is up (exempt from the API token).
+    Healthz,
+    /// `GET /v1.0/healthz/outbound`: components are ready (exempt from the API token).
+    HealthzOutbound,
+    /// An operation on the request path.
+    Call(Op),
+}
+
+/// The HTTP status for an error kind: the only place this mapping lives.
+pub fn status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Upstream | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Dapr's error body: `{"errorCode": "...", "message": "..."}`.
+pub fn error_body(e: &Error) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"errorCode": e.code, "message": e.message})).unwrap_or_default()
+}
+
+/// Decodes `%XX` escapes in one path segment or query component (`+` stays `+` in paths).
+pub fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, Error> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| Error::malformed(format!("bad percent-encoding in {s:?}")))?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| Error::malformed(format!("{s:?} is not UTF-8 after decoding")))
+}
+
+/// Reads Dapr's query options: `metadata.<name>=<value>` into metadata, the rest into options.
+pub fn parse_query(query: Option<&str>, params: &mut Params) -> Result<(), Error> {
+    let Some(q) = query else { return Ok(()) };
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k, true)?;
+        let v = percent_decode(v, true)?;
+        match k.strip_prefix("metadata.") {
+            Some(name) => params.metadata.insert(name.to_owned(), v),
+            None => params.options.insert(k, v),
+        };
+    }
+    Ok(())
+}
+
+fn not_found(method: &Method, path: &str) -> Error {
+    Error::new(ErrorKind::NotFound, codes::NOT_FOUND, format!("no API route for {method} {path}"))
+}
+
+fn method_not_allowed(method: &Method, path: &str) -> Error {
+    Error::new(
+        ErrorKind::BadRequest,
+        codes::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {path}"),
+    )
+}
+
+/// Maps a method and path to what it means.
+pub fn route(method: &Method, path: &str) -> Result<Route, Error> {
+    let rest = path.strip_prefix("/v1.0/").ok_or_else(|| not_found(method, path))?;
+    let mut segs: Vec<String> = rest
+        .split('/')
+        .map(|s| percent_decode(s, false))
+        .collect::<Result<_, _>>()?;
+    if segs.last().is_some_and(String::is_empty) {
+        segs.pop();
+    }
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let write = *method == Method::POST || *method == Method::PUT;
+    let op = match (s.as_slice(), method) {
+        (["healthz"], &Method::GET) => return Ok(Route::Healthz),
+        (["healthz", "outbound"], &Method::GET) => return Ok(Route::HealthzOutbound),
+        (["state", store], _) if write => Op::StateSave { store: store.to_string() },
+        (["state", store, "bulk"], _) if write => Op::StateBulkGet { store: store.to_string() },
+        (["state", store, "transaction"], _) if write => {
+            Op::StateTransaction { store: store.to_string() }
+        }
+        (["state", store, key], &Method::GET) => Op::StateGet { store: store.to_string(), key: key.to_string() },
+        (["state", store, key], &Method::DELETE) => {
+            Op::StateDelete { store: store.to_string(), key: key.to_string() }
+        }
+        (["metadata"], &Method::GET) => Op::MetadataGet,
+        (["metadata", attr], &Method::PUT) => Op::MetadataSet { attribute: attr.to_string() },
+        (["healthz"] | ["healthz", "outbound"] | ["state", _] | ["state", _, _] | ["metadata"] | ["metadata", _], _) => {
+            return Err(method_not_allowed(method, path));
+        }
+        _ => return Err(not_found(method, path)),
+    };
+    Ok(Route::Call(op))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dapr_state_routes() {
+        let r = |m: Method, p: &str| route(&m, p);
+        assert_eq!(
+            r(Method::GET, "/v1.0/state/s/my%20key"),
+            Ok(Route::Call(Op::StateGet { store: "s".into(), key: "my key".into() }))
+        );
+        assert_eq!(r(Method::POST, "/v1.0/state/s"), Ok(Route::Call(Op::StateSave { store: "s".into() })));
+        assert_eq!(r(Method::PUT, "/v1.0/state/s/bulk"), Ok(Route::Call(Op::StateBulkGet { store: "s".into() })));
+        assert_eq!(
+            r(Method::GET, "/v1.0/state/s/bulk"),
+            Ok(Route::Call(Op::StateGet { store: "s".into(), key: "bulk".into() }))
+        );
+        assert_eq!(r(Method::GET, "/v1.0/healthz/outbound"), Ok(Route::HealthzOutbound));
+        assert_eq!(r(Method::PATCH, "/v1.0/state/s").unwrap_err().code, codes::METHOD_NOT_ALLOWED);
+        assert_eq!(r(Method::GET, "/v2/x").unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(r(Method::GET, "/v1.0/state/s/%zz").unwrap_err().kind, ErrorKind::BadRequest);
+    }
+
+    #[test]
+    fn query_metadata_and_options() {
+        let mut p = Params::default();
+        parse_query(Some("metadata.ttlInSeconds=30&concurrency=first-write&metadata.a%20b=c+d"), &mut p).unwrap();
+        assert_eq!(p.metadata["ttlInSeconds"], "30");
+        assert_eq!(p.metadata["a b"], "c d");
+        assert_eq!(p.options["concurrency"], "first-write");
+    }
+}

@@ -1,0 +1,117 @@
+//! The metadata building block: what `GET /v1.0/metadata` says about this sidecar, and the
+//! extended attributes apps set with `PUT /v1.0/metadata/<name>`.
+//!
+//! Dapr SDKs poll this endpoint before their first call, so the reply keeps Dapr's shape
+//! (`id`, `runtimeVersion`, `components`, `extended`, ...) even for the parts edgecar does not use.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde_json::json;
+
+use crate::call::Reply;
+use crate::components::ComponentInfo;
+use crate::error::{Error, ErrorKind, codes};
+
+/// Longest extended attribute value accepted.
+const MAX_ATTRIBUTE_BYTES: usize = 4096;
+/// Most extended attributes kept.
+const MAX_ATTRIBUTES: usize = 256;
+
+/// The metadata building block.
+pub struct MetadataBlock {
+    /// This sidecar's app id.
+    app_id: String,
+    /// The site, shown as an extended attribute.
+    site: String,
+    /// The local app's port, 0 for none.
+    app_port: u16,
+    /// The local app's address.
+    app_address: String,
+    /// Loaded components.
+    components: Vec<ComponentInfo>,
+    /// Attributes set by apps; edgecar's own (`edgecarVersion`, `site`) are added on read.
+    extended: Mutex<BTreeMap<String, String>>,
+}
+
+impl MetadataBlock {
+    /// Describes a sidecar.
+    pub fn new(app_id: String, site: String, app_port: u16, app_address: String, components: Vec<ComponentInfo>) -> Self {
+        MetadataBlock {
+            app_id,
+            site,
+            app_port,
+            app_address,
+            components,
+            extended: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// `GET /v1.0/metadata`.
+    pub fn get(&self) -> Result<Reply, Error> {
+        let mut extended = self
+            .extended
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Internal, codes::METADATA_SET, "metadata lock poisoned"))?
+            .clone();
+        extended.insert("edgecarVersion".into(), env!("CARGO_PKG_VERSION").into());
+        extended.insert("site".into(), self.site.clone());
+        extended.insert("daprRuntimeVersion".into(), format!("edgecar-{}", env!("CARGO_PKG_VERSION")));
+        let components: Vec<_> = self
+            .components
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "type": c.type_name,
+                    "version": c.version,
+                    "capabilities": c.capabilities,
+                })
+            })
+            .collect();
+        let mut body = json!({
+            "id": self.app_id,
+            "runtimeVersion": format!("edgecar-{}", env!("CARGO_PKG_VERSION")),
+            "enabledFeatures": [],
+            "actors": [],
+            "components": components,
+            "extended": extended,
+            "subscriptions": [],
+            "httpEndpoints": [],
+            "actorRuntime": {"runtimeStatus": "DISABLED", "activeActors": [], "hostReady": false, "placement": ""},
+        });
+        if self.app_port != 0 {
+            body["appConnectionProperties"] = json!({
+                "port": self.app_port,
+                "protocol": "http",
+                "channelAddress": self.app_address,
+                "maxConcurrency": -1,
+            });
+        }
+        Ok(Reply::json(serde_json::to_vec(&body).unwrap_or_default()))
+    }
+
+    /// `PUT /v1.0/metadata/<name>`: the body is the value.
+    pub fn set(&self, name: &str, body: &[u8]) -> Result<Reply, Error> {
+        if name.is_empty() {
+            return Err(Error::malformed("metadata attribute name must not be empty"));
+        }
+        if body.len() > MAX_ATTRIBUTE_BYTES {
+            return Err(Error::malformed(format!(
+                "metadata attribute value is {} bytes; the limit is {MAX_ATTRIBUTE_BYTES}",
+                body.len()
+            )));
+        }
+        let value = std::str::from_utf8(body)
+            .map_err(|_| Error::malformed("metadata attribute value must be UTF-8 text"))?;
+        let mut map = self
+            .extended
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Internal, codes::METADATA_SET, "metadata lock poisoned"))?;
+        if !map.contains_key(name) && map.len() >= MAX_ATTRIBUTES {
+            return Err(Error::malformed(format!("at most {MAX_ATTRIBUTES} metadata attributes can be set")));
+        }
+        map.insert(name.to_owned(), value.to_owned());
+        Ok(Reply::no_content())
+    }
+}

@@ -1,0 +1,383 @@
+//! The state building block: Dapr's state API semantics over any state component.
+//!
+//! It owns key namespacing (`<owner>||<key>` and Dapr's `keyPrefix` strategies), request parsing
+//! (save items, bulk get, transactions), limits (key length, item counts), and the mapping of store
+//! failures to Dapr's error codes. Every request is fully parsed and validated before the first
+//! write, so a malformed request changes nothing.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::call::{Caller, Params, Reply};
+use crate::components::StateComponent;
+use crate::components::state::{
+    Concurrency, DeleteRequest, SetRequest, StoreError, Ttl, TxOp,
+};
+use crate::config::Limits;
+use crate::error::{Error, ErrorKind, codes};
+
+/// The separator between owner prefix and key, as in Dapr.
+pub const SEPARATOR: &str = "||";
+
+/// Dapr's `keyPrefix` component option: what goes in front of every key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPrefix {
+    /// `appid` (default): the caller's app id (or device id), so apps never collide.
+    Owner,
+    /// `none`: keys are stored as given, shared by every app.
+    None,
+    /// `name`: the component's name.
+    StoreName(String),
+    /// Any other value: that literal prefix.
+    Custom(String),
+}
+
+impl KeyPrefix {
+    /// Parses the `keyPrefix` metadata of the component named `store`.
+    pub fn parse(value: Option<&str>, store: &str) -> Result<Self, String> {
+        match value.map(str::trim) {
+            None | Some("") | Some("appid") | Some("namespace") => Ok(KeyPrefix::Owner),
+            Some("none") => Ok(KeyPrefix::None),
+            Some("name") => Ok(KeyPrefix::StoreName(store.to_owned())),
+            Some(p) if p.contains(SEPARATOR) => Err(format!("keyPrefix {p:?} must not contain '||'")),
+            Some(p) => Ok(KeyPrefix::Custom(p.to_owned())),
+        }
+    }
+
+    /// The stored key for `key` asked by `owner`.
+    pub fn apply(&self, owner: &str, key: &str) -> String {
+        match self {
+            KeyPrefix::Owner => format!("{owner}{SEPARATOR}{key}"),
+            KeyPrefix::None => key.to_owned(),
+            KeyPrefix::StoreName(p) | KeyPrefix::Custom(p) => format!("{p}{SEPARATOR}{key}"),
+        }
+    }
+}
+
+/// A string Dapr models as a string but clients sometimes send as a number or boolean.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stringish {
+    Str(String),
+    Num(serde_json::Number),
+    Bool(bool),
+}
+
+impl Stringish {
+    fn into_string(self) -> String {
+        match self {
+            Stringish::Str(s) => s,
+            Stringish::Num(n) => n.to_string(),
+            Stringish::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ItemOptions {
+    #[serde(default)]
+    concurrency: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)] // accepted as Dapr documents it; every store here is strongly consistent
+    consistency: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SaveItem {
+    key: String,
+    #[serde(default)]
+    value: Option<Box<RawValue>>,
+    #[serde(default)]
+    etag: Option<Stringish>,
+    #[serde(default)]
+    metadata: HashMap<String, Stringish>,
+    #[serde(default)]
+    options: Option<ItemOptions>,
+}
+
+#[derive(Deserialize)]
+struct BulkGetRequest {
+    keys: Vec<String>,
+    #[serde(default)]
+    #[allow(dead_code)] // stores answer from memory or one connection; parallelism adds nothing
+    parallelism: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct TransactionRequest {
+    operations: Vec<TransactionOperation>,
+    #[serde(default)]
+    #[allow(dead_code)] // transaction-level metadata has no meaning for the built-in stores
+    metadata: HashMap<String, Stringish>,
+}
+
+#[derive(Deserialize)]
+struct TransactionOperation {
+    operation: String,
+    request: SaveItem,
+}
+
+/// The state building block.
+pub struct StateBlock {
+    /// Loaded state stores by component name.
+    stores: HashMap<String, StateComponent>,
+    /// Key and item-count limits.
+    limits: Limits,
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::malformed(format!("failed deserializing HTTP body: {e}")))
+}
+
+fn parse_ttl(metadata: &HashMap<String, String>) -> Result<Ttl, Error> {
+    let Some(v) = metadata.get("ttlInSeconds") else {
+        return Ok(Ttl::Keep);
+    };
+    match v.trim().parse::<i64>() {
+        Ok(-1) => Ok(Ttl::Persist),
+        Ok(n) if n > 0 => Ok(Ttl::Seconds(n as u64)),
+        _ => Err(Error::malformed(format!(
+            "metadata.ttlInSeconds {v:?} must be a positive number of seconds, or -1 to never expire"
+        ))),
+    }
+}
+
+fn parse_concurrency(s: Option<&str>) -> Result<Concurrency, Error> {
+    let s = s.unwrap_or_default();
+    Concurrency::parse(s).ok_or_else(|| {
+        Error::malformed(format!("concurrency {s:?} must be first-write or last-write"))
+    })
+}
+
+/// Maps a store failure to Dapr's codes: mismatch → 409, invalid ETag → 400, backend → 500.
+fn store_error(code: &'static str, context: String, e: StoreError) -> Error {
+    let kind = match &e {
+        StoreError::EtagMismatch => ErrorKind::Conflict,
+        StoreError::EtagInvalid(_) => ErrorKind::BadRequest,
+        StoreError::NotSupported(_) | StoreError::Backend(_) => ErrorKind::Upstream,
+    };
+    Error::new(kind, code, format!("{context}: {e}"))
+}
+
+/// A stored value as JSON for bulk replies: the bytes themselves when they are JSON, else a string.
+fn json_data(value: &Bytes) -> Box<RawValue> {
+    let as_raw = std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| RawValue::from_string(s.to_owned()).ok());
+    as_raw.unwrap_or_else(|| {
+        let s = serde_json::Value::String(String::from_utf8_lossy(value).into_owned());
+        RawValue::from_string(s.to_string()).unwrap_or_else(|_| Box::<RawValue>::default())
+    })
+}
+
+impl StateBlock {
+    /// Takes the loaded state stores.
+    pub fn new(stores: HashMap<String, StateComponent>, limits: Limits) -> Self {
+        StateBlock { stores, limits }
+    }
+
+    /// Names of the loaded stores, for diagnostics.
+    pub fn store_names(&self) -> Vec<&str> {
+        self.stores.keys().map(String::as_str).collect()
+    }
+
+    fn store(&self, name: &str) -> Result<&StateComponent, Error> {
+        if self.stores.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Upstream,
+                codes::STATE_STORES_NOT_CONFIGURED,
+                "state store is not configured",
+            ));
+        }
+        self.stores.get(name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::BadRequest,
+                codes::STATE_STORE_NOT_FOUND,
+                format!("state store {name} is not found"),
+            )
+        })
+    }
+
+    /// Validates a key and namespaces it for `caller`.
+    fn key(&self, store: &StateComponent, caller: &Caller, key: &str) -> Result<String, Error> {
+        if key.is_empty() {
+            return Err(Error::malformed("state key must not be empty"));
+        }
+        if key.len() > self.limits.max_key_length {
+            return Err(Error::malformed(format!(
+                "state key is {} bytes; the limit is {} (limits.maxKeyLength)",
+                key.len(),
+                self.limits.max_key_length
+            )));
+        }
+        if store.key_prefix != KeyPrefix::None && key.contains(SEPARATOR) {
+            return Err(Error::malformed(format!("input key {key:?} can't contain '||'")));
+        }
+        Ok(store.key_prefix.apply(caller.owner(), key))
+    }
+
+    fn check_count(&self, n: usize, what: &str) -> Result<(), Error> {
+        if n > self.limits.max_bulk_items {
+            return Err(Error::malformed(format!(
+                "{n} {what} in one request; the limit is {} (limits.maxBulkItems)",
+                self.limits.max_bulk_items
+            )));
+        }
+        Ok(())
+    }
+
+    fn set_request(
+        &self,
+        store: &StateComponent,
+        caller: &Caller,
+        item: SaveItem,
+        call_metadata: &HashMap<String, String>,
+    ) -> Result<SetRequest, Error> {
+        let key = self.key(store, caller, &item.key)?;
+        let value = item
+            .value
+            .ok_or_else(|| Error::malformed(format!("state item {:?} has no value", item.key)))?;
+        let mut metadata: HashMap<String, String> = call_metadata.clone();
+        metadata.extend(item.metadata.into_iter().map(|(k, v)| (k, v.into_string())));
+        let options = item.options.unwrap_or_default();
+        Ok(SetRequest {
+            key,
+            value: Bytes::from(value.get().to_owned()),
+            etag: item.etag.map(Stringish::into_string),
+            concurrency: parse_concurrency(options.concurrency.as_deref())?,
+            ttl: parse_ttl(&metadata)?,
+        })
+    }
+
+    /// `GET /v1.0/state/<store>/<key>`: 200 with the value and its ETag, 204 when missing.
+    pub async fn get(&self, caller: &Caller, store_name: &str, key: &str) -> Result<Reply, Error> {
+        let store = self.store(store_name)?;
+        let full = self.key(store, caller, key)?;
+        let item = store.store.get(&full).await.map_err(|e| {
+            store_error(codes::STATE_GET, format!("fail to get {key} from state store {store_name}"), e)
+        })?;
+        Ok(match item {
+            None => Reply::no_content(),
+            Some(item) => Reply::json(item.value).with_meta("ETag", item.etag),
+        })
+    }
+
+    /// `POST /v1.0/state/<store>/bulk`: every key's value, ETag, or per-key error.
+    pub async fn bulk_get(&self, caller: &Caller, store_name: &str, body: &[u8]) -> Result<Reply, Error> {
+        let store = self.store(store_name)?;
+        let req: BulkGetRequest = parse_json(body)?;
+        self.check_count(req.keys.len(), "keys")?;
+        let full: Vec<String> =
+            req.keys.iter().map(|k| self.key(store, caller, k)).collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(req.keys.len());
+        for (key, full) in req.keys.iter().zip(full) {
+            let mut entry = serde_json::Map::new();
+            entry.insert("key".into(), key.clone().into());
+            match store.store.get(&full).await {
+                Ok(Some(item)) => {
+                    let data = serde_json::to_value(json_data(&item.value)).unwrap_or_default();
+                    entry.insert("data".into(), data);
+                    entry.insert("etag".into(), item.etag.into());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    entry.insert("error".into(), e.to_string().into());
+                }
+            }
+            out.push(serde_json::Value::Object(entry));
+        }
+        Ok(Reply::json(serde_json::to_vec(&out).unwrap_or_default()))
+    }
+
+    /// `POST /v1.0/state/<store>`: saves a JSON array of items, all validated before any write.
+    pub async fn save(&self, caller: &Caller, store_name: &str, body: &[u8], params: &Params) -> Result<Reply, Error> {
+        let store = self.store(store_name)?;
+        let items: Vec<SaveItem> = parse_json(body)?;
+        self.check_count(items.len(), "items")?;
+        let reqs = items
+            .into_iter()
+            .map(|i| self.set_request(store, caller, i, &params.metadata))
+            .collect::<Result<Vec<_>, _>>()?;
+        store.store.set_many(reqs).await.map_err(|e| {
+            store_error(codes::STATE_SAVE, format!("failed saving state in state store {store_name}"), e)
+        })?;
+        Ok(Reply::no_content())
+    }
+
+    /// `DELETE /v1.0/state/<store>/<key>`, honouring `If-Match`.
+    pub async fn delete(&self, caller: &Caller, store_name: &str, key: &str, params: &Params) -> Result<Reply, Error> {
+        let store = self.store(store_name)?;
+        let full = self.key(store, caller, key)?;
+        parse_concurrency(params.options.get("concurrency").map(String::as_str))?;
+        let req = DeleteRequest {
+            key: full,
+            etag: params.if_match.clone(),
+        };
+        store.store.delete(req).await.map_err(|e| {
+            store_error(codes::STATE_DELETE, format!("failed deleting state with key {key}"), e)
+        })?;
+        Ok(Reply::no_content())
+    }
+
+    /// `POST /v1.0/state/<store>/transaction`: upserts and deletes, all or nothing.
+    pub async fn transaction(&self, caller: &Caller, store_name: &str, body: &[u8], params: &Params) -> Result<Reply, Error> {
+        let store = self.store(store_name)?;
+        let req: TransactionRequest = parse_json(body)?;
+        self.check_count(req.operations.len(), "operations")?;
+        let mut ops = Vec::with_capacity(req.operations.len());
+        for op in req.operations {
+            match op.operation.as_str() {
+                "upsert" => ops.push(TxOp::Upsert(self.set_request(store, caller, op.request, &params.metadata)?)),
+                "delete" => {
+                    let key = self.key(store, caller, &op.request.key)?;
+                    ops.push(TxOp::Delete(DeleteRequest {
+                        key,
+                        etag: op.request.etag.map(Stringish::into_string),
+                    }));
+                }
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::BadRequest,
+                        codes::NOT_SUPPORTED_STATE_OPERATION,
+                        format!("operation type {other} not supported"),
+                    ));
+                }
+            }
+        }
+        store.store.transact(ops).await.map_err(|e| {
+            store_error(codes::STATE_TRANSACTION, "error while executing state transaction".into(), e)
+        })?;
+        Ok(Reply::no_content())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_prefixes_follow_dapr() {
+        let p = |v: Option<&str>| KeyPrefix::parse(v, "store").unwrap().apply("app", "k");
+        assert_eq!(p(None), "app||k");
+        assert_eq!(p(Some("appid")), "app||k");
+        assert_eq!(p(Some("none")), "k");
+        assert_eq!(p(Some("name")), "store||k");
+        assert_eq!(p(Some("shared")), "shared||k");
+        assert!(KeyPrefix::parse(Some("a||b"), "s").is_err());
+    }
+
+    #[test]
+    fn ttl_metadata() {
+        let m = |v: &str| HashMap::from([("ttlInSeconds".to_string(), v.to_string())]);
+        assert_eq!(parse_ttl(&HashMap::new()).unwrap(), Ttl::Keep);
+        assert_eq!(parse_ttl(&m("30")).unwrap(), Ttl::Seconds(30));
+        assert_eq!(parse_ttl(&m("-1")).unwrap(), Ttl::Persist);
+        assert!(parse_ttl(&m("0")).is_err());
+        assert!(parse_ttl(&m("soon")).is_err());
+    }
+}

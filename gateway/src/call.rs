@@ -1,0 +1,170 @@
+//! The one request path's vocabulary: [`Call`] in, [`Reply`] out.
+//!
+//! A transport decodes its bytes into a `Call` (who is asking, what operation, the body and the
+//! operation's parameters) and encodes the `Reply` or [`Error`](crate::Error) it gets back. It
+//! knows nothing of stores or components; building blocks know nothing of transports. The body of
+//! an operation keeps Dapr's JSON shape whatever carried it, so blocks parse it once for all
+//! transports.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use bytes::Bytes;
+
+/// Who is asking. Policy decisions and key namespaces depend on it, never on the transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// An app on the gateway or the LAN, using the Dapr HTTP API. `app_id` is the gateway's app id
+    /// (Dapr's sidecar model: one sidecar, one app).
+    LocalApp {
+        /// The app id the caller's keys are prefixed with.
+        app_id: String,
+    },
+    /// A device authenticated by the device endpoint.
+    Device {
+        /// The device id from authentication (never from a topic the device chose).
+        id: String,
+    },
+}
+
+impl Caller {
+    /// The owner a state key is namespaced under when the store uses the default `appid` prefix.
+    pub fn owner(&self) -> &str {
+        match self {
+            Caller::LocalApp { app_id } => app_id,
+            Caller::Device { id } => id,
+        }
+    }
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::LocalApp { app_id } => write!(f, "app:{app_id}"),
+            Caller::Device { id } => write!(f, "device:{id}"),
+        }
+    }
+}
+
+/// The operation a call asks for, with the parameters that come from its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Read one key.
+    StateGet {
+        /// State store component name.
+        store: String,
+        /// The key as the caller sees it (before namespacing).
+        key: String,
+    },
+    /// Read many keys; body `{"keys": [...], "parallelism": n}`.
+    StateBulkGet {
+        /// State store component name.
+        store: String,
+    },
+    /// Save items; body is Dapr's JSON array of state items.
+    StateSave {
+        /// State store component name.
+        store: String,
+    },
+    /// Delete one key; ETag from [`Params::if_match`].
+    StateDelete {
+        /// State store component name.
+        store: String,
+        /// The key as the caller sees it.
+        key: String,
+    },
+    /// Run upserts and deletes all-or-nothing; body `{"operations": [...]}`.
+    StateTransaction {
+        /// State store component name.
+        store: String,
+    },
+    /// Describe the sidecar (`GET /v1.0/metadata`).
+    MetadataGet,
+    /// Set an extended metadata attribute; body is the value.
+    MetadataSet {
+        /// Attribute name.
+        attribute: String,
+    },
+}
+
+impl Op {
+    /// A short stable name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::StateGet { .. } => "state.get",
+            Op::StateBulkGet { .. } => "state.bulk_get",
+            Op::StateSave { .. } => "state.save",
+            Op::StateDelete { .. } => "state.delete",
+            Op::StateTransaction { .. } => "state.transaction",
+            Op::MetadataGet => "metadata.get",
+            Op::MetadataSet { .. } => "metadata.set",
+        }
+    }
+}
+
+/// Parameters of a call that are not its address or body: Dapr's query-string and header options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params {
+    /// Request metadata (`metadata.<name>=<value>` query parameters in HTTP).
+    pub metadata: HashMap<String, String>,
+    /// Named options such as `concurrency` and `consistency`.
+    pub options: HashMap<String, String>,
+    /// An ETag the caller expects (`If-Match`).
+    pub if_match: Option<String>,
+    /// W3C trace context, carried across hops.
+    pub traceparent: Option<String>,
+}
+
+/// One request on the path: transport → policy → building block → component.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// Who is asking.
+    pub caller: Caller,
+    /// What is asked.
+    pub op: Op,
+    /// The operation's body, in Dapr's JSON shape where the operation has one.
+    pub body: Bytes,
+    /// Options from the query string and headers.
+    pub params: Params,
+}
+
+/// The answer to a successful call. Errors travel as [`crate::Error`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Status in HTTP's vocabulary (200, 204, ...), which every transport can carry.
+    pub status: u16,
+    /// Response body.
+    pub body: Bytes,
+    /// Extra response metadata, e.g. `ETag`. Names are HTTP header names.
+    pub meta: Vec<(&'static str, String)>,
+    /// Media type of `body`, when there is one.
+    pub content_type: Option<&'static str>,
+}
+
+impl Reply {
+    /// 204 with no body.
+    pub fn no_content() -> Self {
+        Reply {
+            status: 204,
+            body: Bytes::new(),
+            meta: Vec::new(),
+            content_type: None,
+        }
+    }
+
+    /// 200 with a JSON body.
+    pub fn json(body: impl Into<Bytes>) -> Self {
+        Reply {
+            status: 200,
+            body: body.into(),
+            meta: Vec::new(),
+            content_type: Some("application/json"),
+        }
+    }
+
+    /// Adds a metadata entry (a response header in HTTP).
+    pub fn with_meta(mut self, name: &'static str, value: String) -> Self {
+        self.meta.push((name, value));
+        self
+    }
+}

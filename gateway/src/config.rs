@@ -1,0 +1,470 @@
+//! The gateway's configuration: the `edgecar.yaml` file, its defaults and its validation.
+//!
+//! Precedence, lowest first: built-in defaults (which *are* `configs/edgecar.yaml`, embedded and
+//! printed by `edgecar print-config`), the config file, environment (`DAPR_API_TOKEN`,
+//! `STATE_DIRECTORY`), command-line flags. Loading never stops at the first problem: each top-level
+//! section is read on its own and every error is reported with its file and field, so an operator
+//! fixes a file in one pass. Dapr resource files (components, ...) are read by [`resources`].
+
+pub mod resources;
+pub mod units;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_norway::Value;
+
+pub use units::{Dur, Size};
+
+/// The commented default configuration; the documentation of every field.
+pub const DEFAULT_YAML: &str = include_str!("../../configs/edgecar.yaml");
+
+/// One problem in a configuration file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, or a pseudo-source such as `<command line>`.
+    pub file: PathBuf,
+    /// Dotted path of the field (`http.port`, `spec.metadata[0].value`); empty for the whole file.
+    pub field: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// Builds an error.
+    pub fn new(file: impl Into<PathBuf>, field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.into(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.field, self.message)
+        }
+    }
+}
+
+/// The whole gateway configuration (`edgecar.yaml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// App id of the gateway's local app; local state keys are `<appId>||<key>`.
+    pub app_id: String,
+    /// Site name; with the app id it forms the universal name `appId.site`.
+    pub site: String,
+    /// Directory for durable data (the sled database).
+    pub state_dir: PathBuf,
+    /// Directories of Dapr resource files. Empty means the embedded default components.
+    pub resources_paths: Vec<PathBuf>,
+    /// The Dapr HTTP API listener.
+    pub http: HttpConfig,
+    /// The local app edgecar serves (invocation, subscriptions).
+    pub app: AppConfig,
+    /// The embedded database.
+    pub storage: StorageConfig,
+    /// Input limits.
+    pub limits: Limits,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_timeout: Dur,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The Dapr HTTP API listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to bind; loopback keeps the API local to the gateway.
+    pub address: IpAddr,
+    /// Port to bind (Dapr's 3500). 0 picks a free port.
+    pub port: u16,
+    /// Required `dapr-api-token`; empty disables the check.
+    pub api_token: String,
+    /// Largest request body accepted.
+    pub max_body_size: Size,
+}
+
+/// The local app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AppConfig {
+    /// The app's port; 0 means there is no app.
+    pub port: u16,
+    /// The app's address.
+    pub address: String,
+}
+
+/// The embedded database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Memory for sled's page cache (sled's own default is 1 GiB, far too much for a Pi).
+    pub cache_capacity: Size,
+    /// How often expired keys are removed from disk.
+    pub sweep_interval: Dur,
+}
+
+/// Input limits, so that no request can make edgecar allocate without bound.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Limits {
+    /// Longest state key, in bytes, before namespacing.
+    pub max_key_length: usize,
+    /// Most items in one bulk get, save or transaction.
+    pub max_bulk_items: usize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`, or a full tracing filter. `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            app_id: "edgecar".into(),
+            site: "default".into(),
+            state_dir: PathBuf::from("./data"),
+            resources_paths: Vec::new(),
+            http: HttpConfig::default(),
+            app: AppConfig::default(),
+            storage: StorageConfig::default(),
+            limits: Limits::default(),
+            shutdown_timeout: Dur(Duration::from_secs(10)),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: 3500,
+            api_token: String::new(),
+            max_body_size: Size(4 << 20),
+        }
+    }
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            port: 0,
+            address: "127.0.0.1".into(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            cache_capacity: Size(8 << 20),
+            sweep_interval: Dur(Duration::from_secs(5)),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_length: 1024,
+            max_bulk_items: 1000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// Deserializes one top-level section, recording an error instead of failing the whole file.
+fn section<T: DeserializeOwned>(
+    value: Value,
+    field: &str,
+    file: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = if inner == "." { field.to_owned() } else { format!("{field}.{inner}") };
+            errors.push(ConfigError::new(file, path, e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+/// Reads a config document over the defaults, collecting every error.
+pub fn parse(text: &str, file: &Path) -> Result<Config, Vec<ConfigError>> {
+    parse_over(Config::default(), text, file)
+}
+
+/// Reads a config document over `base`, collecting every error.
+pub fn parse_over(base: Config, text: &str, file: &Path) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let doc: Value = match serde_norway::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return Err(vec![ConfigError::new(file, "", e.to_string())]),
+    };
+    let mut cfg = base;
+    let map = match doc {
+        Value::Null => return Ok(cfg),
+        Value::Mapping(m) => m,
+        _ => {
+            return Err(vec![ConfigError::new(
+                file,
+                "",
+                "expected a mapping of settings at the top level",
+            )]);
+        }
+    };
+    for (k, v) in map {
+        let Some(key) = k.as_str().map(str::to_owned) else {
+            errors.push(ConfigError::new(file, "", "top-level keys must be strings"));
+            continue;
+        };
+        let e = &mut errors;
+        match key.as_str() {
+            "appId" => section(v, &key, file, e).map(|x| cfg.app_id = x),
+            "site" => section(v, &key, file, e).map(|x| cfg.site = x),
+            "stateDir" => section(v, &key, file, e).map(|x| cfg.state_dir = x),
+            "resourcesPaths" => section(v, &key, file, e).map(|x| cfg.resources_paths = x),
+            "http" => section(v, &key, file, e).map(|x| cfg.http = x),
+            "app" => section(v, &key, file, e).map(|x| cfg.app = x),
+            "storage" => section(v, &key, file, e).map(|x| cfg.storage = x),
+            "limits" => section(v, &key, file, e).map(|x| cfg.limits = x),
+            "shutdownTimeout" => section(v, &key, file, e).map(|x| cfg.shutdown_timeout = x),
+            "log" => section(v, &key, file, e).map(|x| cfg.log = x),
+            other => {
+                e.push(ConfigError::new(
+                    file,
+                    other,
+                    "unknown field (see `edgecar print-config` for every field)",
+                ));
+                None
+            }
+        };
+    }
+    if errors.is_empty() { Ok(cfg) } else { Err(errors) }
+}
+
+/// Settings from the command line (named as daprd names its flags) that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--app-id`.
+    pub app_id: Option<String>,
+    /// `--app-port`.
+    pub app_port: Option<u16>,
+    /// `--app-channel-address`.
+    pub app_address: Option<String>,
+    /// `--dapr-http-port`.
+    pub http_port: Option<u16>,
+    /// `--dapr-listen-addresses`.
+    pub listen_address: Option<String>,
+    /// `--resources-path` / `--components-path` (repeatable).
+    pub resources_paths: Vec<PathBuf>,
+    /// `--dapr-api-token`.
+    pub api_token: Option<String>,
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--max-body-size`.
+    pub max_body_size: Option<String>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+}
+
+/// Builds the effective configuration: defaults, then the file, then the environment
+/// (`DAPR_API_TOKEN`; `STATE_DIRECTORY` only where the file sets no `stateDir`), then flags.
+/// `env` reads an environment variable, so tests never touch the process environment.
+pub fn assemble(
+    file: Option<&Path>,
+    o: &Overrides,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigError>> {
+    let mut base = Config::default();
+    if let Some(dir) = env("STATE_DIRECTORY").and_then(|d| d.split(':').next().map(PathBuf::from)) {
+        if !dir.as_os_str().is_empty() {
+            base.state_dir = dir;
+        }
+    }
+    let mut cfg = match file {
+        None => base,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| vec![ConfigError::new(path, "", format!("cannot read: {e}"))])?;
+            parse_over(base, &text, path)?
+        }
+    };
+    let cli = Path::new("<command line>");
+    let mut errors = Vec::new();
+    if let Some(t) = env("DAPR_API_TOKEN").filter(|t| !t.is_empty()) {
+        cfg.http.api_token = t;
+    }
+    if let Some(v) = &o.app_id {
+        cfg.app_id = v.clone();
+    }
+    if let Some(v) = o.app_port {
+        cfg.app.port = v;
+    }
+    if let Some(v) = &o.app_address {
+        cfg.app.address = v.clone();
+    }
+    if let Some(v) = o.http_port {
+        cfg.http.port = v;
+    }
+    if let Some(v) = &o.listen_address {
+        match v.parse::<IpAddr>() {
+            Ok(a) => cfg.http.address = a,
+            Err(_) => errors.push(ConfigError::new(
+                cli,
+                "--dapr-listen-addresses",
+                format!("{v:?} is not an IP address (one address, e.g. 127.0.0.1 or 0.0.0.0)"),
+            )),
+        }
+    }
+    if !o.resources_paths.is_empty() {
+        cfg.resources_paths = o.resources_paths.clone();
+    }
+    if let Some(v) = &o.api_token {
+        cfg.http.api_token = v.clone();
+    }
+    if let Some(v) = &o.state_dir {
+        cfg.state_dir = v.clone();
+    }
+    if let Some(v) = &o.max_body_size {
+        match units::parse_size(v) {
+            Ok(n) => cfg.http.max_body_size = Size(n),
+            Err(m) => errors.push(ConfigError::new(cli, "--max-body-size", m)),
+        }
+    }
+    if let Some(v) = &o.log_level {
+        cfg.log.level = v.clone();
+    }
+    errors.extend(validate(&cfg, file.unwrap_or(cli)));
+    if errors.is_empty() { Ok(cfg) } else { Err(errors) }
+}
+
+/// Checks the rules serde cannot express; returns every violation.
+pub fn validate(cfg: &Config, file: &Path) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut err = |field: &str, msg: String| errors.push(ConfigError::new(file, field, msg));
+    if let Err(m) = validate_name(&cfg.app_id) {
+        err("appId", m);
+    }
+    if let Err(m) = validate_name(&cfg.site) {
+        err("site", m);
+    }
+    if cfg.state_dir.as_os_str().is_empty() {
+        err("stateDir", "must not be empty".into());
+    }
+    if cfg.http.max_body_size.0 < 1024 {
+        err("http.maxBodySize", "must be at least 1Ki".into());
+    }
+    if cfg.http.max_body_size.0 > 1 << 30 {
+        err("http.maxBodySize", "must be at most 1Gi".into());
+    }
+    if cfg.storage.cache_capacity.0 < 1 << 20 {
+        err("storage.cacheCapacity", "must be at least 1Mi".into());
+    }
+    if cfg.storage.sweep_interval.0 < Duration::from_millis(100) {
+        err("storage.sweepInterval", "must be at least 100ms".into());
+    }
+    if cfg.limits.max_key_length == 0 {
+        err("limits.maxKeyLength", "must be at least 1".into());
+    }
+    if cfg.limits.max_bulk_items == 0 {
+        err("limits.maxBulkItems", "must be at least 1".into());
+    }
+    if cfg.app.address.trim().is_empty() {
+        err("app.address", "must not be empty".into());
+    }
+    if cfg.log.level.trim().is_empty() {
+        err("log.level", "must not be empty".into());
+    }
+    errors
+}
+
+/// App ids and site names: what fits a DNS label, since they meet in `app-id.site`.
+pub fn validate_name(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 63 {
+        return Err(format!("{s:?} must be 1 to 63 characters"));
+    }
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "{s:?} may contain only letters, digits, '-' and '_' (a '.' would be read as a site)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_file_is_the_default() {
+        let parsed = parse(DEFAULT_YAML, Path::new("edgecar.yaml")).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn every_bad_section_is_reported() {
+        let text = "http:\n  port: seventy\nlimits:\n  maxKeyLength: -1\nbogus: 1\nappId: ok\n";
+        let errs = parse(text, Path::new("f.yaml")).unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["http.port", "limits.maxKeyLength", "bogus"], "{errs:?}");
+        assert!(errs[0].message.contains("u16"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("e.yaml");
+        std::fs::write(&f, "appId: fromfile\nhttp:\n  apiToken: filetoken\n").unwrap();
+        let env = |k: &str| match k {
+            "DAPR_API_TOKEN" => Some("envtoken".to_string()),
+            "STATE_DIRECTORY" => Some("/var/lib/edgecar".to_string()),
+            _ => None,
+        };
+        let cfg = assemble(Some(&f), &Overrides::default(), &env).unwrap();
+        assert_eq!(cfg.app_id, "fromfile");
+        assert_eq!(cfg.http.api_token, "envtoken");
+        assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/edgecar"));
+        let o = Overrides { app_id: Some("flag".into()), listen_address: Some("nope".into()), ..Default::default() };
+        let errs = assemble(Some(&f), &o, &env).unwrap_err();
+        assert_eq!(errs[0].field, "--dapr-listen-addresses");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_collected() {
+        let mut cfg = Config::default();
+        cfg.app_id = "a.b".into();
+        cfg.limits.max_bulk_items = 0;
+        let errs = validate(&cfg, Path::new("f.yaml"));
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_eq!(errs[0].field, "appId");
+    }
+}

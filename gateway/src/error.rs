@@ -1,0 +1,98 @@
+//! The one error type of the request path.
+//!
+//! Every building block and component reports failures as an [`Error`]: *what kind* of failure it
+//! is (whose fault, and so which status a transport should answer with) and the Dapr `errorCode`
+//! the caller sees. Only the API layer (`api::status`) turns a [`ErrorKind`] into an HTTP status;
+//! the MQTT and QUIC transports carry the same `errorCode` and message.
+
+use std::fmt;
+
+/// Who failed, and so how a transport answers. The HTTP mapping lives in `api::status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request itself is wrong (bad JSON, empty key, unknown store): the caller must change it.
+    BadRequest,
+    /// The caller did not prove who it is (missing or wrong API token).
+    Unauthorized,
+    /// The caller is known but policy forbids the operation.
+    Forbidden,
+    /// The addressed thing (route, component) does not exist.
+    NotFound,
+    /// An optimistic-concurrency check failed (ETag mismatch): retrying with fresh data may work.
+    Conflict,
+    /// The request body is larger than the configured limit.
+    TooLarge,
+    /// A backend (component, upstream) failed; the request may succeed later.
+    Upstream,
+    /// A bug or an unexpected state inside edgecar.
+    Internal,
+}
+
+/// A failed call: the kind of failure, Dapr's `errorCode`, and a message for humans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// Whose fault it is; decides the status code.
+    pub kind: ErrorKind,
+    /// Dapr's error code (`ERR_STATE_SAVE`, `ERR_MALFORMED_REQUEST`, ...).
+    pub code: &'static str,
+    /// What went wrong, precise enough to fix the request.
+    pub message: String,
+}
+
+impl Error {
+    /// Builds an error of any kind.
+    pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A malformed request: Dapr's `ERR_MALFORMED_REQUEST`, answered with 400.
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::BadRequest, codes::MALFORMED_REQUEST, message)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Dapr's error codes, spelled as Dapr spells them, plus the few edgecar adds.
+pub mod codes {
+    /// The request could not be decoded.
+    pub const MALFORMED_REQUEST: &str = "ERR_MALFORMED_REQUEST";
+    /// No state store is configured at all.
+    pub const STATE_STORES_NOT_CONFIGURED: &str = "ERR_STATE_STORES_NOT_CONFIGURED";
+    /// The named state store does not exist.
+    pub const STATE_STORE_NOT_FOUND: &str = "ERR_STATE_STORE_NOT_FOUND";
+    /// Reading state failed.
+    pub const STATE_GET: &str = "ERR_STATE_GET";
+    /// Saving state failed (including ETag mismatches).
+    pub const STATE_SAVE: &str = "ERR_STATE_SAVE";
+    /// Deleting state failed (including ETag mismatches).
+    pub const STATE_DELETE: &str = "ERR_STATE_DELETE";
+    /// A state transaction failed as a whole.
+    pub const STATE_TRANSACTION: &str = "ERR_STATE_TRANSACTION";
+    /// A transaction named an operation other than `upsert` or `delete`.
+    pub const NOT_SUPPORTED_STATE_OPERATION: &str = "ERR_NOT_SUPPORTED_STATE_OPERATION";
+    /// The store cannot do what was asked (e.g. transactions on a non-transactional store).
+    pub const STATE_STORE_NOT_SUPPORTED: &str = "ERR_STATE_STORE_NOT_SUPPORTED";
+    /// Missing or wrong `dapr-api-token`.
+    pub const UNAUTHORIZED: &str = "ERR_UNAUTHORIZED";
+    /// Policy forbids the caller this operation.
+    pub const PERMISSION_DENIED: &str = "ERR_PERMISSION_DENIED";
+    /// No route matches the request path (edgecar's own code; Dapr answers a bare 404).
+    pub const NOT_FOUND: &str = "ERR_NOT_FOUND";
+    /// The route exists but not for this HTTP method.
+    pub const METHOD_NOT_ALLOWED: &str = "ERR_METHOD_NOT_ALLOWED";
+    /// The request body is larger than `http.maxBodySize`.
+    pub const BODY_TOO_LARGE: &str = "ERR_BODY_TOO_LARGE";
+    /// Setting a metadata attribute failed.
+    pub const METADATA_SET: &str = "ERR_METADATA_SET";
+}

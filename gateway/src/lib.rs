@@ -1,0 +1,168 @@
+//! edgecar: a Dapr-compatible sidecar and device gateway for edge sites.
+//!
+//! One daemon gives every local app (Dapr HTTP API v1.0) and, as the work goes on, every device
+//! (MQTT, QUIC) state, pub/sub, invocation and capabilities, on Raspberry Pi-class hardware.
+//!
+//! # Layout
+//!
+//! Every request takes one path, whatever transport brought it:
+//!
+//! ```text
+//! transport (http) --> Call{caller, op, body} --> policy::authorize --> block (state, metadata) --> component
+//!        ^                                                                                          |
+//!        +----------------------------------- Reply / Error <---------------------------------------+
+//! ```
+//!
+//! - [`config`]: `edgecar.yaml`, its embedded commented default, Dapr resource files, validation
+//!   that reports every error with file and field.
+//! - [`call`]: the request path's vocabulary ([`Call`], [`Caller`], [`Op`], [`Reply`]).
+//! - [`error`]: the one error type; [`api`] alone maps it to HTTP statuses.
+//! - [`transport`]: wire formats to calls (HTTP today).
+//! - [`policy`]: what a caller may do.
+//! - [`blocks`]: Dapr semantics (state, metadata), written once for all transports.
+//! - [`components`]: backends by `spec.type` (`state.sled`, `state.redis`, `state.in-memory`).
+//! - [`runtime`]: wires the path together; [`run`] starts and stops the whole gateway.
+//! - [`observability`]: logging.
+
+pub mod api;
+pub mod blocks;
+pub mod call;
+pub mod components;
+pub mod config;
+pub mod error;
+pub mod observability;
+pub mod policy;
+pub mod runtime;
+pub mod transport;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+pub use call::{Call, Caller, Op, Params, Reply};
+pub use config::Config;
+pub use error::{Error, ErrorKind};
+pub use runtime::Runtime;
+
+use blocks::metadata::MetadataBlock;
+use blocks::state::StateBlock;
+use components::state_sled::SledStore;
+use config::resources::Component;
+use transport::http::HttpApi;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The embedded database could not be opened.
+    #[error("cannot open the state database in {dir}: {message}")]
+    Storage {
+        /// The state directory.
+        dir: String,
+        /// What sled said.
+        message: String,
+    },
+    /// One or more components failed to start.
+    #[error("components failed to start:\n  {}", .0.join("\n  "))]
+    Components(Vec<String>),
+}
+
+/// Opens the gateway's one sled database, with a page cache sized for a Pi.
+pub async fn open_database(cfg: &Config) -> Result<sled::Db, StartError> {
+    let dir = cfg.state_dir.clone();
+    let cache = cfg.storage.cache_capacity.0;
+    let err = |message: String| StartError::Storage {
+        dir: dir.display().to_string(),
+        message,
+    };
+    let path = dir.join("edgecar.sled");
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&path)?;
+        sled::Config::new()
+            .path(&path)
+            .cache_capacity(cache)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(std::io::Error::other)
+    })
+    .await
+    .map_err(|e| err(e.to_string()))?
+    .map_err(|e| {
+        let hint = if e.to_string().contains("lock") {
+            " (is another edgecar using this state directory?)"
+        } else {
+            ""
+        };
+        err(format!("{e}{hint}"))
+    })
+}
+
+/// Periodically removes expired keys from sled stores.
+async fn sweep(stores: Vec<SledStore>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let stores = stores.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            let now = components::state::unix_now();
+            stores.iter().map(|s| s.sweep_expired(now)).collect::<Vec<_>>()
+        })
+        .await;
+        if let Ok(results) = swept {
+            for r in results {
+                if let Err(e) = r {
+                    warn!(error = %e, "expired-key sweep failed");
+                }
+            }
+        }
+    }
+}
+
+/// Runs the gateway until `shutdown` resolves: builds components, serves the HTTP API on
+/// `listener`, then drains in-flight requests and flushes the database.
+///
+/// The caller binds the listener (so tests can bind port 0) and decides what shutdown means
+/// (signals in `main`, a channel in tests).
+pub async fn run(
+    cfg: Config,
+    components: Vec<Component>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let db = open_database(&cfg).await?;
+    let registry = components::build(&components, &db).await.map_err(StartError::Components)?;
+    let metadata = MetadataBlock::new(
+        cfg.app_id.clone(),
+        cfg.site.clone(),
+        cfg.app.port,
+        cfg.app.address.clone(),
+        registry.infos.clone(),
+    );
+    let runtime = Arc::new(Runtime {
+        app_id: cfg.app_id.clone(),
+        state: StateBlock::new(registry.state, cfg.limits.clone()),
+        metadata,
+    });
+    let mut tasks = JoinSet::new();
+    tasks.spawn(sweep(registry.sled_stores, cfg.storage.sweep_interval.0));
+
+    let api = Arc::new(HttpApi {
+        runtime,
+        api_token: Some(cfg.http.api_token.clone()).filter(|t| !t.is_empty()),
+        max_body: cfg.http.max_body_size.0,
+    });
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, app_id = %cfg.app_id, "Dapr HTTP API listening");
+    }
+    transport::http::serve(listener, api, shutdown, cfg.shutdown_timeout.0).await;
+    tasks.abort_all();
+    if let Err(e) = db.flush_async().await {
+        warn!(error = %e, "final database flush failed");
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! Transports: bytes in, [`Call`](crate::Call) out, and back.
+//!
+//! Each transport decodes its wire format into calls on the one request path and encodes the
+//! replies. None of them knows about stores or building blocks. Today: HTTP (the Dapr API for
+//! apps); MQTT and QUIC join here.
+
+pub mod http;
