@@ -158,9 +158,16 @@ fn load_file(file: &Path, app_id: &str, res: &mut Resources, errors: &mut Vec<Co
             return;
         }
     };
-    let docs: Vec<Result<Value, String>> = serde_norway::Deserializer::from_str(&text)
-        .map(|d| Value::deserialize(d).map_err(|e| e.to_string()))
-        .collect();
+    // The document iterator repeats a syntax error forever, so stop at the first one.
+    let mut docs: Vec<Result<Value, String>> = Vec::new();
+    for d in serde_norway::Deserializer::from_str(&text) {
+        let doc = Value::deserialize(d).map_err(|e| e.to_string());
+        let failed = doc.is_err();
+        docs.push(doc);
+        if failed {
+            break;
+        }
+    }
     let many = docs.len() > 1;
     for (i, doc) in docs.into_iter().enumerate() {
         let source = if many {
@@ -173,7 +180,6 @@ fn load_file(file: &Path, app_id: &str, res: &mut Resources, errors: &mut Vec<Co
             Ok(v) => v,
             Err(e) => {
                 errors.push(ConfigError::new(&source, "", format!("invalid YAML: {e}")));
-                // A syntax error ends the stream; later documents cannot be read.
                 break;
             }
         };
@@ -410,6 +416,16 @@ mod tests {
         );
         assert!(errs[0].file.to_string_lossy().ends_with("bad.yaml#1"));
         assert!(errs[4].file.to_string_lossy().ends_with("bad.yaml#2"));
+    }
+
+    #[test]
+    fn a_yaml_syntax_error_is_reported_not_looped_on() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "broken.yaml", "kind: Component\nspec:\n  metadata:\n  []\n");
+        let (res, errs) = load(&[d.path().to_path_buf()], "app");
+        assert!(res.components.is_empty());
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.starts_with("invalid YAML"), "{}", errs[0]);
     }
 
     #[test]

@@ -1,0 +1,328 @@
+//! Harness for edgecar's end-to-end tests and benchmarks.
+//!
+//! Everything here starts the real thing: the `edgecar` binary as a child process (its HTTP port
+//! learnt from its own log line, so ports are never fixed), `redis-server` on a free port, and plain
+//! HTTP/1.1 over real sockets. Children are killed when their handle drops.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of the `edgecar` binary under test: `$EDGECAR_BIN`, or the one cargo built beside the tests.
+pub fn edgecar_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("EDGECAR_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/edgecar
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("edgecar");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p edgecar` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A port nobody listens on right now (for peers that cannot report the port they bound).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running edgecar daemon.
+pub struct Edgecar {
+    child: Option<Child>,
+    /// The Dapr HTTP API port it bound.
+    pub port: u16,
+    /// Everything it has logged so far.
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Edgecar {
+    /// Starts `edgecar run --dapr-http-port 0 --state-dir <state_dir> <args>` and waits until it serves.
+    pub fn start(state_dir: &Path, args: &[&str]) -> Edgecar {
+        Self::start_with_env(state_dir, args, &[])
+    }
+
+    /// As [`Edgecar::start`], with extra environment variables.
+    pub fn start_with_env(state_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Edgecar {
+        let mut cmd = Command::new(edgecar_bin());
+        cmd.arg("run")
+            .arg("--dapr-http-port")
+            .arg("0")
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("DAPR_API_TOKEN")
+            .env_remove("STATE_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn edgecar");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening addr=").nth(1) {
+                    let port = rest
+                        .split_whitespace()
+                        .next()
+                        .and_then(|a| a.rsplit(':').next())
+                        .and_then(|p| p.parse::<u16>().ok());
+                    if let Some(p) = port {
+                        let _ = tx.send(p);
+                    }
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(port) => Edgecar { child: Some(child), port, log },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("edgecar did not start; its log:\n{}", log.lock().unwrap());
+            }
+        }
+    }
+
+    /// Base URL of the Dapr HTTP API, e.g. `http://127.0.0.1:34567/v1.0`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Sends a request to this daemon.
+    pub fn req(&self, method: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> HttpResponse {
+        http(self.port, method, path, body, headers)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let ok = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status().expect("kill");
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "edgecar did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident memory, in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+}
+
+impl Drop for Edgecar {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Resident memory of a process, in KiB (0 if unknown).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A `redis-server` started for one test, on a free port, persisting nothing.
+pub struct RedisServer {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts a private redis-server and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server not found: install it (scripts/test.sh does: apt-get install redis-server)");
+            let mut server = RedisServer { child, port };
+            let up = (0..250).any(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                server.command(&["PING"]).is_some_and(|r| r.starts_with("+PONG"))
+            });
+            if up {
+                return server;
+            }
+            let _ = server.child.kill();
+        }
+        panic!("could not start redis-server");
+    }
+
+    /// Sends one command and returns the raw reply (enough for simple assertions).
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        s.write_all(out.as_bytes()).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP response as the tests need it.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A header value by (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON (panics with the body if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The Dapr `errorCode` of an error body.
+    pub fn error_code(&self) -> String {
+        self.json()["errorCode"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection to 127.0.0.1:`port`.
+pub fn http(port: u16, method: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> HttpResponse {
+    try_http(port, method, path, body, headers).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// As [`http`], returning I/O errors instead of panicking.
+pub fn try_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    read_response(&mut s)
+}
+
+/// Reads a whole response from a connection the server closes (`connection: close`).
+pub fn read_response(s: &mut TcpStream) -> std::io::Result<HttpResponse> {
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no header end in {:?}", String::from_utf8_lossy(&raw))))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad status line"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(HttpResponse { status, headers, body: raw[split + 4..].to_vec() })
+}
+
+/// Writes a Dapr Component file into `dir`.
+pub fn write_component(dir: &Path, name: &str, kind: &str, metadata: &[(&str, &str)]) {
+    let mut y = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: {kind}\n  version: v1\n  metadata:"
+    );
+    if metadata.is_empty() {
+        y.push_str(" []\n");
+    } else {
+        y.push('\n');
+    }
+    for (k, v) in metadata {
+        y.push_str(&format!("  - name: {k}\n    value: \"{v}\"\n"));
+    }
+    std::fs::write(dir.join(format!("{name}.yaml")), y).expect("write component");
+}
