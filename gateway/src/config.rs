@@ -221,21 +221,24 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, Vec<ConfigError>> {
 
 /// Reads a config document over `base`, collecting every error.
 pub fn parse_over(base: Config, text: &str, file: &Path) -> Result<Config, Vec<ConfigError>> {
+    let (cfg, errors) = parse_lenient(base, text, file);
+    if errors.is_empty() { Ok(cfg) } else { Err(errors) }
+}
+
+/// Reads what it can of a config document over `base`; sections with errors keep `base`.
+fn parse_lenient(base: Config, text: &str, file: &Path) -> (Config, Vec<ConfigError>) {
     let mut errors = Vec::new();
     let doc: Value = match serde_norway::from_str(text) {
         Ok(v) => v,
-        Err(e) => return Err(vec![ConfigError::new(file, "", e.to_string())]),
+        Err(e) => return (base, vec![ConfigError::new(file, "", e.to_string())]),
     };
     let mut cfg = base;
     let map = match doc {
-        Value::Null => return Ok(cfg),
+        Value::Null => return (cfg, errors),
         Value::Mapping(m) => m,
         _ => {
-            return Err(vec![ConfigError::new(
-                file,
-                "",
-                "expected a mapping of settings at the top level",
-            )]);
+            errors.push(ConfigError::new(file, "", "expected a mapping of settings at the top level"));
+            return (cfg, errors);
         }
     };
     for (k, v) in map {
@@ -265,7 +268,7 @@ pub fn parse_over(base: Config, text: &str, file: &Path) -> Result<Config, Vec<C
             }
         };
     }
-    if errors.is_empty() { Ok(cfg) } else { Err(errors) }
+    (cfg, errors)
 }
 
 /// Settings from the command line (named as daprd names its flags) that override the file.
@@ -296,27 +299,36 @@ pub struct Overrides {
 /// Builds the effective configuration: defaults, then the file, then the environment
 /// (`DAPR_API_TOKEN`; `STATE_DIRECTORY` only where the file sets no `stateDir`), then flags.
 /// `env` reads an environment variable, so tests never touch the process environment.
+///
+/// Returns the configuration even when there are errors (a section that failed keeps its
+/// defaults), so that a caller can go on and check the resource files too.
 pub fn assemble(
     file: Option<&Path>,
     o: &Overrides,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, Vec<ConfigError>> {
+) -> (Config, Vec<ConfigError>) {
     let mut base = Config::default();
     if let Some(dir) = env("STATE_DIRECTORY").and_then(|d| d.split(':').next().map(PathBuf::from)) {
         if !dir.as_os_str().is_empty() {
             base.state_dir = dir;
         }
     }
+    let mut errors = Vec::new();
     let mut cfg = match file {
         None => base,
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| vec![ConfigError::new(path, "", format!("cannot read: {e}"))])?;
-            parse_over(base, &text, path)?
-        }
+        Some(path) => match std::fs::read_to_string(path) {
+            Err(e) => {
+                errors.push(ConfigError::new(path, "", format!("cannot read: {e}")));
+                base
+            }
+            Ok(text) => {
+                let (cfg, errs) = parse_lenient(base, &text, path);
+                errors.extend(errs);
+                cfg
+            }
+        },
     };
     let cli = Path::new("<command line>");
-    let mut errors = Vec::new();
     if let Some(t) = env("DAPR_API_TOKEN").filter(|t| !t.is_empty()) {
         cfg.http.api_token = t;
     }
@@ -361,7 +373,7 @@ pub fn assemble(
         cfg.log.level = v.clone();
     }
     errors.extend(validate(&cfg, file.unwrap_or(cli)));
-    if errors.is_empty() { Ok(cfg) } else { Err(errors) }
+    (cfg, errors)
 }
 
 /// Checks the rules serde cannot express; returns every violation.
@@ -449,12 +461,14 @@ mod tests {
             "STATE_DIRECTORY" => Some("/var/lib/edgecar".to_string()),
             _ => None,
         };
-        let cfg = assemble(Some(&f), &Overrides::default(), &env).unwrap();
+        let (cfg, errs) = assemble(Some(&f), &Overrides::default(), &env);
+        assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(cfg.app_id, "fromfile");
         assert_eq!(cfg.http.api_token, "envtoken");
         assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/edgecar"));
         let o = Overrides { app_id: Some("flag".into()), listen_address: Some("nope".into()), ..Default::default() };
-        let errs = assemble(Some(&f), &o, &env).unwrap_err();
+        let (cfg, errs) = assemble(Some(&f), &o, &env);
+        assert_eq!(cfg.app_id, "flag");
         assert_eq!(errs[0].field, "--dapr-listen-addresses");
     }
 

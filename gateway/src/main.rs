@@ -85,11 +85,12 @@ impl RunArgs {
 /// The effective config and components, or every error found on the way.
 fn load(args: &RunArgs) -> Result<(config::Config, Vec<resources::Component>), Vec<ConfigError>> {
     let env = |k: &str| std::env::var(k).ok();
-    let cfg = config::assemble(args.config.as_deref(), &args.overrides(), &env)?;
-    let (components, mut errors) = if cfg.resources_paths.is_empty() {
-        (components::embedded_defaults(), Vec::new())
+    let (cfg, mut errors) = config::assemble(args.config.as_deref(), &args.overrides(), &env);
+    let components = if cfg.resources_paths.is_empty() {
+        components::embedded_defaults()
     } else {
-        let (res, errors) = resources::load(&cfg.resources_paths, &cfg.app_id);
+        let (res, res_errors) = resources::load(&cfg.resources_paths, &cfg.app_id);
+        errors.extend(res_errors);
         for doc in &res.documents {
             eprintln!(
                 "note: {}: kind {:?} is not supported by this edgecar yet; ignored",
@@ -97,7 +98,7 @@ fn load(args: &RunArgs) -> Result<(config::Config, Vec<resources::Component>), V
                 doc.kind
             );
         }
-        (res.components, errors)
+        res.components
     };
     for c in &components {
         errors.extend(components::validate(c));

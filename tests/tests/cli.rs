@@ -1,0 +1,134 @@
+//! The `edgecar` command line as an operator meets it: check-config, print-config, --version,
+//! refusing a bad config, and a graceful SIGTERM that lets in-flight requests finish.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use edgecar_tests::{Edgecar, edgecar_bin, read_response};
+
+fn edgecar(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(edgecar_bin()).args(args).env_remove("DAPR_API_TOKEN").output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn version_and_print_config() {
+    let (code, out, _) = edgecar(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("edgecar "), "{out}");
+    let (code, out, _) = edgecar(&["print-config"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("appId: edgecar") && out.contains("port: 3500"), "{out}");
+    // What it prints is a valid config file.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("edgecar.yaml");
+    std::fs::write(&f, out).unwrap();
+    let (code, out, err) = edgecar(&["check-config", "--config", f.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ok:"), "{out}");
+}
+
+#[test]
+fn check_config_reports_every_error_with_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("edgecar.yaml");
+    std::fs::write(&cfg, "appId: has.dot\nhttp:\n  port: 99999\nlimits:\n  maxBulkItems: 0\ncolour: blue\n").unwrap();
+    let res = dir.path().join("components");
+    std::fs::create_dir(&res).unwrap();
+    std::fs::write(
+        res.join("redis.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: cache\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n  - name: redisHost\n    value: \"localhost:notaport\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        res.join("typo.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: s2\nspec:\n  type: state.postgresqlx\n  version: v1\n",
+    )
+    .unwrap();
+    let (code, _, err) = edgecar(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    // Section errors come from the config file; a bad section hides no other.
+    assert!(err.contains("edgecar.yaml: http.port:"), "{err}");
+    assert!(err.contains("edgecar.yaml: colour: unknown field"), "{err}");
+    let (code, _, err) = edgecar(&[
+        "check-config",
+        "--resources-path",
+        res.to_str().unwrap(),
+        "--app-id",
+        "bad.id",
+        "--max-body-size",
+        "lots",
+    ]);
+    assert_eq!(code, 1);
+    for needle in [
+        "redis.yaml: spec.metadata[0] (redisHost): \"localhost:notaport\" is not host:port",
+        "typo.yaml: spec.type: unknown component type \"state.postgresqlx\"",
+        "<command line>: --max-body-size:",
+        "appId: \"bad.id\"",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    assert!(err.contains("4 error(s)"), "{err}");
+}
+
+#[test]
+fn run_refuses_an_invalid_config_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("edgecar.yaml");
+    std::fs::write(&cfg, "http:\n  maxBodySize: 12 parsecs\n").unwrap();
+    let (code, _, err) = edgecar(&["run", "--config", cfg.to_str().unwrap(), "--dapr-http-port", "0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("http.maxBodySize") && err.contains("refusing to start"), "{err}");
+    let (code, _, err) = edgecar(&["run", "--dapr-http-port", "notaport"]);
+    assert_eq!(code, 2, "clap rejects bad flags: {err}");
+    assert!(err.contains("--dapr-http-port"), "{err}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Edgecar::start(dir.path(), &[]);
+    let out = Command::new(edgecar_bin())
+        .args(["run", "--dapr-http-port", "0", "--state-dir", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open the state database"), "{err}");
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ec = Edgecar::start(dir.path(), &[]);
+    // Start a request and hold back the end of its body, so it is in flight during SIGTERM.
+    let body = br#"[{"key":"late","value":"arrived"}]"#;
+    let mut s = TcpStream::connect(("127.0.0.1", ec.port)).unwrap();
+    write!(
+        s,
+        "POST /v1.0/state/statestore HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body[..10]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = ec.pid();
+    let finisher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        s.write_all(&body[10..]).unwrap();
+        read_response(&mut s).unwrap()
+    });
+    let status = ec.terminate();
+    let r = finisher.join().unwrap();
+    assert_eq!(r.status, 204, "the in-flight request completed: {}", r.text());
+    assert!(status.success(), "exit status {status:?} of pid {pid}");
+    // And it really was written.
+    let ec = Edgecar::start(dir.path(), &[]);
+    assert_eq!(ec.req("GET", "/v1.0/state/statestore/late", b"", &[]).text(), "\"arrived\"");
+}
