@@ -76,6 +76,15 @@ impl Stringish {
     }
 }
 
+/// Go's JSON decoder (and so Dapr, and the SDKs written against it) reads `null` as the zero value.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct ItemOptions {
@@ -94,7 +103,7 @@ struct SaveItem {
     value: Option<Box<RawValue>>,
     #[serde(default)]
     etag: Option<Stringish>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     metadata: HashMap<String, Stringish>,
     #[serde(default)]
     options: Option<ItemOptions>,
@@ -102,6 +111,7 @@ struct SaveItem {
 
 #[derive(Deserialize)]
 struct BulkGetRequest {
+    #[serde(default, deserialize_with = "null_as_default")]
     keys: Vec<String>,
     #[serde(default)]
     #[allow(dead_code)] // stores answer from memory or one connection; parallelism adds nothing
@@ -110,8 +120,9 @@ struct BulkGetRequest {
 
 #[derive(Deserialize)]
 struct TransactionRequest {
+    #[serde(default, deserialize_with = "null_as_default")]
     operations: Vec<TransactionOperation>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     #[allow(dead_code)] // transaction-level metadata has no meaning for the built-in stores
     metadata: HashMap<String, Stringish>,
 }
@@ -369,6 +380,15 @@ mod tests {
         assert_eq!(p(Some("name")), "store||k");
         assert_eq!(p(Some("shared")), "shared||k");
         assert!(KeyPrefix::parse(Some("a||b"), "s").is_err());
+    }
+
+    #[test]
+    fn null_fields_read_as_empty_like_go() {
+        let items: Vec<SaveItem> =
+            serde_json::from_str(r#"[{"key":"k","value":1,"metadata":null,"options":null,"etag":null}]"#).unwrap();
+        assert!(items[0].metadata.is_empty() && items[0].options.is_none() && items[0].etag.is_none());
+        let tx: TransactionRequest = serde_json::from_str(r#"{"operations":null,"metadata":null}"#).unwrap();
+        assert!(tx.operations.is_empty());
     }
 
     #[test]

@@ -1,0 +1,43 @@
+//! The official Dapr JavaScript SDK (`@dapr/dapr`, HTTP mode), unchanged, against the real binary.
+//!
+//! Needs `node` and the SDK installed in tests/js (`npm ci --prefix tests/js`; scripts/test.sh does it).
+
+use std::path::Path;
+use std::process::Command;
+
+use edgecar_tests::Edgecar;
+
+fn run_sdk(ec: &Edgecar, env: &[(&str, &str)]) {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    assert!(
+        js.join("node_modules/@dapr/dapr").exists(),
+        "the Dapr JS SDK is not installed: run `npm ci --prefix tests/js` (scripts/test.sh does)"
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg("state.mjs").current_dir(&js).env("DAPR_HTTP_PORT", ec.port.to_string()).env_remove("DAPR_API_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("node not found: install nodejs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "Dapr JS SDK run failed:\n{stdout}\n{}\nedgecar log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ec.log.lock().unwrap()
+    );
+}
+
+#[test]
+fn dapr_javascript_sdk_works_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = Edgecar::start(dir.path(), &[]);
+    run_sdk(&ec, &[]);
+}
+
+#[test]
+fn dapr_javascript_sdk_works_with_an_api_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = Edgecar::start(dir.path(), &["--dapr-api-token", "tok-123", "--app-id", "sdkapp"]);
+    run_sdk(&ec, &[("DAPR_API_TOKEN", "tok-123"), ("EXPECT_APP_ID", "sdkapp")]);
+}
