@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Every test edgecar has, from a fresh Debian/Ubuntu machine with Rust (rustup):
+#   1. installs the test peers and cross toolchains that are missing (apt),
+#   2. quality gates: rustfmt and clippy with -D warnings,
+#   3. unit and end-to-end tests (real edgecar, real redis-server, the official Dapr JS SDK),
+#   4. the appliance guard: ARM cross-builds, a qemu smoke test, and the TLS-provider check.
+# .ci/run calls exactly this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "test peers and toolchains"
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v mosquitto >/dev/null || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v arm-linux-gnueabihf-gcc >/dev/null || need+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
+command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+command -v curl >/dev/null || need+=(curl)
+if ((${#need[@]})); then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+fi
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+installed_targets=$(rustup target list --installed)
+for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+  grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
+done
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "Dapr JS SDK for the SDK tests"
+npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+
+step "unit and end-to-end tests"
+cargo build -p edgecar --locked
+cargo test --workspace --locked
+
+step "appliance guard: ARM builds, qemu smoke test, TLS providers"
+scripts/cross-check.sh
