@@ -1,0 +1,1 @@
+//! Engine tests: offer choice, breakers, retries, cache and coalescing, with fake offers and paused time.
