@@ -31,7 +31,8 @@ done
 # aarch64 smoke test: the emulated daemon serves a state save and get.
 work=$(mktemp -d)
 log="$work/edgecar.log"
-run_arm aarch64-unknown-linux-gnu qemu-aarch64-static /usr/aarch64-linux-gnu \
+# Started directly (not through run_arm) so that $! is the emulated daemon itself.
+qemu-aarch64-static -L /usr/aarch64-linux-gnu target/aarch64-unknown-linux-gnu/release/edgecar \
   run --dapr-http-port 0 --state-dir "$work/data" 2>"$log" &
 pid=$!
 trap 'kill -9 $pid 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -48,5 +49,7 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$base/state/statestore" \
 [ "$code" = 204 ] || { echo "FAIL: save answered $code"; cat "$log"; exit 1; }
 got=$(curl -s "$base/state/statestore/board")
 [ "$got" = '{"arch":"aarch64"}' ] || { echo "FAIL: get returned $got"; cat "$log"; exit 1; }
-kill -TERM $pid; wait $pid
+kill -TERM $pid
+status=0; wait $pid || status=$?
+[ "$status" = 0 ] || { echo "FAIL: aarch64 edgecar exited with $status after SIGTERM"; cat "$log"; exit 1; }
 echo "ok: aarch64 edgecar under qemu saved and read back state, then exited cleanly on SIGTERM"

@@ -35,7 +35,8 @@ pub fn status(kind: ErrorKind) -> StatusCode {
 
 /// Dapr's error body: `{"errorCode": "...", "message": "..."}`.
 pub fn error_body(e: &Error) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"errorCode": e.code, "message": e.message})).unwrap_or_default()
+    serde_json::to_vec(&serde_json::json!({"errorCode": e.code, "message": e.message}))
+        .unwrap_or_default()
 }
 
 /// Decodes `%XX` escapes in one path segment or query component (`+` stays `+` in paths).
@@ -64,7 +65,8 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, Error> {
             }
         }
     }
-    String::from_utf8(out).map_err(|_| Error::malformed(format!("{s:?} is not UTF-8 after decoding")))
+    String::from_utf8(out)
+        .map_err(|_| Error::malformed(format!("{s:?} is not UTF-8 after decoding")))
 }
 
 /// Reads Dapr's query options: `metadata.<name>=<value>` into metadata, the rest into options.
@@ -83,7 +85,11 @@ pub fn parse_query(query: Option<&str>, params: &mut Params) -> Result<(), Error
 }
 
 fn not_found(method: &Method, path: &str) -> Error {
-    Error::new(ErrorKind::NotFound, codes::NOT_FOUND, format!("no API route for {method} {path}"))
+    Error::new(
+        ErrorKind::NotFound,
+        codes::NOT_FOUND,
+        format!("no API route for {method} {path}"),
+    )
 }
 
 fn method_not_allowed(method: &Method, path: &str) -> Error {
@@ -96,7 +102,9 @@ fn method_not_allowed(method: &Method, path: &str) -> Error {
 
 /// Maps a method and path to what it means.
 pub fn route(method: &Method, path: &str) -> Result<Route, Error> {
-    let rest = path.strip_prefix("/v1.0/").ok_or_else(|| not_found(method, path))?;
+    let rest = path
+        .strip_prefix("/v1.0/")
+        .ok_or_else(|| not_found(method, path))?;
     let mut segs: Vec<String> = rest
         .split('/')
         .map(|s| percent_decode(s, false))
@@ -109,18 +117,36 @@ pub fn route(method: &Method, path: &str) -> Result<Route, Error> {
     let op = match (s.as_slice(), method) {
         (["healthz"], &Method::GET) => return Ok(Route::Healthz),
         (["healthz", "outbound"], &Method::GET) => return Ok(Route::HealthzOutbound),
-        (["state", store], _) if write => Op::StateSave { store: store.to_string() },
-        (["state", store, "bulk"], _) if write => Op::StateBulkGet { store: store.to_string() },
-        (["state", store, "transaction"], _) if write => {
-            Op::StateTransaction { store: store.to_string() }
-        }
-        (["state", store, key], &Method::GET) => Op::StateGet { store: store.to_string(), key: key.to_string() },
-        (["state", store, key], &Method::DELETE) => {
-            Op::StateDelete { store: store.to_string(), key: key.to_string() }
-        }
+        (["state", store], _) if write => Op::StateSave {
+            store: store.to_string(),
+        },
+        (["state", store, "bulk"], _) if write => Op::StateBulkGet {
+            store: store.to_string(),
+        },
+        (["state", store, "transaction"], _) if write => Op::StateTransaction {
+            store: store.to_string(),
+        },
+        (["state", store, key], &Method::GET) => Op::StateGet {
+            store: store.to_string(),
+            key: key.to_string(),
+        },
+        (["state", store, key], &Method::DELETE) => Op::StateDelete {
+            store: store.to_string(),
+            key: key.to_string(),
+        },
         (["metadata"], &Method::GET) => Op::MetadataGet,
-        (["metadata", attr], &Method::PUT) => Op::MetadataSet { attribute: attr.to_string() },
-        (["healthz"] | ["healthz", "outbound"] | ["state", _] | ["state", _, _] | ["metadata"] | ["metadata", _], _) => {
+        (["metadata", attr], &Method::PUT) => Op::MetadataSet {
+            attribute: attr.to_string(),
+        },
+        (
+            ["healthz"]
+            | ["healthz", "outbound"]
+            | ["state", _]
+            | ["state", _, _]
+            | ["metadata"]
+            | ["metadata", _],
+            _,
+        ) => {
             return Err(method_not_allowed(method, path));
         }
         _ => return Err(not_found(method, path)),
@@ -137,24 +163,52 @@ mod tests {
         let r = |m: Method, p: &str| route(&m, p);
         assert_eq!(
             r(Method::GET, "/v1.0/state/s/my%20key"),
-            Ok(Route::Call(Op::StateGet { store: "s".into(), key: "my key".into() }))
+            Ok(Route::Call(Op::StateGet {
+                store: "s".into(),
+                key: "my key".into()
+            }))
         );
-        assert_eq!(r(Method::POST, "/v1.0/state/s"), Ok(Route::Call(Op::StateSave { store: "s".into() })));
-        assert_eq!(r(Method::PUT, "/v1.0/state/s/bulk"), Ok(Route::Call(Op::StateBulkGet { store: "s".into() })));
+        assert_eq!(
+            r(Method::POST, "/v1.0/state/s"),
+            Ok(Route::Call(Op::StateSave { store: "s".into() }))
+        );
+        assert_eq!(
+            r(Method::PUT, "/v1.0/state/s/bulk"),
+            Ok(Route::Call(Op::StateBulkGet { store: "s".into() }))
+        );
         assert_eq!(
             r(Method::GET, "/v1.0/state/s/bulk"),
-            Ok(Route::Call(Op::StateGet { store: "s".into(), key: "bulk".into() }))
+            Ok(Route::Call(Op::StateGet {
+                store: "s".into(),
+                key: "bulk".into()
+            }))
         );
-        assert_eq!(r(Method::GET, "/v1.0/healthz/outbound"), Ok(Route::HealthzOutbound));
-        assert_eq!(r(Method::PATCH, "/v1.0/state/s").unwrap_err().code, codes::METHOD_NOT_ALLOWED);
-        assert_eq!(r(Method::GET, "/v2/x").unwrap_err().kind, ErrorKind::NotFound);
-        assert_eq!(r(Method::GET, "/v1.0/state/s/%zz").unwrap_err().kind, ErrorKind::BadRequest);
+        assert_eq!(
+            r(Method::GET, "/v1.0/healthz/outbound"),
+            Ok(Route::HealthzOutbound)
+        );
+        assert_eq!(
+            r(Method::PATCH, "/v1.0/state/s").unwrap_err().code,
+            codes::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            r(Method::GET, "/v2/x").unwrap_err().kind,
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            r(Method::GET, "/v1.0/state/s/%zz").unwrap_err().kind,
+            ErrorKind::BadRequest
+        );
     }
 
     #[test]
     fn query_metadata_and_options() {
         let mut p = Params::default();
-        parse_query(Some("metadata.ttlInSeconds=30&concurrency=first-write&metadata.a%20b=c+d"), &mut p).unwrap();
+        parse_query(
+            Some("metadata.ttlInSeconds=30&concurrency=first-write&metadata.a%20b=c+d"),
+            &mut p,
+        )
+        .unwrap();
         assert_eq!(p.metadata["ttlInSeconds"], "30");
         assert_eq!(p.metadata["a b"], "c d");
         assert_eq!(p.options["concurrency"], "first-write");

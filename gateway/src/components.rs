@@ -86,13 +86,22 @@ pub fn validate(c: &Component) -> Vec<ConfigError> {
             let known: Vec<&str> = TYPES.iter().map(|(t, _)| *t).collect();
             err(
                 "spec.type",
-                format!("unknown component type {:?}; known types: {}", c.type_name, known.join(", ")),
+                format!(
+                    "unknown component type {:?}; known types: {}",
+                    c.type_name,
+                    known.join(", ")
+                ),
             );
             return errors;
         }
         Some((_, versions)) if !versions.contains(&c.version.as_str()) => err(
             "spec.version",
-            format!("{} has no version {:?}; supported: {}", c.type_name, c.version, versions.join(", ")),
+            format!(
+                "{} has no version {:?}; supported: {}",
+                c.type_name,
+                c.version,
+                versions.join(", ")
+            ),
         ),
         Some(_) => {}
     }
@@ -107,16 +116,16 @@ pub fn validate(c: &Component) -> Vec<ConfigError> {
             );
         }
     }
-    if c.type_name.starts_with("state.") {
-        if let Err(m) = KeyPrefix::parse(c.meta("keyPrefix"), &c.name) {
-            err(&meta_field(c, "keyPrefix"), m);
-        }
+    if c.type_name.starts_with("state.")
+        && let Err(m) = KeyPrefix::parse(c.meta("keyPrefix"), &c.name)
+    {
+        err(&meta_field(c, "keyPrefix"), m);
     }
-    if c.type_name == "state.redis" {
-        if let Err(m) = redis_settings(c) {
-            for (field, msg) in m {
-                err(&meta_field(c, field), msg);
-            }
+    if c.type_name == "state.redis"
+        && let Err(m) = redis_settings(c)
+    {
+        for (field, msg) in m {
+            err(&meta_field(c, field), msg);
         }
     }
     errors
@@ -134,7 +143,10 @@ fn redis_settings(c: &Component) -> Result<RedisSettings, Vec<(&'static str, Str
     let host_port = c.meta("redisHost").unwrap_or_default();
     let (host, port) = match host_port.rsplit_once(':') {
         _ if host_port.is_empty() => {
-            errors.push(("redisHost", "required: the Redis address as host:port".to_string()));
+            errors.push((
+                "redisHost",
+                "required: the Redis address as host:port".to_string(),
+            ));
             (String::new(), 6379)
         }
         Some((h, p)) => match p.parse::<u16>() {
@@ -159,13 +171,14 @@ fn redis_settings(c: &Component) -> Result<RedisSettings, Vec<(&'static str, Str
             "TLS to Redis is not supported yet; use a Redis on the gateway or a TLS tunnel".into(),
         ));
     }
-    let mut duration = |name: &'static str, default: Duration| match c.meta(name).filter(|s| !s.is_empty()) {
-        None => default,
-        Some(s) => parse_duration(s).unwrap_or_else(|m| {
-            errors.push((name, m));
-            default
-        }),
-    };
+    let mut duration =
+        |name: &'static str, default: Duration| match c.meta(name).filter(|s| !s.is_empty()) {
+            None => default,
+            Some(s) => parse_duration(s).unwrap_or_else(|m| {
+                errors.push((name, m));
+                default
+            }),
+        };
     let connect_timeout = duration("dialTimeout", c.init_timeout);
     let response_timeout = duration("readTimeout", Duration::from_secs(5));
     let non_empty = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
@@ -203,7 +216,8 @@ pub async fn build(components: &[Component], db: &sled::Db) -> Result<Registry, 
                             version: c.version.clone(),
                             capabilities: store.features().to_vec(),
                         });
-                        reg.state.insert(c.name.clone(), StateComponent { store, key_prefix });
+                        reg.state
+                            .insert(c.name.clone(), StateComponent { store, key_prefix });
                     }
                     Err(m) => errors.push(m),
                 }
@@ -214,7 +228,11 @@ pub async fn build(components: &[Component], db: &sled::Db) -> Result<Registry, 
             Err(m) => errors.push(format!("component {:?} ({}): {m}", c.name, c.type_name)),
         }
     }
-    if errors.is_empty() { Ok(reg) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(reg)
+    } else {
+        Err(errors)
+    }
 }
 
 async fn build_state(
@@ -231,9 +249,14 @@ async fn build_state(
         "state.in-memory" => Ok(Arc::new(state_memory::MemoryStore::default())),
         "state.redis" => {
             let settings = redis_settings(c).map_err(|errs| {
-                errs.into_iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join("; ")
+                errs.into_iter()
+                    .map(|(f, m)| format!("{f}: {m}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             })?;
-            let store = RedisStore::connect(&settings).await.map_err(|e| e.to_string())?;
+            let store = RedisStore::connect(&settings)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(Arc::new(store))
         }
         other => Err(format!("unknown component type {other:?}")),

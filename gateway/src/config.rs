@@ -36,7 +36,11 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// Builds an error.
-    pub fn new(file: impl Into<PathBuf>, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        file: impl Into<PathBuf>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         ConfigError {
             file: file.into(),
             field: field.into(),
@@ -50,7 +54,13 @@ impl fmt::Display for ConfigError {
         if self.field.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}: {}: {}", self.file.display(), self.field, self.message)
+            write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.field,
+                self.message
+            )
         }
     }
 }
@@ -207,7 +217,11 @@ fn section<T: DeserializeOwned>(
         Ok(v) => Some(v),
         Err(e) => {
             let inner = e.path().to_string();
-            let path = if inner == "." { field.to_owned() } else { format!("{field}.{inner}") };
+            let path = if inner == "." {
+                field.to_owned()
+            } else {
+                format!("{field}.{inner}")
+            };
             errors.push(ConfigError::new(file, path, e.into_inner().to_string()));
             None
         }
@@ -222,7 +236,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, Vec<ConfigError>> {
 /// Reads a config document over `base`, collecting every error.
 pub fn parse_over(base: Config, text: &str, file: &Path) -> Result<Config, Vec<ConfigError>> {
     let (cfg, errors) = parse_lenient(base, text, file);
-    if errors.is_empty() { Ok(cfg) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Reads what it can of a config document over `base`; sections with errors keep `base`.
@@ -237,7 +255,11 @@ fn parse_lenient(base: Config, text: &str, file: &Path) -> (Config, Vec<ConfigEr
         Value::Null => return (cfg, errors),
         Value::Mapping(m) => m,
         _ => {
-            errors.push(ConfigError::new(file, "", "expected a mapping of settings at the top level"));
+            errors.push(ConfigError::new(
+                file,
+                "",
+                "expected a mapping of settings at the top level",
+            ));
             return (cfg, errors);
         }
     };
@@ -308,10 +330,10 @@ pub fn assemble(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> (Config, Vec<ConfigError>) {
     let mut base = Config::default();
-    if let Some(dir) = env("STATE_DIRECTORY").and_then(|d| d.split(':').next().map(PathBuf::from)) {
-        if !dir.as_os_str().is_empty() {
-            base.state_dir = dir;
-        }
+    if let Some(dir) = env("STATE_DIRECTORY").and_then(|d| d.split(':').next().map(PathBuf::from))
+        && !dir.as_os_str().is_empty()
+    {
+        base.state_dir = dir;
     }
     let mut errors = Vec::new();
     let mut cfg = match file {
@@ -447,7 +469,11 @@ mod tests {
         let text = "http:\n  port: seventy\nlimits:\n  maxKeyLength: -1\nbogus: 1\nappId: ok\n";
         let errs = parse(text, Path::new("f.yaml")).unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["http.port", "limits.maxKeyLength", "bogus"], "{errs:?}");
+        assert_eq!(
+            fields,
+            ["http.port", "limits.maxKeyLength", "bogus"],
+            "{errs:?}"
+        );
         assert!(errs[0].message.contains("u16"), "{}", errs[0]);
     }
 
@@ -466,7 +492,11 @@ mod tests {
         assert_eq!(cfg.app_id, "fromfile");
         assert_eq!(cfg.http.api_token, "envtoken");
         assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/edgecar"));
-        let o = Overrides { app_id: Some("flag".into()), listen_address: Some("nope".into()), ..Default::default() };
+        let o = Overrides {
+            app_id: Some("flag".into()),
+            listen_address: Some("nope".into()),
+            ..Default::default()
+        };
         let (cfg, errs) = assemble(Some(&f), &o, &env);
         assert_eq!(cfg.app_id, "flag");
         assert_eq!(errs[0].field, "--dapr-listen-addresses");
@@ -474,9 +504,14 @@ mod tests {
 
     #[test]
     fn semantic_errors_are_all_collected() {
-        let mut cfg = Config::default();
-        cfg.app_id = "a.b".into();
-        cfg.limits.max_bulk_items = 0;
+        let cfg = Config {
+            app_id: "a.b".into(),
+            limits: Limits {
+                max_bulk_items: 0,
+                ..Limits::default()
+            },
+            ..Config::default()
+        };
         let errs = validate(&cfg, Path::new("f.yaml"));
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert_eq!(errs[0].field, "appId");

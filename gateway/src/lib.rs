@@ -22,7 +22,7 @@
 //! - [`blocks`]: Dapr semantics (state, metadata), written once for all transports.
 //! - [`components`]: backends by `spec.type` (`state.sled`, `state.redis`, `state.in-memory`).
 //! - [`runtime`]: wires the path together; [`run`] starts and stops the whole gateway.
-//! - [`observability`]: logging.
+//! - [`observability`]: logging set-up.
 
 pub mod api;
 pub mod blocks;
@@ -109,7 +109,10 @@ async fn sweep(stores: Vec<SledStore>, every: Duration) {
         let stores = stores.clone();
         let swept = tokio::task::spawn_blocking(move || {
             let now = components::state::unix_now();
-            stores.iter().map(|s| s.sweep_expired(now)).collect::<Vec<_>>()
+            stores
+                .iter()
+                .map(|s| s.sweep_expired(now))
+                .collect::<Vec<_>>()
         })
         .await;
         if let Ok(results) = swept {
@@ -134,7 +137,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let db = open_database(&cfg).await?;
-    let registry = components::build(&components, &db).await.map_err(StartError::Components)?;
+    let registry = components::build(&components, &db)
+        .await
+        .map_err(StartError::Components)?;
     let metadata = MetadataBlock::new(
         cfg.app_id.clone(),
         cfg.site.clone(),

@@ -103,27 +103,41 @@ fn load(args: &RunArgs) -> Result<(config::Config, Vec<resources::Component>), V
     for c in &components {
         errors.extend(components::validate(c));
     }
-    if errors.is_empty() { Ok((cfg, components)) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok((cfg, components))
+    } else {
+        Err(errors)
+    }
 }
 
 fn report(errors: &[ConfigError]) {
     for e in errors {
         eprintln!("error: {e}");
     }
-    eprintln!("{} error(s); see `edgecar print-config` for every field", errors.len());
+    eprintln!(
+        "{} error(s); see `edgecar print-config` for every field",
+        errors.len()
+    );
 }
 
 fn check_config(args: &RunArgs) -> ExitCode {
     match load(args) {
         Ok((cfg, comps)) => {
-            let file = args.config.as_deref().unwrap_or(Path::new("<embedded defaults>"));
+            let file = args
+                .config
+                .as_deref()
+                .unwrap_or(Path::new("<embedded defaults>"));
             println!(
                 "ok: {} (app id {:?}, site {:?}), {} component(s): {}",
                 file.display(),
                 cfg.app_id,
                 cfg.site,
                 comps.len(),
-                comps.iter().map(|c| format!("{} ({})", c.name, c.type_name)).collect::<Vec<_>>().join(", ")
+                comps
+                    .iter()
+                    .map(|c| format!("{} ({})", c.name, c.type_name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             ExitCode::SUCCESS
         }
@@ -160,7 +174,10 @@ fn run(args: &RunArgs) -> ExitCode {
         }
     };
     edgecar::observability::init_logging(&cfg.log.level);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("edgecar: cannot start the async runtime: {e}");

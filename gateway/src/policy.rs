@@ -29,8 +29,25 @@ mod tests {
     fn devices_cannot_touch_sidecar_metadata() {
         let dev = Caller::Device { id: "d1".into() };
         assert!(authorize(&dev, &Op::MetadataGet).is_err());
-        assert!(authorize(&dev, &Op::StateGet { store: "s".into(), key: "k".into() }).is_ok());
+        assert!(
+            authorize(
+                &dev,
+                &Op::StateGet {
+                    store: "s".into(),
+                    key: "k".into()
+                }
+            )
+            .is_ok()
+        );
         let app = Caller::LocalApp { app_id: "a".into() };
-        assert!(authorize(&app, &Op::MetadataSet { attribute: "x".into() }).is_ok());
+        assert!(
+            authorize(
+                &app,
+                &Op::MetadataSet {
+                    attribute: "x".into()
+                }
+            )
+            .is_ok()
+        );
     }
 }

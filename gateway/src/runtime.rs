@@ -29,10 +29,18 @@ impl Runtime {
         let result = match &call.op {
             Op::StateGet { store, key } => self.state.get(caller, store, key).await,
             Op::StateBulkGet { store } => self.state.bulk_get(caller, store, &call.body).await,
-            Op::StateSave { store } => self.state.save(caller, store, &call.body, &call.params).await,
-            Op::StateDelete { store, key } => self.state.delete(caller, store, key, &call.params).await,
+            Op::StateSave { store } => {
+                self.state
+                    .save(caller, store, &call.body, &call.params)
+                    .await
+            }
+            Op::StateDelete { store, key } => {
+                self.state.delete(caller, store, key, &call.params).await
+            }
             Op::StateTransaction { store } => {
-                self.state.transaction(caller, store, &call.body, &call.params).await
+                self.state
+                    .transaction(caller, store, &call.body, &call.params)
+                    .await
             }
             Op::MetadataGet => self.metadata.get(),
             Op::MetadataSet { attribute } => self.metadata.set(attribute, &call.body),

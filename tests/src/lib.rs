@@ -41,7 +41,10 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -102,7 +105,11 @@ impl Edgecar {
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(port) => Edgecar { child: Some(child), port, log },
+            Ok(port) => Edgecar {
+                child: Some(child),
+                port,
+                log,
+            },
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -118,7 +125,13 @@ impl Edgecar {
     }
 
     /// Sends a request to this daemon.
-    pub fn req(&self, method: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> HttpResponse {
+    pub fn req(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> HttpResponse {
         http(self.port, method, path, body, headers)
     }
 
@@ -138,14 +151,21 @@ impl Edgecar {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        let ok = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status().expect("kill");
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .expect("kill");
         assert!(ok.success());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = c.try_wait().expect("wait") {
                 return st;
             }
-            assert!(Instant::now() < deadline, "edgecar did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "edgecar did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -196,7 +216,9 @@ impl RedisServer {
             let mut server = RedisServer { child, port };
             let up = (0..250).any(|_| {
                 std::thread::sleep(Duration::from_millis(20));
-                server.command(&["PING"]).is_some_and(|r| r.starts_with("+PONG"))
+                server
+                    .command(&["PING"])
+                    .is_some_and(|r| r.starts_with("+PONG"))
             });
             if up {
                 return server;
@@ -242,7 +264,10 @@ pub struct HttpResponse {
 impl HttpResponse {
     /// A header value by (lower-case) name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as text.
@@ -252,17 +277,27 @@ impl HttpResponse {
 
     /// The body as JSON (panics with the body if it is not).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     /// The Dapr `errorCode` of an error body.
     pub fn error_code(&self) -> String {
-        self.json()["errorCode"].as_str().unwrap_or_default().to_owned()
+        self.json()["errorCode"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
 /// One HTTP/1.1 request on a fresh connection to 127.0.0.1:`port`.
-pub fn http(port: u16, method: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> HttpResponse {
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> HttpResponse {
     try_http(port, method, path, body, headers).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
@@ -296,7 +331,12 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<HttpResponse> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no header end in {:?}", String::from_utf8_lossy(&raw))))?;
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "no header end in {:?}",
+                String::from_utf8_lossy(&raw)
+            ))
+        })?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status = lines
@@ -308,7 +348,11 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<HttpResponse> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    Ok(HttpResponse { status, headers, body: raw[split + 4..].to_vec() })
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    })
 }
 
 /// Writes a Dapr Component file into `dir`.

@@ -9,7 +9,11 @@ use std::time::Duration;
 use edgecar_tests::{Edgecar, edgecar_bin, read_response};
 
 fn edgecar(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(edgecar_bin()).args(args).env_remove("DAPR_API_TOKEN").output().unwrap();
+    let out = Command::new(edgecar_bin())
+        .args(args)
+        .env_remove("DAPR_API_TOKEN")
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -24,7 +28,10 @@ fn version_and_print_config() {
     assert!(out.starts_with("edgecar "), "{out}");
     let (code, out, _) = edgecar(&["print-config"]);
     assert_eq!(code, 0);
-    assert!(out.contains("appId: edgecar") && out.contains("port: 3500"), "{out}");
+    assert!(
+        out.contains("appId: edgecar") && out.contains("port: 3500"),
+        "{out}"
+    );
     // What it prints is a valid config file.
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("edgecar.yaml");
@@ -38,7 +45,11 @@ fn version_and_print_config() {
 fn check_config_reports_every_error_with_file_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("edgecar.yaml");
-    std::fs::write(&cfg, "appId: has.dot\nhttp:\n  port: 99999\nlimits:\n  maxBulkItems: 0\ncolour: blue\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "appId: has.dot\nhttp:\n  port: 99999\nlimits:\n  maxBulkItems: 0\ncolour: blue\n",
+    )
+    .unwrap();
     let res = dir.path().join("components");
     std::fs::create_dir(&res).unwrap();
     std::fs::write(
@@ -82,9 +93,18 @@ fn run_refuses_an_invalid_config_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("edgecar.yaml");
     std::fs::write(&cfg, "http:\n  maxBodySize: 12 parsecs\n").unwrap();
-    let (code, _, err) = edgecar(&["run", "--config", cfg.to_str().unwrap(), "--dapr-http-port", "0"]);
+    let (code, _, err) = edgecar(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--dapr-http-port",
+        "0",
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("http.maxBodySize") && err.contains("refusing to start"), "{err}");
+    assert!(
+        err.contains("http.maxBodySize") && err.contains("refusing to start"),
+        "{err}"
+    );
     let (code, _, err) = edgecar(&["run", "--dapr-http-port", "notaport"]);
     assert_eq!(code, 2, "clap rejects bad flags: {err}");
     assert!(err.contains("--dapr-http-port"), "{err}");
@@ -95,7 +115,13 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let _first = Edgecar::start(dir.path(), &[]);
     let out = Command::new(edgecar_bin())
-        .args(["run", "--dapr-http-port", "0", "--state-dir", dir.path().to_str().unwrap()])
+        .args([
+            "run",
+            "--dapr-http-port",
+            "0",
+            "--state-dir",
+            dir.path().to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -126,9 +152,18 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
     });
     let status = ec.terminate();
     let r = finisher.join().unwrap();
-    assert_eq!(r.status, 204, "the in-flight request completed: {}", r.text());
+    assert_eq!(
+        r.status,
+        204,
+        "the in-flight request completed: {}",
+        r.text()
+    );
     assert!(status.success(), "exit status {status:?} of pid {pid}");
     // And it really was written.
     let ec = Edgecar::start(dir.path(), &[]);
-    assert_eq!(ec.req("GET", "/v1.0/state/statestore/late", b"", &[]).text(), "\"arrived\"");
+    assert_eq!(
+        ec.req("GET", "/v1.0/state/statestore/late", b"", &[])
+            .text(),
+        "\"arrived\""
+    );
 }

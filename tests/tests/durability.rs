@@ -55,5 +55,11 @@ fn acknowledged_saves_survive_kill_9_mid_load() {
             lost.push((key.clone(), r.status));
         }
     }
-    assert!(lost.is_empty(), "{} of {} acknowledged writes lost, e.g. {:?}", lost.len(), acked.len(), &lost[..lost.len().min(5)]);
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
 }

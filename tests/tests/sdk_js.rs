@@ -14,7 +14,10 @@ fn run_sdk(ec: &Edgecar, env: &[(&str, &str)]) {
         "the Dapr JS SDK is not installed: run `npm ci --prefix tests/js` (scripts/test.sh does)"
     );
     let mut cmd = Command::new("node");
-    cmd.arg("state.mjs").current_dir(&js).env("DAPR_HTTP_PORT", ec.port.to_string()).env_remove("DAPR_API_TOKEN");
+    cmd.arg("state.mjs")
+        .current_dir(&js)
+        .env("DAPR_HTTP_PORT", ec.port.to_string())
+        .env_remove("DAPR_API_TOKEN");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -38,6 +41,12 @@ fn dapr_javascript_sdk_works_unchanged() {
 #[test]
 fn dapr_javascript_sdk_works_with_an_api_token() {
     let dir = tempfile::tempdir().unwrap();
-    let ec = Edgecar::start(dir.path(), &["--dapr-api-token", "tok-123", "--app-id", "sdkapp"]);
-    run_sdk(&ec, &[("DAPR_API_TOKEN", "tok-123"), ("EXPECT_APP_ID", "sdkapp")]);
+    let ec = Edgecar::start(
+        dir.path(),
+        &["--dapr-api-token", "tok-123", "--app-id", "sdkapp"],
+    );
+    run_sdk(
+        &ec,
+        &[("DAPR_API_TOKEN", "tok-123"), ("EXPECT_APP_ID", "sdkapp")],
+    );
 }

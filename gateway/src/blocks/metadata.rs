@@ -36,7 +36,13 @@ pub struct MetadataBlock {
 
 impl MetadataBlock {
     /// Describes a sidecar.
-    pub fn new(app_id: String, site: String, app_port: u16, app_address: String, components: Vec<ComponentInfo>) -> Self {
+    pub fn new(
+        app_id: String,
+        site: String,
+        app_port: u16,
+        app_address: String,
+        components: Vec<ComponentInfo>,
+    ) -> Self {
         MetadataBlock {
             app_id,
             site,
@@ -52,11 +58,20 @@ impl MetadataBlock {
         let mut extended = self
             .extended
             .lock()
-            .map_err(|_| Error::new(ErrorKind::Internal, codes::METADATA_SET, "metadata lock poisoned"))?
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Internal,
+                    codes::METADATA_SET,
+                    "metadata lock poisoned",
+                )
+            })?
             .clone();
         extended.insert("edgecarVersion".into(), env!("CARGO_PKG_VERSION").into());
         extended.insert("site".into(), self.site.clone());
-        extended.insert("daprRuntimeVersion".into(), format!("edgecar-{}", env!("CARGO_PKG_VERSION")));
+        extended.insert(
+            "daprRuntimeVersion".into(),
+            format!("edgecar-{}", env!("CARGO_PKG_VERSION")),
+        );
         let components: Vec<_> = self
             .components
             .iter()
@@ -94,7 +109,9 @@ impl MetadataBlock {
     /// `PUT /v1.0/metadata/<name>`: the body is the value.
     pub fn set(&self, name: &str, body: &[u8]) -> Result<Reply, Error> {
         if name.is_empty() {
-            return Err(Error::malformed("metadata attribute name must not be empty"));
+            return Err(Error::malformed(
+                "metadata attribute name must not be empty",
+            ));
         }
         if body.len() > MAX_ATTRIBUTE_BYTES {
             return Err(Error::malformed(format!(
@@ -104,12 +121,17 @@ impl MetadataBlock {
         }
         let value = std::str::from_utf8(body)
             .map_err(|_| Error::malformed("metadata attribute value must be UTF-8 text"))?;
-        let mut map = self
-            .extended
-            .lock()
-            .map_err(|_| Error::new(ErrorKind::Internal, codes::METADATA_SET, "metadata lock poisoned"))?;
+        let mut map = self.extended.lock().map_err(|_| {
+            Error::new(
+                ErrorKind::Internal,
+                codes::METADATA_SET,
+                "metadata lock poisoned",
+            )
+        })?;
         if !map.contains_key(name) && map.len() >= MAX_ATTRIBUTES {
-            return Err(Error::malformed(format!("at most {MAX_ATTRIBUTES} metadata attributes can be set")));
+            return Err(Error::malformed(format!(
+                "at most {MAX_ATTRIBUTES} metadata attributes can be set"
+            )));
         }
         map.insert(name.to_owned(), value.to_owned());
         Ok(Reply::no_content())

@@ -13,9 +13,7 @@ use serde_json::value::RawValue;
 
 use crate::call::{Caller, Params, Reply};
 use crate::components::StateComponent;
-use crate::components::state::{
-    Concurrency, DeleteRequest, SetRequest, StoreError, Ttl, TxOp,
-};
+use crate::components::state::{Concurrency, DeleteRequest, SetRequest, StoreError, Ttl, TxOp};
 use crate::config::Limits;
 use crate::error::{Error, ErrorKind, codes};
 
@@ -42,7 +40,9 @@ impl KeyPrefix {
             None | Some("") | Some("appid") | Some("namespace") => Ok(KeyPrefix::Owner),
             Some("none") => Ok(KeyPrefix::None),
             Some("name") => Ok(KeyPrefix::StoreName(store.to_owned())),
-            Some(p) if p.contains(SEPARATOR) => Err(format!("keyPrefix {p:?} must not contain '||'")),
+            Some(p) if p.contains(SEPARATOR) => {
+                Err(format!("keyPrefix {p:?} must not contain '||'"))
+            }
             Some(p) => Ok(KeyPrefix::Custom(p.to_owned())),
         }
     }
@@ -91,7 +91,8 @@ struct ItemOptions {
     #[serde(default)]
     concurrency: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)] // accepted as Dapr documents it; every store here is strongly consistent
+    #[allow(dead_code)]
+    // accepted as Dapr documents it; every store here is strongly consistent
     consistency: Option<String>,
 }
 
@@ -114,7 +115,8 @@ struct BulkGetRequest {
     #[serde(default, deserialize_with = "null_as_default")]
     keys: Vec<String>,
     #[serde(default)]
-    #[allow(dead_code)] // stores answer from memory or one connection; parallelism adds nothing
+    #[allow(dead_code)]
+    // stores answer from memory or one connection; parallelism adds nothing
     parallelism: Option<u32>,
 }
 
@@ -142,7 +144,8 @@ pub struct StateBlock {
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Error> {
-    serde_json::from_slice(body).map_err(|e| Error::malformed(format!("failed deserializing HTTP body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| Error::malformed(format!("failed deserializing HTTP body: {e}")))
 }
 
 fn parse_ttl(metadata: &HashMap<String, String>) -> Result<Ttl, Error> {
@@ -161,7 +164,9 @@ fn parse_ttl(metadata: &HashMap<String, String>) -> Result<Ttl, Error> {
 fn parse_concurrency(s: Option<&str>) -> Result<Concurrency, Error> {
     let s = s.unwrap_or_default();
     Concurrency::parse(s).ok_or_else(|| {
-        Error::malformed(format!("concurrency {s:?} must be first-write or last-write"))
+        Error::malformed(format!(
+            "concurrency {s:?} must be first-write or last-write"
+        ))
     })
 }
 
@@ -227,7 +232,9 @@ impl StateBlock {
             )));
         }
         if store.key_prefix != KeyPrefix::None && key.contains(SEPARATOR) {
-            return Err(Error::malformed(format!("input key {key:?} can't contain '||'")));
+            return Err(Error::malformed(format!(
+                "input key {key:?} can't contain '||'"
+            )));
         }
         Ok(store.key_prefix.apply(caller.owner(), key))
     }
@@ -270,7 +277,11 @@ impl StateBlock {
         let store = self.store(store_name)?;
         let full = self.key(store, caller, key)?;
         let item = store.store.get(&full).await.map_err(|e| {
-            store_error(codes::STATE_GET, format!("fail to get {key} from state store {store_name}"), e)
+            store_error(
+                codes::STATE_GET,
+                format!("fail to get {key} from state store {store_name}"),
+                e,
+            )
         })?;
         Ok(match item {
             None => Reply::no_content(),
@@ -279,12 +290,20 @@ impl StateBlock {
     }
 
     /// `POST /v1.0/state/<store>/bulk`: every key's value, ETag, or per-key error.
-    pub async fn bulk_get(&self, caller: &Caller, store_name: &str, body: &[u8]) -> Result<Reply, Error> {
+    pub async fn bulk_get(
+        &self,
+        caller: &Caller,
+        store_name: &str,
+        body: &[u8],
+    ) -> Result<Reply, Error> {
         let store = self.store(store_name)?;
         let req: BulkGetRequest = parse_json(body)?;
         self.check_count(req.keys.len(), "keys")?;
-        let full: Vec<String> =
-            req.keys.iter().map(|k| self.key(store, caller, k)).collect::<Result<_, _>>()?;
+        let full: Vec<String> = req
+            .keys
+            .iter()
+            .map(|k| self.key(store, caller, k))
+            .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(req.keys.len());
         for (key, full) in req.keys.iter().zip(full) {
             let mut entry = serde_json::Map::new();
@@ -306,7 +325,13 @@ impl StateBlock {
     }
 
     /// `POST /v1.0/state/<store>`: saves a JSON array of items, all validated before any write.
-    pub async fn save(&self, caller: &Caller, store_name: &str, body: &[u8], params: &Params) -> Result<Reply, Error> {
+    pub async fn save(
+        &self,
+        caller: &Caller,
+        store_name: &str,
+        body: &[u8],
+        params: &Params,
+    ) -> Result<Reply, Error> {
         let store = self.store(store_name)?;
         let items: Vec<SaveItem> = parse_json(body)?;
         self.check_count(items.len(), "items")?;
@@ -315,13 +340,23 @@ impl StateBlock {
             .map(|i| self.set_request(store, caller, i, &params.metadata))
             .collect::<Result<Vec<_>, _>>()?;
         store.store.set_many(reqs).await.map_err(|e| {
-            store_error(codes::STATE_SAVE, format!("failed saving state in state store {store_name}"), e)
+            store_error(
+                codes::STATE_SAVE,
+                format!("failed saving state in state store {store_name}"),
+                e,
+            )
         })?;
         Ok(Reply::no_content())
     }
 
     /// `DELETE /v1.0/state/<store>/<key>`, honouring `If-Match`.
-    pub async fn delete(&self, caller: &Caller, store_name: &str, key: &str, params: &Params) -> Result<Reply, Error> {
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        store_name: &str,
+        key: &str,
+        params: &Params,
+    ) -> Result<Reply, Error> {
         let store = self.store(store_name)?;
         let full = self.key(store, caller, key)?;
         parse_concurrency(params.options.get("concurrency").map(String::as_str))?;
@@ -330,20 +365,35 @@ impl StateBlock {
             etag: params.if_match.clone(),
         };
         store.store.delete(req).await.map_err(|e| {
-            store_error(codes::STATE_DELETE, format!("failed deleting state with key {key}"), e)
+            store_error(
+                codes::STATE_DELETE,
+                format!("failed deleting state with key {key}"),
+                e,
+            )
         })?;
         Ok(Reply::no_content())
     }
 
     /// `POST /v1.0/state/<store>/transaction`: upserts and deletes, all or nothing.
-    pub async fn transaction(&self, caller: &Caller, store_name: &str, body: &[u8], params: &Params) -> Result<Reply, Error> {
+    pub async fn transaction(
+        &self,
+        caller: &Caller,
+        store_name: &str,
+        body: &[u8],
+        params: &Params,
+    ) -> Result<Reply, Error> {
         let store = self.store(store_name)?;
         let req: TransactionRequest = parse_json(body)?;
         self.check_count(req.operations.len(), "operations")?;
         let mut ops = Vec::with_capacity(req.operations.len());
         for op in req.operations {
             match op.operation.as_str() {
-                "upsert" => ops.push(TxOp::Upsert(self.set_request(store, caller, op.request, &params.metadata)?)),
+                "upsert" => ops.push(TxOp::Upsert(self.set_request(
+                    store,
+                    caller,
+                    op.request,
+                    &params.metadata,
+                )?)),
                 "delete" => {
                     let key = self.key(store, caller, &op.request.key)?;
                     ops.push(TxOp::Delete(DeleteRequest {
@@ -361,7 +411,11 @@ impl StateBlock {
             }
         }
         store.store.transact(ops).await.map_err(|e| {
-            store_error(codes::STATE_TRANSACTION, "error while executing state transaction".into(), e)
+            store_error(
+                codes::STATE_TRANSACTION,
+                "error while executing state transaction".into(),
+                e,
+            )
         })?;
         Ok(Reply::no_content())
     }
@@ -384,10 +438,15 @@ mod tests {
 
     #[test]
     fn null_fields_read_as_empty_like_go() {
-        let items: Vec<SaveItem> =
-            serde_json::from_str(r#"[{"key":"k","value":1,"metadata":null,"options":null,"etag":null}]"#).unwrap();
-        assert!(items[0].metadata.is_empty() && items[0].options.is_none() && items[0].etag.is_none());
-        let tx: TransactionRequest = serde_json::from_str(r#"{"operations":null,"metadata":null}"#).unwrap();
+        let items: Vec<SaveItem> = serde_json::from_str(
+            r#"[{"key":"k","value":1,"metadata":null,"options":null,"etag":null}]"#,
+        )
+        .unwrap();
+        assert!(
+            items[0].metadata.is_empty() && items[0].options.is_none() && items[0].etag.is_none()
+        );
+        let tx: TransactionRequest =
+            serde_json::from_str(r#"{"operations":null,"metadata":null}"#).unwrap();
         assert!(tx.operations.is_empty());
     }
 

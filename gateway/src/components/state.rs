@@ -185,10 +185,19 @@ mod tests {
         assert_eq!(check_etag(None, None, LastWrite), Ok(()));
         assert_eq!(check_etag(Some(3), None, LastWrite), Ok(()));
         assert_eq!(check_etag(None, None, FirstWrite), Ok(()));
-        assert_eq!(check_etag(Some(3), None, FirstWrite), Err(StoreError::EtagMismatch));
+        assert_eq!(
+            check_etag(Some(3), None, FirstWrite),
+            Err(StoreError::EtagMismatch)
+        );
         assert_eq!(check_etag(Some(3), Some("3"), FirstWrite), Ok(()));
-        assert_eq!(check_etag(Some(3), Some("2"), LastWrite), Err(StoreError::EtagMismatch));
-        assert_eq!(check_etag(None, Some("1"), LastWrite), Err(StoreError::EtagMismatch));
+        assert_eq!(
+            check_etag(Some(3), Some("2"), LastWrite),
+            Err(StoreError::EtagMismatch)
+        );
+        assert_eq!(
+            check_etag(None, Some("1"), LastWrite),
+            Err(StoreError::EtagMismatch)
+        );
         assert_eq!(check_etag(Some(1), Some(""), LastWrite), Ok(()));
         assert!(matches!(
             check_etag(Some(1), Some("abc"), LastWrite),

@@ -56,7 +56,11 @@ fn apply(
         .or_insert_with(|| map.get(key).filter(|e| live(e, now)).cloned());
     match op {
         TxOp::Upsert(r) => {
-            check_etag(cur.as_ref().map(|e| e.version), r.etag.as_deref(), r.concurrency)?;
+            check_etag(
+                cur.as_ref().map(|e| e.version),
+                r.etag.as_deref(),
+                r.concurrency,
+            )?;
             let prev_exp = cur.as_ref().and_then(|e| e.expires_at);
             *cur = Some(Entry {
                 version: cur.as_ref().map_or(0, |e| e.version) + 1,

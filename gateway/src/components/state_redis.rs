@@ -13,8 +13,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
 
 use super::state::{
-    Concurrency, DeleteRequest, SetRequest, StateStore, StoreError, StoredItem, Ttl, TxOp,
-    features,
+    Concurrency, DeleteRequest, SetRequest, StateStore, StoreError, StoredItem, Ttl, TxOp, features,
 };
 
 const MISMATCH: &str = "ETAG_MISMATCH";
@@ -128,7 +127,11 @@ fn etag_arg(etag: &Option<String>) -> Result<String, StoreError> {
 }
 
 fn first_write(c: Concurrency) -> &'static str {
-    if c == Concurrency::FirstWrite { "1" } else { "0" }
+    if c == Concurrency::FirstWrite {
+        "1"
+    } else {
+        "0"
+    }
 }
 
 impl RedisStore {

@@ -39,7 +39,9 @@ struct Record {
 impl Record {
     fn decode(raw: &[u8]) -> Result<Record, StoreError> {
         if raw.len() < HEADER {
-            return Err(StoreError::Backend("corrupt state record (short header)".into()));
+            return Err(StoreError::Backend(
+                "corrupt state record (short header)".into(),
+            ));
         }
         let mut v = [0u8; 8];
         v.copy_from_slice(&raw[..8]);
@@ -98,7 +100,9 @@ impl SledStore {
     pub fn open(db: &sled::Db, component: &str) -> Result<Self, StoreError> {
         Ok(SledStore {
             db: db.clone(),
-            data: db.open_tree(format!("state/{component}")).map_err(backend)?,
+            data: db
+                .open_tree(format!("state/{component}"))
+                .map_err(backend)?,
             expiries: db
                 .open_tree(format!("state-expiry/{component}"))
                 .map_err(backend)?,
@@ -308,7 +312,10 @@ mod tests {
         let item = s.get("k").await.unwrap().unwrap();
         assert_eq!(item.etag, "2");
         assert_eq!(&item.value[..], b"2");
-        let stale = SetRequest { etag: Some("1".into()), ..set("k", "3") };
+        let stale = SetRequest {
+            etag: Some("1".into()),
+            ..set("k", "3")
+        };
         assert_eq!(s.set_many(vec![stale]).await, Err(StoreError::EtagMismatch));
         assert_eq!(&s.get("k").await.unwrap().unwrap().value[..], b"2");
     }
@@ -319,7 +326,10 @@ mod tests {
         s.set_many(vec![set("a", "1")]).await.unwrap();
         let ops = vec![
             TxOp::Upsert(set("b", "x")),
-            TxOp::Delete(DeleteRequest { key: "a".into(), etag: Some("9".into()) }),
+            TxOp::Delete(DeleteRequest {
+                key: "a".into(),
+                etag: Some("9".into()),
+            }),
         ];
         assert_eq!(s.transact(ops).await, Err(StoreError::EtagMismatch));
         assert!(s.get("b").await.unwrap().is_none());
@@ -329,9 +339,12 @@ mod tests {
     #[tokio::test]
     async fn expired_keys_vanish_and_are_swept() {
         let (_d, s) = store();
-        s.set_many(vec![SetRequest { ttl: Ttl::Seconds(1), ..set("t", "v") }])
-            .await
-            .unwrap();
+        s.set_many(vec![SetRequest {
+            ttl: Ttl::Seconds(1),
+            ..set("t", "v")
+        }])
+        .await
+        .unwrap();
         assert!(s.get("t").await.unwrap().is_some());
         let later = unix_now() + 5;
         assert_eq!(s.sweep_expired(later).unwrap(), 1);

@@ -65,10 +65,13 @@ pub struct Component {
 impl Component {
     /// A plain metadata value by name (secret references are not resolved here).
     pub fn meta(&self, name: &str) -> Option<&str> {
-        self.metadata.iter().find(|m| m.name == name).and_then(|m| match &m.value {
-            MetaValue::Plain(v) => Some(v.as_str()),
-            MetaValue::SecretRef { .. } => None,
-        })
+        self.metadata
+            .iter()
+            .find(|m| m.name == name)
+            .and_then(|m| match &m.value {
+                MetaValue::Plain(v) => Some(v.as_str()),
+                MetaValue::SecretRef { .. } => None,
+            })
     }
 }
 
@@ -183,7 +186,11 @@ fn load_file(file: &Path, app_id: &str, res: &mut Resources, errors: &mut Vec<Co
                 break;
             }
         };
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let kind = doc
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         match kind.as_str() {
             "Component" => {
                 let mut doc_errors = Vec::new();
@@ -198,7 +205,11 @@ fn load_file(file: &Path, app_id: &str, res: &mut Resources, errors: &mut Vec<Co
                     }
                 }
             }
-            "" => errors.push(ConfigError::new(&source, "kind", "missing; expected e.g. Component")),
+            "" => errors.push(ConfigError::new(
+                &source,
+                "kind",
+                "missing; expected e.g. Component",
+            )),
             _ => res.documents.push(Document {
                 kind,
                 value: doc,
@@ -231,13 +242,22 @@ fn required_str(
             None
         }
         None => {
-            errors.push(ConfigError::new(source, field, "required string is missing"));
+            errors.push(ConfigError::new(
+                source,
+                field,
+                "required string is missing",
+            ));
             None
         }
     }
 }
 
-fn string_list(doc: &Value, field: &str, source: &Path, errors: &mut Vec<ConfigError>) -> Vec<String> {
+fn string_list(
+    doc: &Value,
+    field: &str,
+    source: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<String> {
     match doc.get(field) {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Sequence(items)) => items
@@ -246,7 +266,11 @@ fn string_list(doc: &Value, field: &str, source: &Path, errors: &mut Vec<ConfigE
             .filter_map(|(i, v)| {
                 let s = v.as_str().map(str::to_owned);
                 if s.is_none() {
-                    errors.push(ConfigError::new(source, format!("{field}[{i}]"), "must be a string"));
+                    errors.push(ConfigError::new(
+                        source,
+                        format!("{field}[{i}]"),
+                        "must be a string",
+                    ));
                 }
                 s
             })
@@ -283,26 +307,53 @@ fn parse_component(doc: &Value, source: &Path, errors: &mut Vec<ConfigError>) ->
             "apiVersion",
             format!("{other:?} is not supported; expected dapr.io/v1alpha1"),
         )),
-        None => errors.push(ConfigError::new(source, "apiVersion", "required; expected dapr.io/v1alpha1")),
+        None => errors.push(ConfigError::new(
+            source,
+            "apiVersion",
+            "required; expected dapr.io/v1alpha1",
+        )),
     }
-    let name = required_str(doc.get("metadata").and_then(|m| m.get("name")), "metadata.name", source, errors);
-    if let Some(n) = &name {
-        if let Err(m) = validate_component_name(n) {
-            errors.push(ConfigError::new(source, "metadata.name", m));
-        }
+    let name = required_str(
+        doc.get("metadata").and_then(|m| m.get("name")),
+        "metadata.name",
+        source,
+        errors,
+    );
+    if let Some(n) = &name
+        && let Err(m) = validate_component_name(n)
+    {
+        errors.push(ConfigError::new(source, "metadata.name", m));
     }
     let spec = doc.get("spec");
     if spec.is_none() {
-        errors.push(ConfigError::new(source, "spec", "required mapping is missing"));
+        errors.push(ConfigError::new(
+            source,
+            "spec",
+            "required mapping is missing",
+        ));
     }
-    let type_name = required_str(spec.and_then(|s| s.get("type")), "spec.type", source, errors);
-    let version = required_str(spec.and_then(|s| s.get("version")), "spec.version", source, errors);
+    let type_name = required_str(
+        spec.and_then(|s| s.get("type")),
+        "spec.type",
+        source,
+        errors,
+    );
+    let version = required_str(
+        spec.and_then(|s| s.get("version")),
+        "spec.version",
+        source,
+        errors,
+    );
     let ignore_errors = match spec.and_then(|s| s.get("ignoreErrors")) {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
         Some(_) => {
-            errors.push(ConfigError::new(source, "spec.ignoreErrors", "must be true or false"));
+            errors.push(ConfigError::new(
+                source,
+                "spec.ignoreErrors",
+                "must be true or false",
+            ));
             false
         }
     };
@@ -315,7 +366,11 @@ fn parse_component(doc: &Value, source: &Path, errors: &mut Vec<ConfigError>) ->
                 Duration::from_secs(5)
             }
             None => {
-                errors.push(ConfigError::new(source, "spec.initTimeout", "must be a duration such as 5s"));
+                errors.push(ConfigError::new(
+                    source,
+                    "spec.initTimeout",
+                    "must be a duration such as 5s",
+                ));
                 Duration::from_secs(5)
             }
         },
@@ -326,27 +381,47 @@ fn parse_component(doc: &Value, source: &Path, errors: &mut Vec<ConfigError>) ->
         Some(Value::Sequence(items)) => {
             for (i, item) in items.iter().enumerate() {
                 let field = format!("spec.metadata[{i}]");
-                let Some(n) = required_str(item.get("name"), &format!("{field}.name"), source, errors) else {
+                let Some(n) =
+                    required_str(item.get("name"), &format!("{field}.name"), source, errors)
+                else {
                     continue;
                 };
                 let value = match (item.get("value"), item.get("secretKeyRef")) {
                     (Some(_), Some(_)) => {
-                        errors.push(ConfigError::new(source, &field, "has both value and secretKeyRef; give one"));
+                        errors.push(ConfigError::new(
+                            source,
+                            &field,
+                            "has both value and secretKeyRef; give one",
+                        ));
                         continue;
                     }
                     (None, None) => MetaValue::Plain(String::new()),
                     (Some(v), None) => match scalar_string(v) {
                         Some(s) => MetaValue::Plain(s),
                         None => {
-                            errors.push(ConfigError::new(source, format!("{field}.value"), "must be a string, number or boolean"));
+                            errors.push(ConfigError::new(
+                                source,
+                                format!("{field}.value"),
+                                "must be a string, number or boolean",
+                            ));
                             continue;
                         }
                     },
                     (None, Some(r)) => {
-                        let Some(sname) = required_str(r.get("name"), &format!("{field}.secretKeyRef.name"), source, errors) else {
+                        let Some(sname) = required_str(
+                            r.get("name"),
+                            &format!("{field}.secretKeyRef.name"),
+                            source,
+                            errors,
+                        ) else {
                             continue;
                         };
-                        let key = r.get("key").and_then(Value::as_str).filter(|k| !k.is_empty()).unwrap_or(&sname).to_owned();
+                        let key = r
+                            .get("key")
+                            .and_then(Value::as_str)
+                            .filter(|k| !k.is_empty())
+                            .unwrap_or(&sname)
+                            .to_owned();
                         MetaValue::SecretRef { name: sname, key }
                     }
                 };
@@ -359,7 +434,11 @@ fn parse_component(doc: &Value, source: &Path, errors: &mut Vec<ConfigError>) ->
             "must be a list of {name, value} or {name, secretKeyRef} entries",
         )),
     }
-    let secret_store = doc.get("auth").and_then(|a| a.get("secretStore")).and_then(Value::as_str).map(str::to_owned);
+    let secret_store = doc
+        .get("auth")
+        .and_then(|a| a.get("secretStore"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     if errors.len() > before {
         return None;
     }
@@ -411,7 +490,13 @@ mod tests {
         let got: Vec<String> = errs.iter().map(|e| e.field.clone()).collect();
         assert_eq!(
             got,
-            ["apiVersion", "metadata.name", "spec.type", "spec.metadata[0].name", "spec.initTimeout"],
+            [
+                "apiVersion",
+                "metadata.name",
+                "spec.type",
+                "spec.metadata[0].name",
+                "spec.initTimeout"
+            ],
             "{errs:?}"
         );
         assert!(errs[0].file.to_string_lossy().ends_with("bad.yaml#1"));
@@ -421,7 +506,11 @@ mod tests {
     #[test]
     fn a_yaml_syntax_error_is_reported_not_looped_on() {
         let d = tempfile::tempdir().unwrap();
-        write(d.path(), "broken.yaml", "kind: Component\nspec:\n  metadata:\n  []\n");
+        write(
+            d.path(),
+            "broken.yaml",
+            "kind: Component\nspec:\n  metadata:\n  []\n",
+        );
         let (res, errs) = load(&[d.path().to_path_buf()], "app");
         assert!(res.components.is_empty());
         assert_eq!(errs.len(), 1, "{errs:?}");

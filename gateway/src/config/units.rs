@@ -50,7 +50,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Formats a duration the way [`parse_duration`] reads it.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         format!("{ms}ms")
     } else {
         format!("{}s", ms / 1000)
@@ -97,7 +97,9 @@ impl<'de> Deserialize<'de> for Dur {
             Raw::Num(n) => Err(serde::de::Error::custom(format!(
                 "{n} has no unit: write \"{n}s\" or \"{n}ms\""
             ))),
-            Raw::Str(s) => parse_duration(&s).map(Dur).map_err(serde::de::Error::custom),
+            Raw::Str(s) => parse_duration(&s)
+                .map(Dur)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -136,11 +138,11 @@ impl Serialize for Size {
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        if n != 0 && n % (1 << 30) == 0 {
+        if n != 0 && n.is_multiple_of(1 << 30) {
             write!(f, "{}Gi", n >> 30)
-        } else if n != 0 && n % (1 << 20) == 0 {
+        } else if n != 0 && n.is_multiple_of(1 << 20) {
             write!(f, "{}Mi", n >> 20)
-        } else if n != 0 && n % (1 << 10) == 0 {
+        } else if n != 0 && n.is_multiple_of(1 << 10) {
             write!(f, "{}Ki", n >> 10)
         } else {
             write!(f, "{n}")

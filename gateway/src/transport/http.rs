@@ -43,8 +43,10 @@ type Resp = Response<Full<Bytes>>;
 fn error_response(e: &Error) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(api::error_body(e))));
     *r.status_mut() = api::status(e.kind);
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -65,7 +67,12 @@ fn reply_response(reply: Reply) -> Resp {
 
 /// Compares without leaking, through timing, how much of the token matched.
 fn token_matches(given: &[u8], want: &[u8]) -> bool {
-    given.len() == want.len() && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 impl HttpApi {
@@ -83,19 +90,33 @@ impl HttpApi {
             Route::Call(op) => op,
         };
         if let Some(want) = &self.api_token {
-            let given = req.headers().get("dapr-api-token").map(HeaderValue::as_bytes);
+            let given = req
+                .headers()
+                .get("dapr-api-token")
+                .map(HeaderValue::as_bytes);
             if !given.is_some_and(|g| token_matches(g, want.as_bytes())) {
-                return Err(Error::new(ErrorKind::Unauthorized, codes::UNAUTHORIZED, "invalid api token"));
+                return Err(Error::new(
+                    ErrorKind::Unauthorized,
+                    codes::UNAUTHORIZED,
+                    "invalid api token",
+                ));
             }
         }
         let mut params = Params::default();
         api::parse_query(req.uri().query(), &mut params)?;
-        let header_str = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header_str = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         params.if_match = header_str("if-match").map(|e| e.trim_matches('"').to_owned());
         params.traceparent = header_str("traceparent");
         let body = self.read_body(req).await?;
         let call = Call {
-            caller: Caller::LocalApp { app_id: self.runtime.app_id.clone() },
+            caller: Caller::LocalApp {
+                app_id: self.runtime.app_id.clone(),
+            },
             op,
             body,
             params,
@@ -108,7 +129,10 @@ impl HttpApi {
             Error::new(
                 ErrorKind::TooLarge,
                 codes::BODY_TOO_LARGE,
-                format!("request body exceeds the limit of {} bytes (http.maxBodySize)", self.max_body),
+                format!(
+                    "request body exceeds the limit of {} bytes (http.maxBodySize)",
+                    self.max_body
+                ),
             )
         };
         let declared = req
@@ -122,17 +146,31 @@ impl HttpApi {
         let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
         match Limited::new(req.into_body(), limit).collect().await {
             Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-            Err(e) => Err(Error::malformed(format!("failed reading request body: {e}"))),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Err(too_large())
+            }
+            Err(e) => Err(Error::malformed(format!(
+                "failed reading request body: {e}"
+            ))),
         }
     }
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then drains for at most `drain`.
-pub async fn serve(listener: TcpListener, api: Arc<HttpApi>, shutdown: impl Future<Output = ()>, drain: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    api: Arc<HttpApi>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
