@@ -74,7 +74,11 @@ impl Offer for BuiltinOffer {
 }
 
 /// A Dapr-style error reply.
-pub(crate) fn error_reply(status: StatusCode, code: &str, message: impl Into<String>) -> UpstreamReply {
+pub(crate) fn error_reply(
+    status: StatusCode,
+    code: &str,
+    message: impl Into<String>,
+) -> UpstreamReply {
     UpstreamReply::json(
         status,
         &json!({ "errorCode": code, "message": message.into() }),

@@ -373,7 +373,10 @@ mod tests {
         assert_ne!(base, c.key("cap", &req("x", Some("image/png"))));
         // Headers outside keyHeaders do not matter, and header names are case-insensitive.
         assert_eq!(
-            c.key("cap", &req("x", Some("a")).with_header("traceparent", "00-1")),
+            c.key(
+                "cap",
+                &req("x", Some("a")).with_header("traceparent", "00-1")
+            ),
             c.key("cap", &req("x", None).with_header("accept", "a"))
         );
         let mut get = req("x", None);

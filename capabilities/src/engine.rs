@@ -32,14 +32,18 @@ use http::{Method, StatusCode};
 use serde::Serialize;
 use tokio::time::Instant;
 
-pub use status::{BreakerStatus, CapabilityStatus, EngineStatus, OfferCounters, OfferHealth, OfferStatus};
+pub use status::{
+    BreakerStatus, CapabilityStatus, EngineStatus, OfferCounters, OfferHealth, OfferStatus,
+};
 
 use crate::cache::{self, Flight, Lookup, ResultCache, Shared};
 use crate::duration::format_go_duration;
 use crate::error::{CapabilityError, FailureReason, OfferFailure};
 use crate::manifest::{self, Manifest, OfferSpec, OfferTarget, PolicyRef};
 use crate::offer::{self, Deps, Invoker, Offer, OfferRequest, SecretResolver, UpstreamError};
-use crate::resiliency::{BreakerPolicy, CircuitBreaker, Policies, RetryPolicy, Ticket, jitter};
+use crate::resiliency::{
+    BreakerPolicy, BreakerState, CircuitBreaker, Policies, RetryPolicy, Ticket, jitter,
+};
 use crate::yaml::FieldError;
 
 /// Suggested response header naming the offer that served a reply.
@@ -300,10 +304,7 @@ impl Engine {
         )
     }
 
-    fn build(
-        options: EngineOptions,
-        #[cfg(test)] fakes: HashMap<String, Arc<dyn Offer>>,
-    ) -> Self {
+    fn build(options: EngineOptions, #[cfg(test)] fakes: HashMap<String, Arc<dyn Offer>>) -> Self {
         let deps = Arc::new(Deps {
             invoker: options.invoker,
             secrets: options.secrets,
@@ -341,7 +342,11 @@ impl Engine {
 
     /// Replaces the named policies and the capabilities together (a reload of both Resiliency and
     /// capability files); all or nothing, as [`Engine::replace_manifests`].
-    pub fn reload(&self, manifests: Vec<Manifest>, policies: Policies) -> Result<(), Vec<FieldError>> {
+    pub fn reload(
+        &self,
+        manifests: Vec<Manifest>,
+        policies: Policies,
+    ) -> Result<(), Vec<FieldError>> {
         let registry = self.build_registry(manifests, &policies)?;
         // Policies first: a concurrent replace_manifests then builds with the new ones.
         *write(&self.inner.policies) = policies;
@@ -482,7 +487,11 @@ impl Engine {
                     Err(e) => problems.extend(e),
                 }
             }
-            errs.extend(problems.into_iter().map(|e| e.in_resource(resource.clone())));
+            errs.extend(
+                problems
+                    .into_iter()
+                    .map(|e| e.in_resource(resource.clone())),
+            );
         }
         if errs.is_empty() {
             Ok(registry)
@@ -590,7 +599,12 @@ impl Engine {
 
 impl Capability {
     /// Serves a cache miss as the flight's leader.
-    async fn lead(&self, cache: &ResultCache, key: cache::CacheKey, req: &CapabilityRequest) -> Shared {
+    async fn lead(
+        &self,
+        cache: &ResultCache,
+        key: cache::CacheKey,
+        req: &CapabilityRequest,
+    ) -> Shared {
         // A previous flight may have filled the entry between our lookup and becoming leader.
         if let Lookup::Fresh(entry) = cache.lookup(&key, Instant::now()).await {
             cache.counters.hits.fetch_add(1, Ordering::Relaxed);
@@ -641,7 +655,10 @@ impl Capability {
         let mut failures = Vec::new();
         for o in &self.offers {
             let method = match &o.spec.method {
-                Some(m) => m.replace("{method}", caller_method).trim_start_matches('/').to_owned(),
+                Some(m) => m
+                    .replace("{method}", caller_method)
+                    .trim_start_matches('/')
+                    .to_owned(),
                 None => caller_method.to_owned(),
             };
             let offer_req = OfferRequest {
@@ -747,8 +764,13 @@ impl OfferRuntime {
                     *lock(&self.last) = Some(LastOutcome { error: None });
                     return Ok(reply);
                 }
-                Ok(Ok(reply)) => (FailureReason::ServerError, format!("status {}", reply.status)),
-                Ok(Err(UpstreamError::Unreachable(m))) => (FailureReason::Unreachable, m),
+                Ok(Ok(reply)) => (
+                    FailureReason::ServerError,
+                    format!("status {}", reply.status),
+                ),
+                Ok(Err(UpstreamError::Unreachable(m))) => {
+                    (FailureReason::Unreachable, format!("unreachable: {m}"))
+                }
                 Ok(Err(UpstreamError::Timeout)) => (FailureReason::Timeout, "timed out".to_owned()),
                 Ok(Err(UpstreamError::Other(m))) => (FailureReason::Other, m),
                 Err(_) => (
@@ -773,6 +795,19 @@ impl OfferRuntime {
                 reason: failure.0,
                 message: failure.1,
             };
+            // No retry once the breaker has opened: the next attempt would be refused anyway,
+            // and waiting out the backoff first would only delay the fallback.
+            let open = self
+                .breaker
+                .as_ref()
+                .is_some_and(|b| lock(b).state(Instant::now()) == BreakerState::Open);
+            if open {
+                let mut failure = failure;
+                if backoff.is_some() {
+                    failure.message.push_str(" (circuit breaker now open)");
+                }
+                return Err(failure);
+            }
             let delay = backoff
                 .as_mut()
                 .and_then(|b| b.next_delay(Instant::now(), jitter()));

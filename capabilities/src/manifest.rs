@@ -323,9 +323,7 @@ fn read_cache(v: &Value, path: &str, errs: &mut Errors) -> Option<CacheSpec> {
     let d = CacheSpec::default();
     let mut cache = CacheSpec {
         ttl: f.duration("ttl", errs).unwrap_or(d.ttl),
-        stale_if_error: f
-            .duration("staleIfError", errs)
-            .unwrap_or(d.stale_if_error),
+        stale_if_error: f.duration("staleIfError", errs).unwrap_or(d.stale_if_error),
         max_entries: f.u64("maxEntries", errs).unwrap_or(d.max_entries),
         max_bytes: d.max_bytes,
         key_headers: Vec::new(),
@@ -457,8 +455,9 @@ fn read_offer(
             url.map(|url| OfferTarget::Http { url, headers })
         }
         Some("invoke") => match app_id {
-            Some(a) => yaml::string(a, &f.path("appId"), errs)
-                .map(|app_id| OfferTarget::Invoke { app_id }),
+            Some(a) => {
+                yaml::string(a, &f.path("appId"), errs).map(|app_id| OfferTarget::Invoke { app_id })
+            }
             None => {
                 errs.push(FieldError::new(
                     f.path("appId"),
@@ -542,8 +541,10 @@ fn read_headers(
                     (Some(p), None) => {
                         yaml::scalar_string(p, &f.path("value"), errs).map(HeaderSource::Value)
                     }
-                    (None, Some(s)) => read_secret_ref(s, &f.path("secretKeyRef"), secret_store, errs)
-                        .map(HeaderSource::SecretKeyRef),
+                    (None, Some(s)) => {
+                        read_secret_ref(s, &f.path("secretKeyRef"), secret_store, errs)
+                            .map(HeaderSource::SecretKeyRef)
+                    }
                     _ => {
                         errs.push(FieldError::new(
                             hpath.clone(),
@@ -573,7 +574,9 @@ fn read_secret_ref(
     let mut f = Fields::new(v, path, errs)?;
     let name = f.required_string("name", errs);
     let key = f.string("key", errs);
-    let store = f.string("store", errs).or_else(|| secret_store.map(str::to_owned));
+    let store = f
+        .string("store", errs)
+        .or_else(|| secret_store.map(str::to_owned));
     if store.is_none() {
         errs.push(FieldError::new(
             path,
@@ -961,9 +964,9 @@ spec:
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert!(shown.iter().any(|s| s.starts_with(
-            "spec.offers[1].name: duplicate offer name \"a\" (also spec.offers[0])"
-        )));
+        assert!(shown.iter().any(|s| {
+            s.starts_with("spec.offers[1].name: duplicate offer name \"a\" (also spec.offers[0])")
+        }));
         assert!(
             shown
                 .iter()
@@ -974,9 +977,11 @@ spec:
                 .iter()
                 .any(|s| s.starts_with("spec.offers[1].headers.Host: is managed"))
         );
-        assert!(shown.iter().any(|s| s.starts_with(
-            "spec.offers[1].headers.X-Key.secretKeyRef: no secret store"
-        )));
+        assert!(
+            shown.iter().any(
+                |s| s.starts_with("spec.offers[1].headers.X-Key.secretKeyRef: no secret store")
+            )
+        );
         assert_eq!(shown.len(), 4, "{shown:#?}");
     }
 

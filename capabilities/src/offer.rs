@@ -174,15 +174,18 @@ pub(crate) fn build(spec: &OfferSpec, deps: &Arc<Deps>) -> Result<Arc<dyn Offer>
                 .iter()
                 .any(|h| matches!(h.value, crate::manifest::HeaderSource::SecretKeyRef(_)));
             if needs_secrets && deps.secrets.is_none() {
-                return Err("secretKeyRef headers need a secret resolver, and the engine has none"
-                    .to_owned());
+                return Err(
+                    "secretKeyRef headers need a secret resolver, and the engine has none"
+                        .to_owned(),
+                );
             }
             Arc::new(remote::HttpOffer::new(url, headers.clone(), deps.clone())?)
         }
         OfferTarget::Invoke { app_id } => {
             let Some(invoker) = deps.invoker.clone() else {
-                return Err("invoke offers need the gateway's invoker, and the engine has none"
-                    .to_owned());
+                return Err(
+                    "invoke offers need the gateway's invoker, and the engine has none".to_owned(),
+                );
             };
             Arc::new(invoke::InvokeOffer::new(app_id.clone(), invoker))
         }

@@ -204,20 +204,11 @@ pub fn parse_resiliency(doc: &Value) -> Result<Resiliency, Vec<FieldError>> {
         }
         top.finish(&mut errs);
     }
-    if errs.is_empty() {
-        Ok(out)
-    } else {
-        Err(errs)
-    }
+    if errs.is_empty() { Ok(out) } else { Err(errs) }
 }
 
 /// Checks `apiVersion` and `kind` of a document.
-pub(crate) fn check_header(
-    top: &mut Fields<'_>,
-    api_version: &str,
-    kind: &str,
-    errs: &mut Errors,
-) {
+pub(crate) fn check_header(top: &mut Fields<'_>, api_version: &str, kind: &str, errs: &mut Errors) {
     if let Some(v) = top.required_string("apiVersion", errs)
         && v != api_version
     {

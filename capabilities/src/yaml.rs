@@ -237,7 +237,8 @@ impl<'a> Fields<'a> {
         errs: &mut Errors,
     ) -> Option<String> {
         let path = self.path(key);
-        self.required(key, errs).and_then(|v| string(v, &path, errs))
+        self.required(key, errs)
+            .and_then(|v| string(v, &path, errs))
     }
 
     /// An optional duration field.
@@ -357,7 +358,10 @@ mod tests {
             paths,
             ["spec.a", "spec.b", "spec.d", "spec.e", "spec.unexpected"]
         );
-        assert_eq!(errs[1].message, "must be a non-negative integer, found a string \"x\"");
+        assert_eq!(
+            errs[1].message,
+            "must be a non-negative integer, found a string \"x\""
+        );
     }
 
     #[test]

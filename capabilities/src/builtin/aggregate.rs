@@ -235,13 +235,11 @@ mod tests {
 
     #[test]
     fn readings_grouped_with_timestamps() {
-        let (status, v) = run(
-            r#"{"readings": [
+        let (status, v) = run(r#"{"readings": [
                 {"value": 20, "ts": 3, "sensor": "a"},
                 {"value": 22, "ts": 1, "sensor": "a"},
                 {"value": 5, "ts": 2, "sensor": "b"}
-              ], "groupBy": "sensor", "percentiles": [50]}"#,
-        );
+              ], "groupBy": "sensor", "percentiles": [50]}"#);
         assert_eq!(status, StatusCode::OK);
         assert_eq!(v["overall"]["count"], 3);
         assert_eq!(v["overall"]["firstTs"], 1);

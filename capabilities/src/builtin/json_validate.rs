@@ -227,7 +227,9 @@ impl<'s> Validator<'s> {
         out: &mut Vec<Violation>,
     ) -> Result<(), String> {
         if depth > MAX_DEPTH {
-            return Err(format!("schemas nest deeper than {MAX_DEPTH} (a $ref loop?)"));
+            return Err(format!(
+                "schemas nest deeper than {MAX_DEPTH} (a $ref loop?)"
+            ));
         }
         let s = match schema {
             Value::Bool(true) => return Ok(()),
@@ -316,6 +318,16 @@ impl<'s> Validator<'s> {
             }
         }
 
+        // Compiled whatever the document's type, so a broken pattern is reported every time.
+        let pattern = match s.get("pattern") {
+            None => None,
+            Some(Value::String(p)) => Some(p.as_str()),
+            Some(_) => return Err("`pattern` must be a string".into()),
+        };
+        if let Some(p) = pattern {
+            self.regex(p)?;
+        }
+
         if let Value::String(text) = doc {
             let len = text.chars().count();
             if let Some(m) = count(s, "minLength")?
@@ -328,11 +340,10 @@ impl<'s> Validator<'s> {
             {
                 fail("maxLength", format!("must be at most {m} characters"));
             }
-            if let Some(p) = s.get("pattern") {
-                let p = p.as_str().ok_or("`pattern` must be a string")?;
-                if !self.regex(p)?.is_match(text) {
-                    fail("pattern", format!("must match {p:?}"));
-                }
+            if let Some(p) = pattern
+                && !self.regex(p)?.is_match(text)
+            {
+                fail("pattern", format!("must match {p:?}"));
             }
         }
 
@@ -513,8 +524,8 @@ impl<'s> Validator<'s> {
             if pattern.len() > MAX_PATTERN {
                 return Err(format!("pattern longer than {MAX_PATTERN} characters"));
             }
-            let re = regex_lite::Regex::new(pattern)
-                .map_err(|e| format!("pattern {pattern:?}: {e}"))?;
+            let re =
+                regex_lite::Regex::new(pattern).map_err(|e| format!("pattern {pattern:?}: {e}"))?;
             self.regexes.insert(pattern, re);
         }
         self.regexes
@@ -550,7 +561,13 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| format!("{} {}", e["path"].as_str().unwrap(), e["keyword"].as_str().unwrap()))
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["path"].as_str().unwrap(),
+                    e["keyword"].as_str().unwrap()
+                )
+            })
             .collect()
     }
 
@@ -645,7 +662,10 @@ mod tests {
         }
         let reply = handle("", &request("", b"{\"document\": 1}"));
         assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-        let reply = handle("validate", &request("validate", b"{\"schema\": true, \"document\": 1}"));
+        let reply = handle(
+            "validate",
+            &request("validate", b"{\"schema\": true, \"document\": 1}"),
+        );
         assert_eq!(reply.status, StatusCode::OK);
     }
 }

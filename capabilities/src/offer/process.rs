@@ -340,7 +340,10 @@ echo "{\"status\": 201, \"headers\": {\"X-Who\": \"$EDGECAR_CAPABILITY/$EDGECAR_
         let reply = offer(cmd).call(&request(b"\x00\x01")).await.unwrap();
         assert_eq!(reply.status, StatusCode::CREATED);
         assert_eq!(reply.header("x-who"), Some("detect/local"));
-        assert_eq!(reply.header("content-type"), Some("application/octet-stream"));
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/octet-stream")
+        );
         assert_eq!(reply.body, Bytes::from_static(b"hi"));
     }
 

@@ -64,7 +64,11 @@ pub(crate) struct HttpOffer {
 
 impl HttpOffer {
     /// An offer for `url` (validated by the manifest) with `headers`.
-    pub(crate) fn new(url: &str, headers: Vec<HeaderSpec>, deps: Arc<Deps>) -> Result<Self, String> {
+    pub(crate) fn new(
+        url: &str,
+        headers: Vec<HeaderSpec>,
+        deps: Arc<Deps>,
+    ) -> Result<Self, String> {
         let (base, base_query) = match url.split_once('?') {
             Some((b, q)) => (b, Some(q.to_owned())),
             None => (url, None),
@@ -353,7 +357,10 @@ mod tests {
         }];
         let offer = HttpOffer::new(&format!("http://{addr}"), headers, deps(true)).unwrap();
         let err = offer.call(&request("", None)).await.unwrap_err();
-        assert!(matches!(&err, UpstreamError::Other(m) if m.contains("not found")), "{err}");
+        assert!(
+            matches!(&err, UpstreamError::Other(m) if m.contains("not found")),
+            "{err}"
+        );
 
         // A port that was free a moment ago: nothing listens there.
         let port = {

@@ -239,7 +239,10 @@ mod tests {
             b.next_delay(start + Duration::from_secs(8), 0.9),
             Some(Duration::from_secs(1))
         );
-        assert_eq!(b.next_delay(start + Duration::from_millis(9_500), 0.9), None);
+        assert_eq!(
+            b.next_delay(start + Duration::from_millis(9_500), 0.9),
+            None
+        );
     }
 
     #[test]
