@@ -24,6 +24,8 @@ use state::StateStore;
 use state_redis::{RedisSettings, RedisStore};
 use state_sled::SledStore;
 
+use crate::storage::Storage;
+
 /// Every component type edgecar can run, with the versions it accepts.
 pub const TYPES: &[(&str, &[&str])] = &[
     ("state.sled", &["v1"]),
@@ -198,11 +200,11 @@ fn redis_settings(c: &Component) -> Result<RedisSettings, Vec<(&'static str, Str
 
 /// Builds every component. A component that fails to start is an error unless its
 /// `spec.ignoreErrors` is true, in which case edgecar starts without it (Dapr's rule).
-pub async fn build(components: &[Component], db: &sled::Db) -> Result<Registry, Vec<String>> {
+pub async fn build(components: &[Component], storage: &Storage) -> Result<Registry, Vec<String>> {
     let mut reg = Registry::default();
     let mut errors = Vec::new();
     for c in components {
-        let built = build_state(c, db, &mut reg).await;
+        let built = build_state(c, storage, &mut reg).await;
         match built {
             Ok(store) => {
                 let key_prefix = KeyPrefix::parse(c.meta("keyPrefix"), &c.name)
@@ -237,12 +239,12 @@ pub async fn build(components: &[Component], db: &sled::Db) -> Result<Registry, 
 
 async fn build_state(
     c: &Component,
-    db: &sled::Db,
+    storage: &Storage,
     reg: &mut Registry,
 ) -> Result<Arc<dyn StateStore>, String> {
     match c.type_name.as_str() {
         "state.sled" => {
-            let s = SledStore::open(db, &c.name).map_err(|e| e.to_string())?;
+            let s = SledStore::open(storage, &c.name).map_err(|e| e.to_string())?;
             reg.sled_stores.push(s.clone());
             Ok(Arc::new(s))
         }

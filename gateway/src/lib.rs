@@ -21,6 +21,7 @@
 //! - [`policy`]: what a caller may do.
 //! - [`blocks`]: Dapr semantics (state, metadata), written once for all transports.
 //! - [`components`]: backends by `spec.type` (`state.sled`, `state.redis`, `state.in-memory`).
+//! - [`storage`]: the one embedded database and its group commit.
 //! - [`runtime`]: wires the path together; [`run`] starts and stops the whole gateway.
 //! - [`observability`]: logging set-up.
 
@@ -33,6 +34,7 @@ pub mod error;
 pub mod observability;
 pub mod policy;
 pub mod runtime;
+pub mod storage;
 pub mod transport;
 
 use std::future::Future;
@@ -58,46 +60,11 @@ use transport::http::HttpApi;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The embedded database could not be opened.
-    #[error("cannot open the state database in {dir}: {message}")]
-    Storage {
-        /// The state directory.
-        dir: String,
-        /// What sled said.
-        message: String,
-    },
+    #[error(transparent)]
+    Storage(#[from] storage::OpenError),
     /// One or more components failed to start.
     #[error("components failed to start:\n  {}", .0.join("\n  "))]
     Components(Vec<String>),
-}
-
-/// Opens the gateway's one sled database, with a page cache sized for a Pi.
-pub async fn open_database(cfg: &Config) -> Result<sled::Db, StartError> {
-    let dir = cfg.state_dir.clone();
-    let cache = cfg.storage.cache_capacity.0;
-    let err = |message: String| StartError::Storage {
-        dir: dir.display().to_string(),
-        message,
-    };
-    let path = dir.join("edgecar.sled");
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&path)?;
-        sled::Config::new()
-            .path(&path)
-            .cache_capacity(cache)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(std::io::Error::other)
-    })
-    .await
-    .map_err(|e| err(e.to_string()))?
-    .map_err(|e| {
-        let hint = if e.to_string().contains("lock") {
-            " (is another edgecar using this state directory?)"
-        } else {
-            ""
-        };
-        err(format!("{e}{hint}"))
-    })
 }
 
 /// Periodically removes expired keys from sled stores.
@@ -136,8 +103,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let db = open_database(&cfg).await?;
-    let registry = components::build(&components, &db)
+    let storage = storage::Storage::open(&cfg.state_dir, cfg.storage.cache_capacity.0).await?;
+    let registry = components::build(&components, &storage)
         .await
         .map_err(StartError::Components)?;
     let metadata = MetadataBlock::new(
@@ -165,7 +132,7 @@ pub async fn run(
     }
     transport::http::serve(listener, api, shutdown, cfg.shutdown_timeout.0).await;
     tasks.abort_all();
-    if let Err(e) = db.flush_async().await {
+    if let Err(e) = storage.sync().await {
         warn!(error = %e, "final database flush failed");
     }
     info!("stopped");

@@ -14,7 +14,7 @@ fn acknowledged_saves_survive_kill_9_mid_load() {
     let port = ec.port;
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..4)
+    let writers: Vec<_> = (0..16)
         .map(|w| {
             let acked = acked.clone();
             let stop = stop.clone();

@@ -11,6 +11,8 @@ use bytes::Bytes;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{IVec, Transactional};
 
+use crate::storage::Storage;
+
 use super::state::{
     DeleteRequest, SetRequest, StateStore, StoreError, StoredItem, TxOp, check_etag, features,
     next_expiry, unix_now,
@@ -21,8 +23,8 @@ const HEADER: usize = 16;
 /// A sled-backed state store (one tree of the shared database).
 #[derive(Clone)]
 pub struct SledStore {
-    /// The shared database; flushing it makes writes durable.
-    db: sled::Db,
+    /// The shared database; its group commit makes writes durable.
+    storage: Storage,
     /// Key → record.
     data: sled::Tree,
     /// `[expiry BE][key]` → empty: the expiry index the sweeper walks in time order.
@@ -97,9 +99,10 @@ fn current(raw: Option<&IVec>, now: u64) -> Result<(Option<u64>, Option<u64>, u6
 
 impl SledStore {
     /// Opens (or creates) the component's trees in the shared database.
-    pub fn open(db: &sled::Db, component: &str) -> Result<Self, StoreError> {
+    pub fn open(storage: &Storage, component: &str) -> Result<Self, StoreError> {
+        let db = storage.db();
         Ok(SledStore {
-            db: db.clone(),
+            storage: storage.clone(),
             data: db
                 .open_tree(format!("state/{component}"))
                 .map_err(backend)?,
@@ -223,7 +226,7 @@ impl SledStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await.map(|_| ()).map_err(backend)
+        self.storage.sync().await.map_err(StoreError::Backend)
     }
 }
 
@@ -288,10 +291,10 @@ mod tests {
     use super::*;
     use crate::components::state::{Concurrency, Ttl};
 
-    fn store() -> (tempfile::TempDir, SledStore) {
+    async fn store() -> (tempfile::TempDir, SledStore) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        (dir, SledStore::open(&db, "t").unwrap())
+        let storage = Storage::open(dir.path(), 1 << 20).await.unwrap();
+        (dir, SledStore::open(&storage, "t").unwrap())
     }
 
     fn set(key: &str, value: &str) -> SetRequest {
@@ -306,7 +309,7 @@ mod tests {
 
     #[tokio::test]
     async fn versions_count_up_and_guard_writes() {
-        let (_d, s) = store();
+        let (_d, s) = store().await;
         s.set_many(vec![set("k", "1")]).await.unwrap();
         s.set_many(vec![set("k", "2")]).await.unwrap();
         let item = s.get("k").await.unwrap().unwrap();
@@ -322,7 +325,7 @@ mod tests {
 
     #[tokio::test]
     async fn transaction_is_all_or_nothing() {
-        let (_d, s) = store();
+        let (_d, s) = store().await;
         s.set_many(vec![set("a", "1")]).await.unwrap();
         let ops = vec![
             TxOp::Upsert(set("b", "x")),
@@ -338,7 +341,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_keys_vanish_and_are_swept() {
-        let (_d, s) = store();
+        let (_d, s) = store().await;
         s.set_many(vec![SetRequest {
             ttl: Ttl::Seconds(1),
             ..set("t", "v")
