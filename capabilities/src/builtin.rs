@@ -5,17 +5,18 @@
 //! | --- | --- | --- |
 //! | `aggregate` | `` (empty), `summary` | sensor readings → count, sum, min, max, mean, stddev, p50/p90/p99, optionally per group ([`aggregate`]) |
 //! | `json-validate` | `` (empty), `validate` | `{"schema", "document"}` → `{"valid", "errors"}` (a documented subset of JSON Schema 2020-12, [`json_validate`]) |
+//! | `thumbnail` | `` (empty), `resize` | a PNG/JPEG body → the image shrunk to fit `?width=&height=` (`thumbnail` module; cargo feature `thumbnail`, on by default) |
 //! | `echo` | any | the request body back, same content type (smoke tests, wiring checks) |
 //!
 //! Bad input is the caller's fault: a 400 with `{"errorCode": "ERR_MALFORMED_REQUEST", ...}`, which
 //! the engine passes back without falling back. An unknown operation is a 404
 //! (`ERR_CAPABILITY_METHOD_NOT_FOUND`). Inputs over 16 KiB are processed on the blocking pool so a
 //! large batch cannot stall the runtime.
-//!
-//! `thumbnail` (image resizing) is not built in: see the crate doc.
 
 pub(crate) mod aggregate;
 pub(crate) mod json_validate;
+#[cfg(feature = "thumbnail")]
+pub(crate) mod thumbnail;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -25,6 +26,10 @@ use serde_json::json;
 use crate::offer::{Offer, OfferRequest, UpstreamError, UpstreamReply};
 
 /// Names accepted in `builtin:`.
+#[cfg(feature = "thumbnail")]
+pub(crate) const NAMES: &[&str] = &["aggregate", "echo", "json-validate", "thumbnail"];
+/// Names accepted in `builtin:`.
+#[cfg(not(feature = "thumbnail"))]
 pub(crate) const NAMES: &[&str] = &["aggregate", "echo", "json-validate"];
 
 /// Inputs above this size are handled on the blocking pool.
@@ -48,6 +53,8 @@ impl BuiltinOffer {
             "aggregate" => ("aggregate", aggregate::handle),
             "echo" => ("echo", echo),
             "json-validate" => ("json-validate", json_validate::handle),
+            #[cfg(feature = "thumbnail")]
+            "thumbnail" => ("thumbnail", thumbnail::handle),
             other => return Err(format!("unknown builtin {other:?}")),
         };
         Ok(Self { name, handler })
@@ -144,6 +151,6 @@ pub(crate) mod tests {
         let reply = offer.call(&request("", &big)).await.unwrap();
         assert_eq!(reply.body.len(), big.len());
         assert_eq!(reply.header("content-type"), Some("application/json"));
-        assert!(BuiltinOffer::new("thumbnail").is_err());
+        assert!(BuiltinOffer::new("resize-video").is_err());
     }
 }

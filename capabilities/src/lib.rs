@@ -20,7 +20,7 @@
 //! - `offer`: the offer types — `http` (hyper + rustls/ring), `invoke` (through [`Invoker`]),
 //!   `process` (JSON on stdin/stdout; the protocol is documented there) — and their interfaces.
 //! - `builtin`: capabilities compiled in: `aggregate` (sensor statistics), `json-validate` (a
-//!   JSON Schema subset), `echo`.
+//!   JSON Schema subset), `thumbnail` (PNG/JPEG resizing), `echo`.
 //! - `error`: [`CapabilityError`] with its Dapr-style codes and [`ErrorKind`].
 //!
 //! # Wiring
@@ -46,12 +46,11 @@
 //! # }
 //! ```
 //!
-//! # Not built in
+//! # Features
 //!
-//! `thumbnail` (image resizing) is left out for now: the `image` crate, even reduced to PNG and
-//! JPEG, costs more binary size and build time than the daemon's budget allows for one builtin. A
-//! `process` offer running an existing tool (ImageMagick's `convert`, `vipsthumbnail`) serves the
-//! same need.
+//! - `thumbnail` (default): the `thumbnail` builtin, through the `image` crate reduced to PNG and
+//!   JPEG. It adds about 0.55 MB to a stripped release binary and about 25 s to a clean build on
+//!   two cores (measured on x86_64); without it, manifests naming the builtin are refused.
 
 pub mod manifest;
 pub mod resiliency;
