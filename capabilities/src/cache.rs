@@ -14,6 +14,8 @@
 //!   requests arriving meanwhile wait on a `watch` channel and get the leader's result, success or
 //!   error. If the leader is cancelled (its caller went away), its guard removes the flight and a
 //!   waiter takes over.
+//! - **What is stored**: 2xx replies, except those marked `cache-control: no-store` or `private`
+//!   by the offer; `set-cookie` headers are dropped from stored entries.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -219,16 +221,36 @@ impl ResultCache {
         }
     }
 
-    /// Stores a successful reply under `key`, fresh from `now`.
+    /// Stores a successful reply under `key`, fresh from `now`, unless the offer said not to
+    /// (`cache-control: no-store` or `private`). `set-cookie` headers are never stored: a cookie
+    /// meant for one caller must not be handed to the next.
     pub(crate) async fn store(&self, key: CacheKey, reply: &CapabilityReply, now: Instant) {
-        let headers_len: usize = reply.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let forbidden = reply
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("cache-control"))
+            .flat_map(|(_, v)| v.split(','))
+            .any(|d| {
+                let d = d.trim();
+                d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private")
+            });
+        if forbidden {
+            return;
+        }
+        let headers: Vec<(String, String)> = reply
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("set-cookie"))
+            .cloned()
+            .collect();
+        let headers_len: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
         let size = (reply.body.len() + headers_len + reply.offer.len()) as u64 + ENTRY_OVERHEAD;
         if size > self.spec.max_bytes {
             return;
         }
         let entry = CachedReply {
             status: reply.status,
-            headers: reply.headers.clone(),
+            headers,
             body: reply.body.clone(),
             offer: reply.offer.clone(),
             fresh_until: now + self.spec.ttl,
@@ -406,6 +428,30 @@ mod tests {
         assert!(matches!(c.lookup(&key, gone).await, Lookup::Miss));
         let stats = c.stats(true).await;
         assert_eq!((stats.entries, stats.bytes), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn honours_no_store_and_drops_cookies() {
+        let c = ResultCache::new(spec());
+        let now = Instant::now();
+        let key = c.key("cap", &req("x", None));
+        let mut r = reply("r");
+        r.headers = vec![("cache-control".into(), "max-age=5, No-Store".into())];
+        c.store(key, &r, now).await;
+        assert!(matches!(c.lookup(&key, now).await, Lookup::Miss));
+
+        r.headers = vec![
+            ("set-cookie".into(), "session=alice".into()),
+            ("content-type".into(), "text/plain".into()),
+        ];
+        c.store(key, &r, now).await;
+        let Lookup::Fresh(e) = c.lookup(&key, now).await else {
+            panic!("stored");
+        };
+        assert_eq!(
+            e.to_reply(CacheStatus::Hit).headers,
+            [("content-type".to_owned(), "text/plain".to_owned())]
+        );
     }
 
     #[tokio::test]

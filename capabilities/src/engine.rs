@@ -354,6 +354,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Checks that `manifests` would load with `policies` (names resolve, offers can be built),
+    /// without loading them: for `edgecar check-config`. Reports every problem, as
+    /// [`Engine::replace_manifests`] would.
+    pub fn check(
+        &self,
+        manifests: &[Manifest],
+        policies: &Policies,
+    ) -> Result<(), Vec<FieldError>> {
+        self.build_registry(manifests.to_vec(), policies)
+            .map(|_| ())
+    }
+
     /// Names of the loaded capabilities, sorted.
     pub fn capability_names(&self) -> Vec<String> {
         self.registry().capabilities.keys().cloned().collect()

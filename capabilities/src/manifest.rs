@@ -897,6 +897,24 @@ spec:
     }
 
     #[test]
+    fn serializes_back_in_manifest_spelling() {
+        let m = parse_manifest_str(EXAMPLE).unwrap();
+        let v = serde_json::to_value(&m).unwrap();
+        let offer = &v["spec"]["offers"][0];
+        assert_eq!(offer["type"], "http");
+        assert_eq!(offer["timeout"], "2s");
+        assert_eq!(offer["retries"]["policy"], "constant");
+        assert_eq!(offer["retries"]["duration"], "100ms");
+        assert_eq!(offer["circuitBreaker"], "cloudCB");
+        assert_eq!(v["spec"]["offers"][1]["appId"], "detector.site-b");
+        assert_eq!(v["spec"]["cache"]["staleIfError"], "10m0s");
+        assert_eq!(
+            v["spec"]["cache"]["methods"],
+            serde_json::json!(["GET", "POST"])
+        );
+    }
+
+    #[test]
     fn reports_all_problems_with_paths() {
         let doc = r#"
 apiVersion: edgecar.io/v1alpha1

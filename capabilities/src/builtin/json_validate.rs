@@ -266,6 +266,15 @@ impl<'s> Validator<'s> {
                     .collect::<Result<_, _>>()?,
                 _ => return Err("`type` must be a string or a list of strings".into()),
             };
+            const TYPES: [&str; 7] = [
+                "null", "boolean", "integer", "number", "string", "array", "object",
+            ];
+            if let Some(bad) = types.iter().find(|t| !TYPES.contains(t)) {
+                return Err(format!(
+                    "unknown type {bad:?} (types: {})",
+                    TYPES.join(", ")
+                ));
+            }
             if !types.iter().any(|t| has_type(doc, t)) {
                 fail(
                     "type",
@@ -650,6 +659,7 @@ mod tests {
     fn unusable_schemas_are_400() {
         for schema in [
             json!({"type": 5}),
+            json!({"type": "strnig"}),
             json!({"pattern": "("}),
             json!({"$ref": "#/$defs/missing"}),
             json!({"$ref": "https://example.com/schema"}),

@@ -635,6 +635,15 @@ spec:
             "Capability/cap: spec.offers[0].circuitBreaker: no circuit breaker policy named \"touchy\" in the Resiliency policies",
         ]
     );
+    assert!(
+        engine
+            .check(std::slice::from_ref(&m), &Policies::default())
+            .is_err()
+    );
+    engine
+        .check(std::slice::from_ref(&m), &resiliency.policies)
+        .unwrap();
+    assert!(engine.capability_names().is_empty(), "check loads nothing");
     engine.reload(vec![m], resiliency.policies).unwrap();
     let start = Instant::now();
     assert_eq!(engine.call("cap", post("{}")).await.unwrap().offer, "b");
