@@ -100,8 +100,60 @@ fn method_not_allowed(method: &Method, path: &str) -> Error {
     )
 }
 
-/// Maps a method and path to what it means.
-pub fn route(method: &Method, path: &str) -> Result<Route, Error> {
+/// The method path an app sees: the raw path (escapes kept) plus the query, if any.
+fn app_method(path: &str, query: Option<&str>) -> String {
+    let path = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    match query {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path,
+    }
+}
+
+/// `/v1.0/invoke/<app-id>/method/<method...>`: everything after `method/` is the app's path,
+/// kept raw, so multi-segment and escaped paths reach the app as the caller wrote them.
+fn invoke_route(method: &Method, path: &str, query: Option<&str>) -> Option<Result<Route, Error>> {
+    let rest = path.strip_prefix("/v1.0/invoke/")?;
+    let Some((app, tail)) = rest.split_once("/method/") else {
+        return Some(Err(not_found(method, path)));
+    };
+    let app_id = match percent_decode(app, false) {
+        Ok(a) if !a.is_empty() => a,
+        Ok(_) => return Some(Err(Error::malformed("app id must not be empty"))),
+        Err(e) => return Some(Err(e)),
+    };
+    Some(Ok(Route::Call(Op::Invoke {
+        app_id,
+        method: app_method(tail, query),
+        verb: method.clone(),
+    })))
+}
+
+/// Dapr's header form of invocation: any path outside the API, with `dapr-app-id: <app-id>`.
+pub fn route_by_app_id_header(
+    app_id: &str,
+    verb: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Option<Route> {
+    if path.starts_with("/v1.0/") || path.starts_with("/v1.0-alpha1/") || app_id.is_empty() {
+        return None;
+    }
+    Some(Route::Call(Op::Invoke {
+        app_id: app_id.to_owned(),
+        method: app_method(path, query),
+        verb: verb.clone(),
+    }))
+}
+
+/// Maps a method, path and query to what they mean.
+pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, Error> {
+    if let Some(r) = invoke_route(method, path, query) {
+        return r;
+    }
     let rest = path
         .strip_prefix("/v1.0/")
         .ok_or_else(|| not_found(method, path))?;
@@ -160,7 +212,7 @@ mod tests {
 
     #[test]
     fn dapr_state_routes() {
-        let r = |m: Method, p: &str| route(&m, p);
+        let r = |m: Method, p: &str| route(&m, p, None);
         assert_eq!(
             r(Method::GET, "/v1.0/state/s/my%20key"),
             Ok(Route::Call(Op::StateGet {
@@ -198,6 +250,41 @@ mod tests {
         assert_eq!(
             r(Method::GET, "/v1.0/state/s/%zz").unwrap_err().kind,
             ErrorKind::BadRequest
+        );
+    }
+
+    #[test]
+    fn invoke_routes_keep_the_raw_method_path_and_query() {
+        let r = route(
+            &Method::PATCH,
+            "/v1.0/invoke/orders/method/v2/items/a%2Fb",
+            Some("x=1&y=2"),
+        );
+        assert_eq!(
+            r,
+            Ok(Route::Call(Op::Invoke {
+                app_id: "orders".into(),
+                method: "/v2/items/a%2Fb?x=1&y=2".into(),
+                verb: Method::PATCH
+            }))
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1.0/invoke/orders/nomethod", None)
+                .unwrap_err()
+                .kind,
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            route_by_app_id_header("orders", &Method::GET, "/neworder", None),
+            Some(Route::Call(Op::Invoke {
+                app_id: "orders".into(),
+                method: "/neworder".into(),
+                verb: Method::GET
+            }))
+        );
+        assert_eq!(
+            route_by_app_id_header("orders", &Method::GET, "/v1.0/metadata", None),
+            None
         );
     }
 

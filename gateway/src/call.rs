@@ -78,6 +78,16 @@ pub enum Op {
         /// State store component name.
         store: String,
     },
+    /// Call a method on an app (`/v1.0/invoke/<app-id>/method/<method>`); the body and the
+    /// headers in [`Params::headers`] pass through to the app.
+    Invoke {
+        /// Target app id.
+        app_id: String,
+        /// The method path as the app will see it (leading `/`, raw, with `?query` if any).
+        method: String,
+        /// The HTTP verb to use on the app.
+        verb: http::Method,
+    },
     /// Describe the sidecar (`GET /v1.0/metadata`).
     MetadataGet,
     /// Set an extended metadata attribute; body is the value.
@@ -96,6 +106,7 @@ impl Op {
             Op::StateSave { .. } => "state.save",
             Op::StateDelete { .. } => "state.delete",
             Op::StateTransaction { .. } => "state.transaction",
+            Op::Invoke { .. } => "invoke",
             Op::MetadataGet => "metadata.get",
             Op::MetadataSet { .. } => "metadata.set",
         }
@@ -113,6 +124,9 @@ pub struct Params {
     pub if_match: Option<String>,
     /// W3C trace context, carried across hops.
     pub traceparent: Option<String>,
+    /// Request headers to pass on, for operations that forward them (invocation). Names are
+    /// lower-case; hop-by-hop headers and edgecar's own (`dapr-api-token`) are already removed.
+    pub headers: Vec<(String, String)>,
 }
 
 /// One request on the path: transport → policy → building block → component.
@@ -135,8 +149,9 @@ pub struct Reply {
     pub status: u16,
     /// Response body.
     pub body: Bytes,
-    /// Extra response metadata, e.g. `ETag`. Names are HTTP header names.
-    pub meta: Vec<(&'static str, String)>,
+    /// Extra response metadata, e.g. `ETag`, or an app's response headers. Names are HTTP
+    /// header names.
+    pub meta: Vec<(String, String)>,
     /// Media type of `body`, when there is one.
     pub content_type: Option<&'static str>,
 }
@@ -163,8 +178,8 @@ impl Reply {
     }
 
     /// Adds a metadata entry (a response header in HTTP).
-    pub fn with_meta(mut self, name: &'static str, value: String) -> Self {
-        self.meta.push((name, value));
+    pub fn with_meta(mut self, name: &str, value: String) -> Self {
+        self.meta.push((name.to_owned(), value));
         self
     }
 }

@@ -81,6 +81,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The local app edgecar serves (invocation, subscriptions).
     pub app: AppConfig,
+    /// Other local apps reachable by service invocation: app id → base URL (`http://host:port`).
+    pub apps: std::collections::BTreeMap<String, String>,
     /// The embedded database.
     pub storage: StorageConfig,
     /// Input limits.
@@ -152,6 +154,7 @@ impl Default for Config {
             resources_paths: Vec::new(),
             http: HttpConfig::default(),
             app: AppConfig::default(),
+            apps: Default::default(),
             storage: StorageConfig::default(),
             limits: Limits::default(),
             shutdown_timeout: Dur(Duration::from_secs(10)),
@@ -276,6 +279,7 @@ fn parse_lenient(base: Config, text: &str, file: &Path) -> (Config, Vec<ConfigEr
             "resourcesPaths" => section(v, &key, file, e).map(|x| cfg.resources_paths = x),
             "http" => section(v, &key, file, e).map(|x| cfg.http = x),
             "app" => section(v, &key, file, e).map(|x| cfg.app = x),
+            "apps" => section(v, &key, file, e).map(|x| cfg.apps = x),
             "storage" => section(v, &key, file, e).map(|x| cfg.storage = x),
             "limits" => section(v, &key, file, e).map(|x| cfg.limits = x),
             "shutdownTimeout" => section(v, &key, file, e).map(|x| cfg.shutdown_timeout = x),
@@ -432,10 +436,33 @@ pub fn validate(cfg: &Config, file: &Path) -> Vec<ConfigError> {
     if cfg.app.address.trim().is_empty() {
         err("app.address", "must not be empty".into());
     }
+    for (id, url) in &cfg.apps {
+        if let Err(m) = validate_name(id) {
+            err(&format!("apps.{id}"), m);
+        }
+        if let Err(m) = validate_app_url(url) {
+            err(&format!("apps.{id}"), m);
+        }
+    }
     if cfg.log.level.trim().is_empty() {
         err("log.level", "must not be empty".into());
     }
     errors
+}
+
+/// An app's base URL: `http://host:port`, nothing after the authority.
+pub fn validate_app_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?} must start with http:// (e.g. http://127.0.0.1:7001)"))?;
+    let authority = rest.trim_end_matches('/');
+    let ok = authority
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+    if !ok || authority.contains('/') {
+        return Err(format!("{url:?} must be http://host:port"));
+    }
+    Ok(())
 }
 
 /// App ids and site names: what fits a DNS label, since they meet in `app-id.site`.

@@ -93,6 +93,9 @@ pub mod codes {
     pub const METHOD_NOT_ALLOWED: &str = "ERR_METHOD_NOT_ALLOWED";
     /// The request body is larger than `http.maxBodySize`.
     pub const BODY_TOO_LARGE: &str = "ERR_BODY_TOO_LARGE";
+    /// Service invocation failed: unknown or unreachable app, timeout, open breaker, or a policy
+    /// denied it.
+    pub const DIRECT_INVOKE: &str = "ERR_DIRECT_INVOKE";
     /// Setting a metadata attribute failed.
     pub const METADATA_SET: &str = "ERR_METADATA_SET";
 }

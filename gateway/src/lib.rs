@@ -19,7 +19,9 @@
 //! - [`error`]: the one error type; [`api`] alone maps it to HTTP statuses.
 //! - [`transport`]: wire formats to calls (HTTP today).
 //! - [`policy`]: what a caller may do.
-//! - [`blocks`]: Dapr semantics (state, metadata), written once for all transports.
+//! - [`blocks`]: Dapr semantics (state, invocation, metadata), written once for all transports.
+//! - [`setup`]: resource documents (components, access control, resiliency) checked and prepared.
+//! - [`resilience`]: Dapr resiliency policies applied around the gateway's own calls.
 //! - [`components`]: backends by `spec.type` (`state.sled`, `state.redis`, `state.in-memory`).
 //! - [`storage`]: the one embedded database and its group commit.
 //! - [`runtime`]: wires the path together; [`run`] starts and stops the whole gateway.
@@ -33,7 +35,9 @@ pub mod config;
 pub mod error;
 pub mod observability;
 pub mod policy;
+pub mod resilience;
 pub mod runtime;
+pub mod setup;
 pub mod storage;
 pub mod transport;
 
@@ -50,10 +54,11 @@ pub use config::Config;
 pub use error::{Error, ErrorKind};
 pub use runtime::Runtime;
 
+use blocks::invoke::InvokeBlock;
 use blocks::metadata::MetadataBlock;
 use blocks::state::StateBlock;
 use components::state_sled::SledStore;
-use config::resources::Component;
+use setup::Setup;
 use transport::http::HttpApi;
 
 /// Why the gateway could not start.
@@ -99,14 +104,28 @@ async fn sweep(stores: Vec<SledStore>, every: Duration) {
 /// (signals in `main`, a channel in tests).
 pub async fn run(
     cfg: Config,
-    components: Vec<Component>,
+    setup: Setup,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let storage = storage::Storage::open(&cfg.state_dir, cfg.storage.cache_capacity.0).await?;
-    let registry = components::build(&components, &storage)
+    let registry = components::build(&setup.components, &storage)
         .await
         .map_err(StartError::Components)?;
+    let mut apps: std::collections::HashMap<String, String> =
+        cfg.apps.clone().into_iter().collect();
+    if cfg.app.port != 0 {
+        apps.insert(
+            cfg.app_id.clone(),
+            format!("http://{}:{}", cfg.app.address, cfg.app.port),
+        );
+    }
+    let invoke = InvokeBlock::new(
+        apps,
+        setup.access_control,
+        setup.resiliency,
+        usize::try_from(cfg.http.max_body_size.0).unwrap_or(usize::MAX),
+    );
     let metadata = MetadataBlock::new(
         cfg.app_id.clone(),
         cfg.site.clone(),
@@ -117,6 +136,7 @@ pub async fn run(
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),
         state: StateBlock::new(registry.state, cfg.limits.clone()),
+        invoke,
         metadata,
     });
     let mut tasks = JoinSet::new();

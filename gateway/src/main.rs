@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use edgecar::components;
-use edgecar::config::{self, ConfigError, Overrides, resources};
+use edgecar::config::{self, ConfigError, Overrides};
+use edgecar::setup::{self, Setup};
 
 /// edgecar: a Dapr-compatible sidecar and device gateway for edge sites.
 #[derive(Parser)]
@@ -82,29 +82,17 @@ impl RunArgs {
     }
 }
 
-/// The effective config and components, or every error found on the way.
-fn load(args: &RunArgs) -> Result<(config::Config, Vec<resources::Component>), Vec<ConfigError>> {
+/// The effective config and what it loads, or every error found on the way.
+fn load(args: &RunArgs) -> Result<(config::Config, Setup), Vec<ConfigError>> {
     let env = |k: &str| std::env::var(k).ok();
     let (cfg, mut errors) = config::assemble(args.config.as_deref(), &args.overrides(), &env);
-    let components = if cfg.resources_paths.is_empty() {
-        components::embedded_defaults()
-    } else {
-        let (res, res_errors) = resources::load(&cfg.resources_paths, &cfg.app_id);
-        errors.extend(res_errors);
-        for doc in &res.documents {
-            eprintln!(
-                "note: {}: kind {:?} is not supported by this edgecar yet; ignored",
-                doc.source.display(),
-                doc.kind
-            );
-        }
-        res.components
-    };
-    for c in &components {
-        errors.extend(components::validate(c));
+    let (setup, setup_errors) = setup::prepare(&cfg);
+    errors.extend(setup_errors);
+    for note in &setup.notes {
+        eprintln!("note: {note}");
     }
     if errors.is_empty() {
-        Ok((cfg, components))
+        Ok((cfg, setup))
     } else {
         Err(errors)
     }
@@ -122,7 +110,8 @@ fn report(errors: &[ConfigError]) {
 
 fn check_config(args: &RunArgs) -> ExitCode {
     match load(args) {
-        Ok((cfg, comps)) => {
+        Ok((cfg, setup)) => {
+            let comps = &setup.components;
             let file = args
                 .config
                 .as_deref()
@@ -165,7 +154,7 @@ async fn shutdown_signal() {
 }
 
 fn run(args: &RunArgs) -> ExitCode {
-    let (cfg, comps) = match load(args) {
+    let (cfg, setup) = match load(args) {
         Ok(v) => v,
         Err(errors) => {
             report(&errors);
@@ -193,7 +182,7 @@ fn run(args: &RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match edgecar::run(cfg, comps, listener, shutdown_signal()).await {
+        match edgecar::run(cfg, setup, listener, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("edgecar: {e}");

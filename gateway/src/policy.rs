@@ -4,9 +4,210 @@
 //! gateway unless its address is changed, and an API token can guard it). A device reaches state
 //! only inside its own key namespace — the state block prefixes its keys with its id — and may not
 //! change the sidecar's metadata. Scoped rules from the device registry extend this table.
+//!
+//! Service invocation is also guarded on the callee side by Dapr's `accessControl` (from a
+//! `kind: Configuration` resource): [`AccessControl`] decides which caller ids may call which
+//! method paths with which verbs, following Dapr's documented precedence rules.
+
+use std::path::Path;
+
+use http::Method;
+use serde_norway::Value;
 
 use crate::call::{Caller, Op};
+use crate::config::ConfigError;
 use crate::error::{Error, ErrorKind, codes};
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Let the call through.
+    Allow,
+    /// Refuse it (403).
+    Deny,
+}
+
+/// One operation rule of an app policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Operation {
+    /// Path segments; `*` matches one segment, `**` any number.
+    pattern: Vec<String>,
+    /// Verbs it applies to (upper case); `*` matches any.
+    verbs: Vec<String>,
+    /// What to do on a match.
+    action: Action,
+}
+
+/// A policy for calls from one app id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AppPolicy {
+    app_id: String,
+    default_action: Option<Action>,
+    operations: Vec<Operation>,
+}
+
+/// Dapr's `accessControl` for service invocation. The default allows everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessControl {
+    /// Global default; `None` when not given.
+    default_action: Option<Action>,
+    /// Per-caller policies.
+    policies: Vec<AppPolicy>,
+}
+
+fn segments(path: &str) -> Vec<&str> {
+    path.split('?')
+        .next()
+        .unwrap_or_default()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn matches(pattern: &[String], path: &[&str]) -> bool {
+    match (pattern.first().map(String::as_str), path.first()) {
+        (None, None) => true,
+        (Some("**"), _) => (0..=path.len()).any(|i| matches(&pattern[1..], &path[i..])),
+        (Some(p), Some(seg)) if p == "*" || p == *seg => matches(&pattern[1..], &path[1..]),
+        _ => false,
+    }
+}
+
+impl AccessControl {
+    /// Whether `caller` may call `method` (a path, query ignored) with `verb`.
+    pub fn allows(&self, caller: &str, method: &str, verb: &Method) -> bool {
+        if self.default_action.is_none() && self.policies.is_empty() {
+            return true;
+        }
+        // With app policies but no global default, Dapr takes the safer option: deny.
+        let global = self.default_action.unwrap_or(Action::Deny);
+        let Some(policy) = self.policies.iter().find(|p| p.app_id == caller) else {
+            return global == Action::Allow;
+        };
+        let path = segments(method);
+        let verb = verb.as_str();
+        let action = policy
+            .operations
+            .iter()
+            .find(|op| {
+                matches(&op.pattern, &path) && op.verbs.iter().any(|v| v == "*" || v == verb)
+            })
+            .map(|op| op.action)
+            .or(policy.default_action)
+            .unwrap_or(global);
+        action == Action::Allow
+    }
+
+    /// Reads `spec.accessControl` of a Dapr `Configuration` document; every error is reported.
+    pub fn from_configuration(doc: &Value, source: &Path) -> Result<Self, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let Some(ac) = doc.get("spec").and_then(|s| s.get("accessControl")) else {
+            return Ok(AccessControl::default());
+        };
+        let action = |v: Option<&Value>, field: &str, errors: &mut Vec<ConfigError>| match v {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_str().map(str::to_ascii_lowercase).as_deref() {
+                Some("allow") => Some(Action::Allow),
+                Some("deny") => Some(Action::Deny),
+                _ => {
+                    errors.push(ConfigError::new(source, field, "must be allow or deny"));
+                    None
+                }
+            },
+        };
+        let default_action = action(
+            ac.get("defaultAction"),
+            "spec.accessControl.defaultAction",
+            &mut errors,
+        );
+        let mut policies = Vec::new();
+        if let Some(list) = ac.get("policies") {
+            let Some(list) = list.as_sequence() else {
+                return Err(vec![ConfigError::new(
+                    source,
+                    "spec.accessControl.policies",
+                    "must be a list",
+                )]);
+            };
+            for (i, p) in list.iter().enumerate() {
+                let field = format!("spec.accessControl.policies[{i}]");
+                let Some(app_id) = p
+                    .get("appId")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                else {
+                    errors.push(ConfigError::new(
+                        source,
+                        format!("{field}.appId"),
+                        "required string is missing",
+                    ));
+                    continue;
+                };
+                let default_action = action(
+                    p.get("defaultAction"),
+                    &format!("{field}.defaultAction"),
+                    &mut errors,
+                );
+                let mut operations = Vec::new();
+                for (j, op) in p
+                    .get("operations")
+                    .and_then(Value::as_sequence)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let of = format!("{field}.operations[{j}]");
+                    let Some(name) = op.get("name").and_then(Value::as_str) else {
+                        errors.push(ConfigError::new(
+                            source,
+                            format!("{of}.name"),
+                            "required string is missing",
+                        ));
+                        continue;
+                    };
+                    let verbs: Vec<String> = match op.get("httpVerb") {
+                        None => vec!["*".into()],
+                        Some(v) => match v.as_sequence() {
+                            Some(vs) => vs
+                                .iter()
+                                .filter_map(Value::as_str)
+                                .map(str::to_ascii_uppercase)
+                                .collect(),
+                            None => {
+                                errors.push(ConfigError::new(
+                                    source,
+                                    format!("{of}.httpVerb"),
+                                    "must be a list of verbs",
+                                ));
+                                continue;
+                            }
+                        },
+                    };
+                    let action = action(op.get("action"), &format!("{of}.action"), &mut errors)
+                        .unwrap_or(Action::Allow);
+                    operations.push(Operation {
+                        pattern: segments(name).into_iter().map(str::to_owned).collect(),
+                        verbs,
+                        action,
+                    });
+                }
+                policies.push(AppPolicy {
+                    app_id: app_id.to_owned(),
+                    default_action,
+                    operations,
+                });
+            }
+        }
+        if errors.is_empty() {
+            Ok(AccessControl {
+                default_action,
+                policies,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
 
 /// Decides whether `caller` may perform `op`.
 pub fn authorize(caller: &Caller, op: &Op) -> Result<(), Error> {
@@ -24,6 +225,52 @@ pub fn authorize(caller: &Caller, op: &Op) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn acl(yaml: &str) -> AccessControl {
+        let doc: Value = serde_norway::from_str(yaml).unwrap();
+        AccessControl::from_configuration(&doc, Path::new("c.yaml")).unwrap()
+    }
+
+    #[test]
+    fn access_control_follows_dapr_rules() {
+        assert!(AccessControl::default().allows("any", "/x", &Method::GET));
+        let a = acl(
+            "spec:\n  accessControl:\n    defaultAction: deny\n    policies:\n    - appId: app1\n      defaultAction: deny\n      operations:\n      - name: /orders/*\n        httpVerb: [GET]\n        action: allow\n      - name: /admin/**\n        httpVerb: ['*']\n        action: deny\n    - appId: app2\n      defaultAction: allow\n",
+        );
+        assert!(a.allows("app1", "/orders/7?x=1", &Method::GET));
+        assert!(!a.allows("app1", "/orders/7", &Method::POST));
+        assert!(
+            !a.allows("app1", "/orders/7/lines", &Method::GET),
+            "* is one segment"
+        );
+        assert!(!a.allows("app1", "/admin/a/b/c", &Method::GET));
+        assert!(!a.allows("app1", "/other", &Method::GET), "app default");
+        assert!(a.allows("app2", "/anything", &Method::DELETE));
+        assert!(
+            !a.allows("stranger", "/orders/7", &Method::GET),
+            "global default"
+        );
+        // App policies without a global default: deny the rest.
+        let b = acl(
+            "spec:\n  accessControl:\n    policies:\n    - appId: app1\n      defaultAction: allow\n",
+        );
+        assert!(b.allows("app1", "/x", &Method::GET));
+        assert!(!b.allows("app9", "/x", &Method::GET));
+    }
+
+    #[test]
+    fn access_control_errors_name_their_fields() {
+        let doc: Value = serde_norway::from_str("spec:\n  accessControl:\n    defaultAction: maybe\n    policies:\n    - operations: []\n").unwrap();
+        let errs = AccessControl::from_configuration(&doc, Path::new("c.yaml")).unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.accessControl.defaultAction",
+                "spec.accessControl.policies[0].appId"
+            ]
+        );
+    }
 
     #[test]
     fn devices_cannot_touch_sidecar_metadata() {

@@ -5,6 +5,7 @@
 
 use tracing::debug;
 
+use crate::blocks::invoke::InvokeBlock;
 use crate::blocks::metadata::MetadataBlock;
 use crate::blocks::state::StateBlock;
 use crate::call::{Call, Op, Reply};
@@ -17,6 +18,8 @@ pub struct Runtime {
     pub app_id: String,
     /// The state building block.
     pub state: StateBlock,
+    /// The service-invocation building block.
+    pub invoke: InvokeBlock,
     /// The metadata building block.
     pub metadata: MetadataBlock,
 }
@@ -40,6 +43,16 @@ impl Runtime {
             Op::StateTransaction { store } => {
                 self.state
                     .transaction(caller, store, &call.body, &call.params)
+                    .await
+            }
+            Op::Invoke {
+                app_id,
+                method,
+                verb,
+            } => {
+                let body = call.body.clone();
+                self.invoke
+                    .invoke(caller, app_id, method, verb, &call.params.headers, body)
                     .await
             }
             Op::MetadataGet => self.metadata.get(),

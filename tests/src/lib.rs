@@ -370,3 +370,189 @@ pub fn write_component(dir: &Path, name: &str, kind: &str, metadata: &[(&str, &s
     }
     std::fs::write(dir.join(format!("{name}.yaml")), y).expect("write component");
 }
+
+/// A request as a [`TestApp`] received it.
+#[derive(Debug, Clone)]
+pub struct AppRequest {
+    /// Verb.
+    pub method: String,
+    /// Path with query, as sent.
+    pub path: String,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl AppRequest {
+    /// A header value by (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a [`TestApp`] answers: status, extra headers, body, and a delay before answering.
+pub struct AppResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers to add.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Wait this long before answering.
+    pub delay: Duration,
+}
+
+impl AppResponse {
+    /// A response with a status and a body.
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        AppResponse {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+}
+
+type Handler = dyn Fn(&AppRequest) -> AppResponse + Send + Sync;
+
+/// A small real HTTP/1.1 app on a free port, standing in for an app (or a cloud API). It records
+/// every request and answers through the handler it was started with.
+pub struct TestApp {
+    /// Its port.
+    pub port: u16,
+    /// Every request received, in order.
+    pub requests: Arc<Mutex<Vec<AppRequest>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TestApp {
+    /// Starts the app on 127.0.0.1 with a free port.
+    pub fn start(handler: impl Fn(&AppRequest) -> AppResponse + Send + Sync + 'static) -> TestApp {
+        Self::start_on(0, handler)
+    }
+
+    /// Starts the app on a given port (0 for a free one), e.g. to bring a stopped app back.
+    pub fn start_on(
+        port: u16,
+        handler: impl Fn(&AppRequest) -> AppResponse + Send + Sync + 'static,
+    ) -> TestApp {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind test app");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let requests: Arc<Mutex<Vec<AppRequest>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let (reqs, stopped) = (requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (reqs, handler) = (reqs.clone(), handler.clone());
+                        std::thread::spawn(move || serve_one(stream, &reqs, &*handler));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        TestApp {
+            port,
+            requests,
+            stop,
+        }
+    }
+
+    /// Requests received so far.
+    pub fn received(&self) -> Vec<AppRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Stops accepting connections (the port is closed when this returns).
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve_one(mut stream: TcpStream, reqs: &Mutex<Vec<AppRequest>>, handler: &Handler) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    // Keep-alive: serve requests on this connection until the peer closes it.
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_owned();
+        let path = parts.next().unwrap_or_default().to_owned();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let req = AppRequest {
+            method,
+            path,
+            headers,
+            body,
+        };
+        reqs.lock().unwrap().push(req.clone());
+        let resp = handler(&req);
+        std::thread::sleep(resp.delay);
+        let mut out = format!(
+            "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
+            resp.status,
+            resp.body.len()
+        );
+        for (k, v) in &resp.headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        if stream
+            .write_all(out.as_bytes())
+            .and_then(|_| stream.write_all(&resp.body))
+            .is_err()
+        {
+            return;
+        }
+    }
+}

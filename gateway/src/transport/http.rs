@@ -58,8 +58,11 @@ fn reply_response(reply: Reply) -> Resp {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     }
     for (name, value) in reply.meta {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name, v);
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            h.append(n, v);
         }
     }
     r
@@ -84,7 +87,17 @@ impl HttpApi {
     }
 
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Reply, Error> {
-        let route = api::route(req.method(), req.uri().path())?;
+        let by_header = req
+            .headers()
+            .get("dapr-app-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|id| {
+                api::route_by_app_id_header(id, req.method(), req.uri().path(), req.uri().query())
+            });
+        let route = match by_header {
+            Some(r) => r,
+            None => api::route(req.method(), req.uri().path(), req.uri().query())?,
+        };
         let op = match route {
             Route::Healthz | Route::HealthzOutbound => return Ok(Reply::no_content()),
             Route::Call(op) => op,
@@ -112,6 +125,14 @@ impl HttpApi {
         };
         params.if_match = header_str("if-match").map(|e| e.trim_matches('"').to_owned());
         params.traceparent = header_str("traceparent");
+        if matches!(op, crate::call::Op::Invoke { .. }) {
+            params.headers = req
+                .headers()
+                .iter()
+                .filter(|(k, _)| crate::blocks::invoke::forwardable(k.as_str()))
+                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect();
+        }
         let body = self.read_body(req).await?;
         let call = Call {
             caller: Caller::LocalApp {

@@ -1,0 +1,262 @@
+//! The service-invocation building block: `/v1.0/invoke/<app-id>/method/<method>` to local apps.
+//!
+//! It owns the app table (the gateway's own app on `--app-port`, plus apps declared under `apps:`
+//! in edgecar.yaml), a pooled HTTP/1.1 client to them, the access-control check on the callee side
+//! (Dapr's `accessControl`), and resiliency (timeouts, retries, breakers from a Resiliency document
+//! that targets the app). The verb, the raw method path with its query, the headers (minus
+//! hop-by-hop ones) and the body pass through; so do the app's status, headers and body.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use edgecar_capabilities::Resiliency;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::call::{Caller, Reply};
+use crate::error::{Error, ErrorKind, codes};
+use crate::policy::AccessControl;
+use crate::resilience::{self, Breakers, Stopped};
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus edgecar's own.
+const NOT_FORWARDED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "dapr-api-token",
+    "dapr-app-id",
+];
+
+/// Whether a header may cross a hop.
+pub fn forwardable(name: &str) -> bool {
+    !NOT_FORWARDED.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// An app's answer, before it becomes a [`Reply`].
+#[derive(Debug)]
+pub struct AppReply {
+    /// The app's status.
+    pub status: StatusCode,
+    /// The app's headers, hop-by-hop ones removed, names lower-case.
+    pub headers: Vec<(String, String)>,
+    /// The app's body.
+    pub body: Bytes,
+}
+
+/// Why an invocation got no answer from the app.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvokeError {
+    /// No app with this id is known to the gateway.
+    #[error("app id {0:?} is not known to this gateway")]
+    UnknownApp(String),
+    /// The app could not be reached (nothing was processed).
+    #[error("app {app:?} is unreachable: {reason}")]
+    Unreachable {
+        /// The app id.
+        app: String,
+        /// What the connection attempt said.
+        reason: String,
+    },
+    /// The app did not answer within the resiliency timeout.
+    #[error("app {0:?} did not answer in time")]
+    Timeout(String),
+    /// The app's circuit breaker is open.
+    #[error("app {app:?}: {reason}")]
+    BreakerOpen {
+        /// The app id.
+        app: String,
+        /// The breaker's state.
+        reason: String,
+    },
+    /// Anything else (bad response, too large).
+    #[error("app {app:?}: {reason}")]
+    Other {
+        /// The app id.
+        app: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The invocation building block.
+pub struct InvokeBlock {
+    /// App id → base URL (`http://host:port`), without a trailing slash.
+    apps: HashMap<String, String>,
+    /// Pooled keep-alive connections to the apps.
+    client: Client<HttpConnector, Full<Bytes>>,
+    /// Who may call which methods (Dapr's accessControl).
+    acl: AccessControl,
+    /// Resiliency documents in force.
+    resiliency: Vec<Resiliency>,
+    /// One breaker per app id.
+    breakers: Breakers,
+    /// Largest app response passed through.
+    max_response: usize,
+}
+
+impl InvokeBlock {
+    /// Builds the block over `apps` (id → base URL).
+    pub fn new(
+        apps: HashMap<String, String>,
+        acl: AccessControl,
+        resiliency: Vec<Resiliency>,
+        max_response: usize,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        InvokeBlock {
+            apps: apps
+                .into_iter()
+                .map(|(k, v)| (k, v.trim_end_matches('/').to_owned()))
+                .collect(),
+            client,
+            acl,
+            resiliency,
+            breakers: Breakers::default(),
+            max_response,
+        }
+    }
+
+    /// App ids this gateway can invoke, sorted, for `/v1.0/metadata`.
+    pub fn app_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.apps.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// `/v1.0/invoke/<app-id>/method/<method>`: checks access, calls the app, passes its answer on.
+    pub async fn invoke(
+        &self,
+        caller: &Caller,
+        app_id: &str,
+        method: &str,
+        verb: &Method,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<Reply, Error> {
+        if !self.acl.allows(caller.owner(), method, verb) {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                codes::DIRECT_INVOKE,
+                format!(
+                    "access control policy has denied access to id: {} operation: {} verb: {verb}",
+                    caller.owner(),
+                    method.split('?').next().unwrap_or(method)
+                ),
+            ));
+        }
+        match self.call(app_id, method, verb, headers, body).await {
+            Ok(r) => Ok(Reply {
+                status: r.status.as_u16(),
+                body: r.body,
+                meta: r.headers,
+                content_type: None,
+            }),
+            Err(e) => Err(Error::new(
+                ErrorKind::Upstream,
+                codes::DIRECT_INVOKE,
+                format!("failed to invoke, id: {app_id}, err: {e}"),
+            )),
+        }
+    }
+
+    /// Calls an app under its resiliency policies. Any status is `Ok`; `Err` means no answer.
+    pub async fn call(
+        &self,
+        app_id: &str,
+        method: &str,
+        verb: &Method,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<AppReply, InvokeError> {
+        let base = self
+            .apps
+            .get(app_id)
+            .ok_or_else(|| InvokeError::UnknownApp(app_id.to_owned()))?;
+        let uri = format!("{base}{method}");
+        let policies = self
+            .resiliency
+            .iter()
+            .map(|r| r.policies_for_app(app_id))
+            .find(|p| p.timeout.is_some() || p.retry.is_some() || p.circuit_breaker.is_some())
+            .unwrap_or_default();
+        let attempt = || self.once(app_id, &uri, verb, headers, body.clone());
+        let server_error = |r: &Result<AppReply, InvokeError>| match r {
+            Ok(reply) => reply.status.is_server_error(),
+            Err(_) => true,
+        };
+        match resilience::run(&policies, &self.breakers, app_id, attempt, server_error).await {
+            Ok(result) => result,
+            Err(Stopped::Timeout(_)) => Err(InvokeError::Timeout(app_id.to_owned())),
+            Err(Stopped::BreakerOpen(r)) => Err(InvokeError::BreakerOpen {
+                app: app_id.to_owned(),
+                reason: r.to_string(),
+            }),
+        }
+    }
+
+    async fn once(
+        &self,
+        app_id: &str,
+        uri: &str,
+        verb: &Method,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<AppReply, InvokeError> {
+        let other = |reason: String| InvokeError::Other {
+            app: app_id.to_owned(),
+            reason,
+        };
+        let mut req = Request::builder().method(verb.clone()).uri(uri);
+        for (k, v) in headers.iter().filter(|(k, _)| forwardable(k)) {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| other(format!("bad request: {e}")))?;
+        let resp = self.client.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                InvokeError::Unreachable {
+                    app: app_id.to_owned(),
+                    reason: std::error::Error::source(&e)
+                        .map_or_else(|| e.to_string(), |s| s.to_string()),
+                }
+            } else {
+                other(e.to_string())
+            }
+        })?;
+        let status = resp.status();
+        let headers = resp
+            .headers()
+            .iter()
+            .filter(|(k, _)| forwardable(k.as_str()))
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let body = Limited::new(resp.into_body(), self.max_response)
+            .collect()
+            .await
+            .map_err(|e| other(format!("reading the response: {e}")))?
+            .to_bytes();
+        Ok(AppReply {
+            status,
+            headers,
+            body,
+        })
+    }
+}
