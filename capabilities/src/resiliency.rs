@@ -489,41 +489,31 @@ fn read_target(
         f.ignore("circuitBreakerScope");
         f.ignore("circuitBreakerCacheSize");
     }
-    let missing = |name: &Option<String>, known: bool, key: &str, what: &str| {
-        name.as_ref().filter(|_| !known).map(|n| {
-            FieldError::new(
-                yaml::join(path, key),
-                format!("no {what} policy named {n:?} in spec.policies"),
-            )
-        })
-    };
-    let checks = [
-        missing(
+    let references = [
+        (
+            "timeout",
+            "timeout",
             &timeout,
-            timeout
-                .as_ref()
-                .is_some_and(|n| policies.timeouts.contains_key(n)),
-            "timeout",
-            "timeout",
+            policies.timeouts.keys().collect::<Vec<_>>(),
         ),
-        missing(
-            &retry,
-            retry
-                .as_ref()
-                .is_some_and(|n| policies.retries.contains_key(n)),
-            "retry",
-            "retry",
-        ),
-        missing(
-            &circuit_breaker,
-            circuit_breaker
-                .as_ref()
-                .is_some_and(|n| policies.circuit_breakers.contains_key(n)),
+        ("retry", "retry", &retry, policies.retries.keys().collect()),
+        (
             "circuitBreaker",
             "circuit breaker",
+            &circuit_breaker,
+            policies.circuit_breakers.keys().collect(),
         ),
     ];
-    errs.extend(checks.into_iter().flatten());
+    for (key, what, name, known) in references {
+        if let Some(n) = name
+            && !known.contains(&n)
+        {
+            errs.push(FieldError::new(
+                yaml::join(path, key),
+                format!("no {what} policy named {n:?} in spec.policies"),
+            ));
+        }
+    }
     f.finish(errs);
     Some(TargetPolicies {
         timeout,
