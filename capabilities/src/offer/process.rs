@@ -401,9 +401,23 @@ echo "{\"status\": 201, \"headers\": {\"X-Who\": \"$EDGECAR_CAPABILITY/$EDGECAR_
         );
         let offer = offer(cmd);
         let req = request(b"{}");
-        let result = tokio::time::timeout(Duration::from_millis(500), offer.call(&req)).await;
+        let mut call = Box::pin(offer.call(&req));
+        // Wait (however loaded the machine) until the child runs, then time the call out as the
+        // engine does: by dropping it.
+        let pid = loop {
+            tokio::select! {
+                r = &mut call => panic!("finished early: {r:?}"),
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+            if let Ok(p) = std::fs::read_to_string(&pid_file)
+                && p.ends_with('\n')
+            {
+                break p;
+            }
+        };
+        let result = tokio::time::timeout(Duration::from_millis(200), &mut call).await;
         assert!(result.is_err(), "the call should have timed out");
-        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        drop(call);
         let stat = format!("/proc/{}/stat", pid.trim());
         // Killed means gone, or a zombie until the runtime reaps it.
         let mut dead = false;
