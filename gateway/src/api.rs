@@ -16,6 +16,8 @@ pub enum Route {
     Healthz,
     /// `GET /v1.0/healthz/outbound`: components are ready (exempt from the API token).
     HealthzOutbound,
+    /// `GET /metrics`: Prometheus text exposition (exempt from the API token, as scrapers are).
+    Metrics,
     /// An operation on the request path.
     Call(Op),
 }
@@ -30,6 +32,8 @@ pub fn status(kind: ErrorKind) -> StatusCode {
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Upstream | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
     }
 }
 
@@ -149,9 +153,43 @@ pub fn route_by_app_id_header(
     }))
 }
 
+/// `/v1.0/capabilities` (list) and `/v1.0/capabilities/<name>/<method...>` (call, any verb; the
+/// method path stays raw, the query is kept apart).
+fn capability_route(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Option<Result<Route, Error>> {
+    let rest = path.strip_prefix("/v1.0/capabilities")?;
+    if rest.is_empty() || rest == "/" {
+        return Some(if *method == Method::GET {
+            Ok(Route::Call(Op::CapabilityList))
+        } else {
+            Err(method_not_allowed(method, path))
+        });
+    }
+    let rest = rest.strip_prefix('/')?;
+    let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let name = match percent_decode(name, false) {
+        Ok(n) => n,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(Ok(Route::Call(Op::Capability {
+        name,
+        method: tail.to_owned(),
+        query: query.filter(|q| !q.is_empty()).map(str::to_owned),
+        verb: method.clone(),
+    })))
+}
+
 /// Maps a method, path and query to what they mean.
 pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, Error> {
-    if let Some(r) = invoke_route(method, path, query) {
+    if path == "/metrics" && *method == Method::GET {
+        return Ok(Route::Metrics);
+    }
+    if let Some(r) =
+        invoke_route(method, path, query).or_else(|| capability_route(method, path, query))
+    {
         return r;
     }
     let rest = path
@@ -286,6 +324,37 @@ mod tests {
             route_by_app_id_header("orders", &Method::GET, "/v1.0/metadata", None),
             None
         );
+    }
+
+    #[test]
+    fn capability_routes() {
+        assert_eq!(
+            route(&Method::GET, "/v1.0/capabilities", None),
+            Ok(Route::Call(Op::CapabilityList))
+        );
+        assert_eq!(
+            route(
+                &Method::POST,
+                "/v1.0/capabilities/geocode/v1/lookup",
+                Some("q=x")
+            ),
+            Ok(Route::Call(Op::Capability {
+                name: "geocode".into(),
+                method: "v1/lookup".into(),
+                query: Some("q=x".into()),
+                verb: Method::POST
+            }))
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1.0/capabilities/stats", None),
+            Ok(Route::Call(Op::Capability {
+                name: "stats".into(),
+                method: String::new(),
+                query: None,
+                verb: Method::GET
+            }))
+        );
+        assert_eq!(route(&Method::GET, "/metrics", None), Ok(Route::Metrics));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! enforces limits, talks to components and produces a [`Reply`](crate::Reply) or a Dapr-coded
 //! [`Error`](crate::Error). Blocks never see HTTP or MQTT.
 
+pub mod capabilities;
 pub mod invoke;
 pub mod metadata;
 pub mod state;

@@ -88,6 +88,19 @@ pub enum Op {
         /// The HTTP verb to use on the app.
         verb: http::Method,
     },
+    /// Call a capability through the smart proxy (`/v1.0/capabilities/<name>/<method...>`).
+    Capability {
+        /// Capability name.
+        name: String,
+        /// Method path after the name, raw (may be empty).
+        method: String,
+        /// Query string without `?`.
+        query: Option<String>,
+        /// The HTTP verb.
+        verb: http::Method,
+    },
+    /// List capabilities with their offers' health, breakers and cache statistics.
+    CapabilityList,
     /// Describe the sidecar (`GET /v1.0/metadata`).
     MetadataGet,
     /// Set an extended metadata attribute; body is the value.
@@ -107,6 +120,8 @@ impl Op {
             Op::StateDelete { .. } => "state.delete",
             Op::StateTransaction { .. } => "state.transaction",
             Op::Invoke { .. } => "invoke",
+            Op::Capability { .. } => "capability.call",
+            Op::CapabilityList => "capability.list",
             Op::MetadataGet => "metadata.get",
             Op::MetadataSet { .. } => "metadata.set",
         }

@@ -24,6 +24,10 @@ pub enum ErrorKind {
     TooLarge,
     /// A backend (component, upstream) failed; the request may succeed later.
     Upstream,
+    /// Nothing could serve the request right now (every offer down, nothing cached).
+    Unavailable,
+    /// Everything that was tried timed out.
+    Timeout,
     /// A bug or an unexpected state inside edgecar.
     Internal,
 }

@@ -54,6 +54,7 @@ pub use config::Config;
 pub use error::{Error, ErrorKind};
 pub use runtime::Runtime;
 
+use blocks::capabilities::{AppInvoker, CapabilitiesBlock};
 use blocks::invoke::InvokeBlock;
 use blocks::metadata::MetadataBlock;
 use blocks::state::StateBlock;
@@ -71,6 +72,9 @@ pub enum StartError {
     #[error("components failed to start:\n  {}", .0.join("\n  "))]
     Components(Vec<String>),
 }
+
+/// How often resource directories are checked for edited capability manifests.
+const RELOAD_POLL: Duration = Duration::from_secs(1);
 
 /// Periodically removes expired keys from sled stores.
 async fn sweep(stores: Vec<SledStore>, every: Duration) {
@@ -108,6 +112,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    // Baseline for the capability watcher, taken before anything slow: an edit made while the
+    // gateway starts is noticed rather than lost.
+    let resources_seen = blocks::capabilities::newest_change(&cfg.resources_paths);
     let storage = storage::Storage::open(&cfg.state_dir, cfg.storage.cache_capacity.0).await?;
     let registry = components::build(&setup.components, &storage)
         .await
@@ -120,12 +127,25 @@ pub async fn run(
             format!("http://{}:{}", cfg.app.address, cfg.app.port),
         );
     }
-    let invoke = InvokeBlock::new(
+    let policies = setup::merged_policies(&setup.resiliency);
+    let invoke = Arc::new(InvokeBlock::new(
         apps,
         setup.access_control,
         setup.resiliency,
         usize::try_from(cfg.http.max_body_size.0).unwrap_or(usize::MAX),
+    ));
+    let engine = edgecar_capabilities::Engine::new(
+        edgecar_capabilities::EngineOptions::default()
+            .with_invoker(Arc::new(AppInvoker(invoke.clone())))
+            .with_policies(policies),
     );
+    engine.replace_manifests(setup.manifests).map_err(|errs| {
+        StartError::Components(
+            errs.iter()
+                .map(|e| format!("capability manifest: {e}"))
+                .collect(),
+        )
+    })?;
     let metadata = MetadataBlock::new(
         cfg.app_id.clone(),
         cfg.site.clone(),
@@ -137,10 +157,19 @@ pub async fn run(
         app_id: cfg.app_id.clone(),
         state: StateBlock::new(registry.state, cfg.limits.clone()),
         invoke,
+        capabilities: CapabilitiesBlock::new(engine.clone()),
         metadata,
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(sweep(registry.sled_stores, cfg.storage.sweep_interval.0));
+    if !cfg.resources_paths.is_empty() {
+        tasks.spawn(blocks::capabilities::watch(
+            engine,
+            cfg.clone(),
+            RELOAD_POLL,
+            resources_seen,
+        ));
+    }
 
     let api = Arc::new(HttpApi {
         runtime,

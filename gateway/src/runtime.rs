@@ -5,6 +5,7 @@
 
 use tracing::debug;
 
+use crate::blocks::capabilities::{self, CapabilitiesBlock};
 use crate::blocks::invoke::InvokeBlock;
 use crate::blocks::metadata::MetadataBlock;
 use crate::blocks::state::StateBlock;
@@ -18,13 +19,22 @@ pub struct Runtime {
     pub app_id: String,
     /// The state building block.
     pub state: StateBlock,
-    /// The service-invocation building block.
-    pub invoke: InvokeBlock,
+    /// The service-invocation building block (shared with the capability engine's invoke offers).
+    pub invoke: std::sync::Arc<InvokeBlock>,
+    /// The capabilities building block (the smart proxy).
+    pub capabilities: CapabilitiesBlock,
     /// The metadata building block.
     pub metadata: MetadataBlock,
 }
 
 impl Runtime {
+    /// Prometheus text exposition of every counter the runtime keeps.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        self.capabilities.metrics(&mut out);
+        out
+    }
+
     /// Runs one call along the request path.
     pub async fn handle(&self, call: Call) -> Result<Reply, Error> {
         policy::authorize(&call.caller, &call.op)?;
@@ -55,6 +65,22 @@ impl Runtime {
                     .invoke(caller, app_id, method, verb, &call.params.headers, body)
                     .await
             }
+            Op::Capability {
+                name,
+                method,
+                query,
+                verb,
+            } => {
+                let req = capabilities::request(
+                    method,
+                    query.as_deref(),
+                    verb,
+                    &call.params.headers,
+                    call.body.clone(),
+                );
+                self.capabilities.call(caller, name, req).await
+            }
+            Op::CapabilityList => self.capabilities.list().await,
             Op::MetadataGet => self.metadata.get(),
             Op::MetadataSet { attribute } => self.metadata.set(attribute, &call.body),
         };

@@ -2,10 +2,18 @@
 //!
 //! `edgecar check-config` and `edgecar run` both call [`prepare`], so a resource the daemon would
 //! refuse is reported by the checker with the same file and field. It validates components against
-//! their types, reads Dapr `Configuration` (access control) and `Resiliency` documents, and notes
-//! documents of kinds this build does not use.
+//! their types, reads Dapr `Configuration` (access control) and `Resiliency` documents and
+//! edgecar's `Capability` manifests, and notes documents of kinds this build does not use.
 
-use edgecar_capabilities::{Resiliency, parse_resiliency};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use edgecar_capabilities::{
+    Engine, EngineOptions, FieldError, Invoker, Manifest, Policies, Resiliency, UpstreamError,
+    UpstreamReply, parse_manifest, parse_resiliency,
+};
 
 use crate::components;
 use crate::config::resources::{Component, Resources};
@@ -21,6 +29,8 @@ pub struct Setup {
     pub access_control: AccessControl,
     /// Resiliency documents that apply to this app id.
     pub resiliency: Vec<Resiliency>,
+    /// Capability manifests (`kind: Capability`), validated.
+    pub manifests: Vec<Manifest>,
     /// Notes for the operator: documents read but not used by this build.
     pub notes: Vec<String>,
 }
@@ -43,6 +53,7 @@ pub fn prepare(cfg: &Config) -> (Setup, Vec<ConfigError>) {
     }
     setup.components = comps;
     let mut configurations = 0;
+    let mut sources: Vec<(String, PathBuf)> = Vec::new();
     for doc in documents {
         match doc.kind.as_str() {
             "Configuration" => {
@@ -68,11 +79,88 @@ pub fn prepare(cfg: &Config) -> (Setup, Vec<ConfigError>) {
                         .map(|f| ConfigError::new(&doc.source, f.path.clone(), f.message.clone())),
                 ),
             },
+            "Capability" => match parse_manifest(&doc.value) {
+                Ok(m) => {
+                    sources.push((m.name.clone(), doc.source.clone()));
+                    setup.manifests.push(m);
+                }
+                Err(e) => errors.extend(e.into_iter().map(|f| field_error(&doc.source, &f))),
+            },
             other => setup.notes.push(format!(
                 "{}: kind {other:?} is not supported by this edgecar yet; ignored",
                 doc.source.display()
             )),
         }
     }
+    if errors.is_empty() && !setup.manifests.is_empty() {
+        // What the daemon would refuse at load: unknown policy names, duplicate names, ...
+        let engine = Engine::new(EngineOptions::default().with_invoker(Arc::new(CheckOnly)));
+        let policies = merged_policies(&setup.resiliency);
+        if let Err(errs) = engine.check(&setup.manifests, &policies) {
+            for f in errs {
+                let name = f
+                    .resource
+                    .as_deref()
+                    .and_then(|r| r.strip_prefix("Capability/"));
+                let source = sources
+                    .iter()
+                    .find(|(n, _)| Some(n.as_str()) == name)
+                    .map_or_else(|| PathBuf::from("<capabilities>"), |(_, s)| s.clone());
+                errors.push(field_error(&source, &f));
+            }
+        }
+    }
     (setup, errors)
+}
+
+fn field_error(source: &std::path::Path, f: &FieldError) -> ConfigError {
+    ConfigError::new(source, f.path.clone(), f.message.clone())
+}
+
+/// Named policies from every Resiliency document, for capability offers to refer to.
+pub fn merged_policies(docs: &[Resiliency]) -> Policies {
+    let mut p = Policies::default();
+    for d in docs {
+        p.merge(d.policies.clone());
+    }
+    p
+}
+
+/// Capability manifests and the named policies they may use, as a reload needs them.
+pub struct LoadedCapabilities {
+    /// The manifests.
+    pub manifests: Vec<Manifest>,
+    /// Named resiliency policies.
+    pub policies: Policies,
+}
+
+/// Re-reads the resource directories for a capability reload; errors as [`prepare`] reports them.
+pub fn capabilities(cfg: &Config) -> (LoadedCapabilities, Vec<ConfigError>) {
+    let (setup, errors) = prepare(cfg);
+    let policies = merged_policies(&setup.resiliency);
+    (
+        LoadedCapabilities {
+            manifests: setup.manifests,
+            policies,
+        },
+        errors,
+    )
+}
+
+/// Stands in for service invocation while `check-config` dry-runs manifests: the check only needs
+/// to know invocation exists; nothing is ever called through it.
+struct CheckOnly;
+
+#[async_trait]
+impl Invoker for CheckOnly {
+    async fn invoke(
+        &self,
+        _: &str,
+        _: &str,
+        _: &http::Method,
+        _: &[(String, String)],
+        _: Bytes,
+    ) -> Result<UpstreamReply, UpstreamError> {
+        Err(UpstreamError::Other("configuration check only".into()))
+    }
 }

@@ -458,8 +458,9 @@ impl TestApp {
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let (reqs, handler) = (reqs.clone(), handler.clone());
-                        std::thread::spawn(move || serve_one(stream, &reqs, &*handler));
+                        let (reqs, handler, stopped) =
+                            (reqs.clone(), handler.clone(), stopped.clone());
+                        std::thread::spawn(move || serve_one(stream, &reqs, &*handler, &stopped));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -477,7 +478,7 @@ impl TestApp {
         self.requests.lock().unwrap().clone()
     }
 
-    /// Stops accepting connections (the port is closed when this returns).
+    /// Stops the app like a crash: the port closes and open connections are dropped unanswered.
     pub fn stop(&self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(30));
@@ -490,7 +491,12 @@ impl Drop for TestApp {
     }
 }
 
-fn serve_one(mut stream: TcpStream, reqs: &Mutex<Vec<AppRequest>>, handler: &Handler) {
+fn serve_one(
+    mut stream: TcpStream,
+    reqs: &Mutex<Vec<AppRequest>>,
+    handler: &Handler,
+    stopped: &std::sync::atomic::AtomicBool,
+) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut reader = BufReader::new(match stream.try_clone() {
@@ -528,6 +534,9 @@ fn serve_one(mut stream: TcpStream, reqs: &Mutex<Vec<AppRequest>>, handler: &Han
         let mut body = vec![0u8; len];
         if reader.read_exact(&mut body).is_err() {
             return;
+        }
+        if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return; // dead: drop the connection without an answer
         }
         let req = AppRequest {
             method,

@@ -100,6 +100,11 @@ impl HttpApi {
         };
         let op = match route {
             Route::Healthz | Route::HealthzOutbound => return Ok(Reply::no_content()),
+            Route::Metrics => {
+                let mut r = Reply::json(self.runtime.metrics());
+                r.content_type = Some("text/plain; version=0.0.4");
+                return Ok(r);
+            }
             Route::Call(op) => op,
         };
         if let Some(want) = &self.api_token {
@@ -125,7 +130,10 @@ impl HttpApi {
         };
         params.if_match = header_str("if-match").map(|e| e.trim_matches('"').to_owned());
         params.traceparent = header_str("traceparent");
-        if matches!(op, crate::call::Op::Invoke { .. }) {
+        if matches!(
+            op,
+            crate::call::Op::Invoke { .. } | crate::call::Op::Capability { .. }
+        ) {
             params.headers = req
                 .headers()
                 .iter()
