@@ -111,22 +111,27 @@ fn report(errors: &[ConfigError]) {
 fn check_config(args: &RunArgs) -> ExitCode {
     match load(args) {
         Ok((cfg, setup)) => {
-            let comps = &setup.components;
-            let file = args
-                .config
-                .as_deref()
-                .unwrap_or(Path::new("<embedded defaults>"));
+            let file = args.config.as_deref().unwrap_or(Path::new("<defaults>"));
+            let names = |v: Vec<String>| {
+                if v.is_empty() {
+                    "none".to_owned()
+                } else {
+                    v.join(", ")
+                }
+            };
             println!(
-                "ok: {} (app id {:?}, site {:?}), {} component(s): {}",
+                "ok: config {} (app id {:?}, site {:?}); components: {}; capabilities: {}",
                 file.display(),
                 cfg.app_id,
                 cfg.site,
-                comps.len(),
-                comps
-                    .iter()
-                    .map(|c| format!("{} ({})", c.name, c.type_name))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                names(
+                    setup
+                        .components
+                        .iter()
+                        .map(|c| format!("{} ({})", c.name, c.type_name))
+                        .collect()
+                ),
+                names(setup.manifests.iter().map(|m| m.name.clone()).collect()),
             );
             ExitCode::SUCCESS
         }

@@ -167,3 +167,27 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
         "\"arrived\""
     );
 }
+
+#[test]
+fn the_shipped_configs_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let (code, out, err) = edgecar(&[
+        "check-config",
+        "--config",
+        root.join("edgecar.yaml").to_str().unwrap(),
+        "--resources-path",
+        root.join("components").to_str().unwrap(),
+        "--resources-path",
+        root.join("capabilities").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for name in [
+        "statestore (state.sled)",
+        "detect-objects",
+        "sensor-stats",
+        "validate-reading",
+        "thumbnail",
+    ] {
+        assert!(out.contains(name), "{name} missing from: {out}");
+    }
+}
