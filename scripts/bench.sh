@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): builds the release edgecar and runs each benchmark, which prints its
 # figures next to a reference measured in the same run. Record results in docs/benchmarks.md.
+# Usage: scripts/bench.sh [bench-name ...]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p edgecar
-EDGECAR_BIN="$PWD/target/release/edgecar" cargo bench --locked -p edgecar-tests --bench state_http
+export EDGECAR_BIN="$PWD/target/release/edgecar"
+for bench in "${@:-state_http capabilities}"; do
+  for b in $bench; do
+    printf '\n==> %s\n' "$b"
+    cargo bench --locked -p edgecar-tests --bench "$b"
+  done
+done

@@ -1,0 +1,167 @@
+//! Shared benchmark pieces: the bare hyper echo server every benchmark measures as its floor, and
+//! a fixed-concurrency HTTP/1.1 keep-alive load generator that reports ops/s and percentiles.
+
+use std::convert::Infallible;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+/// The argument that turns a benchmark binary into the echo server (see [`spawn_echo`]).
+const ECHO_ARG: &str = "echo-server";
+
+/// Call first in a benchmark's `main`: when the process was started as the echo server, serve
+/// forever and never return.
+pub fn serve_echo_if_asked() {
+    if std::env::args().nth(1).as_deref() != Some(ECHO_ARG) {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        println!("{}", listener.local_addr().expect("addr").port());
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
+                        Ok::<_, Infallible>(Response::new(Full::new(body)))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    std::process::exit(0);
+}
+
+/// Starts this benchmark binary again as a bare hyper echo server (the floor, in its own process
+/// like edgecar); returns the child and its port.
+pub fn spawn_echo() -> (Child, u16) {
+    let mut child = Command::new(std::env::current_exe().expect("exe"))
+        .arg(ECHO_ARG)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn echo server");
+    let mut line = String::new();
+    let out = child.stdout.take().expect("stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).expect("port");
+    (child, line.trim().parse().expect("echo port"))
+}
+
+/// Result of one load run.
+pub struct Stats {
+    /// Successful requests per second.
+    pub ops_per_sec: f64,
+    /// Median latency, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile latency, microseconds.
+    pub p99_us: u64,
+    /// Non-2xx answers and broken connections.
+    pub errors: u64,
+}
+
+/// `concurrency` keep-alive connections send `method path` with `body` back to back for `secs`.
+pub async fn load(
+    port: u16,
+    method: &'static str,
+    path: &'static str,
+    body: &'static str,
+    concurrency: usize,
+    secs: f64,
+) -> Stats {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        tasks.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .expect("handshake");
+            tokio::spawn(conn);
+            let mut lat = Vec::with_capacity(100_000);
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let req = Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header("host", "127.0.0.1")
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(body.as_bytes())))
+                    .expect("request");
+                let t = Instant::now();
+                match tx.send_request(req).await {
+                    Ok(resp) => {
+                        let ok = resp.status().is_success();
+                        let _ = resp.into_body().collect().await;
+                        if ok {
+                            lat.push(t.elapsed().as_micros() as u64);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        break;
+                    }
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (lat, e) = t.await.expect("task");
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Stats {
+        ops_per_sec: all.len() as f64 / elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        errors,
+    }
+}
+
+/// Prints one markdown table row.
+pub fn row(name: &str, s: &Stats) {
+    println!(
+        "| {name:<34} | {:>10.0} | {:>7} | {:>7} | {:>6} |",
+        s.ops_per_sec, s.p50_us, s.p99_us, s.errors
+    );
+}
+
+/// Prints the table header matching [`row`].
+pub fn header() {
+    println!("| scenario                           |      ops/s | p50 µs  | p99 µs  | errors |");
+    println!("|------------------------------------|-----------:|--------:|--------:|-------:|");
+}
