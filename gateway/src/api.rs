@@ -224,6 +224,13 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             store: store.to_string(),
             key: key.to_string(),
         },
+        (["secrets", store, "bulk"], &Method::GET) => Op::SecretBulk {
+            store: store.to_string(),
+        },
+        (["secrets", store, name], &Method::GET) => Op::SecretGet {
+            store: store.to_string(),
+            name: name.to_string(),
+        },
         (["metadata"], &Method::GET) => Op::MetadataGet,
         (["metadata", attr], &Method::PUT) => Op::MetadataSet {
             attribute: attr.to_string(),
@@ -233,6 +240,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             | ["healthz", "outbound"]
             | ["state", _]
             | ["state", _, _]
+            | ["secrets", _, _]
             | ["metadata"]
             | ["metadata", _],
             _,

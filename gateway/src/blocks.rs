@@ -7,4 +7,5 @@
 pub mod capabilities;
 pub mod invoke;
 pub mod metadata;
+pub mod secrets;
 pub mod state;

@@ -101,6 +101,18 @@ pub enum Op {
     },
     /// List capabilities with their offers' health, breakers and cache statistics.
     CapabilityList,
+    /// Read one secret (`GET /v1.0/secrets/<store>/<name>`).
+    SecretGet {
+        /// Secret store component name.
+        store: String,
+        /// Secret name.
+        name: String,
+    },
+    /// Read every secret the scopes allow (`GET /v1.0/secrets/<store>/bulk`).
+    SecretBulk {
+        /// Secret store component name.
+        store: String,
+    },
     /// Describe the sidecar (`GET /v1.0/metadata`).
     MetadataGet,
     /// Set an extended metadata attribute; body is the value.
@@ -122,6 +134,8 @@ impl Op {
             Op::Invoke { .. } => "invoke",
             Op::Capability { .. } => "capability.call",
             Op::CapabilityList => "capability.list",
+            Op::SecretGet { .. } => "secrets.get",
+            Op::SecretBulk { .. } => "secrets.bulk",
             Op::MetadataGet => "metadata.get",
             Op::MetadataSet { .. } => "metadata.set",
         }

@@ -5,6 +5,7 @@
 //! need by component name. Adding a component type means one file here and one line in
 //! [`TYPES`]; no building block or transport changes.
 
+pub mod secretstore;
 pub mod state;
 pub mod state_memory;
 pub mod state_redis;
@@ -20,6 +21,7 @@ use crate::blocks::state::KeyPrefix;
 use crate::config::ConfigError;
 use crate::config::resources::{Component, MetaValue};
 use crate::config::units::parse_duration;
+use secretstore::SecretStore;
 use state::StateStore;
 use state_redis::{RedisSettings, RedisStore};
 use state_sled::SledStore;
@@ -31,7 +33,14 @@ pub const TYPES: &[(&str, &[&str])] = &[
     ("state.sled", &["v1"]),
     ("state.redis", &["v1"]),
     ("state.in-memory", &["v1"]),
+    ("secretstores.local.file", &["v1"]),
+    ("secretstores.local.env", &["v1"]),
 ];
+
+/// Whether a component type is a secret store (built first; resolves others' `secretKeyRef`s).
+pub fn is_secret_store(type_name: &str) -> bool {
+    type_name.starts_with("secretstores.")
+}
 
 /// What `/v1.0/metadata` says about a loaded component.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,16 +116,20 @@ pub fn validate(c: &Component) -> Vec<ConfigError> {
         ),
         Some(_) => {}
     }
-    for (i, m) in c.metadata.iter().enumerate() {
-        if let MetaValue::SecretRef { name, .. } = &m.value {
-            err(
-                &format!("spec.metadata[{i}].secretKeyRef"),
-                format!(
-                    "refers to secret {name:?}, but this build loads no secret store to resolve it; \
-                     put the value in `value` for now"
-                ),
-            );
-        }
+    if c.type_name == "secretstores.local.file" && c.meta("secretsFile").is_none_or(str::is_empty) {
+        err(
+            &meta_field(c, "secretsFile"),
+            "required: the path of the JSON file holding the secrets".into(),
+        );
+    }
+    if let Some(v) = c
+        .meta("multiValued")
+        .filter(|v| !matches!(*v, "" | "true" | "false"))
+    {
+        err(
+            &meta_field(c, "multiValued"),
+            format!("{v:?} must be true or false"),
+        );
     }
     if c.type_name.starts_with("state.")
         && let Err(m) = KeyPrefix::parse(c.meta("keyPrefix"), &c.name)
@@ -198,12 +211,106 @@ fn redis_settings(c: &Component) -> Result<RedisSettings, Vec<(&'static str, Str
     })
 }
 
+/// Builds the secret stores among `components` (the local ones need no I/O beyond a file read).
+pub fn secret_stores(components: &[Component]) -> (HashMap<String, SecretStore>, Vec<ConfigError>) {
+    let mut stores = HashMap::new();
+    let mut errors = Vec::new();
+    for c in components.iter().filter(|c| is_secret_store(&c.type_name)) {
+        let built = match c.type_name.as_str() {
+            "secretstores.local.file" => {
+                let path = c.meta("secretsFile").unwrap_or_default();
+                let sep = c
+                    .meta("nestedSeparator")
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or(":");
+                SecretStore::from_file(
+                    std::path::Path::new(path),
+                    sep,
+                    c.meta("multiValued") == Some("true"),
+                )
+            }
+            "secretstores.local.env" => Ok(SecretStore::Env {
+                prefix: c.meta("prefix").unwrap_or_default().to_owned(),
+            }),
+            other => Err(format!("unknown secret store type {other:?}")),
+        };
+        match built {
+            Ok(s) => {
+                stores.insert(c.name.clone(), s);
+            }
+            Err(m) => errors.push(ConfigError::new(&c.source, meta_field(c, "secretsFile"), m)),
+        }
+    }
+    (stores, errors)
+}
+
+/// Replaces every `secretKeyRef` in the non-secret-store components with the secret's value,
+/// read through the component's `auth.secretStore`. Reports every reference it cannot resolve.
+pub fn resolve_secret_refs(
+    components: &mut [Component],
+    stores: &HashMap<String, SecretStore>,
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for c in components
+        .iter_mut()
+        .filter(|c| !is_secret_store(&c.type_name))
+    {
+        let (source, store_name) = (c.source.clone(), c.secret_store.clone());
+        for (i, m) in c.metadata.iter_mut().enumerate() {
+            let MetaValue::SecretRef { name, key } = &m.value else {
+                continue;
+            };
+            let field = format!("spec.metadata[{i}].secretKeyRef");
+            let Some(store_name) = &store_name else {
+                errors.push(ConfigError::new(
+                    &source,
+                    field,
+                    "needs auth.secretStore: the secret store component to read it from",
+                ));
+                continue;
+            };
+            let Some(store) = stores.get(store_name) else {
+                errors.push(ConfigError::new(
+                    &source,
+                    "auth.secretStore",
+                    format!("no secret store component named {store_name:?} is loaded"),
+                ));
+                continue;
+            };
+            match store.get(name).map(|s| s.get(key).cloned()) {
+                Ok(Some(v)) => m.value = MetaValue::Plain(v),
+                Ok(None) => errors.push(ConfigError::new(
+                    &source,
+                    field,
+                    format!("secret {name:?} has no key {key:?} in store {store_name:?}"),
+                )),
+                Err(e) => errors.push(ConfigError::new(
+                    &source,
+                    field,
+                    format!("{e} in store {store_name:?}"),
+                )),
+            }
+        }
+    }
+    errors
+}
+
 /// Builds every component. A component that fails to start is an error unless its
 /// `spec.ignoreErrors` is true, in which case edgecar starts without it (Dapr's rule).
 pub async fn build(components: &[Component], storage: &Storage) -> Result<Registry, Vec<String>> {
     let mut reg = Registry::default();
     let mut errors = Vec::new();
     for c in components {
+        if is_secret_store(&c.type_name) {
+            // Built earlier (setup), since other components needed them; listed here.
+            reg.infos.push(ComponentInfo {
+                name: c.name.clone(),
+                type_name: c.type_name.clone(),
+                version: c.version.clone(),
+                capabilities: Vec::new(),
+            });
+            continue;
+        }
         let built = build_state(c, storage, &mut reg).await;
         match built {
             Ok(store) => {

@@ -100,6 +100,12 @@ pub mod codes {
     /// Service invocation failed: unknown or unreachable app, timeout, open breaker, or a policy
     /// denied it.
     pub const DIRECT_INVOKE: &str = "ERR_DIRECT_INVOKE";
+    /// The named secret store does not exist (Dapr answers 401 for this).
+    pub const SECRET_STORE_NOT_FOUND: &str = "ERR_SECRET_STORE_NOT_FOUND";
+    /// No secret store is configured at all.
+    pub const SECRET_STORES_NOT_CONFIGURED: &str = "ERR_SECRET_STORES_NOT_CONFIGURED";
+    /// Reading a secret failed (including: no such secret).
+    pub const SECRET_GET: &str = "ERR_SECRET_GET";
     /// Setting a metadata attribute failed.
     pub const METADATA_SET: &str = "ERR_METADATA_SET";
 }

@@ -19,7 +19,8 @@
 //! - [`error`]: the one error type; [`api`] alone maps it to HTTP statuses.
 //! - [`transport`]: wire formats to calls (HTTP today).
 //! - [`policy`]: what a caller may do.
-//! - [`blocks`]: Dapr semantics (state, invocation, metadata), written once for all transports.
+//! - [`blocks`]: Dapr semantics (state, invocation, secrets, capabilities, metadata), written
+//!   once for all transports.
 //! - [`setup`]: resource documents (components, access control, resiliency) checked and prepared.
 //! - [`resilience`]: Dapr resiliency policies applied around the gateway's own calls.
 //! - [`components`]: backends by `spec.type` (`state.sled`, `state.redis`, `state.in-memory`).
@@ -57,6 +58,7 @@ pub use runtime::Runtime;
 use blocks::capabilities::{AppInvoker, CapabilitiesBlock};
 use blocks::invoke::InvokeBlock;
 use blocks::metadata::MetadataBlock;
+use blocks::secrets::SecretsBlock;
 use blocks::state::StateBlock;
 use components::state_sled::SledStore;
 use setup::Setup;
@@ -134,9 +136,11 @@ pub async fn run(
         setup.resiliency,
         usize::try_from(cfg.http.max_body_size.0).unwrap_or(usize::MAX),
     ));
+    let secrets = Arc::new(SecretsBlock::new(setup.secret_stores, setup.secret_scopes));
     let engine = edgecar_capabilities::Engine::new(
         edgecar_capabilities::EngineOptions::default()
             .with_invoker(Arc::new(AppInvoker(invoke.clone())))
+            .with_secrets(secrets.clone())
             .with_policies(policies),
     );
     engine.replace_manifests(setup.manifests).map_err(|errs| {
@@ -157,6 +161,7 @@ pub async fn run(
         app_id: cfg.app_id.clone(),
         state: StateBlock::new(registry.state, cfg.limits.clone()),
         invoke,
+        secrets,
         capabilities: CapabilitiesBlock::new(engine.clone()),
         metadata,
     });

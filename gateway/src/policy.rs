@@ -213,12 +213,103 @@ impl AccessControl {
 pub fn authorize(caller: &Caller, op: &Op) -> Result<(), Error> {
     match (caller, op) {
         (Caller::LocalApp { .. }, _) => Ok(()),
-        (Caller::Device { .. }, Op::MetadataSet { .. } | Op::MetadataGet) => Err(Error::new(
+        (
+            Caller::Device { .. },
+            Op::MetadataSet { .. } | Op::MetadataGet | Op::SecretGet { .. } | Op::SecretBulk { .. },
+        ) => Err(Error::new(
             ErrorKind::Forbidden,
             codes::PERMISSION_DENIED,
             format!("{caller} may not use {}", op.name()),
         )),
         (Caller::Device { .. }, _) => Ok(()),
+    }
+}
+
+/// Dapr's secret scopes (`Configuration` → `spec.secrets.scopes`): which secrets of a store the
+/// app may read through the secrets API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretScopes {
+    /// Per store: (default access, allowed list, denied list).
+    stores: Vec<(String, Action, Vec<String>, Vec<String>)>,
+}
+
+impl SecretScopes {
+    /// Whether secret `name` of `store` may be read. Dapr's rules: a non-empty `allowedSecrets`
+    /// allows only those; `deniedSecrets` denies; otherwise `defaultAccess` (allow by default).
+    pub fn allows(&self, store: &str, name: &str) -> bool {
+        let Some((_, default, allowed, denied)) = self.stores.iter().find(|s| s.0 == store) else {
+            return true;
+        };
+        if !allowed.is_empty() {
+            return allowed.iter().any(|a| a == name);
+        }
+        if denied.iter().any(|d| d == name) {
+            return false;
+        }
+        *default == Action::Allow
+    }
+
+    /// Reads `spec.secrets.scopes` of a Dapr `Configuration` document; every error is reported.
+    pub fn from_configuration(doc: &Value, source: &Path) -> Result<Self, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut stores = Vec::new();
+        let scopes = doc
+            .get("spec")
+            .and_then(|s| s.get("secrets"))
+            .and_then(|s| s.get("scopes"));
+        for (i, sc) in scopes
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let f = format!("spec.secrets.scopes[{i}]");
+            let Some(store) = sc.get("storeName").and_then(Value::as_str) else {
+                errors.push(ConfigError::new(
+                    source,
+                    format!("{f}.storeName"),
+                    "required string is missing",
+                ));
+                continue;
+            };
+            let default = match sc
+                .get("defaultAccess")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                None | Some("allow") => Action::Allow,
+                Some("deny") => Action::Deny,
+                Some(other) => {
+                    errors.push(ConfigError::new(
+                        source,
+                        format!("{f}.defaultAccess"),
+                        format!("{other:?} must be allow or deny"),
+                    ));
+                    Action::Allow
+                }
+            };
+            let list = |k: &str| -> Vec<String> {
+                sc.get(k)
+                    .and_then(Value::as_sequence)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            };
+            stores.push((
+                store.to_owned(),
+                default,
+                list("allowedSecrets"),
+                list("deniedSecrets"),
+            ));
+        }
+        if errors.is_empty() {
+            Ok(SecretScopes { stores })
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -259,6 +350,17 @@ mod tests {
     }
 
     #[test]
+    fn secret_scopes_follow_dapr_precedence() {
+        let doc: Value = serde_norway::from_str("spec:\n  secrets:\n    scopes:\n    - storeName: vault\n      defaultAccess: deny\n      allowedSecrets: [db]\n    - storeName: files\n      deniedSecrets: [root]\n").unwrap();
+        let s = SecretScopes::from_configuration(&doc, Path::new("c.yaml")).unwrap();
+        assert!(s.allows("vault", "db"));
+        assert!(!s.allows("vault", "other"));
+        assert!(!s.allows("files", "root"));
+        assert!(s.allows("files", "anything"));
+        assert!(s.allows("unscoped", "x"));
+    }
+
+    #[test]
     fn access_control_errors_name_their_fields() {
         let doc: Value = serde_norway::from_str("spec:\n  accessControl:\n    defaultAction: maybe\n    policies:\n    - operations: []\n").unwrap();
         let errs = AccessControl::from_configuration(&doc, Path::new("c.yaml")).unwrap_err();
@@ -276,6 +378,14 @@ mod tests {
     fn devices_cannot_touch_sidecar_metadata() {
         let dev = Caller::Device { id: "d1".into() };
         assert!(authorize(&dev, &Op::MetadataGet).is_err());
+        let secret = Op::SecretGet {
+            store: "s".into(),
+            name: "n".into(),
+        };
+        assert!(
+            authorize(&dev, &secret).is_err(),
+            "devices never read secrets through the API"
+        );
         assert!(
             authorize(
                 &dev,

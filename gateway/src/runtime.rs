@@ -8,6 +8,7 @@ use tracing::debug;
 use crate::blocks::capabilities::{self, CapabilitiesBlock};
 use crate::blocks::invoke::InvokeBlock;
 use crate::blocks::metadata::MetadataBlock;
+use crate::blocks::secrets::SecretsBlock;
 use crate::blocks::state::StateBlock;
 use crate::call::{Call, Op, Reply};
 use crate::error::Error;
@@ -21,6 +22,8 @@ pub struct Runtime {
     pub state: StateBlock,
     /// The service-invocation building block (shared with the capability engine's invoke offers).
     pub invoke: std::sync::Arc<InvokeBlock>,
+    /// The secrets building block (shared with the capability engine's secret resolution).
+    pub secrets: std::sync::Arc<SecretsBlock>,
     /// The capabilities building block (the smart proxy).
     pub capabilities: CapabilitiesBlock,
     /// The metadata building block.
@@ -81,6 +84,8 @@ impl Runtime {
                 self.capabilities.call(caller, name, req).await
             }
             Op::CapabilityList => self.capabilities.list().await,
+            Op::SecretGet { store, name } => self.secrets.get(store, name),
+            Op::SecretBulk { store } => self.secrets.bulk(store),
             Op::MetadataGet => self.metadata.get(),
             Op::MetadataSet { attribute } => self.metadata.set(attribute, &call.body),
         };

@@ -15,10 +15,14 @@ use edgecar_capabilities::{
     UpstreamReply, parse_manifest, parse_resiliency,
 };
 
+use std::collections::HashMap;
+
+use crate::blocks::secrets::SecretsBlock;
 use crate::components;
+use crate::components::secretstore::SecretStore;
 use crate::config::resources::{Component, Resources};
 use crate::config::{Config, ConfigError};
-use crate::policy::AccessControl;
+use crate::policy::{AccessControl, SecretScopes};
 
 /// Everything the runtime is built from, besides the gateway config.
 #[derive(Debug, Default)]
@@ -27,6 +31,11 @@ pub struct Setup {
     pub components: Vec<Component>,
     /// Service-invocation access control (Dapr `Configuration` → `spec.accessControl`).
     pub access_control: AccessControl,
+    /// Loaded secret stores (built first: other components' `secretKeyRef`s are resolved
+    /// through them before anything else is built).
+    pub secret_stores: HashMap<String, SecretStore>,
+    /// Which secrets the app may read (Dapr `Configuration` → `spec.secrets.scopes`).
+    pub secret_scopes: SecretScopes,
     /// Resiliency documents that apply to this app id.
     pub resiliency: Vec<Resiliency>,
     /// Capability manifests (`kind: Capability`), validated.
@@ -44,10 +53,14 @@ pub fn prepare(cfg: &Config) -> (Setup, Vec<ConfigError>) {
     }
     let (res, mut errors) = crate::config::resources::load(&cfg.resources_paths, &cfg.app_id);
     let Resources {
-        components: comps,
+        components: mut comps,
         documents,
         ..
     } = res;
+    let (stores, store_errors) = components::secret_stores(&comps);
+    errors.extend(store_errors);
+    errors.extend(components::resolve_secret_refs(&mut comps, &stores));
+    setup.secret_stores = stores;
     for c in &comps {
         errors.extend(components::validate(c));
     }
@@ -68,6 +81,10 @@ pub fn prepare(cfg: &Config) -> (Setup, Vec<ConfigError>) {
                 }
                 match AccessControl::from_configuration(&doc.value, &doc.source) {
                     Ok(acl) => setup.access_control = acl,
+                    Err(e) => errors.extend(e),
+                }
+                match SecretScopes::from_configuration(&doc.value, &doc.source) {
+                    Ok(scopes) => setup.secret_scopes = scopes,
                     Err(e) => errors.extend(e),
                 }
             }
@@ -94,7 +111,12 @@ pub fn prepare(cfg: &Config) -> (Setup, Vec<ConfigError>) {
     }
     if errors.is_empty() && !setup.manifests.is_empty() {
         // What the daemon would refuse at load: unknown policy names, duplicate names, ...
-        let engine = Engine::new(EngineOptions::default().with_invoker(Arc::new(CheckOnly)));
+        let secrets = SecretsBlock::new(setup.secret_stores.clone(), SecretScopes::default());
+        let engine = Engine::new(
+            EngineOptions::default()
+                .with_invoker(Arc::new(CheckOnly))
+                .with_secrets(Arc::new(secrets)),
+        );
         let policies = merged_policies(&setup.resiliency);
         if let Err(errs) = engine.check(&setup.manifests, &policies) {
             for f in errs {

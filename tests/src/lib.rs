@@ -207,10 +207,20 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a private redis-server and waits until it answers PING.
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// As [`RedisServer::start`], requiring a password (`requirepass`).
+    pub fn start_with_password(password: &str) -> RedisServer {
+        Self::start_with(&["--requirepass", password])
+    }
+
+    fn start_with(extra: &[&str]) -> RedisServer {
         for _ in 0..5 {
             let port = free_port();
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -220,7 +230,7 @@ impl RedisServer {
                 std::thread::sleep(Duration::from_millis(20));
                 server
                     .command(&["PING"])
-                    .is_some_and(|r| r.starts_with("+PONG"))
+                    .is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
             });
             if up {
                 return server;
