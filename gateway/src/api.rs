@@ -182,6 +182,25 @@ fn capability_route(
     })))
 }
 
+/// Dapr's alpha APIs under `/v1.0-alpha1/`.
+fn alpha_route(method: &Method, path: &str, rest: &str) -> Result<Route, Error> {
+    let segs: Vec<String> = rest
+        .split('/')
+        .map(|s| percent_decode(s, false))
+        .collect::<Result<_, _>>()?;
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    match (s.as_slice(), method) {
+        (["lock", store], &Method::POST) => Ok(Route::Call(Op::Lock {
+            store: store.to_string(),
+        })),
+        (["unlock", store], &Method::POST) => Ok(Route::Call(Op::Unlock {
+            store: store.to_string(),
+        })),
+        (["lock" | "unlock", _], _) => Err(method_not_allowed(method, path)),
+        _ => Err(not_found(method, path)),
+    }
+}
+
 /// Maps a method, path and query to what they mean.
 pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, Error> {
     if path == "/metrics" && *method == Method::GET {
@@ -191,6 +210,9 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
         invoke_route(method, path, query).or_else(|| capability_route(method, path, query))
     {
         return r;
+    }
+    if let Some(alpha) = path.strip_prefix("/v1.0-alpha1/") {
+        return alpha_route(method, path, alpha);
     }
     let rest = path
         .strip_prefix("/v1.0/")

@@ -6,6 +6,7 @@
 
 pub mod capabilities;
 pub mod invoke;
+pub mod lock;
 pub mod metadata;
 pub mod secrets;
 pub mod state;

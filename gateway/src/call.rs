@@ -113,6 +113,16 @@ pub enum Op {
         /// Secret store component name.
         store: String,
     },
+    /// Try to take a lock (`POST /v1.0-alpha1/lock/<store>`).
+    Lock {
+        /// Lock store component name.
+        store: String,
+    },
+    /// Release a lock (`POST /v1.0-alpha1/unlock/<store>`).
+    Unlock {
+        /// Lock store component name.
+        store: String,
+    },
     /// Describe the sidecar (`GET /v1.0/metadata`).
     MetadataGet,
     /// Set an extended metadata attribute; body is the value.
@@ -136,6 +146,8 @@ impl Op {
             Op::CapabilityList => "capability.list",
             Op::SecretGet { .. } => "secrets.get",
             Op::SecretBulk { .. } => "secrets.bulk",
+            Op::Lock { .. } => "lock.lock",
+            Op::Unlock { .. } => "lock.unlock",
             Op::MetadataGet => "metadata.get",
             Op::MetadataSet { .. } => "metadata.set",
         }

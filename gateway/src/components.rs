@@ -5,6 +5,9 @@
 //! need by component name. Adding a component type means one file here and one line in
 //! [`TYPES`]; no building block or transport changes.
 
+pub mod lock;
+pub mod lock_memory;
+pub mod lock_redis;
 pub mod secretstore;
 pub mod state;
 pub mod state_memory;
@@ -17,10 +20,12 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use crate::blocks::lock::LockComponent;
 use crate::blocks::state::KeyPrefix;
 use crate::config::ConfigError;
 use crate::config::resources::{Component, MetaValue};
 use crate::config::units::parse_duration;
+use lock::LockStore;
 use secretstore::SecretStore;
 use state::StateStore;
 use state_redis::{RedisSettings, RedisStore};
@@ -33,6 +38,8 @@ pub const TYPES: &[(&str, &[&str])] = &[
     ("state.sled", &["v1"]),
     ("state.redis", &["v1"]),
     ("state.in-memory", &["v1"]),
+    ("lock.in-memory", &["v1"]),
+    ("lock.redis", &["v1"]),
     ("secretstores.local.file", &["v1"]),
     ("secretstores.local.env", &["v1"]),
 ];
@@ -68,6 +75,8 @@ pub struct StateComponent {
 pub struct Registry {
     /// State stores by component name.
     pub state: HashMap<String, StateComponent>,
+    /// Lock stores by component name.
+    pub locks: HashMap<String, LockComponent>,
     /// sled stores, whose expired keys the runtime sweeps.
     pub sled_stores: Vec<SledStore>,
     /// Descriptions for `/v1.0/metadata`, in load order.
@@ -131,12 +140,12 @@ pub fn validate(c: &Component) -> Vec<ConfigError> {
             format!("{v:?} must be true or false"),
         );
     }
-    if c.type_name.starts_with("state.")
+    if (c.type_name.starts_with("state.") || c.type_name.starts_with("lock."))
         && let Err(m) = KeyPrefix::parse(c.meta("keyPrefix"), &c.name)
     {
         err(&meta_field(c, "keyPrefix"), m);
     }
-    if c.type_name == "state.redis"
+    if (c.type_name == "state.redis" || c.type_name == "lock.redis")
         && let Err(m) = redis_settings(c)
     {
         for (field, msg) in m {
@@ -311,25 +320,36 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
             });
             continue;
         }
-        let built = build_state(c, storage, &mut reg).await;
+        let key_prefix = match KeyPrefix::parse(c.meta("keyPrefix"), &c.name) {
+            Ok(p) => p,
+            Err(m) => {
+                errors.push(format!("{}: {m}", c.name));
+                continue;
+            }
+        };
+        let built = if c.type_name.starts_with("lock.") {
+            build_lock(c).await.map(|store| {
+                reg.locks
+                    .insert(c.name.clone(), LockComponent { store, key_prefix });
+                Vec::new()
+            })
+        } else {
+            build_state(c, storage, &mut reg).await.map(|store| {
+                let features = store.features().to_vec();
+                reg.state
+                    .insert(c.name.clone(), StateComponent { store, key_prefix });
+                features
+            })
+        };
         match built {
-            Ok(store) => {
-                let key_prefix = KeyPrefix::parse(c.meta("keyPrefix"), &c.name)
-                    .map_err(|m| format!("{}: {m}", c.name));
-                match key_prefix {
-                    Ok(key_prefix) => {
-                        info!(component = %c.name, r#type = %c.type_name, "component loaded");
-                        reg.infos.push(ComponentInfo {
-                            name: c.name.clone(),
-                            type_name: c.type_name.clone(),
-                            version: c.version.clone(),
-                            capabilities: store.features().to_vec(),
-                        });
-                        reg.state
-                            .insert(c.name.clone(), StateComponent { store, key_prefix });
-                    }
-                    Err(m) => errors.push(m),
-                }
+            Ok(capabilities) => {
+                info!(component = %c.name, r#type = %c.type_name, "component loaded");
+                reg.infos.push(ComponentInfo {
+                    name: c.name.clone(),
+                    type_name: c.type_name.clone(),
+                    version: c.version.clone(),
+                    capabilities,
+                });
             }
             Err(m) if c.ignore_errors => {
                 warn!(component = %c.name, error = %m, "component failed to start; ignored (spec.ignoreErrors)");
@@ -341,6 +361,25 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
         Ok(reg)
     } else {
         Err(errors)
+    }
+}
+
+async fn build_lock(c: &Component) -> Result<Arc<dyn LockStore>, String> {
+    match c.type_name.as_str() {
+        "lock.in-memory" => Ok(Arc::new(lock_memory::MemoryLocks::default())),
+        "lock.redis" => {
+            let settings = redis_settings(c).map_err(|errs| {
+                errs.into_iter()
+                    .map(|(f, m)| format!("{f}: {m}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+            let conn = state_redis::connect(&settings)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(lock_redis::RedisLocks::new(conn)))
+        }
+        other => Err(format!("unknown lock type {other:?}")),
     }
 }
 

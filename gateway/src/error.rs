@@ -106,6 +106,12 @@ pub mod codes {
     pub const SECRET_STORES_NOT_CONFIGURED: &str = "ERR_SECRET_STORES_NOT_CONFIGURED";
     /// Reading a secret failed (including: no such secret).
     pub const SECRET_GET: &str = "ERR_SECRET_GET";
+    /// No lock store is configured.
+    pub const LOCK_STORE_NOT_CONFIGURED: &str = "ERR_LOCK_STORE_NOT_CONFIGURED";
+    /// The named lock store does not exist.
+    pub const LOCK_STORE_NOT_FOUND: &str = "ERR_LOCK_STORE_NOT_FOUND";
+    /// Trying to take a lock failed in the store.
+    pub const TRY_LOCK: &str = "ERR_TRY_LOCK";
     /// Setting a metadata attribute failed.
     pub const METADATA_SET: &str = "ERR_METADATA_SET";
 }

@@ -162,6 +162,7 @@ pub async fn run(
         state: StateBlock::new(registry.state, cfg.limits.clone()),
         invoke,
         secrets,
+        lock: blocks::lock::LockBlock::new(registry.locks),
         capabilities: CapabilitiesBlock::new(engine.clone()),
         metadata,
     });

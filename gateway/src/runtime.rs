@@ -7,6 +7,7 @@ use tracing::debug;
 
 use crate::blocks::capabilities::{self, CapabilitiesBlock};
 use crate::blocks::invoke::InvokeBlock;
+use crate::blocks::lock::LockBlock;
 use crate::blocks::metadata::MetadataBlock;
 use crate::blocks::secrets::SecretsBlock;
 use crate::blocks::state::StateBlock;
@@ -22,6 +23,8 @@ pub struct Runtime {
     pub state: StateBlock,
     /// The service-invocation building block (shared with the capability engine's invoke offers).
     pub invoke: std::sync::Arc<InvokeBlock>,
+    /// The distributed-lock building block.
+    pub lock: LockBlock,
     /// The secrets building block (shared with the capability engine's secret resolution).
     pub secrets: std::sync::Arc<SecretsBlock>,
     /// The capabilities building block (the smart proxy).
@@ -86,6 +89,8 @@ impl Runtime {
             Op::CapabilityList => self.capabilities.list().await,
             Op::SecretGet { store, name } => self.secrets.get(store, name),
             Op::SecretBulk { store } => self.secrets.bulk(store),
+            Op::Lock { store } => self.lock.lock(caller, store, &call.body).await,
+            Op::Unlock { store } => self.lock.unlock(caller, store, &call.body).await,
             Op::MetadataGet => self.metadata.get(),
             Op::MetadataSet { attribute } => self.metadata.set(attribute, &call.body),
         };

@@ -134,37 +134,44 @@ fn first_write(c: Concurrency) -> &'static str {
     }
 }
 
+/// Opens a self-reconnecting connection to Redis, failing if none is made within
+/// `connect_timeout`. Shared by every Redis-backed component.
+pub async fn connect(s: &RedisSettings) -> Result<ConnectionManager, StoreError> {
+    let mut redis_info = RedisConnectionInfo::default().set_db(s.db);
+    if let Some(u) = &s.username {
+        redis_info = redis_info.set_username(u);
+    }
+    if let Some(p) = &s.password {
+        redis_info = redis_info.set_password(p);
+    }
+    let info = ConnectionAddr::Tcp(s.host.clone(), s.port)
+        .into_connection_info()
+        .map_err(backend)?
+        .set_redis_settings(redis_info);
+    let client = redis::Client::open(info).map_err(backend)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(s.connect_timeout))
+        .set_response_timeout(Some(s.response_timeout))
+        .set_number_of_retries(3);
+    let conn = tokio::time::timeout(
+        s.connect_timeout,
+        ConnectionManager::new_with_config(client, config),
+    )
+    .await
+    .map_err(|_| {
+        StoreError::Backend(format!(
+            "redis: no connection to {}:{} within {:?}",
+            s.host, s.port, s.connect_timeout
+        ))
+    })?
+    .map_err(backend)?;
+    Ok(conn)
+}
+
 impl RedisStore {
     /// Connects to Redis, failing if it cannot within `connect_timeout`.
     pub async fn connect(s: &RedisSettings) -> Result<Self, StoreError> {
-        let mut redis_info = RedisConnectionInfo::default().set_db(s.db);
-        if let Some(u) = &s.username {
-            redis_info = redis_info.set_username(u);
-        }
-        if let Some(p) = &s.password {
-            redis_info = redis_info.set_password(p);
-        }
-        let info = ConnectionAddr::Tcp(s.host.clone(), s.port)
-            .into_connection_info()
-            .map_err(backend)?
-            .set_redis_settings(redis_info);
-        let client = redis::Client::open(info).map_err(backend)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(s.connect_timeout))
-            .set_response_timeout(Some(s.response_timeout))
-            .set_number_of_retries(3);
-        let conn = tokio::time::timeout(
-            s.connect_timeout,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| {
-            StoreError::Backend(format!(
-                "redis: no connection to {}:{} within {:?}",
-                s.host, s.port, s.connect_timeout
-            ))
-        })?
-        .map_err(backend)?;
+        let conn = connect(s).await?;
         Ok(RedisStore {
             conn,
             set: Script::new(SET_SCRIPT),
