@@ -201,6 +201,22 @@ fn alpha_route(method: &Method, path: &str, rest: &str) -> Result<Route, Error> 
     }
 }
 
+/// Every value of a repeated query parameter (`key=a&key=b`).
+fn query_values(query: Option<&str>, name: &str) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if percent_decode(k, true)? == name {
+            out.push(percent_decode(v, true)?);
+        }
+    }
+    Ok(out)
+}
+
 /// Maps a method, path and query to what they mean.
 pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, Error> {
     if path == "/metrics" && *method == Method::GET {
@@ -253,6 +269,20 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             store: store.to_string(),
             name: name.to_string(),
         },
+        (["configuration", store], &Method::GET) => Op::ConfigurationGet {
+            store: store.to_string(),
+            keys: query_values(query, "key")?,
+        },
+        (["configuration", store, "subscribe"], &Method::GET) => Op::ConfigurationSubscribe {
+            store: store.to_string(),
+            keys: query_values(query, "key")?,
+        },
+        (["configuration", store, id, "unsubscribe"], &Method::GET) => {
+            Op::ConfigurationUnsubscribe {
+                store: store.to_string(),
+                id: id.to_string(),
+            }
+        }
         (["metadata"], &Method::GET) => Op::MetadataGet,
         (["metadata", attr], &Method::PUT) => Op::MetadataSet {
             attribute: attr.to_string(),

@@ -5,6 +5,7 @@
 //! [`Error`](crate::Error). Blocks never see HTTP or MQTT.
 
 pub mod capabilities;
+pub mod configuration;
 pub mod invoke;
 pub mod lock;
 pub mod metadata;

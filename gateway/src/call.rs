@@ -123,6 +123,27 @@ pub enum Op {
         /// Lock store component name.
         store: String,
     },
+    /// Read configuration items (`GET /v1.0/configuration/<store>?key=...`).
+    ConfigurationGet {
+        /// Configuration store component name.
+        store: String,
+        /// Keys asked for; empty means all.
+        keys: Vec<String>,
+    },
+    /// Subscribe the app to changes (`GET /v1.0/configuration/<store>/subscribe?key=...`).
+    ConfigurationSubscribe {
+        /// Configuration store component name.
+        store: String,
+        /// Keys to watch; empty means all.
+        keys: Vec<String>,
+    },
+    /// End a subscription (`GET /v1.0/configuration/<store>/<id>/unsubscribe`).
+    ConfigurationUnsubscribe {
+        /// Configuration store component name.
+        store: String,
+        /// The subscription id.
+        id: String,
+    },
     /// Describe the sidecar (`GET /v1.0/metadata`).
     MetadataGet,
     /// Set an extended metadata attribute; body is the value.
@@ -148,6 +169,9 @@ impl Op {
             Op::SecretBulk { .. } => "secrets.bulk",
             Op::Lock { .. } => "lock.lock",
             Op::Unlock { .. } => "lock.unlock",
+            Op::ConfigurationGet { .. } => "configuration.get",
+            Op::ConfigurationSubscribe { .. } => "configuration.subscribe",
+            Op::ConfigurationUnsubscribe { .. } => "configuration.unsubscribe",
             Op::MetadataGet => "metadata.get",
             Op::MetadataSet { .. } => "metadata.set",
         }

@@ -5,6 +5,7 @@
 //! need by component name. Adding a component type means one file here and one line in
 //! [`TYPES`]; no building block or transport changes.
 
+pub mod configuration;
 pub mod lock;
 pub mod lock_memory;
 pub mod lock_redis;
@@ -25,6 +26,7 @@ use crate::blocks::state::KeyPrefix;
 use crate::config::ConfigError;
 use crate::config::resources::{Component, MetaValue};
 use crate::config::units::parse_duration;
+use configuration::ConfigStore;
 use lock::LockStore;
 use secretstore::SecretStore;
 use state::StateStore;
@@ -38,6 +40,8 @@ pub const TYPES: &[(&str, &[&str])] = &[
     ("state.sled", &["v1"]),
     ("state.redis", &["v1"]),
     ("state.in-memory", &["v1"]),
+    ("configuration.file", &["v1"]),
+    ("configuration.redis", &["v1"]),
     ("lock.in-memory", &["v1"]),
     ("lock.redis", &["v1"]),
     ("secretstores.local.file", &["v1"]),
@@ -77,6 +81,11 @@ pub struct Registry {
     pub state: HashMap<String, StateComponent>,
     /// Lock stores by component name.
     pub locks: HashMap<String, LockComponent>,
+    /// Configuration stores by component name.
+    pub configuration: HashMap<String, Arc<dyn ConfigStore>>,
+    /// Work components need done for as long as the gateway runs (file watchers, listeners);
+    /// the runtime spawns and owns them.
+    pub background: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
     /// sled stores, whose expired keys the runtime sweeps.
     pub sled_stores: Vec<SledStore>,
     /// Descriptions for `/v1.0/metadata`, in load order.
@@ -145,8 +154,16 @@ pub fn validate(c: &Component) -> Vec<ConfigError> {
     {
         err(&meta_field(c, "keyPrefix"), m);
     }
-    if (c.type_name == "state.redis" || c.type_name == "lock.redis")
-        && let Err(m) = redis_settings(c)
+    if c.type_name == "configuration.file" && c.meta("path").is_none_or(str::is_empty) {
+        err(
+            &meta_field(c, "path"),
+            "required: the YAML file of configuration items".into(),
+        );
+    }
+    if matches!(
+        c.type_name.as_str(),
+        "state.redis" | "lock.redis" | "configuration.redis"
+    ) && let Err(m) = redis_settings(c)
     {
         for (field, msg) in m {
             err(&meta_field(c, field), msg);
@@ -327,7 +344,13 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
                 continue;
             }
         };
-        let built = if c.type_name.starts_with("lock.") {
+        let built = if c.type_name.starts_with("configuration.") {
+            build_configuration(c).await.map(|(store, task)| {
+                reg.configuration.insert(c.name.clone(), store);
+                reg.background.push(task);
+                Vec::new()
+            })
+        } else if c.type_name.starts_with("lock.") {
             build_lock(c).await.map(|store| {
                 reg.locks
                     .insert(c.name.clone(), LockComponent { store, key_prefix });
@@ -361,6 +384,34 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
         Ok(reg)
     } else {
         Err(errors)
+    }
+}
+
+type Background = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+async fn build_configuration(c: &Component) -> Result<(Arc<dyn ConfigStore>, Background), String> {
+    match c.type_name.as_str() {
+        "configuration.file" => {
+            let path = std::path::PathBuf::from(c.meta("path").unwrap_or_default());
+            let (store, watcher) = configuration::FileStore::open(path, Duration::from_secs(1))?;
+            Ok((Arc::new(store), Box::pin(watcher)))
+        }
+        "configuration.redis" => {
+            let settings = redis_settings(c).map_err(|errs| {
+                errs.into_iter()
+                    .map(|(f, m)| format!("{f}: {m}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+            let conn = state_redis::connect(&settings)
+                .await
+                .map_err(|e| e.to_string())?;
+            let client = state_redis::client(&settings).map_err(|e| e.to_string())?;
+            let (store, listener) =
+                configuration::RedisConfig::open(client, conn, settings.db).await;
+            Ok((Arc::new(store), Box::pin(listener)))
+        }
+        other => Err(format!("unknown configuration type {other:?}")),
     }
 }
 

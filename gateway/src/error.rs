@@ -112,6 +112,16 @@ pub mod codes {
     pub const LOCK_STORE_NOT_FOUND: &str = "ERR_LOCK_STORE_NOT_FOUND";
     /// Trying to take a lock failed in the store.
     pub const TRY_LOCK: &str = "ERR_TRY_LOCK";
+    /// No configuration store is configured.
+    pub const CONFIGURATION_STORE_NOT_CONFIGURED: &str = "ERR_CONFIGURATION_STORE_NOT_CONFIGURED";
+    /// The named configuration store does not exist.
+    pub const CONFIGURATION_STORE_NOT_FOUND: &str = "ERR_CONFIGURATION_STORE_NOT_FOUND";
+    /// Reading configuration failed.
+    pub const CONFIGURATION_GET: &str = "ERR_CONFIGURATION_GET";
+    /// Subscribing to configuration failed.
+    pub const CONFIGURATION_SUBSCRIBE: &str = "ERR_CONFIGURATION_SUBSCRIBE";
+    /// Unsubscribing failed (unknown id).
+    pub const CONFIGURATION_UNSUBSCRIBE: &str = "ERR_CONFIGURATION_UNSUBSCRIBE";
     /// Setting a metadata attribute failed.
     pub const METADATA_SET: &str = "ERR_METADATA_SET";
 }

@@ -160,14 +160,22 @@ pub async fn run(
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),
         state: StateBlock::new(registry.state, cfg.limits.clone()),
-        invoke,
+        invoke: invoke.clone(),
         secrets,
         lock: blocks::lock::LockBlock::new(registry.locks),
+        configuration: blocks::configuration::ConfigurationBlock::new(
+            registry.configuration,
+            invoke.clone(),
+            cfg.app_id.clone(),
+        ),
         capabilities: CapabilitiesBlock::new(engine.clone()),
         metadata,
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(sweep(registry.sled_stores, cfg.storage.sweep_interval.0));
+    for task in registry.background {
+        tasks.spawn(task);
+    }
     if !cfg.resources_paths.is_empty() {
         tasks.spawn(blocks::capabilities::watch(
             engine,

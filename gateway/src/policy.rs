@@ -215,7 +215,12 @@ pub fn authorize(caller: &Caller, op: &Op) -> Result<(), Error> {
         (Caller::LocalApp { .. }, _) => Ok(()),
         (
             Caller::Device { .. },
-            Op::MetadataSet { .. } | Op::MetadataGet | Op::SecretGet { .. } | Op::SecretBulk { .. },
+            Op::MetadataSet { .. }
+            | Op::MetadataGet
+            | Op::SecretGet { .. }
+            | Op::SecretBulk { .. }
+            | Op::ConfigurationSubscribe { .. }
+            | Op::ConfigurationUnsubscribe { .. },
         ) => Err(Error::new(
             ErrorKind::Forbidden,
             codes::PERMISSION_DENIED,

@@ -6,6 +6,7 @@
 use tracing::debug;
 
 use crate::blocks::capabilities::{self, CapabilitiesBlock};
+use crate::blocks::configuration::ConfigurationBlock;
 use crate::blocks::invoke::InvokeBlock;
 use crate::blocks::lock::LockBlock;
 use crate::blocks::metadata::MetadataBlock;
@@ -23,6 +24,8 @@ pub struct Runtime {
     pub state: StateBlock,
     /// The service-invocation building block (shared with the capability engine's invoke offers).
     pub invoke: std::sync::Arc<InvokeBlock>,
+    /// The configuration building block.
+    pub configuration: ConfigurationBlock,
     /// The distributed-lock building block.
     pub lock: LockBlock,
     /// The secrets building block (shared with the capability engine's secret resolution).
@@ -91,6 +94,11 @@ impl Runtime {
             Op::SecretBulk { store } => self.secrets.bulk(store),
             Op::Lock { store } => self.lock.lock(caller, store, &call.body).await,
             Op::Unlock { store } => self.lock.unlock(caller, store, &call.body).await,
+            Op::ConfigurationGet { store, keys } => self.configuration.get(store, keys).await,
+            Op::ConfigurationSubscribe { store, keys } => {
+                self.configuration.subscribe(store, keys.clone())
+            }
+            Op::ConfigurationUnsubscribe { store, id } => self.configuration.unsubscribe(store, id),
             Op::MetadataGet => self.metadata.get(),
             Op::MetadataSet { attribute } => self.metadata.set(attribute, &call.body),
         };

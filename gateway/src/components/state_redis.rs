@@ -134,9 +134,8 @@ fn first_write(c: Concurrency) -> &'static str {
     }
 }
 
-/// Opens a self-reconnecting connection to Redis, failing if none is made within
-/// `connect_timeout`. Shared by every Redis-backed component.
-pub async fn connect(s: &RedisSettings) -> Result<ConnectionManager, StoreError> {
+/// A client for the settings (no connection yet), e.g. for pub/sub connections.
+pub fn client(s: &RedisSettings) -> Result<redis::Client, StoreError> {
     let mut redis_info = RedisConnectionInfo::default().set_db(s.db);
     if let Some(u) = &s.username {
         redis_info = redis_info.set_username(u);
@@ -148,7 +147,13 @@ pub async fn connect(s: &RedisSettings) -> Result<ConnectionManager, StoreError>
         .into_connection_info()
         .map_err(backend)?
         .set_redis_settings(redis_info);
-    let client = redis::Client::open(info).map_err(backend)?;
+    redis::Client::open(info).map_err(backend)
+}
+
+/// Opens a self-reconnecting connection to Redis, failing if none is made within
+/// `connect_timeout`. Shared by every Redis-backed component.
+pub async fn connect(s: &RedisSettings) -> Result<ConnectionManager, StoreError> {
+    let client = client(s)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(s.connect_timeout))
         .set_response_timeout(Some(s.response_timeout))
