@@ -283,6 +283,9 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
                 id: id.to_string(),
             }
         }
+        (["bindings", name], _) if write => Op::Binding {
+            name: name.to_string(),
+        },
         (["metadata"], &Method::GET) => Op::MetadataGet,
         (["metadata", attr], &Method::PUT) => Op::MetadataSet {
             attribute: attr.to_string(),

@@ -4,6 +4,7 @@
 //! enforces limits, talks to components and produces a [`Reply`](crate::Reply) or a Dapr-coded
 //! [`Error`](crate::Error). Blocks never see HTTP or MQTT.
 
+pub mod bindings;
 pub mod capabilities;
 pub mod configuration;
 pub mod invoke;

@@ -144,6 +144,11 @@ pub enum Op {
         /// The subscription id.
         id: String,
     },
+    /// Invoke an output binding (`POST /v1.0/bindings/<name>`).
+    Binding {
+        /// Binding component name.
+        name: String,
+    },
     /// Describe the sidecar (`GET /v1.0/metadata`).
     MetadataGet,
     /// Set an extended metadata attribute; body is the value.
@@ -172,6 +177,7 @@ impl Op {
             Op::ConfigurationGet { .. } => "configuration.get",
             Op::ConfigurationSubscribe { .. } => "configuration.subscribe",
             Op::ConfigurationUnsubscribe { .. } => "configuration.unsubscribe",
+            Op::Binding { .. } => "bindings.invoke",
             Op::MetadataGet => "metadata.get",
             Op::MetadataSet { .. } => "metadata.set",
         }

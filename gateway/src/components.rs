@@ -5,6 +5,8 @@
 //! need by component name. Adding a component type means one file here and one line in
 //! [`TYPES`]; no building block or transport changes.
 
+pub mod binding_cron;
+pub mod binding_http;
 pub mod configuration;
 pub mod lock;
 pub mod lock_memory;
@@ -21,11 +23,14 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use crate::blocks::bindings::{InputBinding, OutputBinding};
 use crate::blocks::lock::LockComponent;
 use crate::blocks::state::KeyPrefix;
 use crate::config::ConfigError;
 use crate::config::resources::{Component, MetaValue};
 use crate::config::units::parse_duration;
+use binding_cron::Schedule;
+use binding_http::HttpBinding;
 use configuration::ConfigStore;
 use lock::LockStore;
 use secretstore::SecretStore;
@@ -40,6 +45,8 @@ pub const TYPES: &[(&str, &[&str])] = &[
     ("state.sled", &["v1"]),
     ("state.redis", &["v1"]),
     ("state.in-memory", &["v1"]),
+    ("bindings.http", &["v1"]),
+    ("bindings.cron", &["v1"]),
     ("configuration.file", &["v1"]),
     ("configuration.redis", &["v1"]),
     ("lock.in-memory", &["v1"]),
@@ -81,6 +88,10 @@ pub struct Registry {
     pub state: HashMap<String, StateComponent>,
     /// Lock stores by component name.
     pub locks: HashMap<String, LockComponent>,
+    /// Output bindings by component name.
+    pub output_bindings: HashMap<String, OutputBinding>,
+    /// Input bindings (name, binding): the runtime runs each against the app.
+    pub input_bindings: Vec<(String, InputBinding)>,
     /// Configuration stores by component name.
     pub configuration: HashMap<String, Arc<dyn ConfigStore>>,
     /// Work components need done for as long as the gateway runs (file watchers, listeners);
@@ -153,6 +164,20 @@ pub fn validate(c: &Component) -> Vec<ConfigError> {
         && let Err(m) = KeyPrefix::parse(c.meta("keyPrefix"), &c.name)
     {
         err(&meta_field(c, "keyPrefix"), m);
+    }
+    if c.type_name == "bindings.http" {
+        let url = c.meta("url").unwrap_or_default();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            err(
+                &meta_field(c, "url"),
+                format!("required: an http:// or https:// URL, got {url:?}"),
+            );
+        }
+    }
+    if c.type_name == "bindings.cron"
+        && let Err(m) = Schedule::parse(c.meta("schedule").unwrap_or_default())
+    {
+        err(&meta_field(c, "schedule"), m);
     }
     if c.type_name == "configuration.file" && c.meta("path").is_none_or(str::is_empty) {
         err(
@@ -344,7 +369,23 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
                 continue;
             }
         };
-        let built = if c.type_name.starts_with("configuration.") {
+        let built = if c.type_name == "bindings.http" {
+            let timeout = c
+                .meta("responseTimeout")
+                .and_then(|s| parse_duration(s).ok())
+                .unwrap_or(Duration::from_secs(30));
+            HttpBinding::new(c.meta("url").unwrap_or_default(), timeout).map(|b| {
+                reg.output_bindings
+                    .insert(c.name.clone(), OutputBinding::Http(b));
+                Vec::new()
+            })
+        } else if c.type_name == "bindings.cron" {
+            Schedule::parse(c.meta("schedule").unwrap_or_default()).map(|s| {
+                reg.input_bindings
+                    .push((c.name.clone(), InputBinding::Cron(s)));
+                Vec::new()
+            })
+        } else if c.type_name.starts_with("configuration.") {
             build_configuration(c).await.map(|(store, task)| {
                 reg.configuration.insert(c.name.clone(), store);
                 reg.background.push(task);

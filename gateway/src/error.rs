@@ -122,6 +122,8 @@ pub mod codes {
     pub const CONFIGURATION_SUBSCRIBE: &str = "ERR_CONFIGURATION_SUBSCRIBE";
     /// Unsubscribing failed (unknown id).
     pub const CONFIGURATION_UNSUBSCRIBE: &str = "ERR_CONFIGURATION_UNSUBSCRIBE";
+    /// Invoking an output binding failed (unknown binding, operation, or the target failed).
+    pub const INVOKE_OUTPUT_BINDING: &str = "ERR_INVOKE_OUTPUT_BINDING";
     /// Setting a metadata attribute failed.
     pub const METADATA_SET: &str = "ERR_METADATA_SET";
 }

@@ -163,6 +163,7 @@ pub async fn run(
         invoke: invoke.clone(),
         secrets,
         lock: blocks::lock::LockBlock::new(registry.locks),
+        bindings: blocks::bindings::BindingsBlock::new(registry.output_bindings),
         configuration: blocks::configuration::ConfigurationBlock::new(
             registry.configuration,
             invoke.clone(),
@@ -175,6 +176,18 @@ pub async fn run(
     tasks.spawn(sweep(registry.sled_stores, cfg.storage.sweep_interval.0));
     for task in registry.background {
         tasks.spawn(task);
+    }
+    for (name, binding) in registry.input_bindings {
+        if cfg.app.port == 0 {
+            warn!(binding = %name, "input binding has no app to deliver to (start with --app-port); not started");
+            continue;
+        }
+        tasks.spawn(blocks::bindings::run_input(
+            name,
+            binding,
+            invoke.clone(),
+            cfg.app_id.clone(),
+        ));
     }
     if !cfg.resources_paths.is_empty() {
         tasks.spawn(blocks::capabilities::watch(

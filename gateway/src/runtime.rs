@@ -5,6 +5,7 @@
 
 use tracing::debug;
 
+use crate::blocks::bindings::BindingsBlock;
 use crate::blocks::capabilities::{self, CapabilitiesBlock};
 use crate::blocks::configuration::ConfigurationBlock;
 use crate::blocks::invoke::InvokeBlock;
@@ -24,6 +25,8 @@ pub struct Runtime {
     pub state: StateBlock,
     /// The service-invocation building block (shared with the capability engine's invoke offers).
     pub invoke: std::sync::Arc<InvokeBlock>,
+    /// The bindings building block (output bindings).
+    pub bindings: BindingsBlock,
     /// The configuration building block.
     pub configuration: ConfigurationBlock,
     /// The distributed-lock building block.
@@ -99,6 +102,7 @@ impl Runtime {
                 self.configuration.subscribe(store, keys.clone())
             }
             Op::ConfigurationUnsubscribe { store, id } => self.configuration.unsubscribe(store, id),
+            Op::Binding { name } => self.bindings.invoke(name, &call.body).await,
             Op::MetadataGet => self.metadata.get(),
             Op::MetadataSet { attribute } => self.metadata.set(attribute, &call.body),
         };

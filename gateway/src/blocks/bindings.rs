@@ -1,0 +1,163 @@
+//! The bindings building block: Dapr's output bindings (`POST /v1.0/bindings/<name>`) and the
+//! input bindings that call the app at `POST /<name>`.
+//!
+//! Output: the request body is Dapr's `{"data", "metadata", "operation"}`; the binding's answer
+//! comes back as the body (204 when empty), its status as `metadata.statusCode`. Input: each
+//! event is POSTed to the app through service invocation, so the app's resiliency policy applies.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Method;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tracing::{info, warn};
+
+use crate::blocks::invoke::InvokeBlock;
+use crate::call::Reply;
+use crate::components::binding_cron::Schedule;
+use crate::components::binding_http::HttpBinding;
+use crate::error::{Error, ErrorKind, codes};
+
+/// A loaded output binding.
+pub enum OutputBinding {
+    /// `bindings.http`.
+    Http(HttpBinding),
+}
+
+/// A loaded input binding.
+pub enum InputBinding {
+    /// `bindings.cron`.
+    Cron(Schedule),
+}
+
+#[derive(Deserialize)]
+struct BindingRequest {
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    operation: String,
+}
+
+/// The bindings building block.
+pub struct BindingsBlock {
+    outputs: HashMap<String, OutputBinding>,
+}
+
+/// The bytes a binding sends for Dapr's `data`: a JSON string's content as is, anything else as JSON.
+fn data_bytes(data: Option<Box<RawValue>>) -> Bytes {
+    match data {
+        None => Bytes::new(),
+        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+            Ok(s) => Bytes::from(s),
+            Err(_) => Bytes::from(raw.get().to_owned()),
+        },
+    }
+}
+
+impl BindingsBlock {
+    /// Takes the loaded output bindings.
+    pub fn new(outputs: HashMap<String, OutputBinding>) -> Self {
+        BindingsBlock { outputs }
+    }
+
+    /// `POST|PUT /v1.0/bindings/<name>`.
+    pub async fn invoke(&self, name: &str, body: &[u8]) -> Result<Reply, Error> {
+        let binding = self.outputs.get(name).ok_or_else(|| {
+            // Dapr answers 500 here, not 404.
+            Error::new(
+                ErrorKind::Upstream,
+                codes::INVOKE_OUTPUT_BINDING,
+                format!("couldn't find output binding {name}"),
+            )
+        })?;
+        let req: BindingRequest = serde_json::from_slice(body)
+            .map_err(|e| Error::malformed(format!("failed deserializing HTTP body: {e}")))?;
+        let failed = |m: String| {
+            Error::new(
+                ErrorKind::Upstream,
+                codes::INVOKE_OUTPUT_BINDING,
+                format!("error invoking output binding {name}: {m}"),
+            )
+        };
+        match binding {
+            OutputBinding::Http(h) => {
+                let verb = HttpBinding::verb(&req.operation).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Upstream,
+                        codes::INVOKE_OUTPUT_BINDING,
+                        format!(
+                            "binding {name} does not support operation {:?}",
+                            req.operation
+                        ),
+                    )
+                })?;
+                let r = h
+                    .invoke(
+                        verb,
+                        data_bytes(req.data),
+                        &req.metadata.unwrap_or_default(),
+                    )
+                    .await
+                    .map_err(failed)?;
+                if r.status.as_u16() >= 400 {
+                    return Err(failed(format!(
+                        "received status code {}",
+                        r.status.as_u16()
+                    )));
+                }
+                let mut reply = if r.body.is_empty() {
+                    Reply::no_content()
+                } else {
+                    Reply::json(r.body)
+                };
+                if reply.status == 200 {
+                    reply.content_type = None;
+                }
+                Ok(reply.with_meta("metadata.statuscode", r.status.as_u16().to_string()))
+            }
+        }
+    }
+}
+
+/// Runs an input binding for as long as the gateway does: each event is POSTed to the app at
+/// `/<name>`.
+pub async fn run_input(
+    name: String,
+    binding: InputBinding,
+    invoke: Arc<InvokeBlock>,
+    app_id: String,
+) {
+    match binding {
+        InputBinding::Cron(schedule) => {
+            info!(binding = %name, "cron input binding started");
+            while let Some(wait) = schedule.until_next() {
+                tokio::time::sleep(wait).await;
+                let fired = chrono::Utc::now().to_rfc3339();
+                let headers = [
+                    ("content-type".to_owned(), "application/json".to_owned()),
+                    ("x-edgecar-cron-time".to_owned(), fired),
+                ];
+                match invoke
+                    .call(
+                        &app_id,
+                        &format!("/{name}"),
+                        &Method::POST,
+                        &headers,
+                        Bytes::new(),
+                    )
+                    .await
+                {
+                    Ok(r) if r.status.is_success() => {}
+                    Ok(r) => {
+                        warn!(binding = %name, status = %r.status, "app refused the cron event")
+                    }
+                    Err(e) => warn!(binding = %name, error = %e, "cron event not delivered"),
+                }
+            }
+        }
+    }
+}

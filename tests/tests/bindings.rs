@@ -1,0 +1,175 @@
+//! Bindings end to end: `bindings.http` calling a real HTTP endpoint, `bindings.cron` delivering
+//! events to a real app.
+
+use std::time::Duration;
+
+use edgecar_tests::{AppResponse, Edgecar, TestApp, eventually, write_component};
+use serde_json::json;
+
+#[test]
+fn http_output_binding_calls_the_endpoint_as_dapr_does() {
+    let api = TestApp::start(|r| {
+        if r.path.ends_with("/fail") {
+            return AppResponse::new(503, "down");
+        }
+        AppResponse::new(
+            201,
+            format!(
+                r#"{{"got":"{}","trace":"{}"}}"#,
+                r.method,
+                r.header("x-trace").unwrap_or("")
+            ),
+        )
+    });
+    let (dir, res) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_component(
+        res.path(),
+        "erp",
+        "bindings.http",
+        &[("url", &format!("http://127.0.0.1:{}/api", api.port))],
+    );
+    let ec = Edgecar::start(
+        dir.path(),
+        &["--resources-path", res.path().to_str().unwrap()],
+    );
+
+    let body = json!({"operation": "post", "data": {"order": 7}, "metadata": {"path": "orders", "x-trace": "t-1"}});
+    let r = ec.req(
+        "POST",
+        "/v1.0/bindings/erp",
+        body.to_string().as_bytes(),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"got": "POST", "trace": "t-1"}));
+    assert_eq!(r.header("metadata.statuscode"), Some("201"));
+    let seen = api.received();
+    assert_eq!(seen[0].path, "/api/orders");
+    assert_eq!(seen[0].body, br#"{"order":7}"#);
+
+    // A JSON string is sent as its content; `create` is POST; `get` works without data.
+    let r = ec.req(
+        "POST",
+        "/v1.0/bindings/erp",
+        json!({"operation": "create", "data": "plain text"})
+            .to_string()
+            .as_bytes(),
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(api.received()[1].body, b"plain text");
+    assert_eq!(
+        ec.req("POST", "/v1.0/bindings/erp", br#"{"operation":"get"}"#, &[])
+            .status,
+        200
+    );
+
+    // Failures: the endpoint's 5xx, an unknown operation or binding, a malformed body.
+    let r = ec.req(
+        "POST",
+        "/v1.0/bindings/erp",
+        br#"{"operation":"get","metadata":{"path":"fail"}}"#,
+        &[],
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (500, "ERR_INVOKE_OUTPUT_BINDING")
+    );
+    assert!(r.text().contains("503"), "{}", r.text());
+    let r = ec.req(
+        "POST",
+        "/v1.0/bindings/erp",
+        br#"{"operation":"teleport"}"#,
+        &[],
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (500, "ERR_INVOKE_OUTPUT_BINDING")
+    );
+    let r = ec.req(
+        "POST",
+        "/v1.0/bindings/nope",
+        br#"{"operation":"get"}"#,
+        &[],
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (500, "ERR_INVOKE_OUTPUT_BINDING")
+    );
+    let r = ec.req("POST", "/v1.0/bindings/erp", b"{not json", &[]);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "ERR_MALFORMED_REQUEST")
+    );
+}
+
+#[test]
+fn cron_input_binding_posts_to_the_app_on_schedule() {
+    let app = TestApp::start(|_| AppResponse::new(200, ""));
+    let (dir, res) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_component(
+        res.path(),
+        "tick",
+        "bindings.cron",
+        &[("schedule", "@every 500ms")],
+    );
+    write_component(
+        res.path(),
+        "everysecond",
+        "bindings.cron",
+        &[("schedule", "* * * * * *")],
+    );
+    let ec = Edgecar::start(
+        dir.path(),
+        &[
+            "--resources-path",
+            res.path().to_str().unwrap(),
+            "--app-port",
+            &app.port.to_string(),
+        ],
+    );
+    eventually(
+        Duration::from_secs(10),
+        "three ticks and two cron seconds",
+        || {
+            let got = app.received();
+            let ticks = got
+                .iter()
+                .filter(|r| r.path == "/tick" && r.method == "POST")
+                .count();
+            let secs = got.iter().filter(|r| r.path == "/everysecond").count();
+            (ticks >= 3 && secs >= 2).then_some(())
+        },
+    );
+    drop(ec);
+}
+
+#[test]
+fn bad_binding_configuration_is_reported_by_check_config() {
+    let res = tempfile::tempdir().unwrap();
+    write_component(
+        res.path(),
+        "tick",
+        "bindings.cron",
+        &[("schedule", "every tuesday")],
+    );
+    write_component(res.path(), "erp", "bindings.http", &[("url", "ftp://x")]);
+    let out = std::process::Command::new(edgecar_tests::edgecar_bin())
+        .args([
+            "check-config",
+            "--resources-path",
+            res.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("tick.yaml: spec.metadata[0] (schedule): schedule \"every tuesday\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("erp.yaml: spec.metadata[0] (url): required: an http:// or https:// URL"),
+        "{err}"
+    );
+}
