@@ -2,7 +2,8 @@
 # Every test edgecar has, from a fresh Debian/Ubuntu machine with Rust (rustup):
 #   1. installs the test peers and cross toolchains that are missing (apt),
 #   2. quality gates: rustfmt and clippy with -D warnings,
-#   3. unit and end-to-end tests (real edgecar, real redis-server, the official Dapr JS SDK),
+#   3. unit and end-to-end tests (real edgecar, real redis-server, the official Dapr JavaScript
+#      and Python SDKs),
 #   4. the appliance guard: ARM cross-builds, a qemu smoke test, and the TLS-provider check.
 # .ci/run calls exactly this script.
 set -euo pipefail
@@ -21,6 +22,7 @@ command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3 python3-venv)
 if ((${#need[@]})); then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
@@ -41,6 +43,17 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "Dapr JS SDK for the SDK tests"
 npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+
+step "Dapr Python SDK for the SDK tests"
+if [ ! -x target/python-sdk/bin/python ] || ! cmp -s tests/python/requirements.txt target/python-sdk/requirements.txt; then
+  python3 -m venv target/python-sdk 2>/dev/null || {
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv
+    python3 -m venv target/python-sdk
+  }
+  target/python-sdk/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+  cp tests/python/requirements.txt target/python-sdk/requirements.txt
+fi
 
 step "unit and end-to-end tests"
 cargo build -p edgecar --locked

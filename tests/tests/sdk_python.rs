@@ -1,0 +1,53 @@
+//! The official Dapr Python SDK's HTTP invocation client, unchanged, against the real binary.
+//!
+//! Needs the SDK in the venv scripts/test.sh creates (`target/python-sdk`, from
+//! tests/python/requirements.txt); `EDGECAR_PYTHON` may name another interpreter that has it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use edgecar_tests::{AppResponse, Edgecar, TestApp};
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("EDGECAR_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python-sdk/bin/python");
+    assert!(
+        venv.exists(),
+        "the Dapr Python SDK is not installed: run `python3 -m venv target/python-sdk && target/python-sdk/bin/pip install -r tests/python/requirements.txt` (scripts/test.sh does)"
+    );
+    venv
+}
+
+#[test]
+fn dapr_python_sdk_http_invocation_works_unchanged() {
+    let app = TestApp::start(|r| {
+        let body = serde_json::json!({"method": r.method, "path": r.path, "body": String::from_utf8_lossy(&r.body)});
+        AppResponse::new(201, body.to_string()).header("content-type", "application/json")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ec = Edgecar::start(
+        dir.path(),
+        &["--app-id", "orders", "--app-port", &app.port.to_string()],
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/invoke.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg("orders")
+        .env("DAPR_HTTP_PORT", ec.port.to_string())
+        .env("DAPR_GRPC_PORT", "1") // the SDK builds a gRPC channel too; nothing here uses it
+        .env("DAPR_API_METHOD_INVOCATION_PROTOCOL", "HTTP")
+        .env_remove("DAPR_API_TOKEN")
+        .env_remove("DAPR_HTTP_ENDPOINT")
+        .env_remove("DAPR_GRPC_ENDPOINT")
+        .output()
+        .expect("python not found");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "Dapr Python SDK run failed:\n{stdout}\n{}\nedgecar log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ec.log.lock().unwrap()
+    );
+}
