@@ -156,6 +156,7 @@ pub async fn run(
         cfg.app.port,
         cfg.app.address.clone(),
         registry.infos.clone(),
+        invoke.apps(),
     );
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),

@@ -133,6 +133,17 @@ impl InvokeBlock {
         }
     }
 
+    /// Every app this gateway can invoke, as (app id, base URL), sorted by id.
+    pub fn apps(&self) -> Vec<(String, String)> {
+        let mut apps: Vec<_> = self
+            .apps
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        apps.sort();
+        apps
+    }
+
     /// App ids this gateway can invoke, sorted, for `/v1.0/metadata`.
     pub fn app_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.apps.keys().cloned().collect();

@@ -30,6 +30,8 @@ pub struct MetadataBlock {
     app_address: String,
     /// Loaded components.
     components: Vec<ComponentInfo>,
+    /// Apps reachable by service invocation: (app id, base URL).
+    apps: Vec<(String, String)>,
     /// Attributes set by apps; edgecar's own (`edgecarVersion`, `site`) are added on read.
     extended: Mutex<BTreeMap<String, String>>,
 }
@@ -42,6 +44,7 @@ impl MetadataBlock {
         app_port: u16,
         app_address: String,
         components: Vec<ComponentInfo>,
+        apps: Vec<(String, String)>,
     ) -> Self {
         MetadataBlock {
             app_id,
@@ -49,6 +52,7 @@ impl MetadataBlock {
             app_port,
             app_address,
             components,
+            apps,
             extended: Mutex::new(BTreeMap::new()),
         }
     }
@@ -93,6 +97,8 @@ impl MetadataBlock {
             "extended": extended,
             "subscriptions": [],
             "httpEndpoints": [],
+            // edgecar's own: the apps service invocation can reach from this gateway.
+            "apps": self.apps.iter().map(|(id, url)| json!({"appId": id, "address": url})).collect::<Vec<_>>(),
             "actorRuntime": {"runtimeStatus": "DISABLED", "activeActors": [], "hostReady": false, "placement": ""},
         });
         if self.app_port != 0 {
