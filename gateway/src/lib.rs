@@ -22,6 +22,8 @@
 //! - [`blocks`]: Dapr semantics (state, metadata), written once for all transports.
 //! - [`components`]: backends by `spec.type` (`state.sled`, `state.redis`, `state.in-memory`).
 //! - [`storage`]: the one embedded database and its group commit.
+//! - [`queue`]: the durable queue on that database (append, lease/ack, bounds), for local pub/sub
+//!   now and the device mailbox and cloud outbox next.
 //! - [`runtime`]: wires the path together; [`run`] starts and stops the whole gateway.
 //! - [`observability`]: logging set-up.
 
@@ -33,6 +35,7 @@ pub mod config;
 pub mod error;
 pub mod observability;
 pub mod policy;
+pub mod queue;
 pub mod runtime;
 pub mod storage;
 pub mod transport;
