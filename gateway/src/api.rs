@@ -102,9 +102,15 @@ fn method_not_allowed(method: &Method, path: &str) -> Error {
 
 /// Maps a method and path to what it means.
 pub fn route(method: &Method, path: &str) -> Result<Route, Error> {
-    let rest = path
-        .strip_prefix("/v1.0/")
-        .ok_or_else(|| not_found(method, path))?;
+    // Dapr serves a few operations under a pre-release version prefix too.
+    let (alpha, rest) = match (
+        path.strip_prefix("/v1.0/"),
+        path.strip_prefix("/v1.0-alpha1/"),
+    ) {
+        (Some(rest), _) => (false, rest),
+        (None, Some(rest)) => (true, rest),
+        (None, None) => return Err(not_found(method, path)),
+    };
     let mut segs: Vec<String> = rest
         .split('/')
         .map(|s| percent_decode(s, false))
@@ -114,8 +120,28 @@ pub fn route(method: &Method, path: &str) -> Result<Route, Error> {
     }
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let write = *method == Method::POST || *method == Method::PUT;
+    if alpha {
+        return match (s.as_slice(), write) {
+            (["publish", "bulk", pubsub, topic @ ..], true) => Ok(Route::Call(Op::BulkPublish {
+                pubsub: pubsub.to_string(),
+                topic: topic.join("/"),
+            })),
+            (["publish", "bulk", ..], false) => Err(method_not_allowed(method, path)),
+            _ => Err(not_found(method, path)),
+        };
+    }
     let op = match (s.as_slice(), method) {
         (["healthz"], &Method::GET) => return Ok(Route::Healthz),
+        // `bulk` is matched before a pub/sub of that name, as Dapr's router does.
+        (["publish", "bulk", pubsub, topic @ ..], _) if write => Op::BulkPublish {
+            pubsub: pubsub.to_string(),
+            topic: topic.join("/"),
+        },
+        // The topic is the rest of the path: topics may contain `/`.
+        (["publish", pubsub, topic @ ..], _) if write => Op::Publish {
+            pubsub: pubsub.to_string(),
+            topic: topic.join("/"),
+        },
         (["healthz", "outbound"], &Method::GET) => return Ok(Route::HealthzOutbound),
         (["state", store], _) if write => Op::StateSave {
             store: store.to_string(),
@@ -144,7 +170,8 @@ pub fn route(method: &Method, path: &str) -> Result<Route, Error> {
             | ["state", _]
             | ["state", _, _]
             | ["metadata"]
-            | ["metadata", _],
+            | ["metadata", _]
+            | ["publish", ..],
             _,
         ) => {
             return Err(method_not_allowed(method, path));
@@ -198,6 +225,45 @@ mod tests {
         assert_eq!(
             r(Method::GET, "/v1.0/state/s/%zz").unwrap_err().kind,
             ErrorKind::BadRequest
+        );
+    }
+
+    #[test]
+    fn dapr_publish_routes() {
+        let r = |m: Method, p: &str| route(&m, p);
+        let publish = |pubsub: &str, topic: &str| {
+            Ok(Route::Call(Op::Publish {
+                pubsub: pubsub.into(),
+                topic: topic.into(),
+            }))
+        };
+        let bulk = |pubsub: &str, topic: &str| {
+            Ok(Route::Call(Op::BulkPublish {
+                pubsub: pubsub.into(),
+                topic: topic.into(),
+            }))
+        };
+        assert_eq!(
+            r(Method::POST, "/v1.0/publish/ps/orders"),
+            publish("ps", "orders")
+        );
+        assert_eq!(
+            r(Method::PUT, "/v1.0/publish/ps/a/b%2Fc"),
+            publish("ps", "a/b/c")
+        );
+        assert_eq!(r(Method::POST, "/v1.0/publish/ps/"), publish("ps", ""));
+        assert_eq!(
+            r(Method::POST, "/v1.0-alpha1/publish/bulk/ps/t/x"),
+            bulk("ps", "t/x")
+        );
+        assert_eq!(r(Method::POST, "/v1.0/publish/bulk/ps/t"), bulk("ps", "t"));
+        assert_eq!(
+            r(Method::GET, "/v1.0/publish/ps/t").unwrap_err().code,
+            codes::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            r(Method::GET, "/v1.0-alpha1/state/s/k").unwrap_err().kind,
+            ErrorKind::NotFound
         );
     }
 

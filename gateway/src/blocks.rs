@@ -5,4 +5,5 @@
 //! [`Error`](crate::Error). Blocks never see HTTP or MQTT.
 
 pub mod metadata;
+pub mod pubsub;
 pub mod state;

@@ -85,6 +85,20 @@ pub enum Op {
         /// Attribute name.
         attribute: String,
     },
+    /// Publish one event; the body is the event's data, [`Params::content_type`] its type.
+    Publish {
+        /// Pub/sub component name.
+        pubsub: String,
+        /// Topic (may contain `/`).
+        topic: String,
+    },
+    /// Publish many events; body is Dapr's JSON array of `{entryId, event, contentType, metadata}`.
+    BulkPublish {
+        /// Pub/sub component name.
+        pubsub: String,
+        /// Topic (may contain `/`).
+        topic: String,
+    },
 }
 
 impl Op {
@@ -98,6 +112,8 @@ impl Op {
             Op::StateTransaction { .. } => "state.transaction",
             Op::MetadataGet => "metadata.get",
             Op::MetadataSet { .. } => "metadata.set",
+            Op::Publish { .. } => "pubsub.publish",
+            Op::BulkPublish { .. } => "pubsub.bulk_publish",
         }
     }
 }
@@ -113,6 +129,10 @@ pub struct Params {
     pub if_match: Option<String>,
     /// W3C trace context, carried across hops.
     pub traceparent: Option<String>,
+    /// W3C `tracestate`, carried with `traceparent`.
+    pub tracestate: Option<String>,
+    /// Media type of the body (`Content-Type` in HTTP), for operations whose body is opaque data.
+    pub content_type: Option<String>,
 }
 
 /// One request on the path: transport → policy → building block → component.

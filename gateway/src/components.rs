@@ -5,6 +5,9 @@
 //! need by component name. Adding a component type means one file here and one line in
 //! [`TYPES`]; no building block or transport changes.
 
+pub mod pubsub;
+pub mod pubsub_memory;
+pub mod pubsub_sled;
 pub mod state;
 pub mod state_memory;
 pub mod state_redis;
@@ -20,6 +23,9 @@ use crate::blocks::state::KeyPrefix;
 use crate::config::ConfigError;
 use crate::config::resources::{Component, MetaValue};
 use crate::config::units::parse_duration;
+use pubsub::{FieldErrors, PubSub};
+use pubsub_memory::{MemoryPubSub, MemorySettings};
+use pubsub_sled::{SledPubSub, SledSettings};
 use state::StateStore;
 use state_redis::{RedisSettings, RedisStore};
 use state_sled::SledStore;
@@ -31,6 +37,8 @@ pub const TYPES: &[(&str, &[&str])] = &[
     ("state.sled", &["v1"]),
     ("state.redis", &["v1"]),
     ("state.in-memory", &["v1"]),
+    ("pubsub.sled", &["v1"]),
+    ("pubsub.in-memory", &["v1"]),
 ];
 
 /// What `/v1.0/metadata` says about a loaded component.
@@ -54,11 +62,24 @@ pub struct StateComponent {
     pub key_prefix: KeyPrefix,
 }
 
+/// A loaded pub/sub component and how its subscriptions consume.
+#[derive(Clone)]
+pub struct PubSubComponent {
+    /// The backend.
+    pub bus: Arc<dyn PubSub>,
+    /// `spec.type`, for logs.
+    pub type_name: String,
+    /// Deliveries in flight per subscription (`concurrency`, `concurrencyMode`).
+    pub concurrency: usize,
+}
+
 /// Every loaded component, by name.
 #[derive(Default)]
 pub struct Registry {
     /// State stores by component name.
     pub state: HashMap<String, StateComponent>,
+    /// Pub/sub components by name.
+    pub pubsub: HashMap<String, PubSubComponent>,
     /// sled stores, whose expired keys the runtime sweeps.
     pub sled_stores: Vec<SledStore>,
     /// Descriptions for `/v1.0/metadata`, in load order.
@@ -67,16 +88,20 @@ pub struct Registry {
 
 /// The components edgecar runs when no resources path is given: Dapr's default names.
 pub fn embedded_defaults() -> Vec<Component> {
-    vec![Component {
-        name: "statestore".into(),
-        type_name: "state.sled".into(),
+    let embedded = |name: &str, type_name: &str| Component {
+        name: name.into(),
+        type_name: type_name.into(),
         version: "v1".into(),
         metadata: Vec::new(),
         ignore_errors: false,
         init_timeout: Duration::from_secs(5),
         secret_store: None,
         source: "<embedded defaults>".into(),
-    }]
+    };
+    vec![
+        embedded("statestore", "state.sled"),
+        embedded("pubsub", "pubsub.sled"),
+    ]
 }
 
 /// Checks a component against its type; returns every problem.
@@ -130,7 +155,43 @@ pub fn validate(c: &Component) -> Vec<ConfigError> {
             err(&meta_field(c, field), msg);
         }
     }
+    let pubsub_errors: FieldErrors = match c.type_name.as_str() {
+        "pubsub.sled" => SledSettings::from_component(c).err().unwrap_or_default(),
+        "pubsub.in-memory" => MemorySettings::from_component(c).err().unwrap_or_default(),
+        _ => FieldErrors::new(),
+    };
+    for (field, msg) in pubsub_errors {
+        err(&meta_field(c, field), msg);
+    }
     errors
+}
+
+fn joined(errors: FieldErrors) -> String {
+    errors
+        .into_iter()
+        .map(|(f, m)| format!("{f}: {m}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn build_pubsub(c: &Component, storage: &Storage) -> Result<PubSubComponent, String> {
+    let (bus, concurrency): (Arc<dyn PubSub>, usize) = match c.type_name.as_str() {
+        "pubsub.sled" => {
+            let s = SledSettings::from_component(c).map_err(joined)?;
+            let n = s.concurrency;
+            (Arc::new(SledPubSub::new(storage, &c.name, s)), n)
+        }
+        "pubsub.in-memory" => {
+            let s = MemorySettings::from_component(c).map_err(joined)?;
+            (Arc::new(MemoryPubSub::new(s)), s.concurrency)
+        }
+        other => return Err(format!("unknown component type {other:?}")),
+    };
+    Ok(PubSubComponent {
+        bus,
+        type_name: c.type_name.clone(),
+        concurrency,
+    })
 }
 
 fn meta_field(c: &Component, name: &str) -> String {
@@ -204,6 +265,25 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
     let mut reg = Registry::default();
     let mut errors = Vec::new();
     for c in components {
+        if c.type_name.starts_with("pubsub.") {
+            match build_pubsub(c, storage).await {
+                Ok(p) => {
+                    info!(component = %c.name, r#type = %c.type_name, "component loaded");
+                    reg.infos.push(ComponentInfo {
+                        name: c.name.clone(),
+                        type_name: c.type_name.clone(),
+                        version: c.version.clone(),
+                        capabilities: p.bus.features().to_vec(),
+                    });
+                    reg.pubsub.insert(c.name.clone(), p);
+                }
+                Err(m) if c.ignore_errors => {
+                    warn!(component = %c.name, error = %m, "component failed to start; ignored (spec.ignoreErrors)");
+                }
+                Err(m) => errors.push(format!("component {:?} ({}): {m}", c.name, c.type_name)),
+            }
+            continue;
+        }
         let built = build_state(c, storage, &mut reg).await;
         match built {
             Ok(store) => {

@@ -19,8 +19,9 @@
 //! - [`error`]: the one error type; [`api`] alone maps it to HTTP statuses.
 //! - [`transport`]: wire formats to calls (HTTP today).
 //! - [`policy`]: what a caller may do.
-//! - [`blocks`]: Dapr semantics (state, metadata), written once for all transports.
-//! - [`components`]: backends by `spec.type` (`state.sled`, `state.redis`, `state.in-memory`).
+//! - [`blocks`]: Dapr semantics (state, pub/sub, metadata), written once for all transports.
+//! - [`components`]: backends by `spec.type` (`state.sled`, `state.redis`, `state.in-memory`,
+//!   `pubsub.sled`, `pubsub.in-memory`, ...).
 //! - [`storage`]: the one embedded database and its group commit.
 //! - [`queue`]: the durable queue on that database (append, lease/ack, bounds), for local pub/sub
 //!   now and the device mailbox and cloud outbox next.
@@ -54,9 +55,12 @@ pub use error::{Error, ErrorKind};
 pub use runtime::Runtime;
 
 use blocks::metadata::MetadataBlock;
+use blocks::pubsub::PubSubBlock;
+use blocks::pubsub::delivery;
+use blocks::pubsub::subscription::load_declarative;
 use blocks::state::StateBlock;
 use components::state_sled::SledStore;
-use config::resources::Component;
+use config::resources::{Component, Document};
 use transport::http::HttpApi;
 
 /// Why the gateway could not start.
@@ -106,24 +110,61 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    run_with_documents(cfg, components, Vec::new(), listener, shutdown).await
+}
+
+/// As [`run`], with the resource documents other than components (`Subscription`,
+/// `Resiliency`, ...) for the features that own them.
+pub async fn run_with_documents(
+    cfg: Config,
+    components: Vec<Component>,
+    documents: Vec<Document>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     let storage = storage::Storage::open(&cfg.state_dir, cfg.storage.cache_capacity.0).await?;
     let registry = components::build(&components, &storage)
         .await
         .map_err(StartError::Components)?;
+    let (declarative, sub_errors) = load_declarative(&documents, &cfg.app_id);
+    let (resiliency, res_errors) = delivery::load_resiliency(&documents, &cfg.app_id);
+    for e in sub_errors.iter().chain(&res_errors) {
+        warn!(error = %e, "resource ignored");
+    }
+    let subscriptions = delivery::ActiveSubscriptions::default();
     let metadata = MetadataBlock::new(
         cfg.app_id.clone(),
         cfg.site.clone(),
         cfg.app.port,
         cfg.app.address.clone(),
         registry.infos.clone(),
-    );
+    )
+    .with_subscriptions(subscriptions.clone());
+    let pubsub = Arc::new(PubSubBlock::new(cfg.app_id.clone(), registry.pubsub));
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),
         state: StateBlock::new(registry.state, cfg.limits.clone()),
         metadata,
+        pubsub: pubsub.clone(),
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(sweep(registry.sled_stores, cfg.storage.sweep_interval.0));
+    // Subscriptions run until shutdown begins, then settle what is in flight.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app =
+        (cfg.app.port != 0).then(|| delivery::AppChannel::new(&cfg.app.address, cfg.app.port));
+    let subscriber = tokio::spawn(delivery::run(
+        pubsub,
+        declarative,
+        app,
+        resiliency,
+        subscriptions,
+        stop_rx,
+    ));
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
 
     let api = Arc::new(HttpApi {
         runtime,
@@ -134,6 +175,14 @@ pub async fn run(
         info!(%addr, app_id = %cfg.app_id, "Dapr HTTP API listening");
     }
     transport::http::serve(listener, api, shutdown, cfg.shutdown_timeout.0).await;
+    let abort = subscriber.abort_handle();
+    if tokio::time::timeout(cfg.shutdown_timeout.0, subscriber)
+        .await
+        .is_err()
+    {
+        warn!("deliveries still in flight at the shutdown timeout; they will be redelivered");
+        abort.abort();
+    }
     tasks.abort_all();
     if let Err(e) = storage.sync().await {
         warn!(error = %e, "final database flush failed");

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use edgecar::blocks::pubsub::{delivery, subscription};
 use edgecar::components;
 use edgecar::config::{self, ConfigError, Overrides, resources};
 
@@ -82,29 +83,50 @@ impl RunArgs {
     }
 }
 
-/// The effective config and components, or every error found on the way.
-fn load(args: &RunArgs) -> Result<(config::Config, Vec<resources::Component>), Vec<ConfigError>> {
+/// Resource kinds this edgecar reads besides `Component`.
+const DOCUMENT_KINDS: &[&str] = &["Subscription", "Resiliency"];
+
+/// What `load` found: the config, the components and the other resource documents.
+type Loaded = (
+    config::Config,
+    Vec<resources::Component>,
+    Vec<resources::Document>,
+);
+
+/// The effective config and resources, or every error found on the way.
+fn load(args: &RunArgs) -> Result<Loaded, Vec<ConfigError>> {
     let env = |k: &str| std::env::var(k).ok();
     let (cfg, mut errors) = config::assemble(args.config.as_deref(), &args.overrides(), &env);
-    let components = if cfg.resources_paths.is_empty() {
-        components::embedded_defaults()
+    let (components, documents) = if cfg.resources_paths.is_empty() {
+        (components::embedded_defaults(), Vec::new())
     } else {
         let (res, res_errors) = resources::load(&cfg.resources_paths, &cfg.app_id);
         errors.extend(res_errors);
         for doc in &res.documents {
-            eprintln!(
-                "note: {}: kind {:?} is not supported by this edgecar yet; ignored",
-                doc.source.display(),
-                doc.kind
-            );
+            if !DOCUMENT_KINDS.contains(&doc.kind.as_str()) {
+                eprintln!(
+                    "note: {}: kind {:?} is not supported by this edgecar yet; ignored",
+                    doc.source.display(),
+                    doc.kind
+                );
+            }
         }
-        res.components
+        (res.components, res.documents)
     };
     for c in &components {
         errors.extend(components::validate(c));
     }
+    let (subs, sub_errors) = subscription::load_declarative(&documents, &cfg.app_id);
+    errors.extend(sub_errors);
+    let pubsubs: Vec<&str> = components
+        .iter()
+        .filter(|c| c.type_name.starts_with("pubsub."))
+        .map(|c| c.name.as_str())
+        .collect();
+    errors.extend(subscription::check_components(&subs, &pubsubs));
+    errors.extend(delivery::load_resiliency(&documents, &cfg.app_id).1);
     if errors.is_empty() {
-        Ok((cfg, components))
+        Ok((cfg, components, documents))
     } else {
         Err(errors)
     }
@@ -122,13 +144,14 @@ fn report(errors: &[ConfigError]) {
 
 fn check_config(args: &RunArgs) -> ExitCode {
     match load(args) {
-        Ok((cfg, comps)) => {
+        Ok((cfg, comps, docs)) => {
             let file = args
                 .config
                 .as_deref()
                 .unwrap_or(Path::new("<embedded defaults>"));
+            let subs = subscription::load_declarative(&docs, &cfg.app_id).0;
             println!(
-                "ok: {} (app id {:?}, site {:?}), {} component(s): {}",
+                "ok: {} (app id {:?}, site {:?}), {} component(s): {}; {} declarative subscription(s)",
                 file.display(),
                 cfg.app_id,
                 cfg.site,
@@ -137,7 +160,8 @@ fn check_config(args: &RunArgs) -> ExitCode {
                     .iter()
                     .map(|c| format!("{} ({})", c.name, c.type_name))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                subs.len()
             );
             ExitCode::SUCCESS
         }
@@ -165,7 +189,7 @@ async fn shutdown_signal() {
 }
 
 fn run(args: &RunArgs) -> ExitCode {
-    let (cfg, comps) = match load(args) {
+    let (cfg, comps, docs) = match load(args) {
         Ok(v) => v,
         Err(errors) => {
             report(&errors);
@@ -193,7 +217,7 @@ fn run(args: &RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match edgecar::run(cfg, comps, listener, shutdown_signal()).await {
+        match edgecar::run_with_documents(cfg, comps, docs, listener, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("edgecar: {e}");

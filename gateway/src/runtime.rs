@@ -3,9 +3,12 @@
 //! `authorize(caller, op)` first, then the building block that owns the operation. Transports hold
 //! an `Arc<Runtime>` and call [`Runtime::handle`]; nothing here knows which transport asked.
 
+use std::sync::Arc;
+
 use tracing::debug;
 
 use crate::blocks::metadata::MetadataBlock;
+use crate::blocks::pubsub::PubSubBlock;
 use crate::blocks::state::StateBlock;
 use crate::call::{Call, Op, Reply};
 use crate::error::Error;
@@ -19,6 +22,8 @@ pub struct Runtime {
     pub state: StateBlock,
     /// The metadata building block.
     pub metadata: MetadataBlock,
+    /// The pub/sub building block (shared with the subscription manager).
+    pub pubsub: Arc<PubSubBlock>,
 }
 
 impl Runtime {
@@ -44,6 +49,16 @@ impl Runtime {
             }
             Op::MetadataGet => self.metadata.get(),
             Op::MetadataSet { attribute } => self.metadata.set(attribute, &call.body),
+            Op::Publish { pubsub, topic } => {
+                self.pubsub
+                    .publish(caller, pubsub, topic, &call.body, &call.params)
+                    .await
+            }
+            Op::BulkPublish { pubsub, topic } => {
+                self.pubsub
+                    .bulk_publish(caller, pubsub, topic, &call.body, &call.params)
+                    .await
+            }
         };
         if let Err(e) = &result {
             debug!(caller = %call.caller, op = call.op.name(), code = e.code, error = %e.message, "call failed");

@@ -370,3 +370,187 @@ pub fn write_component(dir: &Path, name: &str, kind: &str, metadata: &[(&str, &s
     }
     std::fs::write(dir.join(format!("{name}.yaml")), y).expect("write component");
 }
+
+/// One request a [`TestApp`] received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method.
+    pub method: String,
+    /// Path with query.
+    pub path: String,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    /// A header value by (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (panics with the body if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// How a [`TestApp`] answers a request: status and body.
+pub type Responder = dyn Fn(&Recorded) -> (u16, String) + Send + Sync;
+
+/// A small real HTTP app standing in for the app behind edgecar: it answers `GET
+/// /dapr/subscribe` with the subscriptions it was given, records every other request, and
+/// answers it as its responder says. One thread per connection; every answer closes the
+/// connection. Stops when dropped.
+pub struct TestApp {
+    /// The port it listens on.
+    pub port: u16,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    responder: Arc<Mutex<Arc<Responder>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TestApp {
+    /// Starts on a free port.
+    pub fn start(
+        subscribe: &str,
+        respond: impl Fn(&Recorded) -> (u16, String) + Send + Sync + 'static,
+    ) -> TestApp {
+        Self::start_on(0, subscribe, respond)
+    }
+
+    /// Starts on `port` (0 for a free one); for an app that must come back on the same port.
+    pub fn start_on(
+        port: u16,
+        subscribe: &str,
+        respond: impl Fn(&Recorded) -> (u16, String) + Send + Sync + 'static,
+    ) -> TestApp {
+        // A previous app on the same port may still be letting go of it.
+        let listener = eventually(Duration::from_secs(10), "the test app's port", || {
+            TcpListener::bind(("127.0.0.1", port)).ok()
+        });
+        let port = listener.local_addr().expect("addr").port();
+        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let responder: Arc<Mutex<Arc<Responder>>> = Arc::new(Mutex::new(Arc::new(respond)));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let subscribe = subscribe.to_owned();
+        let (reqs, resp, stopping) = (requests.clone(), responder.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let (reqs, resp, subscribe) = (reqs.clone(), resp.clone(), subscribe.clone());
+                std::thread::spawn(move || serve_one(conn, &reqs, &resp, &subscribe));
+            }
+        });
+        TestApp {
+            port,
+            requests,
+            responder,
+            stop,
+        }
+    }
+
+    /// Changes how requests are answered from now on.
+    pub fn respond_with(
+        &self,
+        respond: impl Fn(&Recorded) -> (u16, String) + Send + Sync + 'static,
+    ) {
+        *self.responder.lock().unwrap() = Arc::new(respond);
+    }
+
+    /// Every request received so far (not counting `/dapr/subscribe`).
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Requests received on `path`.
+    pub fn on(&self, path: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// Waits until `path` has received at least `n` requests; returns them.
+    pub fn wait_for(&self, path: &str, n: usize, timeout: Duration) -> Vec<Recorded> {
+        eventually(timeout, &format!("{n} request(s) on {path}"), || {
+            let got = self.on(path);
+            (got.len() >= n).then_some(got)
+        })
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag and releases the port.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve_one(
+    mut conn: TcpStream,
+    requests: &Mutex<Vec<Recorded>>,
+    responder: &Mutex<Arc<Responder>>,
+    subscribe: &str,
+) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split_whitespace();
+    let method = first.next().unwrap_or_default().to_owned();
+    let path = first.next().unwrap_or_default().to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = raw[head_end + 4..].to_vec();
+    while body.len() < len {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+        }
+    }
+    let req = Recorded {
+        method,
+        path,
+        headers,
+        body,
+    };
+    let (status, answer) = if req.path == "/dapr/subscribe" {
+        (200, subscribe.to_owned())
+    } else {
+        requests.lock().unwrap().push(req.clone());
+        let respond = responder.lock().unwrap().clone();
+        respond(&req)
+    };
+    let out = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    let _ = conn.write_all(out.as_bytes());
+}

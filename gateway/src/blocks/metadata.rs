@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use serde_json::json;
 
+use crate::blocks::pubsub::delivery::ActiveSubscriptions;
 use crate::call::Reply;
 use crate::components::ComponentInfo;
 use crate::error::{Error, ErrorKind, codes};
@@ -32,6 +33,8 @@ pub struct MetadataBlock {
     components: Vec<ComponentInfo>,
     /// Attributes set by apps; edgecar's own (`edgecarVersion`, `site`) are added on read.
     extended: Mutex<BTreeMap<String, String>>,
+    /// Subscriptions really running (they start once the app answers).
+    subscriptions: ActiveSubscriptions,
 }
 
 impl MetadataBlock {
@@ -50,7 +53,14 @@ impl MetadataBlock {
             app_address,
             components,
             extended: Mutex::new(BTreeMap::new()),
+            subscriptions: ActiveSubscriptions::default(),
         }
+    }
+
+    /// Reports the subscriptions in this list (filled by the subscription manager).
+    pub fn with_subscriptions(mut self, subscriptions: ActiveSubscriptions) -> Self {
+        self.subscriptions = subscriptions;
+        self
     }
 
     /// `GET /v1.0/metadata`.
@@ -84,6 +94,11 @@ impl MetadataBlock {
                 })
             })
             .collect();
+        let subscriptions: Vec<_> = self
+            .subscriptions
+            .read()
+            .map(|subs| subs.iter().map(|s| s.info()).collect())
+            .unwrap_or_default();
         let mut body = json!({
             "id": self.app_id,
             "runtimeVersion": format!("edgecar-{}", env!("CARGO_PKG_VERSION")),
@@ -91,7 +106,7 @@ impl MetadataBlock {
             "actors": [],
             "components": components,
             "extended": extended,
-            "subscriptions": [],
+            "subscriptions": subscriptions,
             "httpEndpoints": [],
             "actorRuntime": {"runtimeStatus": "DISABLED", "activeActors": [], "hostReady": false, "placement": ""},
         });

@@ -112,6 +112,8 @@ impl HttpApi {
         };
         params.if_match = header_str("if-match").map(|e| e.trim_matches('"').to_owned());
         params.traceparent = header_str("traceparent");
+        params.tracestate = header_str("tracestate");
+        params.content_type = header_str("content-type");
         let body = self.read_body(req).await?;
         let call = Call {
             caller: Caller::LocalApp {
