@@ -585,3 +585,85 @@ fn an_event_published_before_kill_9_is_delivered_after_restart() {
     );
     drop(ec);
 }
+
+#[test]
+fn check_config_reports_subscription_errors_with_file_and_field() {
+    let res = tempfile::tempdir().unwrap();
+    write_component(
+        res.path(),
+        "pubsub",
+        "pubsub.in-memory",
+        &[("concurrency", "lots")],
+    );
+    std::fs::write(
+        res.path().join("subs.yaml"),
+        "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata:\n  name: s\nspec:\n  pubsubname: pubsub\n  topic: t\n  routes:\n    rules:\n    - match: event.data.items.exists(i, i > 2)\n      path: /a\n    default: /t\n---\napiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata:\n  name: s2\nspec:\n  pubsubname: missing\n  topic: t\n  routes:\n    default: /t\n",
+    )
+    .unwrap();
+    std::fs::write(
+        res.path().join("resiliency.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: r\nspec:\n  policies:\n    retries:\n      bad:\n        policy: sometimes\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(edgecar_tests::edgecar_bin())
+        .args([
+            "check-config",
+            "--resources-path",
+            res.path().to_str().unwrap(),
+        ])
+        .env_remove("DAPR_API_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for needle in [
+        "subs.yaml#1: spec.routes.rules[0].match: \"event.data.items.exists(i, i > 2)\": column 18: methods such as .exists() are not supported",
+        "subs.yaml#2: spec.pubsubname: no pub/sub component named \"missing\" is loaded (loaded: pubsub)",
+        "pubsub.yaml: spec.metadata[0] (concurrency): \"lots\" is not a number from 1 to 1000",
+        "resiliency.yaml: spec.policies.retries.bad.policy",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+
+    // Fixed, it passes and counts the subscription; the in-memory bus delivers.
+    write_component(res.path(), "pubsub", "pubsub.in-memory", &[]);
+    std::fs::write(
+        res.path().join("subs.yaml"),
+        "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata:\n  name: s\nspec:\n  pubsubname: pubsub\n  topic: t\n  routes:\n    rules:\n    - match: has(event.data.items) && event.data.items[0] > 2\n      path: /a\n    default: /t\n",
+    )
+    .unwrap();
+    std::fs::remove_file(res.path().join("resiliency.yaml")).unwrap();
+    let out = std::process::Command::new(edgecar_tests::edgecar_bin())
+        .args([
+            "check-config",
+            "--resources-path",
+            res.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1 declarative subscription(s)"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let app = TestApp::start("[]", |_| (200, String::new()));
+    let state = tempfile::tempdir().unwrap();
+    let ec = start(state.path(), res.path(), &app);
+    wait_subscribed(&ec, 1);
+    publish(
+        &ec,
+        "/v1.0/publish/pubsub/t",
+        r#"{"items":[3]}"#,
+        "application/json",
+    );
+    publish(
+        &ec,
+        "/v1.0/publish/pubsub/t",
+        r#"{"items":[1]}"#,
+        "application/json",
+    );
+    app.wait_for("/a", 1, WAIT);
+    app.wait_for("/t", 1, WAIT);
+}

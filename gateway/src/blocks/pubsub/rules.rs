@@ -459,7 +459,7 @@ impl Parser {
                 match self.next() {
                     Some(Token {
                         kind: Tok::Ident(name),
-                        ..
+                        col,
                     }) => {
                         if matches!(
                             self.peek(),
@@ -469,8 +469,7 @@ impl Parser {
                             })
                         ) {
                             return Err(format!(
-                                "column {}: methods such as .{name}() are not supported; {SUPPORTED}",
-                                self.peek().map_or(0, |t| t.col)
+                                "column {col}: methods such as .{name}() are not supported; {SUPPORTED}"
                             ));
                         }
                         steps.push(Step::Key(name));
