@@ -7,6 +7,7 @@
 
 pub mod pubsub;
 pub mod pubsub_memory;
+pub mod pubsub_redis;
 pub mod pubsub_sled;
 pub mod state;
 pub mod state_memory;
@@ -25,6 +26,7 @@ use crate::config::resources::{Component, MetaValue};
 use crate::config::units::parse_duration;
 use pubsub::{FieldErrors, PubSub};
 use pubsub_memory::{MemoryPubSub, MemorySettings};
+use pubsub_redis::{RedisPubSub, StreamSettings};
 use pubsub_sled::{SledPubSub, SledSettings};
 use state::StateStore;
 use state_redis::{RedisSettings, RedisStore};
@@ -39,6 +41,7 @@ pub const TYPES: &[(&str, &[&str])] = &[
     ("state.in-memory", &["v1"]),
     ("pubsub.sled", &["v1"]),
     ("pubsub.in-memory", &["v1"]),
+    ("pubsub.redis", &["v1"]),
 ];
 
 /// What `/v1.0/metadata` says about a loaded component.
@@ -148,16 +151,19 @@ pub fn validate(c: &Component) -> Vec<ConfigError> {
     {
         err(&meta_field(c, "keyPrefix"), m);
     }
-    if c.type_name == "state.redis"
-        && let Err(m) = redis_settings(c)
-    {
+    let redis =
+        matches!(c.type_name.as_str(), "state.redis" | "pubsub.redis").then(|| redis_settings(c));
+    if let Some(Err(m)) = &redis {
         for (field, msg) in m {
-            err(&meta_field(c, field), msg);
+            err(&meta_field(c, field), msg.clone());
         }
     }
-    let pubsub_errors: FieldErrors = match c.type_name.as_str() {
-        "pubsub.sled" => SledSettings::from_component(c).err().unwrap_or_default(),
-        "pubsub.in-memory" => MemorySettings::from_component(c).err().unwrap_or_default(),
+    let pubsub_errors: FieldErrors = match (c.type_name.as_str(), redis) {
+        ("pubsub.sled", _) => SledSettings::from_component(c).err().unwrap_or_default(),
+        ("pubsub.in-memory", _) => MemorySettings::from_component(c).err().unwrap_or_default(),
+        ("pubsub.redis", Some(Ok(r))) => StreamSettings::from_component(c, r)
+            .err()
+            .unwrap_or_default(),
         _ => FieldErrors::new(),
     };
     for (field, msg) in pubsub_errors {
@@ -184,6 +190,12 @@ async fn build_pubsub(c: &Component, storage: &Storage) -> Result<PubSubComponen
         "pubsub.in-memory" => {
             let s = MemorySettings::from_component(c).map_err(joined)?;
             (Arc::new(MemoryPubSub::new(s)), s.concurrency)
+        }
+        "pubsub.redis" => {
+            let redis = redis_settings(c).map_err(|e| joined(e.into_iter().collect()))?;
+            let s = StreamSettings::from_component(c, redis).map_err(joined)?;
+            let n = s.concurrency;
+            (Arc::new(RedisPubSub::connect(s).await?), n)
         }
         other => return Err(format!("unknown component type {other:?}")),
     };

@@ -122,6 +122,11 @@ impl PubSubBlock {
         PubSubBlock { app_id, buses }
     }
 
+    /// This sidecar's app id.
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+
     /// A component by name.
     pub fn component(&self, name: &str) -> Option<&PubSubComponent> {
         self.buses.get(name)

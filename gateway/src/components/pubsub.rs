@@ -68,6 +68,8 @@ pub struct SubscribeRequest {
     pub topic: String,
     /// Most messages handled at once (1 delivers strictly in order).
     pub max_concurrency: usize,
+    /// The subscribing app's id (the default consumer group of brokers that have groups).
+    pub app_id: String,
 }
 
 /// A component failure.

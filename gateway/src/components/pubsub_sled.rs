@@ -357,6 +357,7 @@ mod tests {
         let req = SubscribeRequest {
             topic: "t".into(),
             max_concurrency: 1,
+            app_id: "app".into(),
         };
         let consumer = tokio::spawn(ps.subscribe(req, rec.clone(), rx).await.unwrap());
         for _ in 0..200 {

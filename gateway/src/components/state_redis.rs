@@ -134,37 +134,49 @@ fn first_write(c: Concurrency) -> &'static str {
     }
 }
 
+/// Connects a self-reconnecting connection to the Redis named by `s`, failing if it cannot within
+/// `connect_timeout`; each command may take `response_timeout`. Shared with `pubsub.redis`.
+pub async fn connect_manager(
+    s: &RedisSettings,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, String> {
+    let err = |e: redis::RedisError| format!("redis: {e}");
+    let mut redis_info = RedisConnectionInfo::default().set_db(s.db);
+    if let Some(u) = &s.username {
+        redis_info = redis_info.set_username(u);
+    }
+    if let Some(p) = &s.password {
+        redis_info = redis_info.set_password(p);
+    }
+    let info = ConnectionAddr::Tcp(s.host.clone(), s.port)
+        .into_connection_info()
+        .map_err(err)?
+        .set_redis_settings(redis_info);
+    let client = redis::Client::open(info).map_err(err)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(s.connect_timeout))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(3);
+    tokio::time::timeout(
+        s.connect_timeout,
+        ConnectionManager::new_with_config(client, config),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "redis: no connection to {}:{} within {:?}",
+            s.host, s.port, s.connect_timeout
+        )
+    })?
+    .map_err(err)
+}
+
 impl RedisStore {
     /// Connects to Redis, failing if it cannot within `connect_timeout`.
     pub async fn connect(s: &RedisSettings) -> Result<Self, StoreError> {
-        let mut redis_info = RedisConnectionInfo::default().set_db(s.db);
-        if let Some(u) = &s.username {
-            redis_info = redis_info.set_username(u);
-        }
-        if let Some(p) = &s.password {
-            redis_info = redis_info.set_password(p);
-        }
-        let info = ConnectionAddr::Tcp(s.host.clone(), s.port)
-            .into_connection_info()
-            .map_err(backend)?
-            .set_redis_settings(redis_info);
-        let client = redis::Client::open(info).map_err(backend)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(s.connect_timeout))
-            .set_response_timeout(Some(s.response_timeout))
-            .set_number_of_retries(3);
-        let conn = tokio::time::timeout(
-            s.connect_timeout,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| {
-            StoreError::Backend(format!(
-                "redis: no connection to {}:{} within {:?}",
-                s.host, s.port, s.connect_timeout
-            ))
-        })?
-        .map_err(backend)?;
+        let conn = connect_manager(s, s.response_timeout)
+            .await
+            .map_err(StoreError::Backend)?;
         Ok(RedisStore {
             conn,
             set: Script::new(SET_SCRIPT),

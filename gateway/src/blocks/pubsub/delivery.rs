@@ -527,6 +527,7 @@ pub async fn run(
             let req = SubscribeRequest {
                 topic: sub.topic.clone(),
                 max_concurrency: component.concurrency,
+                app_id: block.app_id().to_owned(),
             };
             match component.bus.subscribe(req, handler, stop.clone()).await {
                 Ok(consumer) => {
