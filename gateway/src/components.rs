@@ -7,6 +7,7 @@
 
 pub mod pubsub;
 pub mod pubsub_memory;
+pub mod pubsub_mqtt;
 pub mod pubsub_redis;
 pub mod pubsub_sled;
 pub mod state;
@@ -26,6 +27,7 @@ use crate::config::resources::{Component, MetaValue};
 use crate::config::units::parse_duration;
 use pubsub::{FieldErrors, PubSub};
 use pubsub_memory::{MemoryPubSub, MemorySettings};
+use pubsub_mqtt::{MqttPubSub, MqttSettings};
 use pubsub_redis::{RedisPubSub, StreamSettings};
 use pubsub_sled::{SledPubSub, SledSettings};
 use state::StateStore;
@@ -42,6 +44,7 @@ pub const TYPES: &[(&str, &[&str])] = &[
     ("pubsub.sled", &["v1"]),
     ("pubsub.in-memory", &["v1"]),
     ("pubsub.redis", &["v1"]),
+    ("pubsub.mqtt", &["v1"]),
 ];
 
 /// What `/v1.0/metadata` says about a loaded component.
@@ -105,6 +108,31 @@ pub fn embedded_defaults() -> Vec<Component> {
         embedded("statestore", "state.sled"),
         embedded("pubsub", "pubsub.sled"),
     ]
+}
+
+/// Applies the defaults Dapr's runtime gives pub/sub components before they start: `consumerID`
+/// is the app id when not set, and `{appID}` in any metadata value is replaced by the app id.
+pub fn apply_runtime_defaults(components: &mut [Component], app_id: &str) {
+    use crate::config::resources::MetadataItem;
+    for c in components
+        .iter_mut()
+        .filter(|c| c.type_name.starts_with("pubsub."))
+    {
+        for m in &mut c.metadata {
+            if let MetaValue::Plain(v) = &mut m.value
+                && v.contains("{appID}")
+            {
+                *v = v.replace("{appID}", app_id);
+            }
+        }
+        if c.meta("consumerID").is_none_or(str::is_empty) {
+            c.metadata.retain(|m| m.name != "consumerID");
+            c.metadata.push(MetadataItem {
+                name: "consumerID".into(),
+                value: MetaValue::Plain(app_id.to_owned()),
+            });
+        }
+    }
 }
 
 /// Checks a component against its type; returns every problem.
@@ -196,6 +224,11 @@ async fn build_pubsub(c: &Component, storage: &Storage) -> Result<PubSubComponen
             let s = StreamSettings::from_component(c, redis).map_err(joined)?;
             let n = s.concurrency;
             (Arc::new(RedisPubSub::connect(s).await?), n)
+        }
+        "pubsub.mqtt" => {
+            let s = MqttSettings::from_component(c).map_err(joined)?;
+            let n = s.concurrency;
+            (Arc::new(MqttPubSub::connect(s).await?), n)
         }
         other => return Err(format!("unknown component type {other:?}")),
     };

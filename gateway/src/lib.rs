@@ -123,6 +123,8 @@ pub async fn run_with_documents(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let storage = storage::Storage::open(&cfg.state_dir, cfg.storage.cache_capacity.0).await?;
+    let mut components = components;
+    components::apply_runtime_defaults(&mut components, &cfg.app_id);
     let registry = components::build(&components, &storage)
         .await
         .map_err(StartError::Components)?;

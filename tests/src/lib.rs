@@ -554,3 +554,110 @@ fn serve_one(
     );
     let _ = conn.write_all(out.as_bytes());
 }
+
+/// A `mosquitto` broker started for one test on a free port (loopback, anonymous, in memory).
+pub struct MosquittoServer {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl MosquittoServer {
+    /// Starts a private mosquitto and waits until it accepts connections.
+    pub fn start() -> MosquittoServer {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = free_port();
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            )
+            .expect("write mosquitto.conf");
+            let child = Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mosquitto not found: install it (scripts/test.sh does: apt-get install mosquitto)");
+            let mut server = MosquittoServer {
+                child,
+                port,
+                _dir: dir,
+            };
+            let up = (0..250).any(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            if up {
+                return server;
+            }
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+        }
+        panic!("could not start mosquitto");
+    }
+
+    /// `tcp://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    /// Publishes with `mosquitto_pub` (QoS 1).
+    pub fn publish(&self, topic: &str, payload: &str) {
+        let st = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-m",
+                payload,
+            ])
+            .status()
+            .expect("mosquitto_pub not found (apt-get install mosquitto-clients)");
+        assert!(st.success(), "mosquitto_pub failed");
+    }
+
+    /// Starts `mosquitto_sub` on `topic`, printing each message on its own line; returns the child
+    /// and the lines it has printed so far.
+    pub fn subscribe(&self, topic: &str) -> (Child, Arc<Mutex<Vec<String>>>) {
+        let mut child = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                topic,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub not found (apt-get install mosquitto-clients)");
+        let out = child.stdout.take().expect("stdout");
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        (child, lines)
+    }
+}
+
+impl Drop for MosquittoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

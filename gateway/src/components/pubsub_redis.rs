@@ -1,7 +1,7 @@
 //! `pubsub.redis`: Redis Streams, as Dapr's Redis pub/sub uses them.
 //!
 //! A publish is `XADD <topic> [MAXLEN ~ maxLenApprox] * data <message>`. A subscription joins the
-//! consumer group `consumerID` (default: the app id; `{appID}` is replaced by it), created from
+//! consumer group `consumerID` (default: the app id, as everywhere `{appID}`), created from
 //! the start of the stream if missing, reads with `XREADGROUP ... >` and `XACK`s what its
 //! handler acks. A message not acked stays pending in the group; every `redeliverInterval` the
 //! subscription claims (`XAUTOCLAIM`) messages pending longer than `processingTimeout` and
@@ -270,9 +270,10 @@ impl PubSub for RedisPubSub {
         handler: Arc<dyn Handler>,
         mut stop: Stop,
     ) -> Result<Consumer, PubSubError> {
+        // The runtime fills consumerID with the app id when it is not set.
         let group = match self.settings.consumer_id.as_str() {
             "" => req.app_id.clone(),
-            id => id.replace("{appID}", &req.app_id),
+            id => id.to_owned(),
         };
         let mut conn = self.conn.clone();
         // From the start of the stream, as Dapr creates it: messages published before the first
