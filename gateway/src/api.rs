@@ -189,7 +189,13 @@ fn alpha_route(method: &Method, path: &str, rest: &str) -> Result<Route, Error> 
         .map(|s| percent_decode(s, false))
         .collect::<Result<_, _>>()?;
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let write = *method == Method::POST || *method == Method::PUT;
     match (s.as_slice(), method) {
+        (["publish", "bulk", pubsub, topic @ ..], _) if write => Ok(Route::Call(Op::BulkPublish {
+            pubsub: pubsub.to_string(),
+            topic: topic.join("/"),
+        })),
+        (["publish", "bulk", ..], _) => Err(method_not_allowed(method, path)),
         (["lock", store], &Method::POST) => Ok(Route::Call(Op::Lock {
             store: store.to_string(),
         })),
@@ -244,6 +250,16 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
     let write = *method == Method::POST || *method == Method::PUT;
     let op = match (s.as_slice(), method) {
         (["healthz"], &Method::GET) => return Ok(Route::Healthz),
+        // `bulk` is matched before a pub/sub of that name, as Dapr's router does.
+        (["publish", "bulk", pubsub, topic @ ..], _) if write => Op::BulkPublish {
+            pubsub: pubsub.to_string(),
+            topic: topic.join("/"),
+        },
+        // The topic is the rest of the path: topics may contain `/`.
+        (["publish", pubsub, topic @ ..], _) if write => Op::Publish {
+            pubsub: pubsub.to_string(),
+            topic: topic.join("/"),
+        },
         (["healthz", "outbound"], &Method::GET) => return Ok(Route::HealthzOutbound),
         (["state", store], _) if write => Op::StateSave {
             store: store.to_string(),
@@ -297,7 +313,8 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             | ["state", _, _]
             | ["secrets", _, _]
             | ["metadata"]
-            | ["metadata", _],
+            | ["metadata", _]
+            | ["publish", ..],
             _,
         ) => {
             return Err(method_not_allowed(method, path));
@@ -418,6 +435,45 @@ mod tests {
             }))
         );
         assert_eq!(route(&Method::GET, "/metrics", None), Ok(Route::Metrics));
+    }
+
+    #[test]
+    fn dapr_publish_routes() {
+        let r = |m: Method, p: &str| route(&m, p, None);
+        let publish = |pubsub: &str, topic: &str| {
+            Ok(Route::Call(Op::Publish {
+                pubsub: pubsub.into(),
+                topic: topic.into(),
+            }))
+        };
+        let bulk = |pubsub: &str, topic: &str| {
+            Ok(Route::Call(Op::BulkPublish {
+                pubsub: pubsub.into(),
+                topic: topic.into(),
+            }))
+        };
+        assert_eq!(
+            r(Method::POST, "/v1.0/publish/ps/orders"),
+            publish("ps", "orders")
+        );
+        assert_eq!(
+            r(Method::PUT, "/v1.0/publish/ps/a/b%2Fc"),
+            publish("ps", "a/b/c")
+        );
+        assert_eq!(r(Method::POST, "/v1.0/publish/ps/"), publish("ps", ""));
+        assert_eq!(
+            r(Method::POST, "/v1.0-alpha1/publish/bulk/ps/t/x"),
+            bulk("ps", "t/x")
+        );
+        assert_eq!(r(Method::POST, "/v1.0/publish/bulk/ps/t"), bulk("ps", "t"));
+        assert_eq!(
+            r(Method::GET, "/v1.0/publish/ps/t").unwrap_err().code,
+            codes::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            r(Method::GET, "/v1.0-alpha1/state/s/k").unwrap_err().kind,
+            ErrorKind::NotFound
+        );
     }
 
     #[test]

@@ -10,5 +10,6 @@ pub mod configuration;
 pub mod invoke;
 pub mod lock;
 pub mod metadata;
+pub mod pubsub;
 pub mod secrets;
 pub mod state;

@@ -156,6 +156,20 @@ pub enum Op {
         /// Attribute name.
         attribute: String,
     },
+    /// Publish one event; the body is the event's data, [`Params::content_type`] its type.
+    Publish {
+        /// Pub/sub component name.
+        pubsub: String,
+        /// Topic (may contain `/`).
+        topic: String,
+    },
+    /// Publish many events; body is Dapr's JSON array of `{entryId, event, contentType, metadata}`.
+    BulkPublish {
+        /// Pub/sub component name.
+        pubsub: String,
+        /// Topic (may contain `/`).
+        topic: String,
+    },
 }
 
 impl Op {
@@ -180,6 +194,8 @@ impl Op {
             Op::Binding { .. } => "bindings.invoke",
             Op::MetadataGet => "metadata.get",
             Op::MetadataSet { .. } => "metadata.set",
+            Op::Publish { .. } => "pubsub.publish",
+            Op::BulkPublish { .. } => "pubsub.bulk_publish",
         }
     }
 }
@@ -198,6 +214,10 @@ pub struct Params {
     /// Request headers to pass on, for operations that forward them (invocation). Names are
     /// lower-case; hop-by-hop headers and edgecar's own (`dapr-api-token`) are already removed.
     pub headers: Vec<(String, String)>,
+    /// W3C `tracestate`, carried with `traceparent`.
+    pub tracestate: Option<String>,
+    /// Media type of the body (`Content-Type` in HTTP), for operations whose body is opaque data.
+    pub content_type: Option<String>,
 }
 
 /// One request on the path: transport → policy → building block → component.

@@ -11,6 +11,11 @@ pub mod configuration;
 pub mod lock;
 pub mod lock_memory;
 pub mod lock_redis;
+pub mod pubsub;
+pub mod pubsub_memory;
+pub mod pubsub_mqtt;
+pub mod pubsub_redis;
+pub mod pubsub_sled;
 pub mod secretstore;
 pub mod state;
 pub mod state_memory;
@@ -33,6 +38,11 @@ use binding_cron::Schedule;
 use binding_http::HttpBinding;
 use configuration::ConfigStore;
 use lock::LockStore;
+use pubsub::{FieldErrors, PubSub};
+use pubsub_memory::{MemoryPubSub, MemorySettings};
+use pubsub_mqtt::{MqttPubSub, MqttSettings};
+use pubsub_redis::{RedisPubSub, StreamSettings};
+use pubsub_sled::{SledPubSub, SledSettings};
 use secretstore::SecretStore;
 use state::StateStore;
 use state_redis::{RedisSettings, RedisStore};
@@ -53,6 +63,10 @@ pub const TYPES: &[(&str, &[&str])] = &[
     ("lock.redis", &["v1"]),
     ("secretstores.local.file", &["v1"]),
     ("secretstores.local.env", &["v1"]),
+    ("pubsub.sled", &["v1"]),
+    ("pubsub.in-memory", &["v1"]),
+    ("pubsub.redis", &["v1"]),
+    ("pubsub.mqtt", &["v1"]),
 ];
 
 /// Whether a component type is a secret store (built first; resolves others' `secretKeyRef`s).
@@ -81,6 +95,17 @@ pub struct StateComponent {
     pub key_prefix: KeyPrefix,
 }
 
+/// A loaded pub/sub component and how its subscriptions consume.
+#[derive(Clone)]
+pub struct PubSubComponent {
+    /// The backend.
+    pub bus: Arc<dyn PubSub>,
+    /// `spec.type`, for logs.
+    pub type_name: String,
+    /// Deliveries in flight per subscription (`concurrency`, `concurrencyMode`).
+    pub concurrency: usize,
+}
+
 /// Every loaded component, by name.
 #[derive(Default)]
 pub struct Registry {
@@ -97,6 +122,8 @@ pub struct Registry {
     /// Work components need done for as long as the gateway runs (file watchers, listeners);
     /// the runtime spawns and owns them.
     pub background: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    /// Pub/sub components by name.
+    pub pubsub: HashMap<String, PubSubComponent>,
     /// sled stores, whose expired keys the runtime sweeps.
     pub sled_stores: Vec<SledStore>,
     /// Descriptions for `/v1.0/metadata`, in load order.
@@ -105,16 +132,45 @@ pub struct Registry {
 
 /// The components edgecar runs when no resources path is given: Dapr's default names.
 pub fn embedded_defaults() -> Vec<Component> {
-    vec![Component {
-        name: "statestore".into(),
-        type_name: "state.sled".into(),
+    let embedded = |name: &str, type_name: &str| Component {
+        name: name.into(),
+        type_name: type_name.into(),
         version: "v1".into(),
         metadata: Vec::new(),
         ignore_errors: false,
         init_timeout: Duration::from_secs(5),
         secret_store: None,
         source: "<embedded defaults>".into(),
-    }]
+    };
+    vec![
+        embedded("statestore", "state.sled"),
+        embedded("pubsub", "pubsub.sled"),
+    ]
+}
+
+/// Applies the defaults Dapr's runtime gives pub/sub components before they start: `consumerID`
+/// is the app id when not set, and `{appID}` in any metadata value is replaced by the app id.
+pub fn apply_runtime_defaults(components: &mut [Component], app_id: &str) {
+    use crate::config::resources::MetadataItem;
+    for c in components
+        .iter_mut()
+        .filter(|c| c.type_name.starts_with("pubsub."))
+    {
+        for m in &mut c.metadata {
+            if let MetaValue::Plain(v) = &mut m.value
+                && v.contains("{appID}")
+            {
+                *v = v.replace("{appID}", app_id);
+            }
+        }
+        if c.meta("consumerID").is_none_or(str::is_empty) {
+            c.metadata.retain(|m| m.name != "consumerID");
+            c.metadata.push(MetadataItem {
+                name: "consumerID".into(),
+                value: MetaValue::Plain(app_id.to_owned()),
+            });
+        }
+    }
 }
 
 /// Checks a component against its type; returns every problem.
@@ -185,16 +241,67 @@ pub fn validate(c: &Component) -> Vec<ConfigError> {
             "required: the YAML file of configuration items".into(),
         );
     }
-    if matches!(
+    let redis = matches!(
         c.type_name.as_str(),
-        "state.redis" | "lock.redis" | "configuration.redis"
-    ) && let Err(m) = redis_settings(c)
-    {
+        "state.redis" | "pubsub.redis" | "lock.redis" | "configuration.redis"
+    )
+    .then(|| redis_settings(c));
+    if let Some(Err(m)) = &redis {
         for (field, msg) in m {
-            err(&meta_field(c, field), msg);
+            err(&meta_field(c, field), msg.clone());
         }
     }
+    let pubsub_errors: FieldErrors = match (c.type_name.as_str(), redis) {
+        ("pubsub.sled", _) => SledSettings::from_component(c).err().unwrap_or_default(),
+        ("pubsub.in-memory", _) => MemorySettings::from_component(c).err().unwrap_or_default(),
+        ("pubsub.redis", Some(Ok(r))) => StreamSettings::from_component(c, r)
+            .err()
+            .unwrap_or_default(),
+        _ => FieldErrors::new(),
+    };
+    for (field, msg) in pubsub_errors {
+        err(&meta_field(c, field), msg);
+    }
     errors
+}
+
+fn joined(errors: FieldErrors) -> String {
+    errors
+        .into_iter()
+        .map(|(f, m)| format!("{f}: {m}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn build_pubsub(c: &Component, storage: &Storage) -> Result<PubSubComponent, String> {
+    let (bus, concurrency): (Arc<dyn PubSub>, usize) = match c.type_name.as_str() {
+        "pubsub.sled" => {
+            let s = SledSettings::from_component(c).map_err(joined)?;
+            let n = s.concurrency;
+            (Arc::new(SledPubSub::new(storage, &c.name, s)), n)
+        }
+        "pubsub.in-memory" => {
+            let s = MemorySettings::from_component(c).map_err(joined)?;
+            (Arc::new(MemoryPubSub::new(s)), s.concurrency)
+        }
+        "pubsub.redis" => {
+            let redis = redis_settings(c).map_err(|e| joined(e.into_iter().collect()))?;
+            let s = StreamSettings::from_component(c, redis).map_err(joined)?;
+            let n = s.concurrency;
+            (Arc::new(RedisPubSub::connect(s).await?), n)
+        }
+        "pubsub.mqtt" => {
+            let s = MqttSettings::from_component(c).map_err(joined)?;
+            let n = s.concurrency;
+            (Arc::new(MqttPubSub::connect(s).await?), n)
+        }
+        other => return Err(format!("unknown component type {other:?}")),
+    };
+    Ok(PubSubComponent {
+        bus,
+        type_name: c.type_name.clone(),
+        concurrency,
+    })
 }
 
 fn meta_field(c: &Component, name: &str) -> String {
@@ -352,6 +459,25 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
     let mut reg = Registry::default();
     let mut errors = Vec::new();
     for c in components {
+        if c.type_name.starts_with("pubsub.") {
+            match build_pubsub(c, storage).await {
+                Ok(p) => {
+                    info!(component = %c.name, r#type = %c.type_name, "component loaded");
+                    reg.infos.push(ComponentInfo {
+                        name: c.name.clone(),
+                        type_name: c.type_name.clone(),
+                        version: c.version.clone(),
+                        capabilities: p.bus.features().to_vec(),
+                    });
+                    reg.pubsub.insert(c.name.clone(), p);
+                }
+                Err(m) if c.ignore_errors => {
+                    warn!(component = %c.name, error = %m, "component failed to start; ignored (spec.ignoreErrors)");
+                }
+                Err(m) => errors.push(format!("component {:?} ({}): {m}", c.name, c.type_name)),
+            }
+            continue;
+        }
         if is_secret_store(&c.type_name) {
             // Built earlier (setup), since other components needed them; listed here.
             reg.infos.push(ComponentInfo {

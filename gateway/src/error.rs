@@ -126,4 +126,22 @@ pub mod codes {
     pub const INVOKE_OUTPUT_BINDING: &str = "ERR_INVOKE_OUTPUT_BINDING";
     /// Setting a metadata attribute failed.
     pub const METADATA_SET: &str = "ERR_METADATA_SET";
+    /// No pub/sub component is loaded at all (400).
+    pub const PUBSUB_NOT_CONFIGURED: &str = "ERR_PUBSUB_NOT_CONFIGURED";
+    /// The publish address names no pub/sub component (404).
+    pub const PUBSUB_EMPTY: &str = "ERR_PUBSUB_EMPTY";
+    /// The named pub/sub component does not exist (404).
+    pub const PUBSUB_NOT_FOUND: &str = "ERR_PUBSUB_NOT_FOUND";
+    /// The publish address names no topic (404).
+    pub const TOPIC_NAME_EMPTY: &str = "ERR_TOPIC_NAME_EMPTY";
+    /// Publish metadata (`rawPayload`, `ttlInSeconds`) could not be read (400).
+    pub const PUBSUB_REQUEST_METADATA: &str = "ERR_PUBSUB_REQUEST_METADATA";
+    /// A CloudEvent could not be built from the request (Dapr answers 500).
+    pub const PUBSUB_CLOUD_EVENTS_SER: &str = "ERR_PUBSUB_CLOUD_EVENTS_SER";
+    /// A bulk publish body or one of its entries could not be read (400).
+    pub const PUBSUB_EVENTS_SER: &str = "ERR_PUBSUB_EVENTS_SER";
+    /// The component failed to take the message (500).
+    pub const PUBSUB_PUBLISH_MESSAGE: &str = "ERR_PUBSUB_PUBLISH_MESSAGE";
+    /// Policy forbids the caller this topic (403).
+    pub const PUBSUB_FORBIDDEN: &str = "ERR_PUBSUB_FORBIDDEN";
 }

@@ -19,12 +19,17 @@
 //! - [`error`]: the one error type; [`api`] alone maps it to HTTP statuses.
 //! - [`transport`]: wire formats to calls (HTTP today).
 //! - [`policy`]: what a caller may do.
-//! - [`blocks`]: Dapr semantics (state, invocation, secrets, capabilities, metadata), written
-//!   once for all transports.
-//! - [`setup`]: resource documents (components, access control, resiliency) checked and prepared.
+//! - [`blocks`]: Dapr semantics (state, pub/sub, invocation, bindings, secrets, configuration,
+//!   locks, capabilities, metadata), written once for all transports.
+//! - [`setup`]: resource documents (components, subscriptions, access control, resiliency,
+//!   capabilities) checked and prepared.
 //! - [`resilience`]: Dapr resiliency policies applied around the gateway's own calls.
-//! - [`components`]: backends by `spec.type` (`state.sled`, `state.redis`, `state.in-memory`).
+//! - [`queue`]: the durable queue on sled (local pub/sub now; the outbox and mailbox next).
+//! - [`components`]: backends by `spec.type` (`state.*`, `pubsub.*`, `bindings.*`,
+//!   `secretstores.*`, `configuration.*`, `lock.*`).
 //! - [`storage`]: the one embedded database and its group commit.
+//! - [`queue`]: the durable queue on that database (append, lease/ack, bounds), for local pub/sub
+//!   now and the device mailbox and cloud outbox next.
 //! - [`runtime`]: wires the path together; [`run`] starts and stops the whole gateway.
 //! - [`observability`]: logging set-up.
 
@@ -36,6 +41,7 @@ pub mod config;
 pub mod error;
 pub mod observability;
 pub mod policy;
+pub mod queue;
 pub mod resilience;
 pub mod runtime;
 pub mod setup;
@@ -58,6 +64,8 @@ pub use runtime::Runtime;
 use blocks::capabilities::{AppInvoker, CapabilitiesBlock};
 use blocks::invoke::InvokeBlock;
 use blocks::metadata::MetadataBlock;
+use blocks::pubsub::PubSubBlock;
+use blocks::pubsub::delivery;
 use blocks::secrets::SecretsBlock;
 use blocks::state::StateBlock;
 use components::state_sled::SledStore;
@@ -118,6 +126,8 @@ pub async fn run(
     // gateway starts is noticed rather than lost.
     let resources_seen = blocks::capabilities::newest_change(&cfg.resources_paths);
     let storage = storage::Storage::open(&cfg.state_dir, cfg.storage.cache_capacity.0).await?;
+    let mut setup = setup;
+    components::apply_runtime_defaults(&mut setup.components, &cfg.app_id);
     let registry = components::build(&setup.components, &storage)
         .await
         .map_err(StartError::Components)?;
@@ -133,7 +143,7 @@ pub async fn run(
     let invoke = Arc::new(InvokeBlock::new(
         apps,
         setup.access_control,
-        setup.resiliency,
+        setup.resiliency.clone(),
         usize::try_from(cfg.http.max_body_size.0).unwrap_or(usize::MAX),
     ));
     let secrets = Arc::new(SecretsBlock::new(setup.secret_stores, setup.secret_scopes));
@@ -150,6 +160,7 @@ pub async fn run(
                 .collect(),
         )
     })?;
+    let subscriptions = delivery::ActiveSubscriptions::default();
     let metadata = MetadataBlock::new(
         cfg.app_id.clone(),
         cfg.site.clone(),
@@ -157,7 +168,9 @@ pub async fn run(
         cfg.app.address.clone(),
         registry.infos.clone(),
         invoke.apps(),
-    );
+    )
+    .with_subscriptions(subscriptions.clone());
+    let pubsub = Arc::new(PubSubBlock::new(cfg.app_id.clone(), registry.pubsub));
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),
         state: StateBlock::new(registry.state, cfg.limits.clone()),
@@ -172,6 +185,7 @@ pub async fn run(
         ),
         capabilities: CapabilitiesBlock::new(engine.clone()),
         metadata,
+        pubsub: pubsub.clone(),
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(sweep(registry.sled_stores, cfg.storage.sweep_interval.0));
@@ -198,6 +212,22 @@ pub async fn run(
             resources_seen,
         ));
     }
+    // Subscriptions run until shutdown begins, then settle what is in flight.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app =
+        (cfg.app.port != 0).then(|| delivery::AppChannel::new(&cfg.app.address, cfg.app.port));
+    let subscriber = tokio::spawn(delivery::run(
+        pubsub,
+        setup.subscriptions,
+        app,
+        setup.resiliency,
+        subscriptions,
+        stop_rx,
+    ));
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
 
     let api = Arc::new(HttpApi {
         runtime,
@@ -208,6 +238,14 @@ pub async fn run(
         info!(%addr, app_id = %cfg.app_id, "Dapr HTTP API listening");
     }
     transport::http::serve(listener, api, shutdown, cfg.shutdown_timeout.0).await;
+    let abort = subscriber.abort_handle();
+    if tokio::time::timeout(cfg.shutdown_timeout.0, subscriber)
+        .await
+        .is_err()
+    {
+        warn!("deliveries still in flight at the shutdown timeout; they will be redelivered");
+        abort.abort();
+    }
     tasks.abort_all();
     if let Err(e) = storage.sync().await {
         warn!(error = %e, "final database flush failed");

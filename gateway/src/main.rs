@@ -120,7 +120,7 @@ fn check_config(args: &RunArgs) -> ExitCode {
                 }
             };
             println!(
-                "ok: config {} (app id {:?}, site {:?}); components: {}; capabilities: {}",
+                "ok: config {} (app id {:?}, site {:?}); components: {}; capabilities: {}; declarative subscriptions: {}",
                 file.display(),
                 cfg.app_id,
                 cfg.site,
@@ -132,6 +132,13 @@ fn check_config(args: &RunArgs) -> ExitCode {
                         .collect()
                 ),
                 names(setup.manifests.iter().map(|m| m.name.clone()).collect()),
+                names(
+                    setup
+                        .subscriptions
+                        .iter()
+                        .map(|s| format!("{}/{}", s.pubsub, s.topic))
+                        .collect()
+                ),
             );
             ExitCode::SUCCESS
         }

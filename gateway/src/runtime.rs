@@ -3,6 +3,8 @@
 //! `authorize(caller, op)` first, then the building block that owns the operation. Transports hold
 //! an `Arc<Runtime>` and call [`Runtime::handle`]; nothing here knows which transport asked.
 
+use std::sync::Arc;
+
 use tracing::debug;
 
 use crate::blocks::bindings::BindingsBlock;
@@ -11,6 +13,7 @@ use crate::blocks::configuration::ConfigurationBlock;
 use crate::blocks::invoke::InvokeBlock;
 use crate::blocks::lock::LockBlock;
 use crate::blocks::metadata::MetadataBlock;
+use crate::blocks::pubsub::PubSubBlock;
 use crate::blocks::secrets::SecretsBlock;
 use crate::blocks::state::StateBlock;
 use crate::call::{Call, Op, Reply};
@@ -37,6 +40,8 @@ pub struct Runtime {
     pub capabilities: CapabilitiesBlock,
     /// The metadata building block.
     pub metadata: MetadataBlock,
+    /// The pub/sub building block (shared with the subscription manager).
+    pub pubsub: Arc<PubSubBlock>,
 }
 
 impl Runtime {
@@ -105,6 +110,16 @@ impl Runtime {
             Op::Binding { name } => self.bindings.invoke(name, &call.body).await,
             Op::MetadataGet => self.metadata.get(),
             Op::MetadataSet { attribute } => self.metadata.set(attribute, &call.body),
+            Op::Publish { pubsub, topic } => {
+                self.pubsub
+                    .publish(caller, pubsub, topic, &call.body, &call.params)
+                    .await
+            }
+            Op::BulkPublish { pubsub, topic } => {
+                self.pubsub
+                    .bulk_publish(caller, pubsub, topic, &call.body, &call.params)
+                    .await
+            }
         };
         if let Err(e) = &result {
             debug!(caller = %call.caller, op = call.op.name(), code = e.code, error = %e.message, "call failed");

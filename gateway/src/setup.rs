@@ -17,6 +17,7 @@ use edgecar_capabilities::{
 
 use std::collections::HashMap;
 
+use crate::blocks::pubsub::subscription::{self, Subscription};
 use crate::blocks::secrets::SecretsBlock;
 use crate::components;
 use crate::components::secretstore::SecretStore;
@@ -40,6 +41,8 @@ pub struct Setup {
     pub resiliency: Vec<Resiliency>,
     /// Capability manifests (`kind: Capability`), validated.
     pub manifests: Vec<Manifest>,
+    /// Declarative subscriptions (`kind: Subscription`) for this app id, validated.
+    pub subscriptions: Vec<Subscription>,
     /// Notes for the operator: documents read but not used by this build.
     pub notes: Vec<String>,
 }
@@ -65,6 +68,16 @@ pub fn prepare(cfg: &Config) -> (Setup, Vec<ConfigError>) {
         errors.extend(components::validate(c));
     }
     setup.components = comps;
+    let (subs, sub_errors) = subscription::load_declarative(&documents, &cfg.app_id);
+    errors.extend(sub_errors);
+    let pubsubs: Vec<&str> = setup
+        .components
+        .iter()
+        .filter(|c| c.type_name.starts_with("pubsub."))
+        .map(|c| c.name.as_str())
+        .collect();
+    errors.extend(subscription::check_components(&subs, &pubsubs));
+    setup.subscriptions = subs;
     let mut configurations = 0;
     let mut sources: Vec<(String, PathBuf)> = Vec::new();
     for doc in documents {
@@ -96,6 +109,8 @@ pub fn prepare(cfg: &Config) -> (Setup, Vec<ConfigError>) {
                         .map(|f| ConfigError::new(&doc.source, f.path.clone(), f.message.clone())),
                 ),
             },
+            // Read below, all together, by the pub/sub block's own loader.
+            "Subscription" => {}
             "Capability" => match parse_manifest(&doc.value) {
                 Ok(m) => {
                     sources.push((m.name.clone(), doc.source.clone()));

@@ -404,6 +404,95 @@ impl AppRequest {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The body as JSON (panics with the body if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// A request as a [`SubscriberApp`] saw it (the same record as a [`TestApp`]'s).
+pub type Recorded = AppRequest;
+
+/// How a [`SubscriberApp`] answers a request: status and JSON body.
+pub type Responder = dyn Fn(&Recorded) -> (u16, String) + Send + Sync;
+
+/// The app behind edgecar for pub/sub tests: a [`TestApp`] that answers `GET /dapr/subscribe` with
+/// the subscriptions it was given and every other request as its (replaceable) responder says.
+pub struct SubscriberApp {
+    /// The app underneath.
+    pub app: TestApp,
+    /// Its port.
+    pub port: u16,
+    responder: Arc<Mutex<Arc<Responder>>>,
+}
+
+impl SubscriberApp {
+    /// Starts on a free port.
+    pub fn start(
+        subscribe: &str,
+        respond: impl Fn(&Recorded) -> (u16, String) + Send + Sync + 'static,
+    ) -> SubscriberApp {
+        Self::start_on(0, subscribe, respond)
+    }
+
+    /// Starts on `port` (0 for a free one); for an app that must come back on the same port.
+    pub fn start_on(
+        port: u16,
+        subscribe: &str,
+        respond: impl Fn(&Recorded) -> (u16, String) + Send + Sync + 'static,
+    ) -> SubscriberApp {
+        let responder: Arc<Mutex<Arc<Responder>>> = Arc::new(Mutex::new(Arc::new(respond)));
+        let (subscribe, current) = (subscribe.to_owned(), responder.clone());
+        let app = TestApp::start_on(port, move |r| {
+            let (status, body) = if r.path == "/dapr/subscribe" {
+                (200, subscribe.clone())
+            } else {
+                let respond = current.lock().unwrap().clone();
+                respond(r)
+            };
+            AppResponse::new(status, body).header("content-type", "application/json")
+        });
+        SubscriberApp {
+            port: app.port,
+            app,
+            responder,
+        }
+    }
+
+    /// Replaces how the app answers from now on.
+    pub fn respond_with(
+        &self,
+        respond: impl Fn(&Recorded) -> (u16, String) + Send + Sync + 'static,
+    ) {
+        *self.responder.lock().unwrap() = Arc::new(respond);
+    }
+
+    /// Every request received so far (not counting `/dapr/subscribe`).
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.app
+            .received()
+            .into_iter()
+            .filter(|r| r.path != "/dapr/subscribe")
+            .collect()
+    }
+
+    /// Requests received on `path`.
+    pub fn on(&self, path: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// Waits until `n` requests arrived on `path`; returns them.
+    pub fn wait_for(&self, path: &str, n: usize, timeout: Duration) -> Vec<Recorded> {
+        eventually(timeout, &format!("{n} request(s) on {path}"), || {
+            let got = self.on(path);
+            (got.len() >= n).then_some(got)
+        })
+    }
 }
 
 /// What a [`TestApp`] answers: status, extra headers, body, and a delay before answering.
@@ -459,7 +548,10 @@ impl TestApp {
         port: u16,
         handler: impl Fn(&AppRequest) -> AppResponse + Send + Sync + 'static,
     ) -> TestApp {
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind test app");
+        // A previous app on the same port may still be letting go of it.
+        let listener = eventually(Duration::from_secs(10), "the test app's port", || {
+            TcpListener::bind(("127.0.0.1", port)).ok()
+        });
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("addr").port();
         let requests: Arc<Mutex<Vec<AppRequest>>> = Arc::default();
@@ -575,5 +667,112 @@ fn serve_one(
         {
             return;
         }
+    }
+}
+
+/// A `mosquitto` broker started for one test on a free port (loopback, anonymous, in memory).
+pub struct MosquittoServer {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl MosquittoServer {
+    /// Starts a private mosquitto and waits until it accepts connections.
+    pub fn start() -> MosquittoServer {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = free_port();
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            )
+            .expect("write mosquitto.conf");
+            let child = Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mosquitto not found: install it (scripts/test.sh does: apt-get install mosquitto)");
+            let mut server = MosquittoServer {
+                child,
+                port,
+                _dir: dir,
+            };
+            let up = (0..250).any(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            if up {
+                return server;
+            }
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+        }
+        panic!("could not start mosquitto");
+    }
+
+    /// `tcp://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    /// Publishes with `mosquitto_pub` (QoS 1).
+    pub fn publish(&self, topic: &str, payload: &str) {
+        let st = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-m",
+                payload,
+            ])
+            .status()
+            .expect("mosquitto_pub not found (apt-get install mosquitto-clients)");
+        assert!(st.success(), "mosquitto_pub failed");
+    }
+
+    /// Starts `mosquitto_sub` on `topic`, printing each message on its own line; returns the child
+    /// and the lines it has printed so far.
+    pub fn subscribe(&self, topic: &str) -> (Child, Arc<Mutex<Vec<String>>>) {
+        let mut child = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                topic,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub not found (apt-get install mosquitto-clients)");
+        let out = child.stdout.take().expect("stdout");
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        (child, lines)
+    }
+}
+
+impl Drop for MosquittoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -32,7 +32,10 @@ fn metadata_describes_the_sidecar_and_keeps_extended_attributes() {
         serde_json::json!(["ETAG", "TRANSACTIONAL", "TTL"])
     );
     assert_eq!(m["appConnectionProperties"]["port"], 6000);
-    assert_eq!(m["apps"], serde_json::json!([{"appId": "checkout", "address": "http://127.0.0.1:6000"}]));
+    assert_eq!(
+        m["apps"],
+        serde_json::json!([{"appId": "checkout", "address": "http://127.0.0.1:6000"}])
+    );
 
     let r = ec.req("PUT", "/v1.0/metadata/owner", b"line 3", &[]);
     assert_eq!(r.status, 204);

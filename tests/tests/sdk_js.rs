@@ -50,3 +50,47 @@ fn dapr_javascript_sdk_works_with_an_api_token() {
         &[("DAPR_API_TOKEN", "tok-123"), ("EXPECT_APP_ID", "sdkapp")],
     );
 }
+
+/// The SDK's DaprServer subscribes and its DaprClient publishes, through edgecar's pub/sub.
+#[test]
+fn dapr_javascript_sdk_pubsub_works_unchanged() {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    assert!(
+        js.join("node_modules/@dapr/dapr").exists(),
+        "the Dapr JS SDK is not installed: run `npm ci --prefix tests/js` (scripts/test.sh does)"
+    );
+    let res = tempfile::tempdir().unwrap();
+    // Retries come quickly so the RETRY check does not wait for the default backoff.
+    std::fs::write(
+        res.path().join("resiliency.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: r\nspec:\n  policies:\n    retries:\n      quick:\n        policy: constant\n        duration: 100ms\n        maxRetries: 10\n  targets:\n    components:\n      pubsub:\n        inbound:\n          retry: quick\n",
+    )
+    .unwrap();
+    edgecar_tests::write_component(res.path(), "pubsub", "pubsub.sled", &[]);
+    let app_port = edgecar_tests::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let ec = Edgecar::start(
+        dir.path(),
+        &[
+            "--app-port",
+            &app_port.to_string(),
+            "--resources-path",
+            res.path().to_str().unwrap(),
+        ],
+    );
+    let out = Command::new("node")
+        .arg("pubsub.mjs")
+        .current_dir(&js)
+        .env("DAPR_HTTP_PORT", ec.port.to_string())
+        .env("APP_PORT", app_port.to_string())
+        .env_remove("DAPR_API_TOKEN")
+        .output()
+        .expect("node not found: install nodejs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "Dapr JS SDK pub/sub run failed:\n{stdout}\n{}\nedgecar log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ec.log.lock().unwrap()
+    );
+}

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use serde_json::json;
 
+use crate::blocks::pubsub::delivery::ActiveSubscriptions;
 use crate::call::Reply;
 use crate::components::ComponentInfo;
 use crate::error::{Error, ErrorKind, codes};
@@ -34,6 +35,8 @@ pub struct MetadataBlock {
     apps: Vec<(String, String)>,
     /// Attributes set by apps; edgecar's own (`edgecarVersion`, `site`) are added on read.
     extended: Mutex<BTreeMap<String, String>>,
+    /// Subscriptions really running (they start once the app answers).
+    subscriptions: ActiveSubscriptions,
 }
 
 impl MetadataBlock {
@@ -54,7 +57,14 @@ impl MetadataBlock {
             components,
             apps,
             extended: Mutex::new(BTreeMap::new()),
+            subscriptions: ActiveSubscriptions::default(),
         }
+    }
+
+    /// Reports the subscriptions in this list (filled by the subscription manager).
+    pub fn with_subscriptions(mut self, subscriptions: ActiveSubscriptions) -> Self {
+        self.subscriptions = subscriptions;
+        self
     }
 
     /// `GET /v1.0/metadata`.
@@ -88,6 +98,11 @@ impl MetadataBlock {
                 })
             })
             .collect();
+        let subscriptions: Vec<_> = self
+            .subscriptions
+            .read()
+            .map(|subs| subs.iter().map(|s| s.info()).collect())
+            .unwrap_or_default();
         let mut body = json!({
             "id": self.app_id,
             "runtimeVersion": format!("edgecar-{}", env!("CARGO_PKG_VERSION")),
@@ -95,7 +110,7 @@ impl MetadataBlock {
             "actors": [],
             "components": components,
             "extended": extended,
-            "subscriptions": [],
+            "subscriptions": subscriptions,
             "httpEndpoints": [],
             // edgecar's own: the apps service invocation can reach from this gateway.
             "apps": self.apps.iter().map(|(id, url)| json!({"appId": id, "address": url})).collect::<Vec<_>>(),

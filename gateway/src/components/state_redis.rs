@@ -173,6 +173,19 @@ pub async fn connect(s: &RedisSettings) -> Result<ConnectionManager, StoreError>
     Ok(conn)
 }
 
+/// As [`connect`], with another per-command timeout (a blocking stream read waits longer than a
+/// state read), and the error as text.
+pub async fn connect_manager(
+    s: &RedisSettings,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, String> {
+    let settings = RedisSettings {
+        response_timeout,
+        ..s.clone()
+    };
+    connect(&settings).await.map_err(|e| e.to_string())
+}
+
 impl RedisStore {
     /// Connects to Redis, failing if it cannot within `connect_timeout`.
     pub async fn connect(s: &RedisSettings) -> Result<Self, StoreError> {

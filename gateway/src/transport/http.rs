@@ -141,6 +141,8 @@ impl HttpApi {
                 .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
                 .collect();
         }
+        params.tracestate = header_str("tracestate");
+        params.content_type = header_str("content-type");
         let body = self.read_body(req).await?;
         let call = Call {
             caller: Caller::LocalApp {

@@ -1,0 +1,429 @@
+//! The pub/sub building block: Dapr's publish API and subscription delivery over any pub/sub
+//! component.
+//!
+//! Publishing (this file) validates the address in Dapr's order (not configured → empty name →
+//! unknown component → empty topic), reads the publish metadata (`rawPayload`, `ttlInSeconds`,
+//! `cloudevent.*` overrides), wraps the data in a CloudEvent exactly as Dapr does
+//! ([`cloudevent`]) unless it is raw or already a CloudEvent, and hands it to the component.
+//! Bulk publish does the same per entry and answers with Dapr's `failedEntries` shape.
+//!
+//! - [`cloudevent`]: the envelopes.
+//! - [`rules`]: the CEL subset of routing rules (`match`).
+//! - [`subscription`]: subscriptions, declarative (YAML) and programmatic (`/dapr/subscribe`).
+//! - [`delivery`]: delivery to the app (status handling, retries, dead letters) and the
+//!   subscription manager that runs the consumers.
+
+pub mod cloudevent;
+pub mod delivery;
+pub mod rules;
+pub mod subscription;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::call::{Caller, Params, Reply};
+use crate::components::PubSubComponent;
+use crate::components::pubsub::{OutMessage, PubSubError};
+use crate::error::{Error, ErrorKind, codes};
+use crate::queue::unix_ms;
+use cloudevent::{Attributes, Envelope};
+
+/// Longest topic name accepted.
+const MAX_TOPIC_LEN: usize = 1024;
+
+/// The pub/sub building block.
+pub struct PubSubBlock {
+    /// This sidecar's app id: the `source` of the events it publishes.
+    app_id: String,
+    /// Loaded pub/sub components by name.
+    buses: HashMap<String, PubSubComponent>,
+}
+
+/// Publish options read from `metadata.*`.
+struct PublishMeta {
+    raw: bool,
+    ttl_secs: Option<u64>,
+}
+
+/// Go's `strconv.ParseBool`, which Dapr uses for `rawPayload`.
+fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// A metadata value by case-insensitive name (Dapr decodes these with mapstructure, which
+/// ignores case).
+fn meta_ci<'a>(meta: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    meta.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn request_metadata_error(pubsub: &str, msg: String) -> Error {
+    Error::new(
+        ErrorKind::BadRequest,
+        codes::PUBSUB_REQUEST_METADATA,
+        format!("failed deserializing metadata of pubsub {pubsub}. Error: {msg}"),
+    )
+}
+
+fn read_meta(pubsub: &str, meta: &HashMap<String, String>) -> Result<PublishMeta, Error> {
+    let raw = match meta_ci(meta, "rawPayload").filter(|v| !v.is_empty()) {
+        None => false,
+        Some(v) => parse_go_bool(v).ok_or_else(|| {
+            request_metadata_error(pubsub, format!("rawPayload {v:?} is not a boolean"))
+        })?,
+    };
+    let ttl_secs = match meta_ci(meta, "ttlInSeconds").filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => Some(v.parse::<u64>().map_err(|_| {
+            request_metadata_error(
+                pubsub,
+                format!("ttlInSeconds {v:?} is not a whole number of seconds"),
+            )
+        })?),
+    };
+    Ok(PublishMeta { raw, ttl_secs })
+}
+
+/// Dapr's `ERR_PUBSUB_PUBLISH_MESSAGE` for a component failure.
+fn publish_error(pubsub: &str, topic: &str, e: &PubSubError) -> Error {
+    Error::new(
+        ErrorKind::Upstream,
+        codes::PUBSUB_PUBLISH_MESSAGE,
+        format!("error when publishing to topic {topic} in pubsub {pubsub}: {e}"),
+    )
+}
+
+fn events_error(pubsub: &str, topic: &str, msg: &str) -> Error {
+    Error::new(
+        ErrorKind::BadRequest,
+        codes::PUBSUB_EVENTS_SER,
+        format!("error marshaling events to bytes for topic {topic} pubsub {pubsub}. error: {msg}"),
+    )
+}
+
+/// What one event needs to be enveloped.
+struct EventIn<'a> {
+    data: &'a [u8],
+    content_type: &'a str,
+    metadata: &'a HashMap<String, String>,
+}
+
+impl PubSubBlock {
+    /// A block over the loaded pub/sub components.
+    pub fn new(app_id: String, buses: HashMap<String, PubSubComponent>) -> Self {
+        PubSubBlock { app_id, buses }
+    }
+
+    /// This sidecar's app id.
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+
+    /// A component by name.
+    pub fn component(&self, name: &str) -> Option<&PubSubComponent> {
+        self.buses.get(name)
+    }
+
+    /// Names of the loaded components.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.buses.keys().map(String::as_str)
+    }
+
+    /// Finds the component, checking the address in Dapr's order.
+    fn resolve(&self, pubsub: &str, topic: &str) -> Result<&PubSubComponent, Error> {
+        if self.buses.is_empty() {
+            return Err(Error::new(
+                ErrorKind::BadRequest,
+                codes::PUBSUB_NOT_CONFIGURED,
+                "pubsub is not configured",
+            ));
+        }
+        if pubsub.is_empty() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                codes::PUBSUB_EMPTY,
+                "pubsub name is empty",
+            ));
+        }
+        let bus = self.buses.get(pubsub).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                codes::PUBSUB_NOT_FOUND,
+                format!("pubsub {pubsub} not found"),
+            )
+        })?;
+        if topic.is_empty() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                codes::TOPIC_NAME_EMPTY,
+                format!("topic is empty in pubsub {pubsub}"),
+            ));
+        }
+        if topic.len() > MAX_TOPIC_LEN {
+            return Err(Error::malformed(format!(
+                "topic is {} bytes long; the limit is {MAX_TOPIC_LEN}",
+                topic.len()
+            )));
+        }
+        Ok(bus)
+    }
+
+    /// Builds the bytes to publish for one event: a CloudEvent (new or passed through) unless
+    /// raw. Returns the bytes and, for raw messages with a TTL, when the component may drop them.
+    fn envelope(
+        &self,
+        pubsub: &str,
+        topic: &str,
+        ev: &EventIn<'_>,
+        meta: &PublishMeta,
+        params: &Params,
+    ) -> Result<(Bytes, Option<u64>), Error> {
+        let now = unix_ms();
+        if meta.raw {
+            let expires = meta
+                .ttl_secs
+                .map(|t| now.saturating_add(t.saturating_mul(1000)));
+            return Ok((Bytes::copy_from_slice(ev.data), expires));
+        }
+        let over = |k: &str| meta_ci(ev.metadata, k).map(str::to_owned);
+        let traceparent = over("cloudevent.traceparent")
+            .or_else(|| over("cloudevent.traceid"))
+            .unwrap_or_else(|| cloudevent::child_traceparent(params.traceparent.as_deref()));
+        let tracestate = over("cloudevent.tracestate")
+            .or_else(|| params.tracestate.clone())
+            .unwrap_or_default();
+        let mut ce: Envelope = if cloudevent::is_cloudevent(ev.content_type) {
+            cloudevent::from_cloudevent(ev.data, topic, pubsub, &traceparent, &tracestate, now)
+                .map_err(|m| {
+                    // Dapr answers 500 for an unreadable CloudEvent.
+                    Error::new(
+                        ErrorKind::Internal,
+                        codes::PUBSUB_CLOUD_EVENTS_SER,
+                        format!("cannot create cloudevent: {m}"),
+                    )
+                })?
+        } else {
+            cloudevent::new_envelope(
+                Attributes {
+                    id: over("cloudevent.id").unwrap_or_default(),
+                    source: over("cloudevent.source").unwrap_or_else(|| self.app_id.clone()),
+                    event_type: over("cloudevent.type").unwrap_or_default(),
+                    data_content_type: ev.content_type.to_owned(),
+                    topic: topic.to_owned(),
+                    pubsub: pubsub.to_owned(),
+                    traceparent,
+                    tracestate,
+                },
+                ev.data,
+                now,
+            )
+        };
+        if let Some(ttl) = meta.ttl_secs {
+            cloudevent::apply_ttl(&mut ce, ttl, now);
+        }
+        // The expiry rides in the envelope; the subscriber side drops (or dead-letters) the
+        // expired event, as Dapr does, so the component keeps it until then.
+        Ok((Bytes::from(cloudevent::to_bytes(&ce)), None))
+    }
+
+    /// `POST /v1.0/publish/<pubsub>/<topic>`.
+    pub async fn publish(
+        &self,
+        _caller: &Caller,
+        pubsub: &str,
+        topic: &str,
+        body: &Bytes,
+        params: &Params,
+    ) -> Result<Reply, Error> {
+        let bus = self.resolve(pubsub, topic)?;
+        let meta = read_meta(pubsub, &params.metadata)?;
+        let ev = EventIn {
+            data: body,
+            content_type: params.content_type.as_deref().unwrap_or_default(),
+            metadata: &params.metadata,
+        };
+        let (data, expires_at_ms) = self.envelope(pubsub, topic, &ev, &meta, params)?;
+        bus.bus
+            .publish(OutMessage {
+                topic: topic.to_owned(),
+                data,
+                metadata: params.metadata.clone(),
+                expires_at_ms,
+            })
+            .await
+            .map_err(|e| publish_error(pubsub, topic, &e))?;
+        Ok(Reply::no_content())
+    }
+
+    /// `POST /v1.0-alpha1/publish/bulk/<pubsub>/<topic>` (and the v1.0 path).
+    pub async fn bulk_publish(
+        &self,
+        _caller: &Caller,
+        pubsub: &str,
+        topic: &str,
+        body: &Bytes,
+        params: &Params,
+    ) -> Result<Reply, Error> {
+        let bus = self.resolve(pubsub, topic)?;
+        let meta = read_meta(pubsub, &params.metadata)?;
+        let entries: Vec<BTreeMap<String, Box<RawValue>>> =
+            serde_json::from_slice(body).map_err(|e| {
+                Error::new(
+                    ErrorKind::BadRequest,
+                    codes::PUBSUB_EVENTS_SER,
+                    format!(
+                        "error when unmarshaling the request for topic {topic} pubsub {pubsub}: {e}"
+                    ),
+                )
+            })?;
+        let mut ids = HashSet::new();
+        let mut prepared = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let e = BulkEntry::read(entry).map_err(|m| events_error(pubsub, topic, &m))?;
+            if e.entry_id.is_empty() || !ids.insert(e.entry_id.clone()) {
+                return Err(events_error(
+                    pubsub,
+                    topic,
+                    "entryId is duplicated or not present for entry",
+                ));
+            }
+            let mut metadata = params.metadata.clone();
+            metadata.extend(e.metadata.clone());
+            prepared.push((e, metadata));
+        }
+        let mut messages = Vec::with_capacity(prepared.len());
+        for (e, metadata) in &prepared {
+            let ev = EventIn {
+                data: &e.data,
+                content_type: &e.content_type,
+                metadata,
+            };
+            // Each entry may carry its own ttlInSeconds; rawPayload is per request (Dapr's rule).
+            let entry_meta = PublishMeta {
+                raw: meta.raw,
+                ttl_secs: read_meta(pubsub, metadata)?.ttl_secs,
+            };
+            let (data, expires_at_ms) = self.envelope(pubsub, topic, &ev, &entry_meta, params)?;
+            messages.push(OutMessage {
+                topic: topic.to_owned(),
+                data,
+                metadata: metadata.clone(),
+                expires_at_ms,
+            });
+        }
+        let results = bus.bus.publish_many(messages).await;
+        let failed: Vec<serde_json::Value> = prepared
+            .iter()
+            .zip(results)
+            .filter_map(|((e, _), r)| {
+                r.err().map(|err| {
+                    serde_json::json!({
+                        "entryId": e.entry_id,
+                        "error": publish_error(pubsub, topic, &err).message,
+                    })
+                })
+            })
+            .collect();
+        if failed.is_empty() {
+            return Ok(Reply::no_content());
+        }
+        let body = serde_json::json!({
+            "failedEntries": failed,
+            "errorCode": codes::PUBSUB_PUBLISH_MESSAGE,
+        });
+        Ok(Reply {
+            status: 500,
+            ..Reply::json(serde_json::to_vec(&body).unwrap_or_default())
+        })
+    }
+
+    /// Publishes bytes that already are what the subscriber should get (dead-lettering).
+    pub async fn forward(
+        &self,
+        pubsub: &str,
+        topic: &str,
+        data: Bytes,
+        metadata: HashMap<String, String>,
+    ) -> Result<(), PubSubError> {
+        let bus = self
+            .buses
+            .get(pubsub)
+            .ok_or_else(|| PubSubError::Backend(format!("pubsub {pubsub} not found")))?;
+        bus.bus
+            .publish(OutMessage {
+                topic: topic.to_owned(),
+                data,
+                metadata,
+                expires_at_ms: None,
+            })
+            .await
+    }
+}
+
+/// One entry of a bulk publish request, read as Dapr's Go decoder reads it: field names match
+/// case-insensitively, so the JS SDK's `entryID` and the documented `entryId` both work.
+struct BulkEntry {
+    entry_id: String,
+    data: Vec<u8>,
+    content_type: String,
+    metadata: HashMap<String, String>,
+}
+
+impl BulkEntry {
+    fn read(entry: &BTreeMap<String, Box<RawValue>>) -> Result<BulkEntry, String> {
+        let field = |name: &str| {
+            entry
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        };
+        let string = |name: &str| -> Result<String, String> {
+            match field(name) {
+                None => Ok(String::new()),
+                Some(v) if v.get() == "null" => Ok(String::new()),
+                Some(v) => serde_json::from_str::<String>(v.get())
+                    .map_err(|_| format!("{name} must be a string")),
+            }
+        };
+        let entry_id = string("entryId")?;
+        let content_type = string("contentType")?;
+        let metadata = match field("metadata") {
+            None => HashMap::new(),
+            Some(v) if v.get() == "null" => HashMap::new(),
+            Some(v) => serde_json::from_str::<HashMap<String, String>>(v.get())
+                .map_err(|_| "metadata must be an object of strings".to_owned())?,
+        };
+        let event = field("event").map_or("null", |v| v.get());
+        let mismatch = || "error: mismatch between contentType and event".to_owned();
+        // Dapr's ConvertEventToBytes.
+        let data = if cloudevent::is_binary(&content_type) {
+            let s: String = serde_json::from_str(event).map_err(|_| mismatch())?;
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|e| {
+                    format!("error: unable to decode base64 application/octet-stream data: {e}")
+                })?
+        } else if cloudevent::is_string(&content_type) {
+            let s: String = serde_json::from_str(event).map_err(|_| mismatch())?;
+            s.into_bytes()
+        } else if cloudevent::is_json(&content_type) || cloudevent::is_cloudevent(&content_type) {
+            event.as_bytes().to_vec()
+        } else {
+            return Err(mismatch());
+        };
+        Ok(BulkEntry {
+            entry_id,
+            data,
+            content_type,
+            metadata,
+        })
+    }
+}

@@ -1,0 +1,461 @@
+//! CloudEvents 1.0 envelopes exactly as Dapr builds them (components-contrib `pubsub/envelope.go`).
+//!
+//! An envelope is a map from attribute name to *raw* JSON text: serialising it gives sorted keys,
+//! as Go's `json.Marshal` of a map does, and the event's `data` keeps its numbers and text exactly
+//! as the publisher sent them (Dapr decodes with `UseNumber` for the same reason).
+//!
+//! - [`new_envelope`]: wraps published data (`data` for JSON and text, `data_base64` for
+//!   `application/octet-stream`), with id, source (the app id), type `com.dapr.event.sent`,
+//!   specversion 1.0, datacontenttype (default `text/plain`), time, topic, pubsubname and trace
+//!   context.
+//! - [`from_cloudevent`]: a body published as `application/cloudevents+json`, passed through with
+//!   topic, pubsubname and trace context set and missing source/type/specversion/time filled.
+//! - [`from_raw_payload`]: what a `rawPayload` subscription receives: the bytes as `data_base64`.
+//! - [`apply_ttl`] and [`has_expired`]: the `expiration` attribute behind `ttlInSeconds`.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde_json::value::RawValue;
+
+/// An envelope: attribute → raw JSON value.
+pub type Envelope = BTreeMap<String, Box<RawValue>>;
+
+/// `Content-Type` of a CloudEvent in structured mode.
+pub const CLOUDEVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
+/// Dapr's event type for published events.
+pub const DEFAULT_TYPE: &str = "com.dapr.event.sent";
+/// Dapr's source when none is known.
+pub const DEFAULT_SOURCE: &str = "Dapr";
+/// Dapr's `datacontenttype` when the publisher gave none.
+pub const DEFAULT_DATA_CONTENT_TYPE: &str = "text/plain";
+/// The CloudEvents version Dapr speaks.
+pub const SPEC_VERSION: &str = "1.0";
+
+fn media_type(content_type: &str) -> String {
+    let lower = content_type.to_ascii_lowercase();
+    match lower.split_once(';') {
+        Some((t, _)) => t.to_owned(),
+        None => lower,
+    }
+}
+
+/// `application/cloudevents+json` (parameters allowed), as Dapr tests it.
+pub fn is_cloudevent(content_type: &str) -> bool {
+    media_type(content_type) == CLOUDEVENT_CONTENT_TYPE
+}
+
+/// `application/json` (parameters allowed); other `+json` types are text to Dapr.
+pub fn is_json(content_type: &str) -> bool {
+    media_type(content_type) == "application/json"
+}
+
+/// `application/octet-stream`, the one type Dapr carries as `data_base64`.
+pub fn is_binary(content_type: &str) -> bool {
+    media_type(content_type) == "application/octet-stream"
+}
+
+/// `text/*` or `application/xml`: what Dapr's bulk publish accepts as a string event.
+pub fn is_string(content_type: &str) -> bool {
+    content_type.to_ascii_lowercase().starts_with("text/")
+        || media_type(content_type) == "application/xml"
+}
+
+/// A JSON string as a raw value.
+pub fn raw_string(s: &str) -> Box<RawValue> {
+    // Serialising a &str cannot fail; the fallback keeps the type total without a panic path.
+    serde_json::value::to_raw_value(s).unwrap_or_else(|_| empty_string())
+}
+
+fn empty_string() -> Box<RawValue> {
+    RawValue::from_string("\"\"".to_owned()).unwrap_or_else(|_| Box::<RawValue>::default())
+}
+
+/// A fresh random id in the UUID v4 text form Dapr uses for event ids.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The W3C `traceparent` of a new span: a child of `parent` when it is a valid traceparent (same
+/// trace id and flags, new span id), else the root of a new, unsampled trace. Dapr records its
+/// publish span this way and puts the span's context in the envelope.
+pub fn child_traceparent(parent: Option<&str>) -> String {
+    let span = uuid::Uuid::new_v4().simple().to_string();
+    let span_id = &span[..16];
+    if let Some(p) = parent {
+        let parts: Vec<&str> = p.trim().split('-').collect();
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if parts.len() >= 4
+            && hex(parts[0], 2)
+            && parts[0] != "ff"
+            && hex(parts[1], 32)
+            && parts[1].bytes().any(|b| b != b'0')
+            && hex(parts[3], 2)
+        {
+            return format!("00-{}-{span_id}-{}", parts[1], parts[3]);
+        }
+    }
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    format!("00-{trace}-{span_id}-00")
+}
+
+/// What [`new_envelope`] needs besides the data.
+#[derive(Debug, Clone, Default)]
+pub struct Attributes {
+    /// `id`; a new UUID when empty.
+    pub id: String,
+    /// `source`; `Dapr` when empty (the publish API passes the app id).
+    pub source: String,
+    /// `type`; `com.dapr.event.sent` when empty.
+    pub event_type: String,
+    /// `datacontenttype`; `text/plain` when empty.
+    pub data_content_type: String,
+    /// `topic`.
+    pub topic: String,
+    /// `pubsubname`.
+    pub pubsub: String,
+    /// `traceparent` (and `traceid`, its older name).
+    pub traceparent: String,
+    /// `tracestate`.
+    pub tracestate: String,
+}
+
+/// Wraps published data in a new envelope, as Dapr's `NewCloudEventsEnvelope` does.
+pub fn new_envelope(attrs: Attributes, data: &[u8], now_unix_ms: u64) -> Envelope {
+    let or = |s: String, default: &str| if s.is_empty() { default.to_owned() } else { s };
+    let id = if attrs.id.is_empty() {
+        new_id()
+    } else {
+        attrs.id
+    };
+    let content_type = or(attrs.data_content_type, DEFAULT_DATA_CONTENT_TYPE);
+    let mut ce = Envelope::new();
+    let (field, value) = if is_json(&content_type) {
+        // Invalid JSON under a JSON type is carried as a string, as Dapr does.
+        match serde_json::from_slice::<Box<RawValue>>(data) {
+            Ok(v) => ("data", v),
+            Err(_) => ("data", raw_string(&String::from_utf8_lossy(data))),
+        }
+    } else if is_binary(&content_type) {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+        ("data_base64", raw_string(&b64))
+    } else {
+        ("data", raw_string(&String::from_utf8_lossy(data)))
+    };
+    ce.insert(field.into(), value);
+    ce.insert("id".into(), raw_string(&id));
+    ce.insert("specversion".into(), raw_string(SPEC_VERSION));
+    ce.insert("datacontenttype".into(), raw_string(&content_type));
+    ce.insert(
+        "source".into(),
+        raw_string(&or(attrs.source, DEFAULT_SOURCE)),
+    );
+    ce.insert(
+        "type".into(),
+        raw_string(&or(attrs.event_type, DEFAULT_TYPE)),
+    );
+    ce.insert("topic".into(), raw_string(&attrs.topic));
+    ce.insert("pubsubname".into(), raw_string(&attrs.pubsub));
+    ce.insert("traceid".into(), raw_string(&attrs.traceparent));
+    ce.insert("traceparent".into(), raw_string(&attrs.traceparent));
+    ce.insert("tracestate".into(), raw_string(&attrs.tracestate));
+    ce.insert("time".into(), raw_string(&rfc3339(now_unix_ms / 1000)));
+    ce
+}
+
+/// Takes a body published as `application/cloudevents+json`, as Dapr's `FromCloudEvent` does:
+/// topic, pubsubname and trace context are set; source, type, specversion and time are filled
+/// when missing; everything else passes through unchanged.
+pub fn from_cloudevent(
+    body: &[u8],
+    topic: &str,
+    pubsub: &str,
+    traceparent: &str,
+    tracestate: &str,
+    now_unix_ms: u64,
+) -> Result<Envelope, String> {
+    let mut ce: Envelope = serde_json::from_slice(body)
+        .map_err(|e| format!("the body is not a JSON object (a CloudEvent): {e}"))?;
+    let mut fill = |k: &str, v: &str| {
+        let missing = ce.get(k).is_none_or(|v| v.get() == "null");
+        if missing {
+            ce.insert(k.to_owned(), raw_string(v));
+        }
+    };
+    fill("time", &rfc3339(now_unix_ms / 1000));
+    fill("source", DEFAULT_SOURCE);
+    fill("type", DEFAULT_TYPE);
+    fill("specversion", SPEC_VERSION);
+    ce.insert("traceid".into(), raw_string(traceparent));
+    ce.insert("traceparent".into(), raw_string(traceparent));
+    ce.insert("tracestate".into(), raw_string(tracestate));
+    ce.insert("topic".into(), raw_string(topic));
+    ce.insert("pubsubname".into(), raw_string(pubsub));
+    Ok(ce)
+}
+
+/// The envelope a `rawPayload` subscription receives for a message that is not a CloudEvent, as
+/// Dapr's `FromRawPayload`: a new id, and the bytes as `data_base64` (their type is unknown).
+pub fn from_raw_payload(data: &[u8], topic: &str, pubsub: &str) -> Envelope {
+    let mut ce = Envelope::new();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+    ce.insert("id".into(), raw_string(&new_id()));
+    ce.insert("specversion".into(), raw_string(SPEC_VERSION));
+    ce.insert(
+        "datacontenttype".into(),
+        raw_string("application/octet-stream"),
+    );
+    ce.insert("source".into(), raw_string(DEFAULT_SOURCE));
+    ce.insert("type".into(), raw_string(DEFAULT_TYPE));
+    ce.insert("topic".into(), raw_string(topic));
+    ce.insert("pubsubname".into(), raw_string(pubsub));
+    ce.insert("data_base64".into(), raw_string(&b64));
+    ce
+}
+
+/// Sets `expiration` to now + `ttl_secs`, as Dapr does for `ttlInSeconds` when the component
+/// does not expire messages itself.
+pub fn apply_ttl(ce: &mut Envelope, ttl_secs: u64, now_unix_ms: u64) {
+    let at = (now_unix_ms / 1000).saturating_add(ttl_secs);
+    ce.insert("expiration".into(), raw_string(&rfc3339(at)));
+}
+
+/// Whether an event's `expiration` has passed (an unreadable one never expires, as in Dapr).
+pub fn has_expired(event: &serde_json::Value, now_unix_ms: u64) -> bool {
+    event
+        .get("expiration")
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty())
+        .and_then(parse_rfc3339_ms)
+        .is_some_and(|at| at < i128::from(now_unix_ms))
+}
+
+/// Serialises an envelope (sorted keys, raw values verbatim).
+pub fn to_bytes(ce: &Envelope) -> Vec<u8> {
+    // A map of strings to already-valid JSON cannot fail to serialise.
+    serde_json::to_vec(ce).unwrap_or_default()
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Unix seconds as RFC 3339 in UTC (`2024-05-01T12:00:00Z`).
+pub fn rfc3339(unix_secs: u64) -> String {
+    let secs = i64::try_from(unix_secs).unwrap_or(i64::MAX / 2);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Parses RFC 3339 (`Z` or `±hh:mm`, optional fraction) to Unix milliseconds.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i128> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0i128;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        let frac = s.get(start..i)?;
+        if frac.is_empty() {
+            return None;
+        }
+        let ms = format!("{frac:0<3}");
+        millis = ms.get(..3)?.parse().ok()?;
+    }
+    let offset_secs: i64 = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let oh = num(i + 1..i + 3)?;
+            let om = num(i + 4..i + 6)?;
+            let o = oh * 3600 + om * 60;
+            if *sign == b'+' { o } else { -o }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y, mo as u32, d as u32);
+    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_secs;
+    Some(i128::from(secs) * 1000 + millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn value(ce: &Envelope) -> Value {
+        serde_json::from_slice(&to_bytes(ce)).unwrap()
+    }
+
+    fn attrs(ct: &str) -> Attributes {
+        Attributes {
+            source: "checkout".into(),
+            data_content_type: ct.into(),
+            topic: "orders".into(),
+            pubsub: "pubsub".into(),
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            ..Attributes::default()
+        }
+    }
+
+    #[test]
+    fn json_data_is_embedded_with_every_dapr_attribute() {
+        let ce = new_envelope(
+            attrs("application/json"),
+            br#"{"n": 12345678901234567890, "f": 1.10}"#,
+            1_700_000_000_123,
+        );
+        let text = String::from_utf8(to_bytes(&ce)).unwrap();
+        // Numbers keep their exact text; keys are sorted like Go's map marshalling.
+        assert!(
+            text.contains(r#""data":{"n": 12345678901234567890, "f": 1.10}"#),
+            "{text}"
+        );
+        assert!(text.starts_with(r#"{"data":"#), "{text}");
+        let v = value(&ce);
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["type"], "com.dapr.event.sent");
+        assert_eq!(v["source"], "checkout");
+        assert_eq!(v["datacontenttype"], "application/json");
+        assert_eq!(v["topic"], "orders");
+        assert_eq!(v["pubsubname"], "pubsub");
+        assert_eq!(v["traceid"], v["traceparent"]);
+        assert_eq!(v["tracestate"], "");
+        assert_eq!(v["time"], "2023-11-14T22:13:20Z");
+        let id = v["id"].as_str().unwrap();
+        assert_eq!(id.len(), 36, "{id}");
+        assert_eq!(id.matches('-').count(), 4);
+    }
+
+    #[test]
+    fn text_binary_default_and_invalid_json_data() {
+        let v = value(&new_envelope(attrs(""), b"hello", 0));
+        assert_eq!(
+            (v["datacontenttype"].clone(), v["data"].clone()),
+            (json!("text/plain"), json!("hello"))
+        );
+        let v = value(&new_envelope(
+            attrs("application/octet-stream"),
+            &[0, 255, 1],
+            0,
+        ));
+        assert_eq!(v["data_base64"], "AP8B");
+        assert!(v.get("data").is_none());
+        let v = value(&new_envelope(
+            attrs("application/json; charset=utf-8"),
+            b"{not json",
+            0,
+        ));
+        assert_eq!(v["data"], "{not json");
+        let v = value(&new_envelope(attrs("application/xml"), b"<a/>", 0));
+        assert_eq!(v["data"], "<a/>");
+    }
+
+    #[test]
+    fn a_published_cloudevent_passes_through_with_gaps_filled() {
+        let body = br#"{"id":"my-id","source":"sensor-7","specversion":"1.0","type":"reading","data":{"t":21.5},"datacontenttype":"application/json","traceparent":"theirs"}"#;
+        let v = value(&from_cloudevent(body, "t", "ps", "00-ab-cd-01", "k=v", 0).unwrap());
+        assert_eq!(v["id"], "my-id");
+        assert_eq!(v["source"], "sensor-7");
+        assert_eq!(v["type"], "reading");
+        assert_eq!(v["data"], json!({"t": 21.5}));
+        assert_eq!(v["topic"], "t");
+        assert_eq!(v["pubsubname"], "ps");
+        assert_eq!(
+            v["traceparent"], "00-ab-cd-01",
+            "Dapr overwrites trace context"
+        );
+        assert_eq!(v["tracestate"], "k=v");
+        assert_eq!(v["time"], "1970-01-01T00:00:00Z");
+        let v = value(&from_cloudevent(br#"{"data":"x"}"#, "t", "ps", "", "", 0).unwrap());
+        assert_eq!(v["source"], "Dapr");
+        assert_eq!(v["type"], "com.dapr.event.sent");
+        assert_eq!(v["specversion"], "1.0");
+        assert!(from_cloudevent(b"[1]", "t", "ps", "", "", 0).is_err());
+    }
+
+    #[test]
+    fn raw_payload_envelope_carries_base64() {
+        let v = value(&from_raw_payload(b"raw!", "t", "ps"));
+        assert_eq!(v["data_base64"], "cmF3IQ==");
+        assert_eq!(v["datacontenttype"], "application/octet-stream");
+        assert_eq!(v["source"], "Dapr");
+    }
+
+    #[test]
+    fn ttl_sets_an_expiration_that_expires() {
+        let mut ce = new_envelope(attrs("text/plain"), b"x", 1_000_000);
+        apply_ttl(&mut ce, 10, 1_000_000);
+        let v = value(&ce);
+        assert_eq!(v["expiration"], "1970-01-01T00:16:50Z");
+        assert!(!has_expired(&v, 1_009_999));
+        assert!(has_expired(&v, 1_010_001));
+        assert!(!has_expired(&json!({"expiration": "soon"}), u64::MAX));
+    }
+
+    #[test]
+    fn rfc3339_round_trips_and_reads_offsets() {
+        for secs in [0u64, 951_782_400, 1_700_000_000, 4_102_444_800] {
+            let s = rfc3339(secs);
+            assert_eq!(parse_rfc3339_ms(&s), Some(i128::from(secs) * 1000), "{s}");
+        }
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29T02:00:00.5+02:00"),
+            Some(951_782_400_500)
+        );
+        assert_eq!(parse_rfc3339_ms("2000-02-29"), None);
+    }
+
+    #[test]
+    fn traceparent_children_keep_the_trace() {
+        let p = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let c = child_traceparent(Some(p));
+        assert!(c.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{c}");
+        assert!(c.ends_with("-01"));
+        assert_ne!(c, p);
+        let fresh = child_traceparent(Some("garbage"));
+        assert_eq!(fresh.len(), 55);
+        assert!(fresh.ends_with("-00"));
+    }
+}

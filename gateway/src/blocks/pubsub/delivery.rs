@@ -1,0 +1,559 @@
+//! Delivery of subscribed events to the local app, and the task that runs every subscription.
+//!
+//! [`Deliverer`] is the [`Handler`] a component's consumer calls for each message. It behaves as
+//! Dapr's HTTP subscription delivery does:
+//! - the event is POSTed to the matching route as `application/cloudevents+json` (for a
+//!   `rawPayload` subscription, wrapped as `data_base64` first);
+//! - a 2xx answer with an empty or non-JSON body, or `{"status": "SUCCESS"}` (or no status),
+//!   acks; `{"status": "DROP"}` drops it with a warning (to the dead-letter topic when one is
+//!   set); a 404 drops it with an error log; `{"status": "RETRY"}`, an unknown status, any other
+//!   status or no answer at all is retried;
+//! - retries follow the Dapr resiliency policy targeting the component's inbound side
+//!   (`spec.targets.components.<name>.inbound.retry`, else the `Default*RetryPolicy` names), else
+//!   edgecar's default: exponential from 500ms, ×1.5, capped at 60s, for at most 15 minutes;
+//! - when retries run out the event goes to the dead-letter topic if there is one, else it is
+//!   dropped with an error log. Expired events, events no rule matches and events that cannot be
+//!   read or routed also go to the dead-letter topic when set (Dapr's rules), else are dropped.
+//!
+//! A delivery interrupted by shutdown is not acked, so durable components deliver it again after
+//! the restart: at-least-once.
+//!
+//! [`run`] owns the subscriptions: it waits for the app, asks it for its programmatic
+//! subscriptions (`GET /dapr/subscribe`, retried until it answers), adds the declarative ones,
+//! tells local components which topics are in use, starts one consumer per subscription, and on
+//! stop waits for them to settle what is in flight.
+
+use std::collections::HashSet;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use edgecar_capabilities::resiliency::{
+    Direction, ExponentialRetry, Resiliency, RetryPolicy, jitter,
+};
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value as Json;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::PubSubBlock;
+use super::cloudevent;
+use super::subscription::{Subscription, parse_programmatic};
+use crate::components::pubsub::{Handler, InMessage, Outcome, Stop, SubscribeRequest, stopped};
+use crate::queue::unix_ms;
+
+/// The subscriptions really running, shared with the metadata block.
+pub type ActiveSubscriptions = Arc<RwLock<Vec<Subscription>>>;
+
+/// Largest app answer read (status bodies are tiny).
+const MAX_ANSWER: usize = 1 << 20;
+
+/// How deliveries to one component's subscriptions are retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryPolicy {
+    /// The retry schedule.
+    pub retry: RetryPolicy,
+    /// Time limit of one attempt; none by default, as in Dapr.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        DeliveryPolicy {
+            retry: RetryPolicy::Exponential(ExponentialRetry::default()),
+            timeout: None,
+        }
+    }
+}
+
+/// The inbound policy for `component`: its target first, then Dapr's default policy names, then
+/// edgecar's default.
+pub fn inbound_policy(docs: &[Resiliency], component: &str) -> DeliveryPolicy {
+    let mut policy = DeliveryPolicy::default();
+    let targeted = docs
+        .iter()
+        .map(|r| r.policies_for_component(component, Direction::Inbound));
+    let mut retry = None;
+    let mut timeout = None;
+    for t in targeted {
+        retry = retry.or(t.retry);
+        timeout = timeout.or(t.timeout);
+    }
+    const RETRY_DEFAULTS: [&str; 4] = [
+        "DefaultPubsubComponentInboundRetryPolicy",
+        "DefaultComponentInboundRetryPolicy",
+        "DefaultComponentRetryPolicy",
+        "DefaultRetryPolicy",
+    ];
+    const TIMEOUT_DEFAULTS: [&str; 4] = [
+        "DefaultPubsubComponentInboundTimeoutPolicy",
+        "DefaultComponentInboundTimeoutPolicy",
+        "DefaultComponentTimeoutPolicy",
+        "DefaultTimeoutPolicy",
+    ];
+    for name in RETRY_DEFAULTS {
+        retry = retry.or_else(|| {
+            docs.iter()
+                .find_map(|r| r.policies.retries.get(name).cloned())
+        });
+    }
+    for name in TIMEOUT_DEFAULTS {
+        timeout = timeout.or_else(|| {
+            docs.iter()
+                .find_map(|r| r.policies.timeouts.get(name).copied())
+        });
+    }
+    if let Some(r) = retry {
+        policy.retry = r;
+    }
+    policy.timeout = timeout;
+    policy
+}
+
+/// HTTP to the local app.
+#[derive(Clone)]
+pub struct AppChannel {
+    client: Client<HttpConnector, Full<Bytes>>,
+    /// `http://<address>:<port>`.
+    base: String,
+    /// `<address>:<port>`, for the readiness probe.
+    authority: String,
+}
+
+/// An app's answer.
+struct Answer {
+    status: StatusCode,
+    body: Bytes,
+}
+
+impl AppChannel {
+    /// A channel to the app at `address:port`, with pooled keep-alive connections.
+    pub fn new(address: &str, port: u16) -> AppChannel {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let host = if address.contains(':') && !address.starts_with('[') {
+            format!("[{address}]")
+        } else {
+            address.to_owned()
+        };
+        AppChannel {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            base: format!("http://{host}:{port}"),
+            authority: format!("{host}:{port}"),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        headers: &[(&'static str, String)],
+        timeout: Option<Duration>,
+    ) -> Result<Answer, String> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| format!("bad request to the app: {e}"))?;
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("app unreachable: {e}"))?;
+            let status = resp.status();
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the app's answer: {e}"))?
+                .to_bytes();
+            Ok(Answer { status, body })
+        };
+        match timeout {
+            Some(t) => tokio::time::timeout(t, exchange)
+                .await
+                .map_err(|_| format!("the app did not answer within {t:?}"))?,
+            None => exchange.await,
+        }
+    }
+
+    /// Waits until the app accepts connections; `false` if stopped first.
+    pub async fn wait_until_up(&self, stop: &mut Stop) -> bool {
+        let mut logged = false;
+        loop {
+            if tokio::net::TcpStream::connect(&self.authority)
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            if !logged {
+                info!(app = %self.authority, "waiting for the app to listen before subscribing");
+                logged = true;
+            }
+            tokio::select! {
+                () = stopped(stop) => return false,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    /// `GET /dapr/subscribe`, retried while the app cannot be reached. `None` if stopped.
+    pub async fn programmatic_subscriptions(&self, stop: &mut Stop) -> Option<Vec<Subscription>> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self
+                .send(
+                    Method::GET,
+                    "/dapr/subscribe",
+                    Bytes::new(),
+                    &[],
+                    Some(Duration::from_secs(30)),
+                )
+                .await
+            {
+                Ok(a) if a.status.is_success() => {
+                    let (subs, errors) = parse_programmatic(&a.body);
+                    for e in errors {
+                        error!(error = %e, "ignoring a subscription from the app's /dapr/subscribe");
+                    }
+                    return Some(subs);
+                }
+                Ok(a) if a.status == StatusCode::NOT_FOUND => return Some(Vec::new()),
+                Ok(a) => {
+                    warn!(
+                        status = a.status.as_u16(),
+                        "the app's /dapr/subscribe failed; no programmatic subscriptions"
+                    );
+                    return Some(Vec::new());
+                }
+                Err(e) => debug!(error = %e, "app not ready for /dapr/subscribe yet"),
+            }
+            tokio::select! {
+                () = stopped(stop) => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// What one delivery attempt came to.
+enum Attempt {
+    Success,
+    Drop,
+    NotFound(String),
+    Retry(String),
+}
+
+/// Delivers one subscription's events to the app.
+pub struct Deliverer {
+    /// For dead-lettering.
+    pub block: Arc<PubSubBlock>,
+    /// The app.
+    pub app: AppChannel,
+    /// What and where.
+    pub sub: Subscription,
+    /// Retries and attempt timeout.
+    pub policy: DeliveryPolicy,
+    /// Edgecar is stopping: give up waiting and leave the message to the broker.
+    pub stop: Stop,
+}
+
+impl Deliverer {
+    async fn attempt(&self, path: &str, body: &Bytes, event: &Json) -> Attempt {
+        let mut headers = vec![
+            (
+                header::CONTENT_TYPE.as_str(),
+                cloudevent::CLOUDEVENT_CONTENT_TYPE.to_owned(),
+            ),
+            ("pubsubname", self.sub.pubsub.clone()),
+        ];
+        if let Some(tp) = event
+            .get("traceparent")
+            .and_then(Json::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            headers.push(("traceparent", cloudevent::child_traceparent(Some(tp))));
+            if let Some(ts) = event
+                .get("tracestate")
+                .and_then(Json::as_str)
+                .filter(|s| !s.is_empty())
+            {
+                headers.push(("tracestate", ts.to_owned()));
+            }
+        }
+        let answer = match self
+            .app
+            .send(
+                Method::POST,
+                path,
+                body.clone(),
+                &headers,
+                self.policy.timeout,
+            )
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => return Attempt::Retry(e),
+        };
+        let status = answer.status;
+        if status.is_success() {
+            // Dapr reads {"status": ...}; an empty or unreadable body is a success.
+            let parsed: Option<Json> = serde_json::from_slice(&answer.body).ok();
+            let app_status = parsed
+                .as_ref()
+                .and_then(|v| v.get("status"))
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            return match app_status.as_str() {
+                "" | "SUCCESS" => Attempt::Success,
+                "DROP" => Attempt::Drop,
+                "RETRY" => Attempt::Retry("the app answered RETRY".into()),
+                other => Attempt::Retry(format!("the app answered an unknown status {other:?}")),
+            };
+        }
+        let body = String::from_utf8_lossy(&answer.body[..answer.body.len().min(512)]).into_owned();
+        if status == StatusCode::NOT_FOUND {
+            return Attempt::NotFound(body);
+        }
+        Attempt::Retry(format!("the app answered {} {body}", status.as_u16()))
+    }
+
+    /// Sends the message, as received, to the dead-letter topic if there is one; acks unless that
+    /// publish failed (then the broker keeps the message).
+    async fn dead_letter_or_drop(&self, msg: &InMessage, why: &str) -> Outcome {
+        let Some(dlq) = &self.sub.dead_letter_topic else {
+            return Outcome::Ack;
+        };
+        match self
+            .block
+            .forward(
+                &self.sub.pubsub,
+                dlq,
+                msg.data.clone(),
+                msg.metadata.clone(),
+            )
+            .await
+        {
+            Ok(()) => {
+                info!(pubsub = %self.sub.pubsub, topic = %self.sub.topic, dead_letter_topic = %dlq, reason = why, "event sent to the dead-letter topic");
+                Outcome::Ack
+            }
+            Err(e) => {
+                error!(pubsub = %self.sub.pubsub, topic = %self.sub.topic, dead_letter_topic = %dlq, error = %e, "could not send an event to the dead-letter topic; it stays queued");
+                Outcome::Nack
+            }
+        }
+    }
+
+    /// The event as the app will see it, and its parsed form for rules and expiry.
+    fn event(&self, msg: &InMessage) -> Result<(Bytes, Json), String> {
+        if self.sub.raw_payload() {
+            let ce = cloudevent::from_raw_payload(&msg.data, &msg.topic, &self.sub.pubsub);
+            let bytes = Bytes::from(cloudevent::to_bytes(&ce));
+            let value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            return Ok((bytes, value));
+        }
+        match serde_json::from_slice::<Json>(&msg.data) {
+            Ok(v) if v.is_object() => Ok((msg.data.clone(), v)),
+            Ok(_) => Err("the message is JSON but not a CloudEvent object (published with rawPayload? subscribe with rawPayload too)".into()),
+            Err(e) => Err(format!("the message is not a CloudEvent (published with rawPayload? subscribe with rawPayload too): {e}")),
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for Deliverer {
+    async fn handle(&self, msg: InMessage) -> Outcome {
+        let (pubsub, topic) = (&self.sub.pubsub, &self.sub.topic);
+        let (body, event) = match self.event(&msg) {
+            Ok(e) => e,
+            Err(e) => {
+                error!(%pubsub, %topic, error = %e, "cannot deliver this event; dropped");
+                return self.dead_letter_or_drop(&msg, "unreadable").await;
+            }
+        };
+        let id = event
+            .get("id")
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if cloudevent::has_expired(&event, unix_ms()) {
+            warn!(%pubsub, %topic, %id, expiration = %event["expiration"], "dropping an expired event");
+            return self.dead_letter_or_drop(&msg, "expired").await;
+        }
+        let path = match self.sub.route(&event) {
+            Ok(Some(p)) => p.to_owned(),
+            Ok(None) => {
+                debug!(%pubsub, %topic, %id, "no route matches this event; not delivered");
+                return self.dead_letter_or_drop(&msg, "no matching route").await;
+            }
+            Err(e) => {
+                error!(%pubsub, %topic, %id, error = %e, "cannot route this event");
+                return self.dead_letter_or_drop(&msg, "routing failed").await;
+            }
+        };
+        let mut backoff = self.policy.retry.backoff(Instant::now());
+        let mut stop = self.stop.clone();
+        loop {
+            match self.attempt(&path, &body, &event).await {
+                Attempt::Success => return Outcome::Ack,
+                Attempt::Drop => {
+                    warn!(%pubsub, %topic, %id, "DROP status returned from the app; event dropped");
+                    return self.dead_letter_or_drop(&msg, "app answered DROP").await;
+                }
+                Attempt::NotFound(body) => {
+                    error!(%pubsub, %topic, %id, %path, %body, "the app answered 404 (non-retriable); event dropped");
+                    return Outcome::Ack;
+                }
+                Attempt::Retry(why) => {
+                    let Some(delay) = backoff.next_delay(Instant::now(), jitter()) else {
+                        if self.sub.dead_letter_topic.is_none() {
+                            error!(%pubsub, %topic, %id, reason = %why, attempts = backoff.retries() + 1, "delivery failed and retries are exhausted; event dropped");
+                        }
+                        return self.dead_letter_or_drop(&msg, "retries exhausted").await;
+                    };
+                    warn!(%pubsub, %topic, %id, reason = %why, retry_in = ?delay, "delivery failed; will retry");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = stopped(&mut stop) => return Outcome::Nack,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs every subscription until `stop` fires, then waits for in-flight deliveries to settle.
+pub async fn run(
+    block: Arc<PubSubBlock>,
+    declarative: Vec<Subscription>,
+    app: Option<AppChannel>,
+    resiliency: Vec<Resiliency>,
+    active: ActiveSubscriptions,
+    mut stop: Stop,
+) {
+    let mut subs = declarative;
+    match &app {
+        Some(app) => {
+            if !app.wait_until_up(&mut stop).await {
+                return;
+            }
+            let Some(programmatic) = app.programmatic_subscriptions(&mut stop).await else {
+                return;
+            };
+            subs.extend(programmatic);
+        }
+        None if !subs.is_empty() => {
+            warn!(
+                count = subs.len(),
+                "subscriptions need an app to deliver to (--app-port); none started"
+            );
+            subs.clear();
+        }
+        None => {}
+    }
+    let mut seen = HashSet::new();
+    subs.retain(|s| {
+        let fresh = seen.insert((s.pubsub.clone(), s.topic.clone()));
+        if !fresh {
+            warn!(pubsub = %s.pubsub, topic = %s.topic, source = %s.source, "a subscription to this topic already exists; this one is ignored");
+        }
+        fresh
+    });
+    subs.retain(|s| {
+        let known = block.component(&s.pubsub).is_some();
+        if !known {
+            warn!(pubsub = %s.pubsub, topic = %s.topic, "subscription names an unknown pub/sub component; ignored");
+        }
+        known
+    });
+    for name in block.names() {
+        let topics: Vec<String> = subs
+            .iter()
+            .filter(|s| s.pubsub == name)
+            .flat_map(|s| std::iter::once(s.topic.clone()).chain(s.dead_letter_topic.clone()))
+            .collect();
+        if let Some(c) = block.component(name) {
+            c.bus.topics_in_use(&topics);
+        }
+    }
+    let mut consumers = JoinSet::new();
+    if let Some(app) = app {
+        for sub in subs {
+            let Some(component) = block.component(&sub.pubsub) else {
+                continue;
+            };
+            let handler = Arc::new(Deliverer {
+                block: block.clone(),
+                app: app.clone(),
+                sub: sub.clone(),
+                policy: inbound_policy(&resiliency, &sub.pubsub),
+                stop: stop.clone(),
+            });
+            let req = SubscribeRequest {
+                topic: sub.topic.clone(),
+                max_concurrency: component.concurrency,
+                app_id: block.app_id().to_owned(),
+            };
+            match component.bus.subscribe(req, handler, stop.clone()).await {
+                Ok(consumer) => {
+                    info!(pubsub = %sub.pubsub, topic = %sub.topic, kind = sub.kind.as_str(), "subscribed");
+                    consumers.spawn(consumer);
+                    active
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(sub);
+                }
+                Err(e) => {
+                    error!(pubsub = %sub.pubsub, topic = %sub.topic, error = %e, "subscribing failed");
+                }
+            }
+        }
+    }
+    stopped(&mut stop).await;
+    while consumers.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgecar_capabilities::resiliency::ConstantRetry;
+
+    fn resiliency(text: &str) -> Resiliency {
+        edgecar_capabilities::parse_resiliency_str(text).unwrap()
+    }
+
+    #[test]
+    fn inbound_policy_prefers_the_target_then_dapr_default_names() {
+        let r = resiliency(
+            "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: r\nspec:\n  policies:\n    timeouts:\n      quick: 2s\n    retries:\n      fast:\n        policy: constant\n        duration: 100ms\n        maxRetries: 3\n      DefaultComponentInboundRetryPolicy:\n        policy: constant\n        duration: 1s\n        maxRetries: 1\n  targets:\n    components:\n      pubsub:\n        inbound:\n          retry: fast\n          timeout: quick\n",
+        );
+        let p = inbound_policy(std::slice::from_ref(&r), "pubsub");
+        assert_eq!(
+            p.retry,
+            RetryPolicy::Constant(ConstantRetry {
+                duration: Duration::from_millis(100),
+                max_retries: Some(3)
+            })
+        );
+        assert_eq!(p.timeout, Some(Duration::from_secs(2)));
+        let other = inbound_policy(std::slice::from_ref(&r), "other");
+        assert_eq!(other.retry.max_retries(), Some(1));
+        assert_eq!(other.timeout, None);
+        assert_eq!(inbound_policy(&[], "x"), DeliveryPolicy::default());
+    }
+}

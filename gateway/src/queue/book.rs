@@ -1,0 +1,483 @@
+//! The durable queue's bookkeeping, kept pure: which message is next, who holds a lease until
+//! when, when a nacked message may go out again, how full the queue is.
+//!
+//! No I/O and no clock: every call that depends on time is handed `now`, so ordering, lease
+//! expiry and redelivery are unit-tested with made-up instants. [`super::Queue`] wraps a `Book`
+//! with the sled tree that holds the payloads.
+//!
+//! Three indexes make every operation O(log n) whatever the queue length: `entries` (every
+//! message by sequence number, for bounds and lookups), `ready` (sequence numbers deliverable
+//! now, in order: the FIFO) and `timers` (leases that will expire and nacked messages waiting
+//! out a delay, by the instant they become deliverable again).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The bounds of one queue. An append that would cross either is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most messages held (leased or not).
+    pub max_messages: u64,
+    /// Most payload bytes held.
+    pub max_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_messages: 100_000,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Why an append was refused. Nothing is dropped to make room: the appender decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue holds as much as its limits allow.
+    Full {
+        /// Messages held now.
+        messages: u64,
+        /// Payload bytes held now.
+        bytes: u64,
+    },
+    /// This one message is larger than the byte limit; it could never be accepted.
+    TooLarge,
+}
+
+/// What a lease handed out: a message and which delivery attempt this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The message's sequence number (its position in the queue).
+    pub seq: u64,
+    /// 1 for the first delivery, counting up with every lease. Acks and nacks must quote it, so a
+    /// consumer whose lease expired cannot settle a message someone else now holds.
+    pub attempt: u32,
+}
+
+/// Why an ack, nack or extension was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// No such message (already acked, or never there).
+    Unknown,
+    /// The message is no longer leased under this attempt: the lease expired and it was (or can
+    /// be) handed to someone else.
+    LeaseLost,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Deliverable now (it is in `ready`).
+    Ready,
+    /// Waiting out a nack delay until the instant (it is in `timers`).
+    Delayed(Instant),
+    /// Leased until the instant (it is in `timers`).
+    Leased(Instant),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Payload size, for the byte bound.
+    size: u64,
+    /// Deliveries so far.
+    attempts: u32,
+    /// Unix milliseconds after which the message is dropped instead of delivered.
+    expires_at_ms: Option<u64>,
+    state: State,
+}
+
+/// The bookkeeping of one queue.
+#[derive(Debug, Default)]
+pub struct Book {
+    limits: Limits,
+    entries: BTreeMap<u64, Entry>,
+    ready: BTreeSet<u64>,
+    timers: BTreeSet<(Instant, u64)>,
+    bytes: u64,
+    next_seq: u64,
+}
+
+impl Book {
+    /// An empty book; sequence numbers start after `last_seq` (the highest already on disk).
+    pub fn new(limits: Limits, last_seq: Option<u64>) -> Book {
+        Book {
+            limits,
+            next_seq: last_seq.map_or(0, |s| s.saturating_add(1)),
+            ..Book::default()
+        }
+    }
+
+    /// Messages held (ready, delayed or leased).
+    pub fn len(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    /// Whether no message is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Payload bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The limits this book enforces.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Checks the bounds for a message of `size` bytes and, if it fits, assigns its sequence
+    /// number. The caller writes the payload under that number, then calls [`Book::push`].
+    pub fn admit(&mut self, size: u64) -> Result<u64, Refused> {
+        if size > self.limits.max_bytes {
+            return Err(Refused::TooLarge);
+        }
+        if self.len() >= self.limits.max_messages || self.bytes + size > self.limits.max_bytes {
+            return Err(Refused::Full {
+                messages: self.len(),
+                bytes: self.bytes,
+            });
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Records a message (appended now, or found on disk at start-up) as deliverable.
+    pub fn push(&mut self, seq: u64, size: u64, expires_at_ms: Option<u64>) {
+        let entry = Entry {
+            size,
+            attempts: 0,
+            expires_at_ms,
+            state: State::Ready,
+        };
+        if let Some(old) = self.entries.insert(seq, entry) {
+            // Replacing is a caller bug, but keep the indexes consistent if it happens.
+            self.bytes -= old.size;
+            self.unindex(seq, old.state);
+        }
+        self.bytes += size;
+        self.ready.insert(seq);
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+    }
+
+    /// Moves every lease that has expired, and every delay that has passed, back to ready.
+    fn promote(&mut self, now: Instant) {
+        while let Some(&(at, seq)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, seq));
+            if let Some(e) = self.entries.get_mut(&seq) {
+                e.state = State::Ready;
+                self.ready.insert(seq);
+            }
+        }
+    }
+
+    /// Leases up to `max` deliverable messages, oldest first, until `now + lease_for`.
+    ///
+    /// Returns the grants and the messages found expired on the way (no longer held by the book;
+    /// the caller deletes their payloads).
+    pub fn lease(
+        &mut self,
+        now: Instant,
+        now_ms: u64,
+        max: usize,
+        lease_for: Duration,
+    ) -> (Vec<Grant>, Vec<u64>) {
+        self.promote(now);
+        let until = now + lease_for;
+        let mut grants = Vec::new();
+        let mut expired = Vec::new();
+        while grants.len() < max {
+            let Some(seq) = self.ready.pop_first() else {
+                break;
+            };
+            let Some(e) = self.entries.get_mut(&seq) else {
+                continue;
+            };
+            if e.expires_at_ms.is_some_and(|x| x <= now_ms) {
+                let size = e.size;
+                self.entries.remove(&seq);
+                self.bytes -= size;
+                expired.push(seq);
+                continue;
+            }
+            e.attempts = e.attempts.saturating_add(1);
+            e.state = State::Leased(until);
+            self.timers.insert((until, seq));
+            grants.push(Grant {
+                seq,
+                attempt: e.attempts,
+            });
+        }
+        (grants, expired)
+    }
+
+    /// Checks that `grant` still holds its lease at `now`.
+    fn holder(&self, grant: Grant, now: Instant) -> Result<(), Stale> {
+        let e = self.entries.get(&grant.seq).ok_or(Stale::Unknown)?;
+        match e.state {
+            State::Leased(until) if e.attempts == grant.attempt && until > now => Ok(()),
+            _ => Err(Stale::LeaseLost),
+        }
+    }
+
+    /// Settles a delivered message: it leaves the queue. Returns its size.
+    ///
+    /// An ack after the lease expired is refused ([`Stale::LeaseLost`]) unless nobody has leased
+    /// the message since: then it is still the same delivery, and accepting it saves a duplicate.
+    pub fn ack(&mut self, grant: Grant) -> Result<u64, Stale> {
+        let e = *self.entries.get(&grant.seq).ok_or(Stale::Unknown)?;
+        // Every lease counts an attempt, so an unchanged count means nobody leased it since.
+        if e.attempts != grant.attempt {
+            return Err(Stale::LeaseLost);
+        }
+        self.entries.remove(&grant.seq);
+        self.unindex(grant.seq, e.state);
+        self.bytes -= e.size;
+        Ok(e.size)
+    }
+
+    /// Gives a leased message back: deliverable again after `delay` (at once for zero).
+    pub fn nack(&mut self, grant: Grant, now: Instant, delay: Duration) -> Result<(), Stale> {
+        self.holder(grant, now)?;
+        let Some(e) = self.entries.get_mut(&grant.seq) else {
+            return Err(Stale::Unknown);
+        };
+        let old = e.state;
+        e.state = if delay.is_zero() {
+            State::Ready
+        } else {
+            State::Delayed(now + delay)
+        };
+        let new = e.state;
+        self.unindex(grant.seq, old);
+        self.index(grant.seq, new);
+        Ok(())
+    }
+
+    /// Extends a lease to `now + lease_for`, for a consumer still working on the message.
+    pub fn extend(&mut self, grant: Grant, now: Instant, lease_for: Duration) -> Result<(), Stale> {
+        self.holder(grant, now)?;
+        let Some(e) = self.entries.get_mut(&grant.seq) else {
+            return Err(Stale::Unknown);
+        };
+        let old = e.state;
+        e.state = State::Leased(now + lease_for);
+        let new = e.state;
+        self.unindex(grant.seq, old);
+        self.index(grant.seq, new);
+        Ok(())
+    }
+
+    /// The next instant at which a lease expires or a delay ends, if any: when a consumer with
+    /// nothing to do should look again.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Whether a lease taken at `now` would hand out anything (before checking expiry).
+    pub fn has_ready(&self, now: Instant) -> bool {
+        !self.ready.is_empty() || self.next_wakeup().is_some_and(|at| at <= now)
+    }
+
+    fn unindex(&mut self, seq: u64, state: State) {
+        match state {
+            State::Ready => {
+                self.ready.remove(&seq);
+            }
+            State::Delayed(at) | State::Leased(at) => {
+                self.timers.remove(&(at, seq));
+            }
+        }
+    }
+
+    fn index(&mut self, seq: u64, state: State) {
+        match state {
+            State::Ready => {
+                self.ready.insert(seq);
+            }
+            State::Delayed(at) | State::Leased(at) => {
+                self.timers.insert((at, seq));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    fn book(max_messages: u64, max_bytes: u64) -> Book {
+        Book::new(
+            Limits {
+                max_messages,
+                max_bytes,
+            },
+            None,
+        )
+    }
+
+    fn append(b: &mut Book, size: u64) -> u64 {
+        let seq = b.admit(size).unwrap();
+        b.push(seq, size, None);
+        seq
+    }
+
+    fn seqs(grants: &[Grant]) -> Vec<u64> {
+        grants.iter().map(|g| g.seq).collect()
+    }
+
+    #[test]
+    fn leases_hand_out_messages_in_append_order() {
+        let mut b = book(100, 1000);
+        for _ in 0..5 {
+            append(&mut b, 1);
+        }
+        let t = Instant::now();
+        let (g, _) = b.lease(t, 0, 2, LEASE);
+        assert_eq!(seqs(&g), [0, 1]);
+        let (g, _) = b.lease(t, 0, 10, LEASE);
+        assert_eq!(seqs(&g), [2, 3, 4]);
+        assert!(b.lease(t, 0, 10, LEASE).0.is_empty(), "all are leased");
+        assert_eq!(b.len(), 5, "leased messages are still held");
+    }
+
+    #[test]
+    fn ack_removes_and_frees_room() {
+        let mut b = book(2, 1000);
+        append(&mut b, 10);
+        append(&mut b, 20);
+        assert_eq!(
+            b.admit(1),
+            Err(Refused::Full {
+                messages: 2,
+                bytes: 30
+            })
+        );
+        let t = Instant::now();
+        let (g, _) = b.lease(t, 0, 1, LEASE);
+        assert_eq!(b.ack(g[0]), Ok(10));
+        assert_eq!((b.len(), b.bytes()), (1, 20));
+        assert_eq!(b.admit(1), Ok(2), "sequence numbers never repeat");
+        assert_eq!(b.ack(g[0]), Err(Stale::Unknown), "a second ack");
+    }
+
+    #[test]
+    fn byte_bound_and_oversized_messages_are_refused() {
+        let mut b = book(100, 100);
+        append(&mut b, 60);
+        assert_eq!(
+            b.admit(50),
+            Err(Refused::Full {
+                messages: 1,
+                bytes: 60
+            })
+        );
+        assert_eq!(b.admit(101), Err(Refused::TooLarge));
+        assert_eq!(b.admit(40), Ok(1));
+    }
+
+    #[test]
+    fn an_expired_lease_makes_the_message_deliverable_again_first() {
+        let mut b = book(100, 1000);
+        for _ in 0..3 {
+            append(&mut b, 1);
+        }
+        let t0 = Instant::now();
+        let (first, _) = b.lease(t0, 0, 1, Duration::from_secs(10));
+        assert_eq!(first, [Grant { seq: 0, attempt: 1 }]);
+        let (g, _) = b.lease(t0, 0, 1, LEASE);
+        assert_eq!(seqs(&g), [1]);
+        assert_eq!(b.next_wakeup(), Some(t0 + Duration::from_secs(10)));
+
+        let t1 = t0 + Duration::from_secs(10);
+        // The expired message goes out again before the newer one: per-queue FIFO.
+        let (g, _) = b.lease(t1, 0, 2, LEASE);
+        assert_eq!(
+            g,
+            [Grant { seq: 0, attempt: 2 }, Grant { seq: 2, attempt: 1 }]
+        );
+        // The first consumer's lease is gone: its nack is refused, its ack too.
+        assert_eq!(b.nack(first[0], t1, Duration::ZERO), Err(Stale::LeaseLost));
+        assert_eq!(b.ack(first[0]), Err(Stale::LeaseLost));
+        assert_eq!(b.ack(g[0]), Ok(1));
+    }
+
+    #[test]
+    fn a_late_ack_is_accepted_while_nobody_else_holds_the_message() {
+        let mut b = book(100, 1000);
+        append(&mut b, 1);
+        let t0 = Instant::now();
+        let (g, _) = b.lease(t0, 0, 1, Duration::from_secs(1));
+        // The lease ran out long ago, but nobody else leased the message since.
+        assert_eq!(b.ack(g[0]), Ok(1));
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn nack_with_delay_holds_the_message_back_then_redelivers_with_a_higher_attempt() {
+        let mut b = book(100, 1000);
+        append(&mut b, 1);
+        append(&mut b, 1);
+        let t0 = Instant::now();
+        let (g, _) = b.lease(t0, 0, 1, LEASE);
+        b.nack(g[0], t0, Duration::from_secs(5)).unwrap();
+        let (g2, _) = b.lease(t0, 0, 5, LEASE);
+        assert_eq!(seqs(&g2), [1], "message 0 waits out its delay");
+        assert!(!b.has_ready(t0));
+        assert_eq!(b.next_wakeup(), Some(t0 + Duration::from_secs(5)));
+        let t1 = t0 + Duration::from_secs(5);
+        assert!(b.has_ready(t1));
+        let (g3, _) = b.lease(t1, 0, 5, LEASE);
+        assert_eq!(g3, [Grant { seq: 0, attempt: 2 }]);
+        // A zero-delay nack is deliverable at once.
+        b.nack(g3[0], t1, Duration::ZERO).unwrap();
+        assert_eq!(b.lease(t1, 0, 5, LEASE).0, [Grant { seq: 0, attempt: 3 }]);
+    }
+
+    #[test]
+    fn extend_keeps_a_slow_consumer_s_lease() {
+        let mut b = book(100, 1000);
+        append(&mut b, 1);
+        let t0 = Instant::now();
+        let (g, _) = b.lease(t0, 0, 1, Duration::from_secs(10));
+        let t1 = t0 + Duration::from_secs(9);
+        b.extend(g[0], t1, Duration::from_secs(10)).unwrap();
+        let t2 = t0 + Duration::from_secs(15);
+        assert!(b.lease(t2, 0, 1, LEASE).0.is_empty(), "still leased");
+        let t3 = t0 + Duration::from_secs(19);
+        assert_eq!(b.lease(t3, 0, 1, LEASE).0[0].attempt, 2);
+        assert_eq!(b.extend(g[0], t3, LEASE), Err(Stale::LeaseLost));
+    }
+
+    #[test]
+    fn expired_messages_are_dropped_not_delivered() {
+        let mut b = book(100, 1000);
+        let s0 = b.admit(7).unwrap();
+        b.push(s0, 7, Some(1_000));
+        let s1 = b.admit(3).unwrap();
+        b.push(s1, 3, Some(5_000));
+        let (g, expired) = b.lease(Instant::now(), 2_000, 10, LEASE);
+        assert_eq!(seqs(&g), [s1]);
+        assert_eq!(expired, [s0]);
+        assert_eq!((b.len(), b.bytes()), (1, 3));
+    }
+
+    #[test]
+    fn a_reloaded_book_continues_numbering_after_the_last_message_on_disk() {
+        let mut b = Book::new(Limits::default(), Some(41));
+        b.push(40, 1, None);
+        b.push(41, 1, None);
+        assert_eq!(b.admit(1), Ok(42));
+        let (g, _) = b.lease(Instant::now(), 0, 10, LEASE);
+        assert_eq!(seqs(&g), [40, 41]);
+    }
+}
