@@ -57,6 +57,8 @@ pub const TYPES: &[(&str, &[&str])] = &[
     ("state.in-memory", &["v1"]),
     ("bindings.http", &["v1"]),
     ("bindings.cron", &["v1"]),
+    ("bindings.mqtt3", &["v1"]),
+    ("bindings.mqtt", &["v1"]),
     ("configuration.file", &["v1"]),
     ("configuration.redis", &["v1"]),
     ("lock.in-memory", &["v1"]),
@@ -68,6 +70,11 @@ pub const TYPES: &[(&str, &[&str])] = &[
     ("pubsub.redis", &["v1"]),
     ("pubsub.mqtt", &["v1"]),
 ];
+
+/// Whether a component type is Dapr's MQTT binding (`bindings.mqtt3`, or the older `bindings.mqtt`).
+pub fn is_mqtt_binding(type_name: &str) -> bool {
+    matches!(type_name, "bindings.mqtt3" | "bindings.mqtt")
+}
 
 /// Whether a component type is a secret store (built first; resolves others' `secretKeyRef`s).
 pub fn is_secret_store(type_name: &str) -> bool {
@@ -154,8 +161,15 @@ pub fn apply_runtime_defaults(components: &mut [Component], app_id: &str) {
     use crate::config::resources::MetadataItem;
     for c in components
         .iter_mut()
-        .filter(|c| c.type_name.starts_with("pubsub."))
+        .filter(|c| c.type_name.starts_with("pubsub.") || is_mqtt_binding(&c.type_name))
     {
+        // A binding and a pub/sub on the same broker must not share a client id (the broker
+        // would disconnect one of them), so a binding's default is `<app-id>-<binding>`.
+        let default_id = if is_mqtt_binding(&c.type_name) {
+            format!("{app_id}-{}", c.name)
+        } else {
+            app_id.to_owned()
+        };
         for m in &mut c.metadata {
             if let MetaValue::Plain(v) = &mut m.value
                 && v.contains("{appID}")
@@ -167,7 +181,7 @@ pub fn apply_runtime_defaults(components: &mut [Component], app_id: &str) {
             c.metadata.retain(|m| m.name != "consumerID");
             c.metadata.push(MetadataItem {
                 name: "consumerID".into(),
-                value: MetaValue::Plain(app_id.to_owned()),
+                value: MetaValue::Plain(default_id),
             });
         }
     }
@@ -228,6 +242,22 @@ pub fn validate(c: &Component) -> Vec<ConfigError> {
                 &meta_field(c, "url"),
                 format!("required: an http:// or https:// URL, got {url:?}"),
             );
+        }
+    }
+    if is_mqtt_binding(&c.type_name) {
+        if c.meta("topic").is_none_or(str::is_empty) {
+            err(
+                &meta_field(c, "topic"),
+                "required: the topic the binding publishes to and reads from".into(),
+            );
+        }
+        if let Err(m) = directions(c) {
+            err(&meta_field(c, "direction"), m);
+        }
+        if let Err(fields) = MqttSettings::from_component(c) {
+            for (field, msg) in fields {
+                err(&meta_field(c, field), msg);
+            }
         }
     }
     if c.type_name == "bindings.cron"
@@ -511,6 +541,25 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
                     .push((c.name.clone(), InputBinding::Cron(s)));
                 Vec::new()
             })
+        } else if is_mqtt_binding(&c.type_name) {
+            build_mqtt_binding(c)
+                .await
+                .map(|(bus, topic, input, output)| {
+                    if output {
+                        reg.output_bindings.insert(
+                            c.name.clone(),
+                            OutputBinding::Mqtt {
+                                bus: bus.clone(),
+                                topic: topic.clone(),
+                            },
+                        );
+                    }
+                    if input {
+                        reg.input_bindings
+                            .push((c.name.clone(), InputBinding::Mqtt { bus, topic }));
+                    }
+                    Vec::new()
+                })
         } else if c.type_name.starts_with("configuration.") {
             build_configuration(c).await.map(|(store, task)| {
                 reg.configuration.insert(c.name.clone(), store);
@@ -552,6 +601,33 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
     } else {
         Err(errors)
     }
+}
+
+/// Which ways a binding works, from Dapr's `direction` metadata (both when absent).
+fn directions(c: &Component) -> Result<(bool, bool), String> {
+    let Some(d) = c.meta("direction").filter(|d| !d.trim().is_empty()) else {
+        return Ok((true, true));
+    };
+    let (mut input, mut output) = (false, false);
+    for part in d.split(',').map(str::trim) {
+        match part {
+            "input" => input = true,
+            "output" => output = true,
+            other => return Err(format!("direction {other:?} must be input, output or both")),
+        }
+    }
+    Ok((input, output))
+}
+
+/// One broker connection serving the binding both ways.
+async fn build_mqtt_binding(
+    c: &Component,
+) -> Result<(Arc<MqttPubSub>, String, bool, bool), String> {
+    let (input, output) = directions(c)?;
+    let topic = c.meta("topic").unwrap_or_default().to_owned();
+    let settings = MqttSettings::from_component(c).map_err(joined)?;
+    let bus = MqttPubSub::connect(settings).await?;
+    Ok((Arc::new(bus), topic, input, output))
 }
 
 type Background = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

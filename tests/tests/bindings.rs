@@ -173,3 +173,89 @@ fn bad_binding_configuration_is_reported_by_check_config() {
         "{err}"
     );
 }
+
+#[test]
+fn mqtt_binding_publishes_and_delivers_through_a_real_mosquitto() {
+    let broker = edgecar_tests::MosquittoServer::start();
+    let app = TestApp::start(|_| AppResponse::new(200, ""));
+    let (dir, res) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_component(
+        res.path(),
+        "alarms",
+        "bindings.mqtt3",
+        &[
+            ("url", &broker.url()),
+            ("topic", "site/alarms"),
+            ("direction", "output"),
+        ],
+    );
+    write_component(
+        res.path(),
+        "readings",
+        "bindings.mqtt3",
+        &[
+            ("url", &broker.url()),
+            ("topic", "sensors/+/temp"),
+            ("direction", "input"),
+        ],
+    );
+    let (mut sub, seen) = broker.subscribe("site/#");
+    let ec = Edgecar::start(
+        dir.path(),
+        &[
+            "--resources-path",
+            res.path().to_str().unwrap(),
+            "--app-port",
+            &app.port.to_string(),
+        ],
+    );
+
+    // Output: the binding publishes the data to its topic, or to the request's `topic`.
+    let r = ec.req(
+        "POST",
+        "/v1.0/bindings/alarms",
+        br#"{"operation":"create","data":{"level":"high"}}"#,
+        &[],
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = ec.req(
+        "POST",
+        "/v1.0/bindings/alarms",
+        br#"{"operation":"create","data":"door open","metadata":{"topic":"site/doors"}}"#,
+        &[],
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    eventually(
+        Duration::from_secs(10),
+        "both publishes at the broker",
+        || {
+            let got = seen.lock().unwrap().clone();
+            (got.iter().any(|l| l.contains(r#"{"level":"high"}"#))
+                && got.iter().any(|l| l.contains("door open")))
+            .then_some(())
+        },
+    );
+    let r = ec.req(
+        "POST",
+        "/v1.0/bindings/alarms",
+        br#"{"operation":"delete"}"#,
+        &[],
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (500, "ERR_INVOKE_OUTPUT_BINDING")
+    );
+
+    // Input: messages on the topic (wildcards allowed) are POSTed to the app at /<binding>.
+    std::thread::sleep(Duration::from_millis(300));
+    broker.publish("sensors/oven/temp", "231.5");
+    let got = eventually(
+        Duration::from_secs(10),
+        "the MQTT message at the app",
+        || app.received().into_iter().find(|r| r.path == "/readings"),
+    );
+    assert_eq!(got.method, "POST");
+    assert_eq!(got.body, b"231.5");
+    assert_eq!(got.header("x-edgecar-topic"), Some("sensors/oven/temp"));
+    let _ = sub.kill();
+}

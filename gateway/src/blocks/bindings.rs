@@ -1,6 +1,9 @@
 //! The bindings building block: Dapr's output bindings (`POST /v1.0/bindings/<name>`) and the
 //! input bindings that call the app at `POST /<name>`.
 //!
+//! Types: `bindings.http` (output), `bindings.cron` (input), `bindings.mqtt3` (both ways, on
+//! the same broker connection as `pubsub.mqtt` uses).
+//!
 //! Output: the request body is Dapr's `{"data", "metadata", "operation"}`; the binding's answer
 //! comes back as the body (204 when empty), its status as `metadata.statusCode`. Input: each
 //! event is POSTed to the app through service invocation, so the app's resiliency policy applies.
@@ -8,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use http::Method;
 use serde::Deserialize;
@@ -18,18 +22,73 @@ use crate::blocks::invoke::InvokeBlock;
 use crate::call::Reply;
 use crate::components::binding_cron::Schedule;
 use crate::components::binding_http::HttpBinding;
+use crate::components::pubsub::{
+    Handler, InMessage, OutMessage, Outcome, PubSub, SubscribeRequest,
+};
+use crate::components::pubsub_mqtt::MqttPubSub;
 use crate::error::{Error, ErrorKind, codes};
 
 /// A loaded output binding.
 pub enum OutputBinding {
     /// `bindings.http`.
     Http(HttpBinding),
+    /// `bindings.mqtt3`: publishes to `topic` (request metadata `topic` overrides it).
+    Mqtt {
+        /// The broker connection (shared with the binding's input side).
+        bus: Arc<MqttPubSub>,
+        /// Default topic.
+        topic: String,
+    },
 }
 
 /// A loaded input binding.
 pub enum InputBinding {
     /// `bindings.cron`.
     Cron(Schedule),
+    /// `bindings.mqtt3`: every message on `topic` goes to the app.
+    Mqtt {
+        /// The broker connection.
+        bus: Arc<MqttPubSub>,
+        /// The topic (MQTT wildcards allowed).
+        topic: String,
+    },
+}
+
+/// Delivers an MQTT input binding's messages to the app; the broker keeps (and redelivers) a
+/// message the app did not take.
+struct ToApp {
+    name: String,
+    invoke: Arc<InvokeBlock>,
+    app_id: String,
+}
+
+#[async_trait]
+impl Handler for ToApp {
+    async fn handle(&self, msg: InMessage) -> Outcome {
+        let headers = [
+            (
+                "content-type".to_owned(),
+                "application/octet-stream".to_owned(),
+            ),
+            ("x-edgecar-topic".to_owned(), msg.topic.clone()),
+        ];
+        let path = format!("/{}", self.name);
+        match self
+            .invoke
+            .call(&self.app_id, &path, &Method::POST, &headers, msg.data)
+            .await
+        {
+            Ok(r) if r.status.is_success() => Outcome::Ack,
+            Ok(r) => {
+                warn!(binding = %self.name, status = %r.status, "app refused an MQTT binding message; the broker keeps it");
+                Outcome::Nack
+            }
+            Err(e) => {
+                warn!(binding = %self.name, error = %e, "MQTT binding message not delivered; the broker keeps it");
+                Outcome::Nack
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -84,6 +143,29 @@ impl BindingsBlock {
             )
         };
         match binding {
+            OutputBinding::Mqtt { bus, topic } => {
+                if !req.operation.eq_ignore_ascii_case("create") {
+                    return Err(Error::new(
+                        ErrorKind::Upstream,
+                        codes::INVOKE_OUTPUT_BINDING,
+                        format!(
+                            "binding {name} supports only the create operation, not {:?}",
+                            req.operation
+                        ),
+                    ));
+                }
+                let mut metadata: HashMap<String, String> =
+                    req.metadata.unwrap_or_default().into_iter().collect();
+                let topic = metadata.remove("topic").unwrap_or_else(|| topic.clone());
+                let msg = OutMessage {
+                    topic,
+                    data: data_bytes(req.data),
+                    metadata,
+                    expires_at_ms: None,
+                };
+                bus.publish(msg).await.map_err(|e| failed(e.to_string()))?;
+                Ok(Reply::no_content())
+            }
             OutputBinding::Http(h) => {
                 let verb = HttpBinding::verb(&req.operation).ok_or_else(|| {
                     Error::new(
@@ -132,6 +214,29 @@ pub async fn run_input(
     app_id: String,
 ) {
     match binding {
+        InputBinding::Mqtt { bus, topic } => {
+            // Runs until the runtime aborts it at shutdown; the sender only has to outlive it.
+            let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+            let handler = Arc::new(ToApp {
+                name: name.clone(),
+                invoke,
+                app_id: app_id.clone(),
+            });
+            let req = SubscribeRequest {
+                topic: topic.clone(),
+                max_concurrency: 1,
+                app_id,
+            };
+            match bus.subscribe(req, handler, stop).await {
+                Ok(consumer) => {
+                    info!(binding = %name, %topic, "MQTT input binding started");
+                    consumer.await;
+                }
+                Err(e) => {
+                    warn!(binding = %name, error = %e, "MQTT input binding could not subscribe")
+                }
+            }
+        }
         InputBinding::Cron(schedule) => {
             info!(binding = %name, "cron input binding started");
             while let Some(wait) = schedule.until_next() {
