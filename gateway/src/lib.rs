@@ -140,6 +140,7 @@ pub async fn run(
         );
     }
     let policies = setup::merged_policies(&setup.resiliency);
+    let component_calls = Arc::new(resilience::ComponentCalls::new(setup.resiliency.clone()));
     let invoke = Arc::new(InvokeBlock::new(
         apps,
         setup.access_control,
@@ -170,14 +171,20 @@ pub async fn run(
         invoke.apps(),
     )
     .with_subscriptions(subscriptions.clone());
-    let pubsub = Arc::new(PubSubBlock::new(cfg.app_id.clone(), registry.pubsub));
+    let pubsub = Arc::new(
+        PubSubBlock::new(cfg.app_id.clone(), registry.pubsub)
+            .with_resilience(component_calls.clone()),
+    );
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),
-        state: StateBlock::new(registry.state, cfg.limits.clone()),
+        state: StateBlock::new(registry.state, cfg.limits.clone(), component_calls.clone()),
         invoke: invoke.clone(),
         secrets,
         lock: blocks::lock::LockBlock::new(registry.locks),
-        bindings: blocks::bindings::BindingsBlock::new(registry.output_bindings),
+        bindings: blocks::bindings::BindingsBlock::new(
+            registry.output_bindings,
+            component_calls.clone(),
+        ),
         configuration: blocks::configuration::ConfigurationBlock::new(
             registry.configuration,
             invoke.clone(),

@@ -1,5 +1,6 @@
-//! Applying Dapr resiliency policies to the gateway's own calls: service invocation now, component
-//! calls and subscription deliveries as they arrive.
+//! Applying Dapr resiliency policies to the gateway's own calls: service invocation and calls to
+//! components (state, publish, output bindings); subscription deliveries use the same primitives
+//! in the pub/sub block.
 //!
 //! The policy model (Dapr's Resiliency YAML) and the pure state machines (retry backoff, circuit
 //! breaker) live in `edgecar_capabilities::resiliency`, shared with the capability engine; this
@@ -10,8 +11,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
 
+use edgecar_capabilities::Resiliency;
 use edgecar_capabilities::resiliency::{
-    BreakerPolicy, CircuitBreaker, Rejected, ResolvedPolicies, Ticket, jitter,
+    BreakerPolicy, CircuitBreaker, Direction, Rejected, ResolvedPolicies, Ticket, jitter,
 };
 use tokio::time::Instant;
 
@@ -48,6 +50,54 @@ impl Breakers {
             b.record(ticket, Instant::now(), success);
         }
     }
+}
+
+/// Resiliency for the gateway's calls *to* components (Dapr's
+/// `spec.targets.components.<name>.outbound`): state operations, publishes, output bindings, each
+/// component with its own breaker.
+#[derive(Default)]
+pub struct ComponentCalls {
+    /// Resiliency documents in force.
+    docs: Vec<Resiliency>,
+    /// One breaker per component name.
+    breakers: Breakers,
+}
+
+impl ComponentCalls {
+    /// Uses `docs` for every component call.
+    pub fn new(docs: Vec<Resiliency>) -> Self {
+        ComponentCalls {
+            docs,
+            breakers: Breakers::default(),
+        }
+    }
+
+    /// Runs one call to `component` under its outbound policies (none: one plain attempt).
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        component: &str,
+        attempt: F,
+        failed: impl Fn(&Result<T, E>) -> bool,
+    ) -> Result<Result<T, E>, Stopped>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let policies = first_policies(
+            self.docs
+                .iter()
+                .map(|d| d.policies_for_component(component, Direction::Outbound)),
+        );
+        run(&policies, &self.breakers, component, attempt, failed).await
+    }
+}
+
+/// The first set of policies that says anything (documents are consulted in load order).
+pub fn first_policies(candidates: impl Iterator<Item = ResolvedPolicies>) -> ResolvedPolicies {
+    candidates
+        .into_iter()
+        .find(|p| p.timeout.is_some() || p.retry.is_some() || p.circuit_breaker.is_some())
+        .unwrap_or_default()
 }
 
 /// Runs `attempt` under `policies` for `target`.

@@ -21,12 +21,13 @@ use tracing::{info, warn};
 use crate::blocks::invoke::InvokeBlock;
 use crate::call::Reply;
 use crate::components::binding_cron::Schedule;
-use crate::components::binding_http::HttpBinding;
+use crate::components::binding_http::{HttpBinding, HttpResult};
 use crate::components::pubsub::{
-    Handler, InMessage, OutMessage, Outcome, PubSub, SubscribeRequest,
+    Handler, InMessage, OutMessage, Outcome, PubSub, PubSubError, SubscribeRequest,
 };
 use crate::components::pubsub_mqtt::MqttPubSub;
 use crate::error::{Error, ErrorKind, codes};
+use crate::resilience::ComponentCalls;
 
 /// A loaded output binding.
 pub enum OutputBinding {
@@ -104,6 +105,8 @@ struct BindingRequest {
 /// The bindings building block.
 pub struct BindingsBlock {
     outputs: HashMap<String, OutputBinding>,
+    /// Outbound resiliency per binding.
+    calls: Arc<ComponentCalls>,
 }
 
 /// The bytes a binding sends for Dapr's `data`: a JSON string's content as is, anything else as JSON.
@@ -119,8 +122,8 @@ fn data_bytes(data: Option<Box<RawValue>>) -> Bytes {
 
 impl BindingsBlock {
     /// Takes the loaded output bindings.
-    pub fn new(outputs: HashMap<String, OutputBinding>) -> Self {
-        BindingsBlock { outputs }
+    pub fn new(outputs: HashMap<String, OutputBinding>, calls: Arc<ComponentCalls>) -> Self {
+        BindingsBlock { outputs, calls }
     }
 
     /// `POST|PUT /v1.0/bindings/<name>`.
@@ -163,7 +166,13 @@ impl BindingsBlock {
                     metadata,
                     expires_at_ms: None,
                 };
-                bus.publish(msg).await.map_err(|e| failed(e.to_string()))?;
+                let publish = || bus.publish(msg.clone());
+                let backend =
+                    |r: &Result<(), PubSubError>| matches!(r, Err(PubSubError::Backend(_)));
+                match self.calls.run(name, publish, backend).await {
+                    Ok(r) => r.map_err(|e| failed(e.to_string()))?,
+                    Err(stopped) => return Err(failed(stopped.to_string())),
+                }
                 Ok(Reply::no_content())
             }
             OutputBinding::Http(h) => {
@@ -177,14 +186,16 @@ impl BindingsBlock {
                         ),
                     )
                 })?;
-                let r = h
-                    .invoke(
-                        verb,
-                        data_bytes(req.data),
-                        &req.metadata.unwrap_or_default(),
-                    )
-                    .await
-                    .map_err(failed)?;
+                let (data, metadata) = (data_bytes(req.data), req.metadata.unwrap_or_default());
+                let call = || h.invoke(verb.clone(), data.clone(), &metadata);
+                let server_error = |r: &Result<HttpResult, String>| match r {
+                    Ok(r) => r.status.is_server_error(),
+                    Err(_) => true,
+                };
+                let r = match self.calls.run(name, call, server_error).await {
+                    Ok(r) => r.map_err(failed)?,
+                    Err(stopped) => return Err(failed(stopped.to_string())),
+                };
                 if r.status.as_u16() >= 400 {
                     return Err(failed(format!(
                         "received status code {}",

@@ -201,12 +201,8 @@ impl InvokeBlock {
             .get(app_id)
             .ok_or_else(|| InvokeError::UnknownApp(app_id.to_owned()))?;
         let uri = format!("{base}{method}");
-        let policies = self
-            .resiliency
-            .iter()
-            .map(|r| r.policies_for_app(app_id))
-            .find(|p| p.timeout.is_some() || p.retry.is_some() || p.circuit_breaker.is_some())
-            .unwrap_or_default();
+        let policies =
+            resilience::first_policies(self.resiliency.iter().map(|r| r.policies_for_app(app_id)));
         let attempt = || self.once(app_id, &uri, verb, headers, body.clone());
         let server_error = |r: &Result<AppReply, InvokeError>| match r {
             Ok(reply) => reply.status.is_server_error(),

@@ -19,6 +19,7 @@ pub mod rules;
 pub mod subscription;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -29,6 +30,7 @@ use crate::components::PubSubComponent;
 use crate::components::pubsub::{OutMessage, PubSubError};
 use crate::error::{Error, ErrorKind, codes};
 use crate::queue::unix_ms;
+use crate::resilience::ComponentCalls;
 use cloudevent::{Attributes, Envelope};
 
 /// Longest topic name accepted.
@@ -40,6 +42,8 @@ pub struct PubSubBlock {
     app_id: String,
     /// Loaded pub/sub components by name.
     buses: HashMap<String, PubSubComponent>,
+    /// Outbound resiliency for publishes.
+    calls: Arc<ComponentCalls>,
 }
 
 /// Publish options read from `metadata.*`.
@@ -119,7 +123,17 @@ struct EventIn<'a> {
 impl PubSubBlock {
     /// A block over the loaded pub/sub components.
     pub fn new(app_id: String, buses: HashMap<String, PubSubComponent>) -> Self {
-        PubSubBlock { app_id, buses }
+        PubSubBlock {
+            app_id,
+            buses,
+            calls: Arc::default(),
+        }
+    }
+
+    /// Publishes under these outbound resiliency policies (Dapr's `targets.components`).
+    pub fn with_resilience(mut self, calls: Arc<ComponentCalls>) -> Self {
+        self.calls = calls;
+        self
     }
 
     /// This sidecar's app id.
@@ -251,15 +265,19 @@ impl PubSubBlock {
             metadata: &params.metadata,
         };
         let (data, expires_at_ms) = self.envelope(pubsub, topic, &ev, &meta, params)?;
-        bus.bus
-            .publish(OutMessage {
-                topic: topic.to_owned(),
-                data,
-                metadata: params.metadata.clone(),
-                expires_at_ms,
-            })
+        let msg = OutMessage {
+            topic: topic.to_owned(),
+            data,
+            metadata: params.metadata.clone(),
+            expires_at_ms,
+        };
+        let backend = |r: &Result<(), PubSubError>| matches!(r, Err(PubSubError::Backend(_)));
+        let result = self
+            .calls
+            .run(pubsub, || bus.bus.publish(msg.clone()), backend)
             .await
-            .map_err(|e| publish_error(pubsub, topic, &e))?;
+            .unwrap_or_else(|stopped| Err(PubSubError::Backend(stopped.to_string())));
+        result.map_err(|e| publish_error(pubsub, topic, &e))?;
         Ok(Reply::no_content())
     }
 

@@ -6,6 +6,7 @@
 //! write, so a malformed request changes nothing.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -16,6 +17,7 @@ use crate::components::StateComponent;
 use crate::components::state::{Concurrency, DeleteRequest, SetRequest, StoreError, Ttl, TxOp};
 use crate::config::Limits;
 use crate::error::{Error, ErrorKind, codes};
+use crate::resilience::ComponentCalls;
 
 /// The separator between owner prefix and key, as in Dapr.
 pub const SEPARATOR: &str = "||";
@@ -141,6 +143,8 @@ pub struct StateBlock {
     stores: HashMap<String, StateComponent>,
     /// Key and item-count limits.
     limits: Limits,
+    /// Outbound resiliency for store calls.
+    calls: Arc<ComponentCalls>,
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Error> {
@@ -193,8 +197,41 @@ fn json_data(value: &Bytes) -> Box<RawValue> {
 
 impl StateBlock {
     /// Takes the loaded state stores.
-    pub fn new(stores: HashMap<String, StateComponent>, limits: Limits) -> Self {
-        StateBlock { stores, limits }
+    pub fn new(
+        stores: HashMap<String, StateComponent>,
+        limits: Limits,
+        calls: Arc<ComponentCalls>,
+    ) -> Self {
+        StateBlock {
+            stores,
+            limits,
+            calls,
+        }
+    }
+
+    /// Runs a store call under the store's outbound resiliency policy. Only backend failures
+    /// count as failures: an ETag conflict is an answer, not an outage.
+    async fn guarded<T, F, Fut>(
+        &self,
+        store: &str,
+        code: &'static str,
+        context: impl FnOnce() -> String,
+        attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let backend = |r: &Result<T, StoreError>| matches!(r, Err(StoreError::Backend(_)));
+        match self.calls.run(store, attempt, backend).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(store_error(code, context(), e)),
+            Err(stopped) => Err(Error::new(
+                ErrorKind::Upstream,
+                code,
+                format!("{}: {stopped}", context()),
+            )),
+        }
     }
 
     /// Names of the loaded stores, for diagnostics.
@@ -276,13 +313,14 @@ impl StateBlock {
     pub async fn get(&self, caller: &Caller, store_name: &str, key: &str) -> Result<Reply, Error> {
         let store = self.store(store_name)?;
         let full = self.key(store, caller, key)?;
-        let item = store.store.get(&full).await.map_err(|e| {
-            store_error(
+        let item = self
+            .guarded(
+                store_name,
                 codes::STATE_GET,
-                format!("fail to get {key} from state store {store_name}"),
-                e,
+                || format!("fail to get {key} from state store {store_name}"),
+                || store.store.get(&full),
             )
-        })?;
+            .await?;
         Ok(match item {
             None => Reply::no_content(),
             Some(item) => Reply::json(item.value).with_meta("ETag", item.etag),
@@ -308,7 +346,15 @@ impl StateBlock {
         for (key, full) in req.keys.iter().zip(full) {
             let mut entry = serde_json::Map::new();
             entry.insert("key".into(), key.clone().into());
-            match store.store.get(&full).await {
+            let got = self
+                .calls
+                .run(
+                    store_name,
+                    || store.store.get(&full),
+                    |r| matches!(r, Err(StoreError::Backend(_))),
+                )
+                .await;
+            match got.unwrap_or_else(|stopped| Err(StoreError::Backend(stopped.to_string()))) {
                 Ok(Some(item)) => {
                     let data = serde_json::to_value(json_data(&item.value)).unwrap_or_default();
                     entry.insert("data".into(), data);
@@ -339,13 +385,13 @@ impl StateBlock {
             .into_iter()
             .map(|i| self.set_request(store, caller, i, &params.metadata))
             .collect::<Result<Vec<_>, _>>()?;
-        store.store.set_many(reqs).await.map_err(|e| {
-            store_error(
-                codes::STATE_SAVE,
-                format!("failed saving state in state store {store_name}"),
-                e,
-            )
-        })?;
+        self.guarded(
+            store_name,
+            codes::STATE_SAVE,
+            || format!("failed saving state in state store {store_name}"),
+            || store.store.set_many(reqs.clone()),
+        )
+        .await?;
         Ok(Reply::no_content())
     }
 
@@ -364,13 +410,13 @@ impl StateBlock {
             key: full,
             etag: params.if_match.clone(),
         };
-        store.store.delete(req).await.map_err(|e| {
-            store_error(
-                codes::STATE_DELETE,
-                format!("failed deleting state with key {key}"),
-                e,
-            )
-        })?;
+        self.guarded(
+            store_name,
+            codes::STATE_DELETE,
+            || format!("failed deleting state with key {key}"),
+            || store.store.delete(req.clone()),
+        )
+        .await?;
         Ok(Reply::no_content())
     }
 
@@ -410,13 +456,13 @@ impl StateBlock {
                 }
             }
         }
-        store.store.transact(ops).await.map_err(|e| {
-            store_error(
-                codes::STATE_TRANSACTION,
-                "error while executing state transaction".into(),
-                e,
-            )
-        })?;
+        self.guarded(
+            store_name,
+            codes::STATE_TRANSACTION,
+            || "error while executing state transaction".into(),
+            || store.store.transact(ops.clone()),
+        )
+        .await?;
         Ok(Reply::no_content())
     }
 }
