@@ -32,6 +32,7 @@ pub mod blocks;
 pub mod call;
 pub mod components;
 pub mod config;
+pub mod devices;
 pub mod error;
 pub mod observability;
 pub mod policy;
