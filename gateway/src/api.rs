@@ -34,6 +34,7 @@ pub fn status(kind: ErrorKind) -> StatusCode {
         ErrorKind::Upstream | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
     }
 }
 
@@ -225,6 +226,8 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             key: key.to_string(),
         },
         (["metadata"], &Method::GET) => Op::MetadataGet,
+        (["devices"], &Method::GET) => Op::DevicesList,
+        (["devices", id], &Method::GET) => Op::DeviceGet { id: id.to_string() },
         (["metadata", attr], &Method::PUT) => Op::MetadataSet {
             attribute: attr.to_string(),
         },
@@ -234,7 +237,9 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             | ["state", _]
             | ["state", _, _]
             | ["metadata"]
-            | ["metadata", _],
+            | ["metadata", _]
+            | ["devices"]
+            | ["devices", _],
             _,
         ) => {
             return Err(method_not_allowed(method, path));

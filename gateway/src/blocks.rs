@@ -5,6 +5,7 @@
 //! [`Error`](crate::Error). Blocks never see HTTP or MQTT.
 
 pub mod capabilities;
+pub mod devices;
 pub mod invoke;
 pub mod metadata;
 pub mod state;

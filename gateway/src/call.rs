@@ -20,7 +20,7 @@ pub enum Caller {
         /// The app id the caller's keys are prefixed with.
         app_id: String,
     },
-    /// A device authenticated by the device endpoint.
+    /// A device authenticated by a device endpoint (MQTT today).
     Device {
         /// The device id from authentication (never from a topic the device chose).
         id: String,
@@ -108,6 +108,13 @@ pub enum Op {
         /// Attribute name.
         attribute: String,
     },
+    /// List registered devices with their presence (`GET /v1.0/devices`, edgecar's own).
+    DevicesList,
+    /// One device's presence (`GET /v1.0/devices/<id>`).
+    DeviceGet {
+        /// Device id.
+        id: String,
+    },
 }
 
 impl Op {
@@ -124,6 +131,8 @@ impl Op {
             Op::CapabilityList => "capability.list",
             Op::MetadataGet => "metadata.get",
             Op::MetadataSet { .. } => "metadata.set",
+            Op::DevicesList => "devices.list",
+            Op::DeviceGet { .. } => "devices.get",
         }
     }
 }

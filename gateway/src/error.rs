@@ -28,6 +28,8 @@ pub enum ErrorKind {
     Unavailable,
     /// Everything that was tried timed out.
     Timeout,
+    /// The operation is known but this build does not serve it yet.
+    NotImplemented,
     /// A bug or an unexpected state inside edgecar.
     Internal,
 }
@@ -102,4 +104,8 @@ pub mod codes {
     pub const DIRECT_INVOKE: &str = "ERR_DIRECT_INVOKE";
     /// Setting a metadata attribute failed.
     pub const METADATA_SET: &str = "ERR_METADATA_SET";
+    /// A reserved operation this build does not serve yet (edgecar's own code).
+    pub const NOT_IMPLEMENTED: &str = "ERR_NOT_IMPLEMENTED";
+    /// Something failed inside edgecar (edgecar's own code).
+    pub const INTERNAL: &str = "ERR_INTERNAL";
 }

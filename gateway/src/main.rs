@@ -222,14 +222,30 @@ fn run(args: &RunArgs) -> ExitCode {
     };
     rt.block_on(async move {
         let addr = SocketAddr::new(cfg.http.address, cfg.http.port);
-        let listener = match tokio::net::TcpListener::bind(addr).await {
+        let http = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("edgecar: cannot listen on {addr} (http): {e}");
                 return ExitCode::FAILURE;
             }
         };
-        match edgecar::run(cfg, setup, listener, shutdown_signal()).await {
+        let mqtt = if cfg.mqtt.enabled {
+            let addr = SocketAddr::new(cfg.mqtt.address, cfg.mqtt.port);
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!(
+                        "edgecar: cannot listen on {addr} (mqtt): {e} \
+                         (another broker on this port? set mqtt.port, --mqtt-port, or mqtt.enabled: false)"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
+        let listeners = edgecar::Listeners { http, mqtt };
+        match edgecar::run(cfg, setup, listeners, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("edgecar: {e}");

@@ -6,6 +6,7 @@
 use tracing::debug;
 
 use crate::blocks::capabilities::{self, CapabilitiesBlock};
+use crate::blocks::devices::{Command, DevicesBlock};
 use crate::blocks::invoke::InvokeBlock;
 use crate::blocks::metadata::MetadataBlock;
 use crate::blocks::state::StateBlock;
@@ -25,6 +26,8 @@ pub struct Runtime {
     pub capabilities: CapabilitiesBlock,
     /// The metadata building block.
     pub metadata: MetadataBlock,
+    /// Devices: commands from apps, presence.
+    pub devices: DevicesBlock,
 }
 
 impl Runtime {
@@ -59,6 +62,28 @@ impl Runtime {
                 app_id,
                 method,
                 verb,
+            } if !self.invoke.knows(app_id) && self.devices.is_device(app_id) => {
+                // Resolution order: local app, then local device.
+                let header = |n: &str| {
+                    call.params
+                        .headers
+                        .iter()
+                        .find(|(k, _)| k == n)
+                        .map(|(_, v)| v.clone())
+                };
+                let cmd = Command {
+                    method: method.clone(),
+                    verb: verb.clone(),
+                    content_type: header("content-type"),
+                    traceparent: call.params.traceparent.clone(),
+                    body: call.body.clone(),
+                };
+                self.devices.command(caller, app_id, cmd).await
+            }
+            Op::Invoke {
+                app_id,
+                method,
+                verb,
             } => {
                 let body = call.body.clone();
                 self.invoke
@@ -81,8 +106,19 @@ impl Runtime {
                 self.capabilities.call(caller, name, req).await
             }
             Op::CapabilityList => self.capabilities.list().await,
-            Op::MetadataGet => self.metadata.get(),
+            Op::MetadataGet => self.metadata.get(&[
+                (
+                    "devicesConnected",
+                    self.devices.connected_count().to_string(),
+                ),
+                (
+                    "devicesRegistered",
+                    self.devices.registered_count().to_string(),
+                ),
+            ]),
             Op::MetadataSet { attribute } => self.metadata.set(attribute, &call.body),
+            Op::DevicesList => self.devices.list(),
+            Op::DeviceGet { id } => self.devices.get(id),
         };
         if let Err(e) = &result {
             debug!(caller = %call.caller, op = call.op.name(), code = e.code, error = %e.message, "call failed");
