@@ -4,6 +4,8 @@
 //! learnt from its own log line, so ports are never fixed), `redis-server` on a free port, and plain
 //! HTTP/1.1 over real sockets. Children are killed when their handle drops.
 
+pub mod mqtt;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -141,9 +141,9 @@ pub fn classify(device: &str, msg: &Message) -> Inbound {
                     reply_to,
                 );
             }
-            // MQTT 5 requesters may rely on correlation data alone; others need the id.
-            let correlated = reply_to.response_topic.is_some() && reply_to.correlation.is_some();
-            if reply_to.rid == "-" && !correlated {
+            // An MQTT 5 requester that names a response topic needs no id: the topic (and its
+            // correlation data, if any) tell its replies apart.
+            if reply_to.rid == "-" && reply_to.response_topic.is_none() {
                 return invalid(
                     Error::malformed(format!(
                         "missing or invalid request id: publish to req/{}/<request-id> \
