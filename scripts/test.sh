@@ -43,7 +43,7 @@ step "Dapr JS SDK for the SDK tests"
 npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 
 step "unit and end-to-end tests"
-cargo build -p edgecar --locked
+cargo build -p edgecar -p edgecar-device-client --locked
 cargo test --workspace --locked
 
 step "appliance guard: ARM builds, qemu smoke test, TLS providers"

@@ -30,6 +30,17 @@ pub fn edgecar_bin() -> PathBuf {
     bin
 }
 
+/// Path of the `edgecar-device` CLI, built beside `edgecar` (`cargo build -p edgecar-device-client`).
+pub fn device_cli_bin() -> PathBuf {
+    let bin = edgecar_bin().with_file_name("edgecar-device");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p edgecar-device-client` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
 /// A port nobody listens on right now (for peers that cannot report the port they bound).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

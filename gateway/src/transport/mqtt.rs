@@ -41,6 +41,10 @@ use session::{Action, Close, Limits, Session};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Presence "last seen" is updated at most this often per connection.
 const PRESENCE_EVERY: Duration = Duration::from_secs(1);
+/// Connections that have not finished their CONNECT (and password check) at once. Limits on
+/// connections count authenticated devices; this bounds the sockets and the queue for password
+/// checks that anyone who can reach the port can make edgecar hold.
+const MAX_HANDSHAKES: usize = 256;
 
 /// Everything connections share.
 pub struct Endpoint {
@@ -90,6 +94,7 @@ pub async fn serve(
 ) {
     let mut conns = JoinSet::new();
     let mut background = JoinSet::new();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     {
         // Removed devices and replaced passwords end the sessions that used them.
         let (hub, registry) = (ep.hub.clone(), ep.registry.clone());
@@ -111,8 +116,12 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    debug!(%peer, "too many connections still handshaking; dropped");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                conns.spawn(connection(stream, peer, ep.clone()));
+                conns.spawn(connection(stream, peer, ep.clone(), permit));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             r = stop.changed() => {
@@ -189,7 +198,12 @@ async fn refuse(mut stream: TcpStream, v: Version, code: ConnectCode, reason: St
 }
 
 /// One device connection, from CONNECT to close.
-async fn connection(mut stream: TcpStream, peer: SocketAddr, ep: Arc<Endpoint>) {
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ep: Arc<Endpoint>,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+) {
     let max = ep.limits.max_packet_size;
     let mut buf = BytesMut::with_capacity(1024);
     let first = tokio::time::timeout(ep.connect_timeout, read_connect(&mut stream, &mut buf, max));
@@ -273,6 +287,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, ep: Arc<Endpoint>) 
         Instant::now(),
     );
     drop(connect);
+    drop(handshake);
     let conn_id = attached.id;
     let mut conn = Conn {
         ep: ep.clone(),
