@@ -177,6 +177,25 @@ pub struct MqttConfig {
     pub session_expiry: Dur,
     /// Per-device message rate limit.
     pub rate_limit: RateLimitConfig,
+    /// TLS: when a certificate is given, the listener speaks MQTT over TLS only.
+    pub tls: MqttTlsConfig,
+}
+
+/// TLS for the MQTT device endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MqttTlsConfig {
+    /// PEM certificate chain, server certificate first; empty: plain TCP.
+    pub cert_file: PathBuf,
+    /// PEM private key of the certificate.
+    pub key_file: PathBuf,
+}
+
+impl MqttTlsConfig {
+    /// Whether TLS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
 }
 
 /// A token bucket: a steady rate with room for bursts.
@@ -278,6 +297,7 @@ impl Default for MqttConfig {
             max_connections_per_device: 4,
             session_expiry: Dur(Duration::from_secs(3600)),
             rate_limit: RateLimitConfig::default(),
+            tls: MqttTlsConfig::default(),
         }
     }
 }
@@ -595,6 +615,18 @@ pub fn validate(cfg: &Config, file: &Path) -> Vec<ConfigError> {
     }
     if m.rate_limit.burst == 0 {
         err("mqtt.rateLimit.burst", "must be at least 1".into());
+    }
+    if m.tls.cert_file.as_os_str().is_empty() != m.tls.key_file.as_os_str().is_empty() {
+        err(
+            "mqtt.tls",
+            "certFile and keyFile go together: set both for TLS, neither for plain TCP".into(),
+        );
+    } else if m.tls.enabled()
+        && m.enabled
+        && let Err(e) = crate::transport::mqtt::tls::acceptor(&m.tls)
+    {
+        // check-config reads the files, so a bad certificate is found before a restart.
+        err("mqtt.tls", e);
     }
     if cfg.log.level.trim().is_empty() {
         err("log.level", "must not be empty".into());

@@ -85,6 +85,9 @@ pub enum StartError {
     /// One or more components failed to start.
     #[error("components failed to start:\n  {}", .0.join("\n  "))]
     Components(Vec<String>),
+    /// The MQTT TLS certificate or key could not be loaded.
+    #[error("mqtt.tls: {0}")]
+    Tls(String),
     /// The device registry is invalid.
     #[error("device registry:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     Devices(Vec<config::ConfigError>),
@@ -206,11 +209,16 @@ pub async fn run(
         ));
     }
 
+    let mqtt_tls = if cfg.mqtt.tls.enabled() {
+        Some(transport::mqtt::tls::acceptor(&cfg.mqtt.tls).map_err(StartError::Tls)?)
+    } else {
+        None
+    };
     // One stop signal for both listeners.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mqtt = listeners.mqtt.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
-            info!(%addr, devices = device_registry.snapshot().len(), "MQTT device endpoint listening");
+            info!(%addr, devices = device_registry.snapshot().len(), tls = mqtt_tls.is_some(), "MQTT device endpoint listening");
         }
         let ep = Arc::new(transport::mqtt::Endpoint {
             runtime: runtime.clone(),
@@ -219,6 +227,7 @@ pub async fn run(
             presence,
             limits: transport::mqtt::Endpoint::session_limits(&cfg.mqtt),
             connect_timeout: cfg.mqtt.connect_timeout.0,
+            tls: mqtt_tls.clone(),
         });
         tokio::spawn(transport::mqtt::serve(
             listener,

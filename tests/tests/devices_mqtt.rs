@@ -753,3 +753,94 @@ fn persistent_sessions_keep_their_subscriptions() {
     let m = back.wait_for(1, WAIT);
     assert_eq!(topic(&m[0]), "edgecar/v1/dev1/res/state.get/p1/204");
 }
+
+#[test]
+fn devices_can_connect_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=edgecar-test",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let cfg = dir.path().join("edgecar.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "mqtt:\n  tls:\n    certFile: {}\n    keyFile: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let (ec, p1, _) = site(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let port = ec.mqtt_port;
+    let ca = cert.to_str().unwrap();
+    let sub = MosquittoSub::start(
+        port,
+        "dev1",
+        &p1,
+        &["edgecar/v1/dev1/res/#"],
+        &["--cafile", ca],
+    );
+    let out = mosquitto_pub(
+        port,
+        "dev1",
+        &p1,
+        "edgecar/v1/dev1/req/state.get/t1?key=k",
+        "",
+        &["--cafile", ca],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        topic(&sub.wait_for(1, WAIT)[0]),
+        "edgecar/v1/dev1/res/state.get/t1/204"
+    );
+    // Wrong passwords are still refused inside TLS, and plain MQTT gets nowhere.
+    let out = mosquitto_pub(
+        port,
+        "dev1",
+        "wrong",
+        "edgecar/v1/dev1/req/x/1",
+        "",
+        &["--cafile", ca],
+    );
+    assert!(!out.status.success());
+    let out = mosquitto_pub(port, "dev1", &p1, "edgecar/v1/dev1/req/x/1", "", &[]);
+    assert!(!out.status.success());
+    // A certificate that does not parse is reported by check-config with its field.
+    std::fs::write(&key, "not a key").unwrap();
+    let out = std::process::Command::new(edgecar_tests::edgecar_bin())
+        .args(["check-config", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("mqtt.tls"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -13,6 +13,7 @@ pub mod hub;
 pub mod protocol;
 pub mod ratelimit;
 pub mod session;
+pub mod tls;
 pub mod topics;
 
 use std::collections::HashMap;
@@ -21,9 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -58,8 +58,10 @@ pub struct Endpoint {
     pub presence: Arc<Presence>,
     /// Session limits.
     pub limits: Limits,
-    /// How long a new connection may take to send CONNECT.
+    /// How long a new connection may take to send CONNECT (and finish its TLS handshake).
     pub connect_timeout: Duration,
+    /// TLS, when configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Endpoint {
@@ -121,7 +123,21 @@ pub async fn serve(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                conns.spawn(connection(stream, peer, ep.clone(), permit));
+                let ep = ep.clone();
+                match ep.tls.clone() {
+                    None => {
+                        conns.spawn(connection(stream, peer, ep, permit));
+                    }
+                    Some(tls) => {
+                        conns.spawn(async move {
+                            match tokio::time::timeout(ep.connect_timeout, tls.accept(stream)).await {
+                                Ok(Ok(s)) => connection(s, peer, ep, permit).await,
+                                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => debug!(%peer, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             r = stop.changed() => {
@@ -141,8 +157,12 @@ pub async fn serve(
     background.abort_all();
 }
 
+/// A device's byte stream: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
 /// Writes buffered packets, giving up on a device that does not read.
-async fn flush(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
+async fn flush<S: Stream>(wr: &mut WriteHalf<S>, out: &mut BytesMut) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
@@ -164,8 +184,8 @@ fn encode(p: Outgoing, v: Version, out: &mut BytesMut) {
 }
 
 /// Reads until the first packet (the CONNECT) is whole.
-async fn read_connect(
-    stream: &mut TcpStream,
+async fn read_connect<S: Stream>(
+    stream: &mut S,
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<(Incoming, Version), DecodeError> {
@@ -181,7 +201,7 @@ async fn read_connect(
 }
 
 /// Answers a CONNECT with a refusal and closes.
-async fn refuse(mut stream: TcpStream, v: Version, code: ConnectCode, reason: String) {
+async fn refuse<S: Stream>(mut stream: S, v: Version, code: ConnectCode, reason: String) {
     let mut out = BytesMut::new();
     encode(
         Outgoing::ConnAck {
@@ -198,8 +218,8 @@ async fn refuse(mut stream: TcpStream, v: Version, code: ConnectCode, reason: St
 }
 
 /// One device connection, from CONNECT to close.
-async fn connection(
-    mut stream: TcpStream,
+async fn connection<S: Stream>(
+    mut stream: S,
     peer: SocketAddr,
     ep: Arc<Endpoint>,
     handshake: tokio::sync::OwnedSemaphorePermit,
@@ -307,7 +327,7 @@ async fn connection(
     ep.presence.connected(&device, version.label(), unix_ms());
     info!(device = %device, client = %conn.session.client_id(), %peer, protocol = version.label(),
           keep_alive = ?conn.session.keep_alive(), "device connected");
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = tokio::io::split(stream);
     let close = conn.run(rd, &mut wr, buf, attached).await;
     // Tell an MQTT 5 client why edgecar ends the connection.
     if let Close::ByServer(code) = close {
@@ -347,10 +367,10 @@ struct Conn {
 
 impl Conn {
     /// Runs until the connection ends; returns how.
-    async fn run(
+    async fn run<S: Stream>(
         &mut self,
-        mut rd: tokio::net::tcp::OwnedReadHalf,
-        wr: &mut OwnedWriteHalf,
+        mut rd: ReadHalf<S>,
+        wr: &mut WriteHalf<S>,
         mut buf: BytesMut,
         attached: hub::Attached,
     ) -> Close {
