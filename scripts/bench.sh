@@ -5,3 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p edgecar
 EDGECAR_BIN="$PWD/target/release/edgecar" cargo bench --locked -p edgecar-tests --bench state_http
+EDGECAR_BIN="$PWD/target/release/edgecar" cargo bench --locked -p edgecar-tests --bench mqtt_requests

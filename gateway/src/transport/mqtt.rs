@@ -415,7 +415,12 @@ impl Conn {
             }
             if reading && let Some(p) = next.take() {
                 let now = Instant::now();
-                match self.ep.hub.take_token(&self.device, now) {
+                // A PUBACK answers what edgecar sent; it costs the device no token.
+                let token = match p {
+                    Incoming::PubAck { .. } => Ok(()),
+                    _ => self.ep.hub.take_token(&self.device, now),
+                };
+                match token {
                     Ok(()) => {
                         if now.duration_since(presence_at) >= PRESENCE_EVERY {
                             presence_at = now;
