@@ -187,7 +187,7 @@ fn start_mosquitto(dir: &Path) -> (Child, u16) {
         format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
     )
     .unwrap();
-    let child = Command::new("mosquitto")
+    let mut child = Command::new("mosquitto")
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
@@ -200,6 +200,8 @@ fn start_mosquitto(dir: &Path) -> (Child, u16) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("mosquitto did not start");
 }
 
