@@ -21,6 +21,8 @@ command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+command -v stdbuf >/dev/null || need+=(coreutils)
 if ((${#need[@]})); then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
