@@ -35,6 +35,7 @@ impl Runtime {
     pub fn metrics(&self) -> String {
         let mut out = String::new();
         self.capabilities.metrics(&mut out);
+        self.devices.metrics(&mut out);
         out
     }
 

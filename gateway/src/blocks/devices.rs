@@ -131,6 +131,25 @@ impl DevicesBlock {
         self.registry.contains(id)
     }
 
+    /// Prometheus gauges: devices registered and connected.
+    pub fn metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        for (name, help, v) in [
+            (
+                "edgecar_devices_registered",
+                "Devices in the registry.",
+                self.registered_count(),
+            ),
+            (
+                "edgecar_devices_connected",
+                "Devices with at least one open connection.",
+                self.connected_count(),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+    }
+
     /// Number of registered devices.
     pub fn registered_count(&self) -> usize {
         self.registry.snapshot().len()
