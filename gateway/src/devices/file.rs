@@ -172,6 +172,7 @@ fn edit<T>(
         .write(true)
         .open(&lock_path)
         .map_err(io_err(&lock_path))?;
+    give_to_directory_owner(&lock_path);
     fs2::FileExt::lock_exclusive(&lock).map_err(io_err(&lock_path))?;
     let devices = load(path).map_err(EditError::Invalid)?;
     let mut entries: Vec<DeviceEntry> = devices.into_values().map(|d| d.entry).collect();
@@ -194,6 +195,7 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), EditError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io_err(&tmp))?;
+    give_to_directory_owner(&tmp);
     f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     drop(f);
@@ -205,6 +207,21 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), EditError> {
         }
     }
     Ok(())
+}
+
+/// Makes `path` belong to the owner of its directory. An operator runs `edgecar device add` as
+/// root while the service runs as its own (often systemd's dynamic) user, which owns the state
+/// directory: the file it must read keeps that owner. Without the right to change owners (not
+/// root), the file stays the caller's, which is then also the directory's owner in practice.
+fn give_to_directory_owner(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Ok(m) = std::fs::metadata(dir) {
+        let _ = std::os::unix::fs::chown(path, Some(m.uid()), Some(m.gid()));
+    }
 }
 
 /// Adds a device (or, with `replace`, gives an existing one a new password).
