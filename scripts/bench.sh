@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p edgecar
 export EDGECAR_BIN="$PWD/target/release/edgecar"
-for bench in "${@:-state_http capabilities pubsub}"; do
+for bench in "${@:-state_http capabilities pubsub mqtt_requests}"; do
   for b in $bench; do
     printf '\n==> %s\n' "$b"
     cargo bench --locked -p edgecar-tests --bench "$b"

@@ -23,6 +23,8 @@ command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3 python3-venv)
+command -v openssl >/dev/null || need+=(openssl)
+command -v stdbuf >/dev/null || need+=(coreutils)
 if ((${#need[@]})); then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
@@ -56,7 +58,7 @@ if [ ! -x target/python-sdk/bin/python ] || ! cmp -s tests/python/requirements.t
 fi
 
 step "unit and end-to-end tests"
-cargo build -p edgecar --locked
+cargo build -p edgecar -p edgecar-device-client --locked
 cargo test --workspace --locked
 
 step "appliance guard: ARM builds, qemu smoke test, TLS providers"

@@ -1,12 +1,363 @@
-//! Device-side client for edgecar.
+//! Device-side client for edgecar: the MQTT device protocol (docs/device-protocol.md) over
+//! rumqttc, for devices and shell scripts that run Rust or can run the `edgecar-device` CLI.
 //!
-//! This crate will own the device half of edgecar's protocols: the MQTT device protocol
-//! (state, publish, invoke, capabilities, telemetry, commands) and a thin Dapr HTTP API client,
-//! plus the `edgecar-device` CLI that makes the sidecar usable from shell scripts. It must never
-//! depend on the gateway crate, so that it stays small enough for a device.
+//! [`Client::connect`] authenticates as a device, subscribes to its reply and command topics, and
+//! runs the MQTT event loop in a task the client owns (stopped when the client is dropped).
+//! Requests ([`Client::request`] and the typed helpers) wait for their one reply, matched by
+//! request id; commands from apps arrive on the [`Commands`] stream and are answered with
+//! [`Client::reply`]. This crate never depends on the gateway: it speaks the documented protocol,
+//! so it is also a check that the documentation is enough.
 //!
-//! Status: the protocol arrives with the device-endpoint work; today the crate only fixes the
-//! device-side key namespace rule shared with the gateway documentation.
+//! # Layout
+//!
+//! - [`topics`]: building and reading the protocol's topics (pure).
+//! - this file: the connection, requests, commands.
 
-/// The separator Dapr puts between an owner prefix and a state key (`<owner>||<key>`).
+pub mod topics;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// The separator Dapr puts between an owner prefix and a state key (`<owner>||<key>`): a device's
+/// keys are stored as `<device-id>||<key>`.
 pub const KEY_SEPARATOR: &str = "||";
+
+/// Largest packet the client sends or accepts (the gateway's default `mqtt.maxPacketSize`).
+const MAX_PACKET: usize = 256 * 1024;
+/// Commands waiting to be taken from [`Commands`]; more are answered 503 by the client.
+const COMMAND_QUEUE: usize = 64;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The gateway refused the CONNECT (unknown device or wrong password: `NotAuthorized`).
+    #[error("connection refused by the gateway: {0:?}")]
+    Refused(ConnectReturnCode),
+    /// The gateway could not be reached, or the connection failed.
+    #[error("connection failed: {0}")]
+    Connection(String),
+    /// No reply within the request timeout.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The client has stopped (its event loop ended).
+    #[error("the client is closed")]
+    Closed,
+    /// The gateway answered with an error (`status` ≥ 400, Dapr's `errorCode` and message).
+    #[error("{status} {code}: {message}")]
+    Api {
+        /// HTTP-style status.
+        status: u16,
+        /// Dapr error code, e.g. `ERR_STATE_SAVE`.
+        code: String,
+        /// Message.
+        message: String,
+    },
+}
+
+/// How to reach the gateway.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Gateway host.
+    pub host: String,
+    /// Gateway MQTT port.
+    pub port: u16,
+    /// The device id (MQTT username).
+    pub device_id: String,
+    /// The device's password.
+    pub password: String,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// How long a request waits for its reply.
+    pub request_timeout: Duration,
+}
+
+impl Options {
+    /// Options with the defaults: keep-alive 30 s, request timeout 10 s.
+    pub fn new(host: &str, port: u16, device_id: &str, password: &str) -> Self {
+        Options {
+            host: host.to_owned(),
+            port,
+            device_id: device_id.to_owned(),
+            password: password.to_owned(),
+            keep_alive: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A reply from the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP-style status (200, 204, 404, ...).
+    pub status: u16,
+    /// ETag, for replies that carry one.
+    pub etag: Option<String>,
+    /// The body, as the HTTP API would return it.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The reply, or its error as [`Error::Api`] when the status is 400 or more.
+    pub fn ok(self) -> Result<Reply, Error> {
+        if self.status < 400 {
+            return Ok(self);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
+        Err(Error::Api {
+            status: self.status,
+            code: v["errorCode"].as_str().unwrap_or("").to_owned(),
+            message: v["message"].as_str().map_or_else(
+                || String::from_utf8_lossy(&self.body).into_owned(),
+                str::to_owned,
+            ),
+        })
+    }
+}
+
+/// A command from an app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The method path (`led/on`).
+    pub method: String,
+    /// The request id to answer with.
+    pub rid: String,
+    /// The app's body.
+    pub body: Bytes,
+}
+
+/// Commands from apps, in arrival order.
+pub struct Commands(mpsc::Receiver<Command>);
+
+impl Commands {
+    /// The next command; `None` once the client is closed.
+    pub async fn next(&mut self) -> Option<Command> {
+        self.0.recv().await
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Reply>>>>;
+
+/// A connected device.
+pub struct Client {
+    mqtt: AsyncClient,
+    device: String,
+    pending: Pending,
+    next_rid: AtomicU64,
+    timeout: Duration,
+    /// The MQTT event loop; aborted on drop.
+    task: JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Client {
+    /// Connects, subscribes to the device's replies and commands, and returns once the gateway
+    /// has acknowledged both.
+    pub async fn connect(opts: Options) -> Result<(Client, Commands), Error> {
+        let client_id = format!("{}-client-{}", opts.device_id, std::process::id());
+        let mut mo = MqttOptions::new(client_id, opts.host.clone(), opts.port);
+        mo.set_credentials(opts.device_id.clone(), opts.password.clone())
+            .set_keep_alive(opts.keep_alive)
+            .set_clean_session(true)
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        let (mqtt, mut events) = AsyncClient::new(mo, 64);
+        let device = opts.device_id.clone();
+        let tree = topics::tree(&device);
+        let pending: Pending = Arc::default();
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(), Error>>();
+
+        let (p, c, d) = (pending.clone(), mqtt.clone(), device.clone());
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        // Clean sessions start empty: subscribe on every (re)connect.
+                        let _ = c.try_subscribe(format!("{tree}res/#"), QoS::AtLeastOnce);
+                        let _ = c.try_subscribe(format!("{tree}cmd/#"), QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(Ok(()));
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p_))) => {
+                        let topic = String::from_utf8_lossy(p_.topic.as_bytes()).into_owned();
+                        if let Some(r) = topics::parse_reply(&d, &topic) {
+                            if let Some(w) = lock(&p).remove(&r.rid) {
+                                let _ = w.send(Reply {
+                                    status: r.status,
+                                    etag: r.etag,
+                                    body: p_.payload,
+                                });
+                            }
+                        } else if let Some((method, rid)) = topics::parse_command(&d, &topic) {
+                            let cmd = Command {
+                                method,
+                                rid: rid.clone(),
+                                body: p_.payload,
+                            };
+                            if cmd_tx.try_send(cmd).is_err() {
+                                let t = topics::command_reply(&d, &rid, 503);
+                                let _ = c.try_publish(t, QoS::AtMostOnce, false, "busy");
+                            }
+                        }
+                    }
+                    // Everything queued before the DISCONNECT has been written: done.
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        if let Some(r) = ready.take() {
+                            let err = match e {
+                                ConnectionError::ConnectionRefused(code) => Error::Refused(code),
+                                other => Error::Connection(other.to_string()),
+                            };
+                            let _ = r.send(Err(err));
+                            return;
+                        }
+                        // rumqttc reconnects on the next poll; don't spin while the gateway is away.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        let client = Client {
+            mqtt,
+            device,
+            pending,
+            next_rid: AtomicU64::new(1),
+            timeout: opts.request_timeout,
+            task,
+        };
+        match ready_rx.await {
+            Ok(Ok(())) => Ok((client, Commands(cmd_rx))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
+    /// The device id.
+    pub fn device_id(&self) -> &str {
+        &self.device
+    }
+
+    /// Sends a request and waits for its reply (any status; see [`Reply::ok`]).
+    pub async fn request(
+        &self,
+        op: &str,
+        params: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Reply, Error> {
+        let rid = format!("r{}", self.next_rid.fetch_add(1, Ordering::Relaxed));
+        let topic = topics::request(&self.device, op, &rid, params);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(rid.clone(), tx);
+        let sent = self
+            .mqtt
+            .publish_bytes(topic, QoS::AtLeastOnce, false, body.into())
+            .await;
+        let result = match sent {
+            Err(_) => Err(Error::Closed),
+            Ok(()) => match tokio::time::timeout(self.timeout, rx).await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(_)) => Err(Error::Closed),
+                Err(_) => Err(Error::Timeout(self.timeout)),
+            },
+        };
+        lock(&self.pending).remove(&rid);
+        result
+    }
+
+    /// Reads a key of the device: `Some((value, etag))`, or `None` when missing.
+    pub async fn state_get(&self, key: &str) -> Result<Option<(Bytes, Option<String>)>, Error> {
+        let r = self
+            .request("state.get", &[("key", key)], Bytes::new())
+            .await?
+            .ok()?;
+        Ok((r.status != 204).then_some((r.body, r.etag)))
+    }
+
+    /// Saves a key of the device (last write wins).
+    pub async fn state_set(&self, key: &str, value: &serde_json::Value) -> Result<(), Error> {
+        let body = serde_json::json!([{ "key": key, "value": value }]).to_string();
+        self.request("state.save", &[], body)
+            .await?
+            .ok()
+            .map(|_| ())
+    }
+
+    /// Deletes a key of the device, guarded by `etag` if given.
+    pub async fn state_delete(&self, key: &str, etag: Option<&str>) -> Result<(), Error> {
+        let mut params = vec![("key", key)];
+        if let Some(e) = etag {
+            params.push(("etag", e));
+        }
+        self.request("state.delete", &params, Bytes::new())
+            .await?
+            .ok()
+            .map(|_| ())
+    }
+
+    /// Calls `method` of the app `app` with `verb` (e.g. `POST`).
+    pub async fn invoke(
+        &self,
+        app: &str,
+        method: &str,
+        verb: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Reply, Error> {
+        let params = [("app", app), ("method", method), ("verb", verb)];
+        self.request("invoke", &params, body).await?.ok()
+    }
+
+    /// Calls a capability.
+    pub async fn capability(
+        &self,
+        name: &str,
+        method: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Reply, Error> {
+        let mut params = vec![("name", name)];
+        if !method.is_empty() {
+            params.push(("method", method));
+        }
+        self.request("capability", &params, body).await?.ok()
+    }
+
+    /// Answers a command.
+    pub async fn reply(
+        &self,
+        cmd: &Command,
+        status: u16,
+        body: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        let topic = topics::command_reply(&self.device, &cmd.rid, status);
+        self.mqtt
+            .publish_bytes(topic, QoS::AtLeastOnce, false, body.into())
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Sends what is queued, then DISCONNECT, and waits (up to 5 s) until it is written.
+    pub async fn disconnect(mut self) {
+        if self.mqtt.disconnect().await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+        }
+    }
+}

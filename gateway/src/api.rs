@@ -34,6 +34,7 @@ pub fn status(kind: ErrorKind) -> StatusCode {
         ErrorKind::Upstream | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
     }
 }
 
@@ -303,6 +304,8 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             name: name.to_string(),
         },
         (["metadata"], &Method::GET) => Op::MetadataGet,
+        (["devices"], &Method::GET) => Op::DevicesList,
+        (["devices", id], &Method::GET) => Op::DeviceGet { id: id.to_string() },
         (["metadata", attr], &Method::PUT) => Op::MetadataSet {
             attribute: attr.to_string(),
         },
@@ -314,7 +317,9 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             | ["secrets", _, _]
             | ["metadata"]
             | ["metadata", _]
-            | ["publish", ..],
+            | ["publish", ..]
+            | ["devices"]
+            | ["devices", _],
             _,
         ) => {
             return Err(method_not_allowed(method, path));

@@ -7,6 +7,7 @@
 pub mod bindings;
 pub mod capabilities;
 pub mod configuration;
+pub mod devices;
 pub mod invoke;
 pub mod lock;
 pub mod metadata;

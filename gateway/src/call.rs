@@ -20,7 +20,7 @@ pub enum Caller {
         /// The app id the caller's keys are prefixed with.
         app_id: String,
     },
-    /// A device authenticated by the device endpoint.
+    /// A device authenticated by a device endpoint (MQTT today).
     Device {
         /// The device id from authentication (never from a topic the device chose).
         id: String,
@@ -170,6 +170,13 @@ pub enum Op {
         /// Topic (may contain `/`).
         topic: String,
     },
+    /// List registered devices with their presence (`GET /v1.0/devices`, edgecar's own).
+    DevicesList,
+    /// One device's presence (`GET /v1.0/devices/<id>`).
+    DeviceGet {
+        /// Device id.
+        id: String,
+    },
 }
 
 impl Op {
@@ -196,6 +203,8 @@ impl Op {
             Op::MetadataSet { .. } => "metadata.set",
             Op::Publish { .. } => "pubsub.publish",
             Op::BulkPublish { .. } => "pubsub.bulk_publish",
+            Op::DevicesList => "devices.list",
+            Op::DeviceGet { .. } => "devices.get",
         }
     }
 }

@@ -87,6 +87,10 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Input limits.
     pub limits: Limits,
+    /// The device registry and calls to devices.
+    pub devices: DevicesConfig,
+    /// The MQTT device endpoint.
+    pub mqtt: MqttConfig,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Dur,
     /// Logging.
@@ -137,6 +141,73 @@ pub struct Limits {
     pub max_bulk_items: usize,
 }
 
+/// The device registry and calls to devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// The registry file; empty means `<stateDir>/devices.yaml`.
+    pub registry: PathBuf,
+    /// How long an app's call to a device waits for the device's reply.
+    pub command_timeout: Dur,
+}
+
+/// The MQTT device endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Whether the endpoint listens at all.
+    pub enabled: bool,
+    /// Address to bind.
+    pub address: IpAddr,
+    /// Port to bind (MQTT's 1883). 0 picks a free port.
+    pub port: u16,
+    /// Largest MQTT packet accepted from a device; larger ones end the connection.
+    pub max_packet_size: Size,
+    /// Longest keep-alive granted; clients asking for more, or for none, are held to this.
+    pub max_keep_alive: Dur,
+    /// How long a new connection may take to send its CONNECT.
+    pub connect_timeout: Dur,
+    /// Requests one connection may have in progress (and QoS 1 messages unacknowledged) at once.
+    pub max_inflight: u16,
+    /// Open connections in total.
+    pub max_connections: usize,
+    /// Open connections per device.
+    pub max_connections_per_device: usize,
+    /// How long a persistent session's subscriptions are kept after its device disconnects.
+    pub session_expiry: Dur,
+    /// Per-device message rate limit.
+    pub rate_limit: RateLimitConfig,
+    /// TLS: when a certificate is given, the listener speaks MQTT over TLS only.
+    pub tls: MqttTlsConfig,
+}
+
+/// TLS for the MQTT device endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MqttTlsConfig {
+    /// PEM certificate chain, server certificate first; empty: plain TCP.
+    pub cert_file: PathBuf,
+    /// PEM private key of the certificate.
+    pub key_file: PathBuf,
+}
+
+impl MqttTlsConfig {
+    /// Whether TLS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
+}
+
+/// A token bucket: a steady rate with room for bursts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Packets per second a device may send on average.
+    pub messages_per_second: u32,
+    /// Packets it may send at once after being quiet.
+    pub burst: u32,
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -157,6 +228,8 @@ impl Default for Config {
             apps: Default::default(),
             storage: StorageConfig::default(),
             limits: Limits::default(),
+            devices: DevicesConfig::default(),
+            mqtt: MqttConfig::default(),
             shutdown_timeout: Dur(Duration::from_secs(10)),
             log: LogConfig::default(),
         }
@@ -198,6 +271,61 @@ impl Default for Limits {
             max_key_length: 1024,
             max_bulk_items: 1000,
         }
+    }
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            registry: PathBuf::new(),
+            command_timeout: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            enabled: true,
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: 1883,
+            max_packet_size: Size(256 << 10),
+            max_keep_alive: Dur(Duration::from_secs(20 * 60)),
+            connect_timeout: Dur(Duration::from_secs(10)),
+            max_inflight: 16,
+            max_connections: 10_000,
+            max_connections_per_device: 4,
+            session_expiry: Dur(Duration::from_secs(3600)),
+            rate_limit: RateLimitConfig::default(),
+            tls: MqttTlsConfig::default(),
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            messages_per_second: 50,
+            burst: 100,
+        }
+    }
+}
+
+impl Config {
+    /// The device registry file: `devices.registry`, or `<stateDir>/devices.yaml`.
+    pub fn device_registry(&self) -> PathBuf {
+        if self.devices.registry.as_os_str().is_empty() {
+            self.state_dir.join("devices.yaml")
+        } else {
+            self.devices.registry.clone()
+        }
+    }
+
+    /// App ids this gateway serves, which device ids may not take.
+    pub fn app_ids(&self) -> std::collections::BTreeSet<String> {
+        let mut ids: std::collections::BTreeSet<String> = self.apps.keys().cloned().collect();
+        ids.insert(self.app_id.clone());
+        ids
     }
 }
 
@@ -282,6 +410,8 @@ fn parse_lenient(base: Config, text: &str, file: &Path) -> (Config, Vec<ConfigEr
             "apps" => section(v, &key, file, e).map(|x| cfg.apps = x),
             "storage" => section(v, &key, file, e).map(|x| cfg.storage = x),
             "limits" => section(v, &key, file, e).map(|x| cfg.limits = x),
+            "devices" => section(v, &key, file, e).map(|x| cfg.devices = x),
+            "mqtt" => section(v, &key, file, e).map(|x| cfg.mqtt = x),
             "shutdownTimeout" => section(v, &key, file, e).map(|x| cfg.shutdown_timeout = x),
             "log" => section(v, &key, file, e).map(|x| cfg.log = x),
             other => {
@@ -320,6 +450,8 @@ pub struct Overrides {
     pub max_body_size: Option<String>,
     /// `--log-level`.
     pub log_level: Option<String>,
+    /// `--mqtt-port`.
+    pub mqtt_port: Option<u16>,
 }
 
 /// Builds the effective configuration: defaults, then the file, then the environment
@@ -398,6 +530,9 @@ pub fn assemble(
     if let Some(v) = &o.log_level {
         cfg.log.level = v.clone();
     }
+    if let Some(v) = o.mqtt_port {
+        cfg.mqtt.port = v;
+    }
     errors.extend(validate(&cfg, file.unwrap_or(cli)));
     (cfg, errors)
 }
@@ -443,6 +578,55 @@ pub fn validate(cfg: &Config, file: &Path) -> Vec<ConfigError> {
         if let Err(m) = validate_app_url(url) {
             err(&format!("apps.{id}"), m);
         }
+    }
+    if cfg.devices.command_timeout.0 < Duration::from_millis(10) {
+        err("devices.commandTimeout", "must be at least 10ms".into());
+    }
+    let m = &cfg.mqtt;
+    if m.max_packet_size.0 < 1024 || m.max_packet_size.0 > 256 << 20 {
+        err(
+            "mqtt.maxPacketSize",
+            "must be between 1Ki and 256Mi (MQTT's own limit)".into(),
+        );
+    }
+    if m.max_keep_alive.0 < Duration::from_secs(1) || m.max_keep_alive.0.as_secs() > 65_535 {
+        err(
+            "mqtt.maxKeepAlive",
+            "must be between 1s and 65535s (MQTT's own limit)".into(),
+        );
+    }
+    if m.connect_timeout.0 < Duration::from_millis(100) {
+        err("mqtt.connectTimeout", "must be at least 100ms".into());
+    }
+    if m.max_inflight == 0 {
+        err("mqtt.maxInflight", "must be at least 1".into());
+    }
+    if m.max_connections == 0 {
+        err("mqtt.maxConnections", "must be at least 1".into());
+    }
+    if m.max_connections_per_device == 0 {
+        err("mqtt.maxConnectionsPerDevice", "must be at least 1".into());
+    }
+    if m.rate_limit.messages_per_second == 0 {
+        err(
+            "mqtt.rateLimit.messagesPerSecond",
+            "must be at least 1".into(),
+        );
+    }
+    if m.rate_limit.burst == 0 {
+        err("mqtt.rateLimit.burst", "must be at least 1".into());
+    }
+    if m.tls.cert_file.as_os_str().is_empty() != m.tls.key_file.as_os_str().is_empty() {
+        err(
+            "mqtt.tls",
+            "certFile and keyFile go together: set both for TLS, neither for plain TCP".into(),
+        );
+    } else if m.tls.enabled()
+        && m.enabled
+        && let Err(e) = crate::transport::mqtt::tls::acceptor(&m.tls)
+    {
+        // check-config reads the files, so a bad certificate is found before a restart.
+        err("mqtt.tls", e);
     }
     if cfg.log.level.trim().is_empty() {
         err("log.level", "must not be empty".into());

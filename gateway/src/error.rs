@@ -28,6 +28,8 @@ pub enum ErrorKind {
     Unavailable,
     /// Everything that was tried timed out.
     Timeout,
+    /// The operation is known but this build does not serve it yet.
+    NotImplemented,
     /// A bug or an unexpected state inside edgecar.
     Internal,
 }
@@ -144,4 +146,8 @@ pub mod codes {
     pub const PUBSUB_PUBLISH_MESSAGE: &str = "ERR_PUBSUB_PUBLISH_MESSAGE";
     /// Policy forbids the caller this topic (403).
     pub const PUBSUB_FORBIDDEN: &str = "ERR_PUBSUB_FORBIDDEN";
+    /// A reserved operation this build does not serve yet (edgecar's own code).
+    pub const NOT_IMPLEMENTED: &str = "ERR_NOT_IMPLEMENTED";
+    /// Something failed inside edgecar (edgecar's own code).
+    pub const INTERNAL: &str = "ERR_INTERNAL";
 }

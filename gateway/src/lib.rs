@@ -1,14 +1,14 @@
 //! edgecar: a Dapr-compatible sidecar and device gateway for edge sites.
 //!
-//! One daemon gives every local app (Dapr HTTP API v1.0) and, as the work goes on, every device
-//! (MQTT, QUIC) state, pub/sub, invocation and capabilities, on Raspberry Pi-class hardware.
+//! One daemon gives every local app (Dapr HTTP API v1.0) and every device (MQTT today, QUIC
+//! later) state, pub/sub, invocation and capabilities, on Raspberry Pi-class hardware.
 //!
 //! # Layout
 //!
 //! Every request takes one path, whatever transport brought it:
 //!
 //! ```text
-//! transport (http) --> Call{caller, op, body} --> policy::authorize --> block (state, metadata) --> component
+//! transport (http, mqtt) --> Call{caller, op, body} --> policy::authorize --> block (state, ...) --> component
 //!        ^                                                                                          |
 //!        +----------------------------------- Reply / Error <---------------------------------------+
 //! ```
@@ -17,10 +17,11 @@
 //!   that reports every error with file and field.
 //! - [`call`]: the request path's vocabulary ([`Call`], [`Caller`], [`Op`], [`Reply`]).
 //! - [`error`]: the one error type; [`api`] alone maps it to HTTP statuses.
-//! - [`transport`]: wire formats to calls (HTTP today).
+//! - [`transport`]: wire formats to calls: HTTP (apps) and MQTT (the device endpoint).
+//! - [`devices`]: the device registry (hashed credentials, hot-reloaded) and presence.
 //! - [`policy`]: what a caller may do.
 //! - [`blocks`]: Dapr semantics (state, pub/sub, invocation, bindings, secrets, configuration,
-//!   locks, capabilities, metadata), written once for all transports.
+//!   locks, capabilities, metadata, device commands), written once for all transports.
 //! - [`setup`]: resource documents (components, subscriptions, access control, resiliency,
 //!   capabilities) checked and prepared.
 //! - [`resilience`]: Dapr resiliency policies applied around the gateway's own calls.
@@ -38,6 +39,7 @@ pub mod blocks;
 pub mod call;
 pub mod components;
 pub mod config;
+pub mod devices;
 pub mod error;
 pub mod observability;
 pub mod policy;
@@ -60,8 +62,10 @@ pub use call::{Call, Caller, Op, Params, Reply};
 pub use config::Config;
 pub use error::{Error, ErrorKind};
 pub use runtime::Runtime;
+pub use transport::mqtt::Endpoint as MqttEndpoint;
 
 use blocks::capabilities::{AppInvoker, CapabilitiesBlock};
+use blocks::devices::DevicesBlock;
 use blocks::invoke::InvokeBlock;
 use blocks::metadata::MetadataBlock;
 use blocks::pubsub::PubSubBlock;
@@ -71,6 +75,15 @@ use blocks::state::StateBlock;
 use components::state_sled::SledStore;
 use setup::Setup;
 use transport::http::HttpApi;
+use transport::mqtt::hub::Hub;
+
+/// The sockets the gateway serves on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    /// The Dapr HTTP API.
+    pub http: TcpListener,
+    /// The MQTT device endpoint, when enabled.
+    pub mqtt: Option<TcpListener>,
+}
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,9 +94,16 @@ pub enum StartError {
     /// One or more components failed to start.
     #[error("components failed to start:\n  {}", .0.join("\n  "))]
     Components(Vec<String>),
+    /// The MQTT TLS certificate or key could not be loaded.
+    #[error("mqtt.tls: {0}")]
+    Tls(String),
+    /// The device registry is invalid.
+    #[error("device registry:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Devices(Vec<config::ConfigError>),
 }
 
-/// How often resource directories are checked for edited capability manifests.
+/// How often resource directories are checked for edited capability manifests, and the device
+/// registry for edits.
 const RELOAD_POLL: Duration = Duration::from_secs(1);
 
 /// Periodically removes expired keys from sled stores.
@@ -111,15 +131,16 @@ async fn sweep(stores: Vec<SledStore>, every: Duration) {
     }
 }
 
-/// Runs the gateway until `shutdown` resolves: builds components, serves the HTTP API on
-/// `listener`, then drains in-flight requests and flushes the database.
+/// Runs the gateway until `shutdown` resolves: builds components, serves the HTTP API and the MQTT
+/// device endpoint on `listeners`, then ends device sessions, drains in-flight requests and
+/// flushes the database.
 ///
-/// The caller binds the listener (so tests can bind port 0) and decides what shutdown means
+/// The caller binds the listeners (so tests can bind port 0) and decides what shutdown means
 /// (signals in `main`, a channel in tests).
 pub async fn run(
     cfg: Config,
     setup: Setup,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     // Baseline for the capability watcher, taken before anything slow: an edit made while the
@@ -175,6 +196,20 @@ pub async fn run(
         PubSubBlock::new(cfg.app_id.clone(), registry.pubsub)
             .with_resilience(component_calls.clone()),
     );
+    let device_registry = Arc::new(
+        devices::Registry::open(cfg.device_registry(), cfg.app_ids())
+            .map_err(StartError::Devices)?,
+    );
+    let presence = Arc::new(devices::Presence::default());
+    let devices_block = DevicesBlock::new(
+        device_registry.clone(),
+        presence.clone(),
+        cfg.devices.command_timeout.0,
+    );
+    let hub = Arc::new(Hub::new(transport::mqtt::Endpoint::hub_limits(&cfg.mqtt)));
+    if listeners.mqtt.is_some() {
+        devices_block.set_link(hub.clone());
+    }
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),
         state: StateBlock::new(registry.state, cfg.limits.clone(), component_calls.clone()),
@@ -193,8 +228,10 @@ pub async fn run(
         capabilities: CapabilitiesBlock::new(engine.clone()),
         metadata,
         pubsub: pubsub.clone(),
+        devices: devices_block,
     });
     let mut tasks = JoinSet::new();
+    tasks.spawn(devices::watch(device_registry.clone(), RELOAD_POLL));
     tasks.spawn(sweep(registry.sled_stores, cfg.storage.sweep_interval.0));
     for task in registry.background {
         tasks.spawn(task);
@@ -219,8 +256,9 @@ pub async fn run(
             resources_seen,
         ));
     }
-    // Subscriptions run until shutdown begins, then settle what is in flight.
+    // One stop signal for both listeners and the subscription manager.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Subscriptions run until shutdown begins, then settle what is in flight.
     let app =
         (cfg.app.port != 0).then(|| delivery::AppChannel::new(&cfg.app.address, cfg.app.port));
     let subscriber = tokio::spawn(delivery::run(
@@ -229,22 +267,57 @@ pub async fn run(
         app,
         setup.resiliency,
         subscriptions,
-        stop_rx,
+        stop_rx.clone(),
     ));
-    let shutdown = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
+    let mqtt_tls = if cfg.mqtt.tls.enabled() {
+        Some(transport::mqtt::tls::acceptor(&cfg.mqtt.tls).map_err(StartError::Tls)?)
+    } else {
+        None
     };
-
+    let mqtt = listeners.mqtt.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, devices = device_registry.snapshot().len(), tls = mqtt_tls.is_some(), "MQTT device endpoint listening");
+        }
+        let ep = Arc::new(transport::mqtt::Endpoint {
+            runtime: runtime.clone(),
+            hub: hub.clone(),
+            registry: device_registry.clone(),
+            presence,
+            limits: transport::mqtt::Endpoint::session_limits(&cfg.mqtt),
+            connect_timeout: cfg.mqtt.connect_timeout.0,
+            tls: mqtt_tls.clone(),
+        });
+        tokio::spawn(transport::mqtt::serve(
+            listener,
+            ep,
+            stop_rx.clone(),
+            cfg.shutdown_timeout.0,
+        ))
+    });
     let api = Arc::new(HttpApi {
         runtime,
         api_token: Some(cfg.http.api_token.clone()).filter(|t| !t.is_empty()),
         max_body: cfg.http.max_body_size.0,
     });
-    if let Ok(addr) = listener.local_addr() {
+    if let Ok(addr) = listeners.http.local_addr() {
         info!(%addr, app_id = %cfg.app_id, "Dapr HTTP API listening");
     }
-    transport::http::serve(listener, api, shutdown, cfg.shutdown_timeout.0).await;
+    let mut http_stop = stop_rx.clone();
+    let http = transport::http::serve(
+        listeners.http,
+        api,
+        async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        },
+        cfg.shutdown_timeout.0,
+    );
+    tokio::join!(http, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    if let Some(m) = mqtt {
+        let _ = m.await;
+    }
     let abort = subscriber.abort_handle();
     if tokio::time::timeout(cfg.shutdown_timeout.0, subscriber)
         .await

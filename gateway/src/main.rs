@@ -25,6 +25,49 @@ enum Command {
     CheckConfig(RunArgs),
     /// Print the commented default configuration (the reference for every field).
     PrintConfig,
+    /// Manage the device registry (works whether or not the daemon runs; it picks up changes).
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Register a device. Without --password-stdin a password is generated and printed once.
+    Add {
+        /// Device id: its MQTT username and the name of its topic tree (letters, digits, - and _).
+        id: String,
+        /// Read the password from the first line of standard input instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Give an existing device a new password (its open connections are closed).
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
+    /// Remove a device (its open connections are closed).
+    Remove {
+        /// Device id.
+        id: String,
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
+    /// List registered devices (never their credentials).
+    List {
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
+}
+
+/// Where the registry is: the same flags `run` takes to find it.
+#[derive(Args)]
+struct RegistryArgs {
+    /// The gateway config file; its devices.registry and stateDir locate the registry.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory for durable data (the registry defaults to <DIR>/devices.yaml).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 /// Flags shared by `run` and `check-config`, named as daprd names them.
@@ -63,6 +106,9 @@ struct RunArgs {
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Port of the MQTT device endpoint (default 1883; 0 picks a free port).
+    #[arg(long, value_name = "PORT")]
+    mqtt_port: Option<u16>,
 }
 
 impl RunArgs {
@@ -78,6 +124,7 @@ impl RunArgs {
             state_dir: self.state_dir.clone(),
             max_body_size: self.max_body_size.clone(),
             log_level: self.log_level.clone(),
+            mqtt_port: self.mqtt_port,
         }
     }
 }
@@ -187,14 +234,30 @@ fn run(args: &RunArgs) -> ExitCode {
     };
     rt.block_on(async move {
         let addr = SocketAddr::new(cfg.http.address, cfg.http.port);
-        let listener = match tokio::net::TcpListener::bind(addr).await {
+        let http = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("edgecar: cannot listen on {addr} (http): {e}");
                 return ExitCode::FAILURE;
             }
         };
-        match edgecar::run(cfg, setup, listener, shutdown_signal()).await {
+        let mqtt = if cfg.mqtt.enabled {
+            let addr = SocketAddr::new(cfg.mqtt.address, cfg.mqtt.port);
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!(
+                        "edgecar: cannot listen on {addr} (mqtt): {e} \
+                         (another broker on this port? set mqtt.port, --mqtt-port, or mqtt.enabled: false)"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
+        let listeners = edgecar::Listeners { http, mqtt };
+        match edgecar::run(cfg, setup, listeners, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("edgecar: {e}");
@@ -202,6 +265,104 @@ fn run(args: &RunArgs) -> ExitCode {
             }
         }
     })
+}
+
+fn device(cmd: DeviceCommand) -> ExitCode {
+    use edgecar::devices::{file, password};
+    let at = match &cmd {
+        DeviceCommand::Add { at, .. }
+        | DeviceCommand::Remove { at, .. }
+        | DeviceCommand::List { at } => at,
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    let overrides = config::Overrides {
+        state_dir: at.state_dir.clone(),
+        ..Default::default()
+    };
+    let (cfg, errors) = config::assemble(at.config.as_deref(), &overrides, &env);
+    if !errors.is_empty() {
+        report(&errors);
+        return ExitCode::FAILURE;
+    }
+    let path = cfg.device_registry();
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("edgecar device: {e}");
+        ExitCode::FAILURE
+    };
+    match cmd {
+        DeviceCommand::Add {
+            id,
+            password_stdin,
+            replace,
+            ..
+        } => {
+            if cfg.app_ids().contains(&id) {
+                return fail(&format!(
+                    "{id:?} is an app id of this gateway; a device needs an id of its own"
+                ));
+            }
+            let (secret, generated) = if password_stdin {
+                let mut line = String::new();
+                if let Err(e) = std::io::stdin().read_line(&mut line) {
+                    return fail(&format!("reading the password from stdin: {e}"));
+                }
+                let line = line.trim_end_matches(['\r', '\n']).to_owned();
+                if line.chars().count() < 8 {
+                    return fail(&"the password must have at least 8 characters");
+                }
+                (line, false)
+            } else {
+                match password::generate() {
+                    Ok(p) => (p, true),
+                    Err(e) => return fail(&e),
+                }
+            };
+            let hash = match password::PasswordHash::new(&secret) {
+                Ok(h) => h,
+                Err(e) => return fail(&e),
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if let Err(e) = file::add(&path, &id, &hash, replace, now) {
+                return fail(&e);
+            }
+            eprintln!(
+                "device {id:?} {} in {}",
+                if replace { "saved" } else { "added" },
+                path.display()
+            );
+            if generated {
+                eprintln!("its password, shown only now (connect with username {id:?}):");
+                println!("{secret}");
+            }
+            ExitCode::SUCCESS
+        }
+        DeviceCommand::Remove { id, .. } => match file::remove(&path, &id) {
+            Ok(()) => {
+                eprintln!("device {id:?} removed from {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        DeviceCommand::List { .. } => match file::load(&path) {
+            Ok(devices) => {
+                for d in devices.values() {
+                    println!(
+                        "{}\t{}",
+                        d.entry.id,
+                        d.entry.added_at.as_deref().unwrap_or("-")
+                    );
+                }
+                eprintln!("{} device(s) in {}", devices.len(), path.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                report(&errors);
+                ExitCode::FAILURE
+            }
+        },
+    }
 }
 
 fn main() -> ExitCode {
@@ -214,5 +375,6 @@ fn main() -> ExitCode {
             print!("{}", config::DEFAULT_YAML);
             ExitCode::SUCCESS
         }
+        Some(Command::Device(cmd)) => device(cmd),
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Today the local app may do everything (Dapr's sidecar model: the API is reachable only from the
 //! gateway unless its address is changed, and an API token can guard it). A device reaches state
-//! only inside its own key namespace — the state block prefixes its keys with its id — and may not
-//! change the sidecar's metadata. Scoped rules from the device registry extend this table.
+//! only inside its own key namespace — the state block prefixes its keys with its id — may not read
+//! or change the sidecar's metadata or the device list, and may not invoke other devices (the
+//! devices block refuses that, as only it knows a target is a device).
 //!
 //! Service invocation is also guarded on the callee side by Dapr's `accessControl` (from a
 //! `kind: Configuration` resource): [`AccessControl`] decides which caller ids may call which
@@ -220,7 +221,9 @@ pub fn authorize(caller: &Caller, op: &Op) -> Result<(), Error> {
             | Op::SecretGet { .. }
             | Op::SecretBulk { .. }
             | Op::ConfigurationSubscribe { .. }
-            | Op::ConfigurationUnsubscribe { .. },
+            | Op::ConfigurationUnsubscribe { .. }
+            | Op::DevicesList
+            | Op::DeviceGet { .. },
         ) => Err(Error::new(
             ErrorKind::Forbidden,
             codes::PERMISSION_DENIED,

@@ -10,6 +10,7 @@ use tracing::debug;
 use crate::blocks::bindings::BindingsBlock;
 use crate::blocks::capabilities::{self, CapabilitiesBlock};
 use crate::blocks::configuration::ConfigurationBlock;
+use crate::blocks::devices::{Command, DevicesBlock};
 use crate::blocks::invoke::InvokeBlock;
 use crate::blocks::lock::LockBlock;
 use crate::blocks::metadata::MetadataBlock;
@@ -42,6 +43,8 @@ pub struct Runtime {
     pub metadata: MetadataBlock,
     /// The pub/sub building block (shared with the subscription manager).
     pub pubsub: Arc<PubSubBlock>,
+    /// Devices: commands from apps, presence.
+    pub devices: DevicesBlock,
 }
 
 impl Runtime {
@@ -49,6 +52,7 @@ impl Runtime {
     pub fn metrics(&self) -> String {
         let mut out = String::new();
         self.capabilities.metrics(&mut out);
+        self.devices.metrics(&mut out);
         out
     }
 
@@ -71,6 +75,28 @@ impl Runtime {
                 self.state
                     .transaction(caller, store, &call.body, &call.params)
                     .await
+            }
+            Op::Invoke {
+                app_id,
+                method,
+                verb,
+            } if !self.invoke.knows(app_id) && self.devices.is_device(app_id) => {
+                // Resolution order: local app, then local device.
+                let header = |n: &str| {
+                    call.params
+                        .headers
+                        .iter()
+                        .find(|(k, _)| k == n)
+                        .map(|(_, v)| v.clone())
+                };
+                let cmd = Command {
+                    method: method.clone(),
+                    verb: verb.clone(),
+                    content_type: header("content-type"),
+                    traceparent: call.params.traceparent.clone(),
+                    body: call.body.clone(),
+                };
+                self.devices.command(caller, app_id, cmd).await
             }
             Op::Invoke {
                 app_id,
@@ -108,7 +134,16 @@ impl Runtime {
             }
             Op::ConfigurationUnsubscribe { store, id } => self.configuration.unsubscribe(store, id),
             Op::Binding { name } => self.bindings.invoke(name, &call.body).await,
-            Op::MetadataGet => self.metadata.get(),
+            Op::MetadataGet => self.metadata.get(&[
+                (
+                    "devicesConnected",
+                    self.devices.connected_count().to_string(),
+                ),
+                (
+                    "devicesRegistered",
+                    self.devices.registered_count().to_string(),
+                ),
+            ]),
             Op::MetadataSet { attribute } => self.metadata.set(attribute, &call.body),
             Op::Publish { pubsub, topic } => {
                 self.pubsub
@@ -120,6 +155,8 @@ impl Runtime {
                     .bulk_publish(caller, pubsub, topic, &call.body, &call.params)
                     .await
             }
+            Op::DevicesList => self.devices.list(),
+            Op::DeviceGet { id } => self.devices.get(id),
         };
         if let Err(e) = &result {
             debug!(caller = %call.caller, op = call.op.name(), code = e.code, error = %e.message, "call failed");

@@ -3,7 +3,8 @@
 //! `edgecar check-config` and `edgecar run` both call [`prepare`], so a resource the daemon would
 //! refuse is reported by the checker with the same file and field. It validates components against
 //! their types, reads Dapr `Configuration` (access control) and `Resiliency` documents and
-//! edgecar's `Capability` manifests, and notes documents of kinds this build does not use.
+//! edgecar's `Capability` manifests, checks the device registry, and notes documents of kinds
+//! this build does not use.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +50,15 @@ pub struct Setup {
 
 /// Loads the resource directories of `cfg` (or the embedded defaults) and checks everything.
 pub fn prepare(cfg: &Config) -> (Setup, Vec<ConfigError>) {
+    let (setup, mut errors) = prepare_resources(cfg);
+    errors.extend(crate::devices::check(
+        &cfg.device_registry(),
+        &cfg.app_ids(),
+    ));
+    (setup, errors)
+}
+
+fn prepare_resources(cfg: &Config) -> (Setup, Vec<ConfigError>) {
     let mut setup = Setup::default();
     if cfg.resources_paths.is_empty() {
         setup.components = components::embedded_defaults();
@@ -173,7 +183,7 @@ pub struct LoadedCapabilities {
 
 /// Re-reads the resource directories for a capability reload; errors as [`prepare`] reports them.
 pub fn capabilities(cfg: &Config) -> (LoadedCapabilities, Vec<ConfigError>) {
-    let (setup, errors) = prepare(cfg);
+    let (setup, errors) = prepare_resources(cfg);
     let policies = merged_policies(&setup.resiliency);
     (
         LoadedCapabilities {

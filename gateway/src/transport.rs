@@ -2,6 +2,7 @@
 //!
 //! Each transport decodes its wire format into calls on the one request path and encodes the
 //! replies. None of them knows about stores or building blocks. Today: HTTP (the Dapr API for
-//! apps); MQTT and QUIC join here.
+//! apps) and MQTT (the device endpoint); QUIC joins here.
 
 pub mod http;
+pub mod mqtt;

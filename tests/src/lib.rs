@@ -5,6 +5,7 @@
 //! HTTP/1.1 over real sockets. Children are killed when their handle drops.
 
 pub mod bench;
+pub mod mqtt;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -25,6 +26,17 @@ pub fn edgecar_bin() -> PathBuf {
     assert!(
         bin.exists(),
         "{} is missing: build it first with `cargo build -p edgecar` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Path of the `edgecar-device` CLI, built beside `edgecar` (`cargo build -p edgecar-device-client`).
+pub fn device_cli_bin() -> PathBuf {
+    let bin = edgecar_bin().with_file_name("edgecar-device");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p edgecar-device-client` (scripts/test.sh does)",
         bin.display()
     );
     bin
@@ -56,12 +68,15 @@ pub struct Edgecar {
     child: Option<Child>,
     /// The Dapr HTTP API port it bound.
     pub port: u16,
+    /// The MQTT device endpoint port it bound (0 when the endpoint is disabled).
+    pub mqtt_port: u16,
     /// Everything it has logged so far.
     pub log: Arc<Mutex<String>>,
 }
 
 impl Edgecar {
-    /// Starts `edgecar run --dapr-http-port 0 --state-dir <state_dir> <args>` and waits until it serves.
+    /// Starts `edgecar run --dapr-http-port 0 --mqtt-port 0 --state-dir <state_dir> <args>` and
+    /// waits until it serves (`--mqtt-port` is left out when `args` has its own).
     pub fn start(state_dir: &Path, args: &[&str]) -> Edgecar {
         Self::start_with_env(state_dir, args, &[])
     }
@@ -69,10 +84,11 @@ impl Edgecar {
     /// As [`Edgecar::start`], with extra environment variables.
     pub fn start_with_env(state_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Edgecar {
         let mut cmd = Command::new(edgecar_bin());
-        cmd.arg("run")
-            .arg("--dapr-http-port")
-            .arg("0")
-            .arg("--state-dir")
+        cmd.arg("run").arg("--dapr-http-port").arg("0");
+        if !args.contains(&"--mqtt-port") {
+            cmd.arg("--mqtt-port").arg("0");
+        }
+        cmd.arg("--state-dir")
             .arg(state_dir)
             .args(args)
             .env("RUST_LOG", "info")
@@ -89,17 +105,26 @@ impl Edgecar {
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
+        let mqtt = Arc::new(Mutex::new(0u16));
+        let mqtt_seen = mqtt.clone();
         std::thread::spawn(move || {
+            let port_after = |line: &str, marker: &str| {
+                line.split(marker)
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse::<u16>()
+                    .ok()
+            };
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening addr=").nth(1) {
-                    let port = rest
-                        .split_whitespace()
-                        .next()
-                        .and_then(|a| a.rsplit(':').next())
-                        .and_then(|p| p.parse::<u16>().ok());
-                    if let Some(p) = port {
-                        let _ = tx.send(p);
-                    }
+                // The MQTT endpoint is announced before the HTTP API, so both are known once
+                // the HTTP line arrives.
+                if let Some(p) = port_after(&line, "MQTT device endpoint listening addr=") {
+                    *mqtt_seen.lock().unwrap() = p;
+                } else if let Some(p) = port_after(&line, "Dapr HTTP API listening addr=") {
+                    let _ = tx.send(p);
                 }
                 let mut l = sink.lock().unwrap();
                 l.push_str(&line);
@@ -110,6 +135,7 @@ impl Edgecar {
             Ok(port) => Edgecar {
                 child: Some(child),
                 port,
+                mqtt_port: *mqtt.lock().unwrap(),
                 log,
             },
             Err(_) => {

@@ -144,6 +144,11 @@ impl InvokeBlock {
         apps
     }
 
+    /// Whether `app_id` is an app this gateway invokes.
+    pub fn knows(&self, app_id: &str) -> bool {
+        self.apps.contains_key(app_id)
+    }
+
     /// App ids this gateway can invoke, sorted, for `/v1.0/metadata`.
     pub fn app_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.apps.keys().cloned().collect();

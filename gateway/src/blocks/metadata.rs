@@ -67,8 +67,9 @@ impl MetadataBlock {
         self
     }
 
-    /// `GET /v1.0/metadata`.
-    pub fn get(&self) -> Result<Reply, Error> {
+    /// `GET /v1.0/metadata`; `live` are extended attributes computed by the caller (device
+    /// counts), which apps cannot set.
+    pub fn get(&self, live: &[(&str, String)]) -> Result<Reply, Error> {
         let mut extended = self
             .extended
             .lock()
@@ -82,6 +83,9 @@ impl MetadataBlock {
             .clone();
         extended.insert("edgecarVersion".into(), env!("CARGO_PKG_VERSION").into());
         extended.insert("site".into(), self.site.clone());
+        for (k, v) in live {
+            extended.insert((*k).to_owned(), v.clone());
+        }
         extended.insert(
             "daprRuntimeVersion".into(),
             format!("edgecar-{}", env!("CARGO_PKG_VERSION")),

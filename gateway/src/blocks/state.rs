@@ -258,6 +258,15 @@ impl StateBlock {
 
     /// Validates a key and namespaces it for `caller`.
     fn key(&self, store: &StateComponent, caller: &Caller, key: &str) -> Result<String, Error> {
+        if matches!(caller, Caller::Device { .. }) && store.key_prefix != KeyPrefix::Owner {
+            // A store with a shared or fixed prefix would let one device read another's keys.
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                codes::PERMISSION_DENIED,
+                "devices may only use state stores whose keyPrefix is appid (the default): \
+                 this store shares its keys between callers",
+            ));
+        }
         if key.is_empty() {
             return Err(Error::malformed("state key must not be empty"));
         }
@@ -494,6 +503,28 @@ mod tests {
         let tx: TransactionRequest =
             serde_json::from_str(r#"{"operations":null,"metadata":null}"#).unwrap();
         assert!(tx.operations.is_empty());
+    }
+
+    #[tokio::test]
+    async fn devices_only_use_stores_that_namespace_their_keys() {
+        let store = |prefix: KeyPrefix| StateComponent {
+            store: std::sync::Arc::new(crate::components::state_memory::MemoryStore::default()),
+            key_prefix: prefix,
+        };
+        let block = StateBlock::new(
+            HashMap::from([
+                ("own".to_string(), store(KeyPrefix::Owner)),
+                ("shared".to_string(), store(KeyPrefix::None)),
+            ]),
+            Limits::default(),
+            Arc::default(),
+        );
+        let dev = Caller::Device { id: "d1".into() };
+        let app = Caller::LocalApp { app_id: "a".into() };
+        assert!(block.get(&dev, "own", "k").await.is_ok());
+        let e = block.get(&dev, "shared", "k").await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Forbidden);
+        assert!(block.get(&app, "shared", "k").await.is_ok());
     }
 
     #[test]

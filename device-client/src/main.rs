@@ -1,0 +1,213 @@
+//! `edgecar-device`: the device protocol from a shell. Parses flags, calls the library, prints.
+//!
+//! Exit codes: 0 success, 1 an error reply or a failed connection, 2 bad usage (clap), 3 a key
+//! that does not exist (`state get`).
+
+use std::io::Write;
+use std::process::{ExitCode, Stdio};
+
+use clap::{Parser, Subcommand};
+use edgecar_device_client::{Client, Error, Options};
+
+/// Talk to an edgecar gateway as a device (MQTT, docs/device-protocol.md).
+#[derive(Parser)]
+#[command(name = "edgecar-device", version, about, long_about = None)]
+struct Cli {
+    /// Gateway host.
+    #[arg(long, default_value = "127.0.0.1", env = "EDGECAR_HOST")]
+    host: String,
+    /// Gateway MQTT port.
+    #[arg(long, default_value_t = 1883, env = "EDGECAR_MQTT_PORT")]
+    port: u16,
+    /// Device id (the MQTT username).
+    #[arg(long, env = "EDGECAR_DEVICE_ID")]
+    id: String,
+    /// Device password (prefer the environment variable: flags show up in `ps`).
+    #[arg(long, env = "EDGECAR_DEVICE_PASSWORD", hide_env_values = true)]
+    password: String,
+    /// Seconds to wait for a reply.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The device's own state.
+    #[command(subcommand)]
+    State(StateCmd),
+    /// Call a method of an app: prints the app's reply body.
+    Invoke {
+        /// App id.
+        app: String,
+        /// Method path, e.g. neworder or v2/items.
+        method: String,
+        /// Request body.
+        #[arg(long, short = 'd', default_value = "")]
+        data: String,
+        /// HTTP verb.
+        #[arg(long, default_value = "POST")]
+        verb: String,
+    },
+    /// Call a capability: prints its reply body.
+    Capability {
+        /// Capability name.
+        name: String,
+        /// Method path after the name.
+        #[arg(default_value = "")]
+        method: String,
+        /// Request body.
+        #[arg(long, short = 'd', default_value = "")]
+        data: String,
+    },
+    /// Wait for commands from apps. Each is printed as a JSON line, or, with --exec, run through a
+    /// shell command (body on stdin, METHOD in the environment): its stdout is the reply, exit
+    /// status 0 answers 200, anything else 500. Without --exec commands are answered 204.
+    Listen {
+        /// Shell command that handles each command.
+        #[arg(long)]
+        exec: Option<String>,
+        /// Stop after this many commands.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCmd {
+    /// Print a key's value (exit 3 if missing).
+    Get {
+        /// Key.
+        key: String,
+    },
+    /// Save a value: JSON if it parses as JSON, a string otherwise.
+    Set {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Delete a key.
+    Delete {
+        /// Key.
+        key: String,
+        /// Only if the value still has this ETag.
+        #[arg(long)]
+        etag: Option<String>,
+    },
+}
+
+fn print_body(body: &[u8]) {
+    let mut out = std::io::stdout();
+    let _ = out.write_all(body);
+    if !body.ends_with(b"\n") && !body.is_empty() {
+        let _ = out.write_all(b"\n");
+    }
+}
+
+async fn handle(cmd: &edgecar_device_client::Command, exec: &str) -> (u16, Vec<u8>) {
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(exec)
+        .env("METHOD", &cmd.method)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return (500, format!("cannot run the handler: {e}").into_bytes()),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        let _ = stdin.write_all(&cmd.body).await;
+    }
+    match child.wait_with_output().await {
+        Ok(out) if out.status.success() => (200, out.stdout),
+        Ok(out) => (500, out.stdout),
+        Err(e) => (500, e.to_string().into_bytes()),
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let mut opts = Options::new(&cli.host, cli.port, &cli.id, &cli.password);
+    opts.request_timeout = std::time::Duration::from_secs(cli.timeout);
+    let (client, mut commands) = Client::connect(opts).await?;
+    let code = match cli.command {
+        Cmd::State(StateCmd::Get { key }) => match client.state_get(&key).await? {
+            Some((value, _)) => {
+                print_body(&value);
+                ExitCode::SUCCESS
+            }
+            None => ExitCode::from(3),
+        },
+        Cmd::State(StateCmd::Set { key, value }) => {
+            let v = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
+            client.state_set(&key, &v).await?;
+            ExitCode::SUCCESS
+        }
+        Cmd::State(StateCmd::Delete { key, etag }) => {
+            client.state_delete(&key, etag.as_deref()).await?;
+            ExitCode::SUCCESS
+        }
+        Cmd::Invoke {
+            app,
+            method,
+            data,
+            verb,
+        } => {
+            print_body(&client.invoke(&app, &method, &verb, data).await?.body);
+            ExitCode::SUCCESS
+        }
+        Cmd::Capability { name, method, data } => {
+            print_body(&client.capability(&name, &method, data).await?.body);
+            ExitCode::SUCCESS
+        }
+        Cmd::Listen { exec, count } => {
+            let mut seen = 0u64;
+            while count.is_none_or(|c| seen < c) {
+                let Some(cmd) = commands.next().await else {
+                    break;
+                };
+                seen += 1;
+                let (status, body) = match &exec {
+                    Some(e) => handle(&cmd, e).await,
+                    None => {
+                        let line = serde_json::json!({
+                            "method": cmd.method,
+                            "id": cmd.rid,
+                            "body": String::from_utf8_lossy(&cmd.body),
+                        });
+                        println!("{line}");
+                        (204, Vec::new())
+                    }
+                };
+                client.reply(&cmd, status, body).await?;
+            }
+            ExitCode::SUCCESS
+        }
+    };
+    client.disconnect().await;
+    Ok(code)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("edgecar-device: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("edgecar-device: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

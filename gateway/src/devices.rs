@@ -1,0 +1,375 @@
+//! Devices: who they are (the registry), how they prove it (passwords), and whether they are here
+//! (presence). Transport-neutral: the MQTT endpoint authenticates against it today, QUIC later.
+//!
+//! The registry is the file [`file`] describes, held in memory as an immutable snapshot and
+//! swapped when the file changes ([`watch`]), so `edgecar device add|remove` work while the daemon
+//! runs. Each change bumps a generation that transports watch to drop sessions whose credentials
+//! were removed or replaced. A device id doubles as a state key owner (`<id>||<key>`) and an invoke
+//! target, so it may not equal an app id the gateway serves.
+
+pub mod file;
+pub mod password;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{Semaphore, watch};
+use tracing::{error, info};
+
+use crate::config::ConfigError;
+pub use file::Device;
+use password::PasswordHash;
+
+/// At most this many password checks run at once: each is tens of milliseconds of CPU, and a
+/// storm of CONNECTs must queue rather than take every core from the request path.
+const CONCURRENT_AUTH: usize = 2;
+
+/// Proof of a successful login: the credential it matched, so a session can be dropped when that
+/// credential is removed or replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The device id.
+    pub id: String,
+    /// The stored hash text the password matched (compared, never logged).
+    tag: Arc<str>,
+}
+
+/// The device registry, live.
+pub struct Registry {
+    /// The registry file.
+    path: PathBuf,
+    /// Ids a device may not take (the gateway's app ids).
+    reserved: BTreeSet<String>,
+    /// The devices as last loaded.
+    current: RwLock<Arc<BTreeMap<String, Device>>>,
+    /// Bumped on every successful reload.
+    generation: watch::Sender<u64>,
+    /// Bounds concurrent password checks.
+    auth_slots: Semaphore,
+}
+
+fn check_reserved(
+    devices: &BTreeMap<String, Device>,
+    reserved: &BTreeSet<String>,
+    path: &Path,
+) -> Vec<ConfigError> {
+    devices
+        .keys()
+        .filter(|id| reserved.contains(*id))
+        .map(|id| {
+            ConfigError::new(
+                path,
+                format!("devices[id={id}]"),
+                format!(
+                    "device id {id:?} is also an app id of this gateway; state keys and invoke targets would collide"
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Checks the registry file as the daemon would load it (for `check-config`).
+pub fn check(path: &Path, reserved: &BTreeSet<String>) -> Vec<ConfigError> {
+    match file::load(path) {
+        Ok(devs) => check_reserved(&devs, reserved, path),
+        Err(e) => e,
+    }
+}
+
+impl Registry {
+    /// Loads the registry at `path`; `reserved` are the app ids devices may not take.
+    pub fn open(path: PathBuf, reserved: BTreeSet<String>) -> Result<Self, Vec<ConfigError>> {
+        let devices = file::load(&path)?;
+        let errors = check_reserved(&devices, &reserved, &path);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Registry {
+            path,
+            reserved,
+            current: RwLock::new(Arc::new(devices)),
+            generation: watch::Sender::new(0),
+            auth_slots: Semaphore::new(CONCURRENT_AUTH),
+        })
+    }
+
+    /// An empty registry (tests, or a gateway without devices).
+    pub fn empty() -> Self {
+        Registry {
+            path: PathBuf::new(),
+            reserved: BTreeSet::new(),
+            current: RwLock::new(Arc::default()),
+            generation: watch::Sender::new(0),
+            auth_slots: Semaphore::new(CONCURRENT_AUTH),
+        }
+    }
+
+    /// The registry file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The devices now.
+    pub fn snapshot(&self) -> Arc<BTreeMap<String, Device>> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Whether `id` is a registered device.
+    pub fn contains(&self, id: &str) -> bool {
+        self.snapshot().contains_key(id)
+    }
+
+    /// Checks a device's password (on the blocking pool, a few at a time). Unknown ids cost the
+    /// same as wrong passwords.
+    pub async fn authenticate(&self, id: &str, password: &[u8]) -> Option<Credential> {
+        let _slot = self.auth_slots.acquire().await.ok()?;
+        let found = self.snapshot().get(id).map(|d| {
+            (
+                d.hash.clone(),
+                Arc::<str>::from(d.entry.password_hash.as_str()),
+            )
+        });
+        let password = password.to_vec();
+        let known = found.is_some();
+        let (hash, tag) = found.unwrap_or_else(|| (PasswordHash::decoy(), Arc::from("")));
+        let ok = tokio::task::spawn_blocking(move || hash.verify(&password))
+            .await
+            .unwrap_or(false);
+        (ok && known).then(|| Credential {
+            id: id.to_owned(),
+            tag,
+        })
+    }
+
+    /// Whether a credential still holds (the device exists with the same password hash).
+    pub fn still_valid(&self, c: &Credential) -> bool {
+        self.snapshot()
+            .get(&c.id)
+            .is_some_and(|d| *d.entry.password_hash == *c.tag)
+    }
+
+    /// A receiver that changes whenever the registry is reloaded.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Re-reads the file; on error the previous devices stay in force.
+    pub fn reload(&self) -> Result<usize, Vec<ConfigError>> {
+        let devices = file::load(&self.path)?;
+        let errors = check_reserved(&devices, &self.reserved, &self.path);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let n = devices.len();
+        match self.current.write() {
+            Ok(mut g) => *g = Arc::new(devices),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(devices),
+        }
+        self.generation.send_modify(|g| *g += 1);
+        Ok(n)
+    }
+}
+
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Re-reads the registry file when it changes (polled every `every`; acted on once it has been
+/// quiet for one poll, so a half-written file from another tool is not read). Runs until aborted.
+pub async fn watch(registry: Arc<Registry>, every: Duration) {
+    let path = registry.path.clone();
+    let mut seen = {
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || file_stamp(&p))
+            .await
+            .ok()
+            .flatten()
+    };
+    let mut pending = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let p = path.clone();
+        let Ok(now) = tokio::task::spawn_blocking(move || file_stamp(&p)).await else {
+            continue;
+        };
+        if now == seen {
+            pending = None;
+            continue;
+        }
+        if pending != Some(now) {
+            pending = Some(now);
+            continue;
+        }
+        seen = now;
+        pending = None;
+        let r = registry.clone();
+        match tokio::task::spawn_blocking(move || r.reload()).await {
+            Ok(Ok(n)) => info!(devices = n, file = %path.display(), "device registry reloaded"),
+            Ok(Err(errors)) => {
+                for e in errors {
+                    error!(error = %e, "device registry reload refused; previous devices stay in force");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// What is known about one device's connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// Open connections (a device may hold several, e.g. one per MQTT client id).
+    pub connections: u32,
+    /// The transport of the newest connection, e.g. `mqtt/3.1.1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Unix milliseconds since the device has been connected without interruption.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected_since_ms: Option<u64>,
+    /// Unix milliseconds the device was last heard from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen_ms: Option<u64>,
+    /// Why its last connection ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_disconnect: Option<String>,
+}
+
+/// Presence of every device that has connected since start-up. Transports report; the devices
+/// block reads. Memory is bounded by the number of registered devices that ever connected.
+#[derive(Default)]
+pub struct Presence {
+    /// Device id → status.
+    devices: Mutex<HashMap<String, Status>>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Presence {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Status>) -> T) -> T {
+        match self.devices.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// A connection of `id` was accepted.
+    pub fn connected(&self, id: &str, protocol: &str, now_ms: u64) {
+        self.with(|m| {
+            let s = m.entry(id.to_owned()).or_default();
+            if s.connections == 0 {
+                s.connected_since_ms = Some(now_ms);
+            }
+            s.connections += 1;
+            s.protocol = Some(protocol.to_owned());
+            s.last_seen_ms = Some(now_ms);
+        });
+    }
+
+    /// A connection of `id` ended.
+    pub fn disconnected(&self, id: &str, reason: &str, now_ms: u64) {
+        self.with(|m| {
+            let s = m.entry(id.to_owned()).or_default();
+            s.connections = s.connections.saturating_sub(1);
+            if s.connections == 0 {
+                s.connected_since_ms = None;
+            }
+            s.last_seen_ms = Some(now_ms);
+            s.last_disconnect = Some(reason.to_owned());
+        });
+    }
+
+    /// `id` was heard from.
+    pub fn seen(&self, id: &str, now_ms: u64) {
+        self.with(|m| {
+            if let Some(s) = m.get_mut(id) {
+                s.last_seen_ms = Some(now_ms);
+            }
+        });
+    }
+
+    /// One device's status (default when never seen).
+    pub fn get(&self, id: &str) -> Status {
+        self.with(|m| m.get(id).cloned().unwrap_or_default())
+    }
+
+    /// Devices with at least one open connection.
+    pub fn connected_count(&self) -> usize {
+        self.with(|m| m.values().filter(|s| s.connections > 0).count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn authenticate_and_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.yaml");
+        let h = PasswordHash::with_iterations("pw", 100).unwrap();
+        file::add(&path, "dev1", &h, false, 0).unwrap();
+        let reg = Registry::open(path.clone(), BTreeSet::new()).unwrap();
+        assert!(reg.authenticate("dev1", b"nope").await.is_none());
+        assert!(reg.authenticate("ghost", b"pw").await.is_none());
+        let c = reg.authenticate("dev1", b"pw").await.unwrap();
+        assert!(reg.still_valid(&c));
+        let changes = reg.changes();
+        let h2 = PasswordHash::with_iterations("pw2", 100).unwrap();
+        file::add(&path, "dev1", &h2, true, 0).unwrap();
+        assert_eq!(reg.reload().unwrap(), 1);
+        assert!(changes.has_changed().unwrap());
+        assert!(
+            !reg.still_valid(&c),
+            "a replaced password ends old sessions"
+        );
+        std::fs::write(&path, "devices: [oops").unwrap();
+        assert!(reg.reload().is_err());
+        assert!(
+            reg.contains("dev1"),
+            "a broken file keeps the previous devices"
+        );
+    }
+
+    #[test]
+    fn device_ids_may_not_shadow_app_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.yaml");
+        let h = PasswordHash::with_iterations("pw", 100).unwrap();
+        file::add(&path, "orders", &h, false, 0).unwrap();
+        let reserved: BTreeSet<String> = ["orders".to_string()].into();
+        assert_eq!(check(&path, &reserved).len(), 1);
+        assert!(Registry::open(path, reserved).is_err());
+    }
+
+    #[test]
+    fn presence_counts_connections() {
+        let p = Presence::default();
+        p.connected("d", "mqtt/5", 10);
+        p.connected("d", "mqtt/3.1.1", 20);
+        assert_eq!(p.get("d").connections, 2);
+        assert_eq!(p.get("d").connected_since_ms, Some(10));
+        p.disconnected("d", "client disconnected", 30);
+        assert_eq!(p.connected_count(), 1);
+        p.disconnected("d", "keepalive timeout", 40);
+        let s = p.get("d");
+        assert_eq!((s.connections, s.connected_since_ms), (0, None));
+        assert_eq!(s.last_seen_ms, Some(40));
+        assert_eq!(s.last_disconnect.as_deref(), Some("keepalive timeout"));
+        assert_eq!(p.get("never"), Status::default());
+    }
+}

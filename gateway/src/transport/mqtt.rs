@@ -1,0 +1,571 @@
+//! The MQTT device endpoint: MQTT 3.1.1 and 5 over TCP, for devices only.
+//!
+//! Not a broker. Every connection authenticates as a registered device and lives inside that
+//! device's topic tree; publishes there are requests on the one request path, replies and
+//! commands come back the same way. This file owns the listener and the I/O of each connection:
+//! it reads packets ([`codec`]), feeds them to the pure [`session`] state machine, performs its
+//! actions, runs requests through the [`Runtime`] (decoded and encoded by [`protocol`]), and
+//! delivers what the [`hub`] routes to it. Each connection is one task owned by [`serve`], which
+//! ends them all on shutdown.
+
+pub mod codec;
+pub mod hub;
+pub mod protocol;
+pub mod ratelimit;
+pub mod session;
+pub mod tls;
+pub mod topics;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::config::MqttConfig;
+use crate::devices::{Presence, Registry, unix_ms};
+use crate::runtime::Runtime;
+use codec::{ConnectCode, DecodeError, DisconnectCode, Incoming, Message, Outgoing, Version};
+use hub::{Hub, HubLimits};
+use protocol::{Inbound, ReplyTo};
+use session::{Action, Close, Limits, Session};
+
+/// How long a write to a device may stall before the connection is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Presence "last seen" is updated at most this often per connection.
+const PRESENCE_EVERY: Duration = Duration::from_secs(1);
+/// Connections that have not finished their CONNECT (and password check) at once. Limits on
+/// connections count authenticated devices; this bounds the sockets and the queue for password
+/// checks that anyone who can reach the port can make edgecar hold.
+const MAX_HANDSHAKES: usize = 256;
+
+/// Everything connections share.
+pub struct Endpoint {
+    /// The request path.
+    pub runtime: Arc<Runtime>,
+    /// Open connections and routing.
+    pub hub: Arc<Hub>,
+    /// Device credentials.
+    pub registry: Arc<Registry>,
+    /// Who is connected.
+    pub presence: Arc<Presence>,
+    /// Session limits.
+    pub limits: Limits,
+    /// How long a new connection may take to send CONNECT (and finish its TLS handshake).
+    pub connect_timeout: Duration,
+    /// TLS, when configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Endpoint {
+    /// The hub's limits from the `mqtt` config section.
+    pub fn hub_limits(cfg: &MqttConfig) -> HubLimits {
+        HubLimits {
+            max_connections: cfg.max_connections,
+            per_device: cfg.max_connections_per_device,
+            session_expiry: cfg.session_expiry.0,
+            rate: cfg.rate_limit.messages_per_second,
+            burst: cfg.rate_limit.burst,
+        }
+    }
+
+    /// Session limits from the `mqtt` config section.
+    pub fn session_limits(cfg: &MqttConfig) -> Limits {
+        Limits {
+            max_packet_size: usize::try_from(cfg.max_packet_size.0).unwrap_or(usize::MAX),
+            max_keep_alive: cfg.max_keep_alive.0,
+            max_inflight: cfg.max_inflight,
+        }
+    }
+}
+
+/// Serves devices on `listener` until `stop` turns true; then tells every connection to end
+/// (MQTT 5 clients hear "server shutting down"), waits up to `drain` and aborts the rest.
+pub async fn serve(
+    listener: TcpListener,
+    ep: Arc<Endpoint>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let mut conns = JoinSet::new();
+    let mut background = JoinSet::new();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    {
+        // Removed devices and replaced passwords end the sessions that used them.
+        let (hub, registry) = (ep.hub.clone(), ep.registry.clone());
+        let mut changes = registry.changes();
+        background.spawn(async move {
+            while changes.changed().await.is_ok() {
+                hub.revalidate(&registry);
+            }
+        });
+    }
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "MQTT accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    debug!(%peer, "too many connections still handshaking; dropped");
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let ep = ep.clone();
+                match ep.tls.clone() {
+                    None => {
+                        conns.spawn(connection(stream, peer, ep, permit));
+                    }
+                    Some(tls) => {
+                        conns.spawn(async move {
+                            match tokio::time::timeout(ep.connect_timeout, tls.accept(stream)).await {
+                                Ok(Ok(s)) => connection(s, peer, ep, permit).await,
+                                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => debug!(%peer, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(listener);
+    ep.hub.kick_all(DisconnectCode::ServerShuttingDown);
+    let all_done = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(drain, all_done).await.is_err() {
+        warn!("MQTT connections did not end in time; closing them");
+    }
+    conns.abort_all();
+    background.abort_all();
+}
+
+/// A device's byte stream: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
+/// Writes buffered packets, giving up on a device that does not read.
+async fn flush<S: Stream>(wr: &mut WriteHalf<S>, out: &mut BytesMut) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let r = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(out)).await;
+    out.clear();
+    match r {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the device stopped reading",
+        )),
+    }
+}
+
+fn encode(p: Outgoing, v: Version, out: &mut BytesMut) {
+    if let Err(e) = codec::encode(p, v, out) {
+        warn!(error = %e, "could not encode an MQTT packet");
+    }
+}
+
+/// Reads until the first packet (the CONNECT) is whole.
+async fn read_connect<S: Stream>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<(Incoming, Version), DecodeError> {
+    loop {
+        if let Some(p) = codec::decode(buf, None, max)? {
+            return Ok(p);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(DecodeError::Malformed("connection closed".into())),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Answers a CONNECT with a refusal and closes.
+async fn refuse<S: Stream>(mut stream: S, v: Version, code: ConnectCode, reason: String) {
+    let mut out = BytesMut::new();
+    encode(
+        Outgoing::ConnAck {
+            session_present: false,
+            code,
+            granted: None,
+            reason: Some(reason),
+        },
+        v,
+        &mut out,
+    );
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&out)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// One device connection, from CONNECT to close.
+async fn connection<S: Stream>(
+    mut stream: S,
+    peer: SocketAddr,
+    ep: Arc<Endpoint>,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+) {
+    let max = ep.limits.max_packet_size;
+    let mut buf = BytesMut::with_capacity(1024);
+    let first = tokio::time::timeout(ep.connect_timeout, read_connect(&mut stream, &mut buf, max));
+    let (connect, version) = match first.await {
+        Ok(Ok((Incoming::Connect(c), v))) => (c, v),
+        Ok(Err(DecodeError::UnsupportedVersion(level))) => {
+            debug!(%peer, level, "MQTT protocol level not supported");
+            // A 3.1.1-format CONNACK is what MQTT 3.1 clients understand too.
+            let reason = format!("protocol level {level}; use MQTT 3.1.1 or 5");
+            refuse(
+                stream,
+                Version::V311,
+                ConnectCode::UnsupportedVersion,
+                reason,
+            )
+            .await;
+            return;
+        }
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+            debug!(%peer, "no valid CONNECT; closing");
+            return;
+        }
+    };
+    if let Err((code, reason)) = session::precheck(&connect) {
+        debug!(%peer, ?code, "CONNECT refused");
+        refuse(stream, version, code, reason).await;
+        return;
+    }
+    let username = connect.username.clone().unwrap_or_default();
+    let password = connect.password.clone().unwrap_or_default();
+    let Some(credential) = ep
+        .registry
+        .authenticate(&username, password.as_bytes())
+        .await
+    else {
+        warn!(%peer, username = %username, "device authentication failed");
+        let reason = "unknown device or wrong password".to_owned();
+        refuse(stream, version, ConnectCode::NotAuthorized, reason).await;
+        return;
+    };
+    let device = credential.id.clone();
+    let will = match session::check_will(&connect, &device) {
+        Ok(w) => w,
+        Err((code, reason)) => {
+            refuse(stream, version, code, reason).await;
+            return;
+        }
+    };
+    let client_id = if connect.client_id.is_empty() {
+        ep.hub.assign_client_id(&device)
+    } else {
+        connect.client_id.clone()
+    };
+    let attached = match ep
+        .hub
+        .attach(&credential, &client_id, connect.clean_start, Instant::now())
+    {
+        Ok(a) => a,
+        Err(code) => {
+            warn!(device = %device, ?code, "device connection refused: connection limit");
+            refuse(stream, version, code, "connection limit reached".into()).await;
+            return;
+        }
+    };
+    // How long the session outlives the connection: 3.1.1 persistent sessions use the configured
+    // expiry; MQTT 5 clients say, and are held to it.
+    let keep = match version {
+        Version::V311 => (!connect.clean_start).then_some(Duration::MAX),
+        Version::V5 => connect
+            .session_expiry
+            .filter(|s| *s > 0)
+            .map(|s| Duration::from_secs(u64::from(s))),
+    };
+    let (session, connack) = Session::new(
+        &connect,
+        &device,
+        client_id,
+        will,
+        attached.restored.clone(),
+        ep.limits.clone(),
+        Instant::now(),
+    );
+    drop(connect);
+    drop(handshake);
+    let conn_id = attached.id;
+    let mut conn = Conn {
+        ep: ep.clone(),
+        session,
+        conn_id,
+        device: device.clone(),
+        out: BytesMut::new(),
+        requests: JoinSet::new(),
+        reply_to: HashMap::new(),
+    };
+    encode(connack, version, &mut conn.out);
+    if !conn.session.subscriptions().is_empty() {
+        // A resumed session's subscriptions are routable at once.
+        ep.hub
+            .set_subscriptions(&device, conn_id, conn.session.subscriptions());
+    }
+    ep.presence.connected(&device, version.label(), unix_ms());
+    info!(device = %device, client = %conn.session.client_id(), %peer, protocol = version.label(),
+          keep_alive = ?conn.session.keep_alive(), "device connected");
+    let (rd, mut wr) = tokio::io::split(stream);
+    let close = conn.run(rd, &mut wr, buf, attached).await;
+    // Tell an MQTT 5 client why edgecar ends the connection.
+    if let Close::ByServer(code) = close {
+        encode(Outgoing::Disconnect { code }, version, &mut conn.out);
+    }
+    let _ = flush(&mut wr, &mut conn.out).await;
+    let _ = wr.shutdown().await;
+    drop(wr);
+    let subs = conn.session.subscriptions().to_vec();
+    ep.hub.detach(&device, conn_id, keep, subs, Instant::now());
+    if let Some(will) = conn.session.take_will() {
+        // Wills stay inside the device's own tree: its other connections may hear it.
+        ep.hub.route(&device, &will, None);
+    }
+    ep.presence
+        .disconnected(&device, close.describe(), unix_ms());
+    info!(device = %device, client = %conn.session.client_id(), reason = close.describe(), "device disconnected");
+    // Requests already read are still answered (to the device's other connections: a device
+    // that publishes a QoS 0 request and disconnects at once may be listening on another).
+    conn.drain().await;
+}
+
+/// The state of one connection's loop.
+struct Conn {
+    ep: Arc<Endpoint>,
+    session: Session,
+    conn_id: u64,
+    device: String,
+    /// Packets encoded, not yet written.
+    out: BytesMut,
+    /// Requests running on the request path: (session token, reply).
+    requests: JoinSet<(u64, Message)>,
+    /// Where each running request's reply goes, by task, so that even a request whose task
+    /// failed gets an answer.
+    reply_to: HashMap<tokio::task::Id, (u64, ReplyTo)>,
+}
+
+impl Conn {
+    /// Runs until the connection ends; returns how.
+    async fn run<S: Stream>(
+        &mut self,
+        mut rd: ReadHalf<S>,
+        wr: &mut WriteHalf<S>,
+        mut buf: BytesMut,
+        attached: hub::Attached,
+    ) -> Close {
+        let hub::Attached {
+            mut inbox,
+            mut kick,
+            ..
+        } = attached;
+        let max = self.ep.limits.max_packet_size;
+        let version = self.session.version();
+        let mut next: Option<Incoming> = None;
+        let mut throttled: Option<Instant> = None;
+        let mut paused = false;
+        let mut presence_at = Instant::now();
+        loop {
+            if let Err(e) = flush(wr, &mut self.out).await {
+                debug!(device = %self.device, error = %e, "write failed");
+                return Close::ByClient { publish_will: true };
+            }
+            let reading = throttled.is_none() && self.session.can_take_request();
+            if reading && paused {
+                // Edgecar stopped reading; the device's silence meanwhile is not its fault.
+                self.session.touch(Instant::now());
+                paused = false;
+            }
+            if !reading {
+                paused = true;
+            }
+            if reading && next.is_none() {
+                match codec::decode(&mut buf, Some(version), max) {
+                    Ok(Some((p, _))) => next = Some(p),
+                    Ok(None) => {}
+                    Err(e) => {
+                        debug!(device = %self.device, error = %e, "bad packet");
+                        let code = match e {
+                            DecodeError::TooLarge { .. } => DisconnectCode::PacketTooLarge,
+                            _ => DisconnectCode::MalformedPacket,
+                        };
+                        return Close::ByServer(code);
+                    }
+                }
+            }
+            if reading && let Some(p) = next.take() {
+                let now = Instant::now();
+                // A PUBACK answers what edgecar sent; it costs the device no token.
+                let token = match p {
+                    Incoming::PubAck { .. } => Ok(()),
+                    _ => self.ep.hub.take_token(&self.device, now),
+                };
+                match token {
+                    Ok(()) => {
+                        if now.duration_since(presence_at) >= PRESENCE_EVERY {
+                            presence_at = now;
+                            self.ep.presence.seen(&self.device, unix_ms());
+                        }
+                        let actions = self.session.on_packet(p, now);
+                        if let Some(close) = self.perform(actions) {
+                            return close;
+                        }
+                        continue;
+                    }
+                    Err(until) => {
+                        debug!(device = %self.device, "rate limit: reading paused");
+                        next = Some(p);
+                        throttled = Some(until);
+                        continue;
+                    }
+                }
+            }
+            let deadline = self.session.deadline();
+            tokio::select! {
+                r = rd.read_buf(&mut buf), if reading => match r {
+                    Ok(0) | Err(_) => return Close::ByClient { publish_will: true },
+                    Ok(_) => {}
+                },
+                () = tokio::time::sleep_until(throttled.unwrap_or(deadline)), if throttled.is_some() => {
+                    throttled = None;
+                }
+                () = tokio::time::sleep_until(deadline), if reading => {
+                    if let Some(Action::Close(c)) = self.session.on_timer(Instant::now()) {
+                        return c;
+                    }
+                }
+                Some(done) = self.requests.join_next_with_id(), if !self.requests.is_empty() => {
+                    let (token, reply) = self.finished(done);
+                    self.send_reply(reply);
+                    let actions = self.session.done(token);
+                    if let Some(close) = self.perform(actions) {
+                        return close;
+                    }
+                }
+                Some(msg) = inbox.recv() => {
+                    if let Some(p) = self.session.deliver(msg) {
+                        encode(p, version, &mut self.out);
+                    }
+                }
+                r = kick.changed() => {
+                    let code = match r {
+                        Ok(()) => (*kick.borrow()).unwrap_or(DisconnectCode::SessionTakenOver),
+                        Err(_) => DisconnectCode::ServerShuttingDown,
+                    };
+                    return Close::ByServer(code);
+                }
+            }
+        }
+    }
+
+    /// The reply of a finished request task (an internal error reply if the task failed).
+    fn finished(
+        &mut self,
+        done: Result<(tokio::task::Id, (u64, Message)), tokio::task::JoinError>,
+    ) -> (u64, Message) {
+        match done {
+            Ok((id, r)) => {
+                self.reply_to.remove(&id);
+                r
+            }
+            Err(e) => {
+                let (token, to) = self.reply_to.remove(&e.id()).unwrap_or((
+                    u64::MAX,
+                    ReplyTo {
+                        op: "-".into(),
+                        rid: "-".into(),
+                        response_topic: None,
+                        correlation: None,
+                    },
+                ));
+                warn!(device = %self.device, op = %to.op, error = %e, "request task failed");
+                let err = crate::Error::new(
+                    crate::ErrorKind::Internal,
+                    crate::error::codes::INTERNAL,
+                    "the request failed inside edgecar",
+                );
+                (token, protocol::reply(&self.device, &to, Err(err)))
+            }
+        }
+    }
+
+    /// Delivers a reply to this connection (if subscribed) and the device's others.
+    fn send_reply(&mut self, reply: Message) {
+        let others = self.ep.hub.route(&self.device, &reply, Some(self.conn_id));
+        let here = self.session.subscribed(&reply.topic);
+        if let Some(p) = self.session.deliver(reply.clone()) {
+            encode(p, self.session.version(), &mut self.out);
+        }
+        if others == 0 && !here {
+            debug!(device = %self.device, topic = %reply.topic, "reply not delivered: no connection of the device subscribes to it");
+        }
+    }
+
+    /// Performs the session's actions; returns how the connection ends, if it does.
+    fn perform(&mut self, actions: Vec<Action>) -> Option<Close> {
+        let version = self.session.version();
+        let mut pending = std::collections::VecDeque::from(actions);
+        while let Some(a) = pending.pop_front() {
+            match a {
+                Action::Send(p) => encode(p, version, &mut self.out),
+                Action::Close(c) => return Some(c),
+                Action::SubscriptionsChanged => self.ep.hub.set_subscriptions(
+                    &self.device,
+                    self.conn_id,
+                    self.session.subscriptions(),
+                ),
+                Action::Handle { token, msg } => match protocol::classify(&self.device, &msg) {
+                    Inbound::Request { call, reply_to } => {
+                        let rt = self.ep.runtime.clone();
+                        let (device, to) = (self.device.clone(), reply_to.clone());
+                        let h = self.requests.spawn(async move {
+                            let result = rt.handle(*call).await;
+                            (token, protocol::reply(&device, &to, result))
+                        });
+                        self.reply_to.insert(h.id(), (token, reply_to));
+                    }
+                    Inbound::Invalid { error, reply_to } => {
+                        debug!(device = %self.device, topic = %msg.topic, code = error.code, "request refused");
+                        self.send_reply(protocol::reply(&self.device, &reply_to, Err(error)));
+                        pending.extend(self.session.done(token));
+                    }
+                    Inbound::CommandReply { rid, reply } => {
+                        if !self.ep.hub.complete(&self.device, &rid, reply) {
+                            debug!(device = %self.device, rid = %rid, "command reply for no waiting call (late or unknown)");
+                        }
+                        pending.extend(self.session.done(token));
+                    }
+                },
+            }
+        }
+        None
+    }
+
+    /// After the connection closed: lets running requests finish and routes their replies.
+    async fn drain(mut self) {
+        while let Some(done) = self.requests.join_next_with_id().await {
+            let (_, reply) = self.finished(done);
+            self.ep.hub.route(&self.device, &reply, None);
+        }
+    }
+}

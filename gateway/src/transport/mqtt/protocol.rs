@@ -1,0 +1,705 @@
+//! The device protocol (docs/device-protocol.md): which topic in a device's tree means what, how a
+//! request becomes a [`Call`], and how a reply, an error or a command becomes a message.
+//!
+//! Decoding and encoding only: the JSON bodies are the HTTP API's, passed through untouched for
+//! the building blocks to parse, and the errors are theirs. Everything a device can publish gets
+//! exactly one answer: a reply, an error reply, or (for command replies) the app's waiting call.
+//!
+//! ```text
+//! edgecar/v1/<id>/req/<op>/<rid>[?params]     device -> edgecar   request
+//! edgecar/v1/<id>/res/<op>/<rid>/<status>     edgecar -> device   reply (MQTT 5: or its response topic)
+//! edgecar/v1/<id>/cmd/<method...>/<rid>       edgecar -> device   command from an app
+//! edgecar/v1/<id>/cmdres/<rid>[/<status>]     device -> edgecar   reply to a command
+//! edgecar/v1/<id>/telemetry[/...]             device -> edgecar   reserved (arrives with pub/sub)
+//! edgecar/v1/<id>/sub/<pubsub>/<topic...>     edgecar -> device   reserved (pub/sub deliveries)
+//! ```
+
+use bytes::Bytes;
+use http::Method;
+
+use super::codec::{Message, Properties};
+use super::topics::{self, ROOT};
+use crate::api;
+use crate::blocks::devices::{Command, CommandReply};
+use crate::call::{Call, Caller, Op, Params, Reply};
+use crate::error::{Error, ErrorKind, codes};
+
+/// The state store a request names when it names none (Dapr's conventional name, and the
+/// embedded default's).
+pub const DEFAULT_STORE: &str = "statestore";
+/// Longest request id accepted.
+pub const MAX_RID: usize = 64;
+/// Most reply headers copied into MQTT 5 user properties.
+const MAX_META: usize = 16;
+/// Operations the protocol reserves for pub/sub, telemetry and configuration.
+const RESERVED: &[&str] = &["publish", "subscribe", "unsubscribe", "config.get"];
+/// Operations available now, for error messages.
+const OPS: &str =
+    "state.get, state.save, state.delete, state.bulk, state.transaction, invoke, capability";
+
+/// Where a reply goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The operation as the device named it (`-` if it named none).
+    pub op: String,
+    /// The request id (`-` if it gave none).
+    pub rid: String,
+    /// MQTT 5 response topic, already checked to be in the device's tree.
+    pub response_topic: Option<String>,
+    /// MQTT 5 correlation data, returned unchanged.
+    pub correlation: Option<Bytes>,
+}
+
+/// What an in-tree publish from a device is.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A request for the request path.
+    Request {
+        /// The call.
+        call: Box<Call>,
+        /// Where its reply goes.
+        reply_to: ReplyTo,
+    },
+    /// A device's answer to a command.
+    CommandReply {
+        /// The command's request id.
+        rid: String,
+        /// The answer.
+        reply: CommandReply,
+    },
+    /// Not something edgecar can act on: answered with this error.
+    Invalid {
+        /// The error.
+        error: Error,
+        /// Where the error reply goes.
+        reply_to: ReplyTo,
+    },
+}
+
+fn not_implemented(what: &str) -> Error {
+    Error::new(
+        ErrorKind::NotImplemented,
+        codes::NOT_IMPLEMENTED,
+        format!("{what} arrives with pub/sub; this edgecar does not serve it yet"),
+    )
+}
+
+fn valid_rid(rid: &str) -> bool {
+    !rid.is_empty() && rid.len() <= MAX_RID && rid != "-"
+}
+
+/// Reads an in-tree publish from `device`.
+pub fn classify(device: &str, msg: &Message) -> Inbound {
+    let rest = topics::in_tree(device, &msg.topic).unwrap_or_default();
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    let levels: Vec<&str> = path.split('/').collect();
+    let mut reply_to = ReplyTo {
+        op: "-".into(),
+        rid: "-".into(),
+        response_topic: None,
+        correlation: msg.props.correlation_data.clone(),
+    };
+    let invalid = |error: Error, reply_to: ReplyTo| Inbound::Invalid { error, reply_to };
+    match levels[..] {
+        ["req", ref more @ ..] => {
+            if let Some(op) = more.first().filter(|o| !o.is_empty()) {
+                reply_to.op = (*op).to_owned();
+            }
+            if let Some(rid) = more.get(1).filter(|r| valid_rid(r)) {
+                reply_to.rid = (*rid).to_owned();
+            }
+            if let Some(rt) = &msg.props.response_topic {
+                if topics::in_tree(device, rt).is_none() {
+                    return invalid(
+                        Error::new(
+                            ErrorKind::Forbidden,
+                            codes::PERMISSION_DENIED,
+                            format!("the response topic must be inside {}", topics::tree(device)),
+                        ),
+                        reply_to,
+                    );
+                }
+                reply_to.response_topic = Some(rt.clone());
+            }
+            if more.len() > 2 {
+                return invalid(
+                    Error::malformed(
+                        "too many topic levels: a request is req/<op>/<request-id>[?params] \
+                         (percent-encode '/' in parameters as %2F)",
+                    ),
+                    reply_to,
+                );
+            }
+            if reply_to.op == "-" {
+                return invalid(
+                    Error::malformed(format!(
+                        "no operation: publish to req/<op>/<request-id>; operations: {OPS}"
+                    )),
+                    reply_to,
+                );
+            }
+            // An MQTT 5 requester that names a response topic needs no id: the topic (and its
+            // correlation data, if any) tell its replies apart.
+            if reply_to.rid == "-" && reply_to.response_topic.is_none() {
+                return invalid(
+                    Error::malformed(format!(
+                        "missing or invalid request id: publish to req/{}/<request-id> \
+                         (1 to {MAX_RID} characters)",
+                        reply_to.op
+                    )),
+                    reply_to,
+                );
+            }
+            match request(device, &reply_to.op, query, msg) {
+                Ok(call) => Inbound::Request {
+                    call: Box::new(call),
+                    reply_to,
+                },
+                Err(error) => invalid(error, reply_to),
+            }
+        }
+        ["cmdres", rid, ref status @ ..] if valid_rid(rid) && status.len() <= 1 => {
+            let status = match status.first().or(msg.props.user("status").as_ref()) {
+                None => Some(200),
+                Some(s) => s.parse::<u16>().ok().filter(|s| (100..600).contains(s)),
+            };
+            let Some(status) = status else {
+                reply_to.op = "cmdres".into();
+                reply_to.rid = rid.to_owned();
+                return invalid(
+                    Error::malformed("a command reply's status must be a number from 100 to 599"),
+                    reply_to,
+                );
+            };
+            Inbound::CommandReply {
+                rid: rid.to_owned(),
+                reply: CommandReply {
+                    status,
+                    body: msg.payload.clone(),
+                    content_type: msg.props.content_type.clone().or_else(|| {
+                        serde_json::from_slice::<serde::de::IgnoredAny>(&msg.payload)
+                            .is_ok()
+                            .then(|| "application/json".to_owned())
+                    }),
+                },
+            }
+        }
+        ["cmdres", ..] => {
+            reply_to.op = "cmdres".into();
+            invalid(
+                Error::malformed("a command reply goes to cmdres/<request-id>[/<status>]"),
+                reply_to,
+            )
+        }
+        ["telemetry", ..] => {
+            reply_to.op = "telemetry".into();
+            invalid(not_implemented("telemetry"), reply_to)
+        }
+        [kind, ..] => {
+            reply_to.op = if kind.is_empty() { "-" } else { kind }.to_owned();
+            invalid(
+                Error::new(
+                    ErrorKind::NotFound,
+                    codes::NOT_FOUND,
+                    format!(
+                        "{} is not a topic devices publish to: requests go to {}req/<op>/<request-id>, \
+                         command replies to {}cmdres/<request-id>",
+                        msg.topic,
+                        topics::tree(device),
+                        topics::tree(device)
+                    ),
+                ),
+                reply_to,
+            )
+        }
+        [] => invalid(Error::malformed("empty topic"), reply_to),
+    }
+}
+
+/// Takes a required parameter out of the options.
+fn required(params: &mut Params, name: &str, op: &str) -> Result<String, Error> {
+    params
+        .options
+        .remove(name)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            Error::malformed(format!(
+                "{op} needs the parameter {name}: req/{op}/<request-id>?{name}=..."
+            ))
+        })
+}
+
+fn verb(params: &mut Params) -> Result<Method, Error> {
+    match params.options.remove("verb") {
+        None => Ok(Method::POST),
+        Some(v) => Method::from_bytes(v.to_ascii_uppercase().as_bytes())
+            .map_err(|_| Error::malformed(format!("verb {v:?} is not an HTTP method"))),
+    }
+}
+
+/// Builds the call for a request.
+fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result<Call, Error> {
+    let mut params = Params::default();
+    api::parse_query(query, &mut params)?;
+    let store = |p: &mut Params| {
+        p.options
+            .remove("store")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEFAULT_STORE.to_owned())
+    };
+    let op = match op {
+        "state.get" => Op::StateGet {
+            store: store(&mut params),
+            key: required(&mut params, "key", op)?,
+        },
+        "state.bulk" => Op::StateBulkGet {
+            store: store(&mut params),
+        },
+        "state.save" => Op::StateSave {
+            store: store(&mut params),
+        },
+        "state.delete" => {
+            params.if_match = params.options.remove("etag");
+            Op::StateDelete {
+                store: store(&mut params),
+                key: required(&mut params, "key", op)?,
+            }
+        }
+        "state.transaction" => Op::StateTransaction {
+            store: store(&mut params),
+        },
+        "invoke" => {
+            let app_id = required(&mut params, "app", op)?;
+            let method = required(&mut params, "method", op)?;
+            let verb = verb(&mut params)?;
+            params.headers = forwarded_headers(&msg.props);
+            Op::Invoke {
+                app_id,
+                method: if method.starts_with('/') {
+                    method
+                } else {
+                    format!("/{method}")
+                },
+                verb,
+            }
+        }
+        "capability" => {
+            let name = required(&mut params, "name", op)?;
+            let method = params.options.remove("method").unwrap_or_default();
+            let verb = verb(&mut params)?;
+            params.headers = forwarded_headers(&msg.props);
+            Op::Capability {
+                name,
+                method: method.trim_start_matches('/').to_owned(),
+                query: None,
+                verb,
+            }
+        }
+        op if RESERVED.contains(&op) => return Err(not_implemented(op)),
+        other => {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                codes::NOT_FOUND,
+                format!("unknown operation {other:?}; operations: {OPS}"),
+            ));
+        }
+    };
+    params.traceparent = msg.props.user("traceparent").map(str::to_owned);
+    Ok(Call {
+        caller: Caller::Device {
+            id: device.to_owned(),
+        },
+        op,
+        body: msg.payload.clone(),
+        params,
+    })
+}
+
+/// Headers an app or capability sees from a device request: the MQTT 5 content type and user
+/// properties (minus hop-by-hop names), as an HTTP caller's headers would pass.
+fn forwarded_headers(props: &Properties) -> Vec<(String, String)> {
+    let mut h: Vec<(String, String)> = props
+        .user
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .filter(|(k, _)| {
+            crate::blocks::invoke::forwardable(k)
+                && k != "content-type"
+                && http::HeaderName::from_bytes(k.as_bytes()).is_ok()
+        })
+        .collect();
+    let ct = props.content_type.as_deref().unwrap_or("application/json");
+    h.push(("content-type".into(), ct.to_owned()));
+    h
+}
+
+/// Percent-encodes what may not appear in a topic level or a query value.
+fn encode_param(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b));
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// The message answering a request: `result` as the HTTP API would answer it (same body, same
+/// status), on the device's response topic or `res/<op>/<rid>/<status>[?etag=...]`.
+pub fn reply(device: &str, to: &ReplyTo, result: Result<Reply, Error>) -> Message {
+    let (status, body, meta, content_type) = match result {
+        Ok(r) => (r.status, r.body, r.meta, r.content_type.map(str::to_owned)),
+        Err(e) => (
+            api::status(e.kind).as_u16(),
+            Bytes::from(api::error_body(&e)),
+            Vec::new(),
+            Some("application/json".to_owned()),
+        ),
+    };
+    let etag = meta
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+        .map(|(_, v)| v.clone());
+    let topic = match &to.response_topic {
+        Some(t) => t.clone(),
+        None => {
+            let mut t = format!(
+                "{ROOT}/{device}/res/{}/{}/{status}",
+                level(&to.op),
+                level(&to.rid)
+            );
+            if let Some(e) = &etag {
+                t.push_str("?etag=");
+                t.push_str(&encode_param(e));
+            }
+            t
+        }
+    };
+    let mut user = vec![("status".to_owned(), status.to_string())];
+    let content_type = content_type.or_else(|| {
+        meta.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.clone())
+    });
+    user.extend(
+        meta.into_iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("content-type"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .take(MAX_META),
+    );
+    Message {
+        topic,
+        payload: body,
+        qos: 1,
+        retain: false,
+        props: Properties {
+            response_topic: None,
+            correlation_data: to.correlation.clone(),
+            content_type,
+            user,
+            topic_alias: None,
+        },
+    }
+}
+
+/// A level of a reply topic built from what the device sent: wildcards and separators replaced,
+/// so that a reply topic is always a valid name with exactly the documented levels.
+fn level(s: &str) -> String {
+    s.replace(['/', '+', '#', '\0'], "_")
+}
+
+/// The topic a device subscribes to for commands.
+pub fn command_filter(device: &str) -> String {
+    format!("{ROOT}/{device}/cmd/#")
+}
+
+/// The message delivering `cmd` to `device` as request `rid`: `cmd/<method path>/<rid>`; MQTT 5
+/// clients also get a response topic, the request id as correlation data, and the verb, query and
+/// trace context as user properties.
+pub fn command_message(device: &str, rid: &str, cmd: &Command) -> Result<Message, String> {
+    let (path, query) = match cmd.method.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (cmd.method.as_str(), None),
+    };
+    let path = path.trim_start_matches('/');
+    if path.is_empty() {
+        return Err("a device method must not be empty".into());
+    }
+    if path.contains(['+', '#', '\0']) {
+        return Err(format!(
+            "method {path:?}: a device method cannot contain '+', '#' or NUL (MQTT topic rules)"
+        ));
+    }
+    let topic = format!("{ROOT}/{device}/cmd/{path}/{rid}");
+    let mut user = vec![("verb".to_owned(), cmd.verb.to_string())];
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        user.push(("query".into(), q.to_owned()));
+    }
+    if let Some(t) = &cmd.traceparent {
+        user.push(("traceparent".into(), t.clone()));
+    }
+    Ok(Message {
+        topic,
+        payload: cmd.body.clone(),
+        qos: 1,
+        retain: false,
+        props: Properties {
+            response_topic: Some(format!("{ROOT}/{device}/cmdres/{rid}")),
+            correlation_data: Some(Bytes::copy_from_slice(rid.as_bytes())),
+            content_type: cmd.content_type.clone(),
+            user,
+            topic_alias: None,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, payload: &str) -> Message {
+        Message::new(topic.into(), Bytes::from(payload.to_owned()))
+    }
+
+    fn call(i: Inbound) -> (Call, ReplyTo) {
+        match i {
+            Inbound::Request { call, reply_to } => (*call, reply_to),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn error(i: Inbound) -> (Error, ReplyTo) {
+        match i {
+            Inbound::Invalid { error, reply_to } => (error, reply_to),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_become_calls_in_the_devices_namespace() {
+        let (c, to) = call(classify(
+            "d1",
+            &msg(
+                "edgecar/v1/d1/req/state.get/42?key=a%2Fb&store=s&metadata.x=1",
+                "",
+            ),
+        ));
+        assert_eq!(c.caller, Caller::Device { id: "d1".into() });
+        assert_eq!(
+            c.op,
+            Op::StateGet {
+                store: "s".into(),
+                key: "a/b".into()
+            }
+        );
+        assert_eq!(c.params.metadata["x"], "1");
+        assert_eq!((to.op.as_str(), to.rid.as_str()), ("state.get", "42"));
+        let (c, _) = call(classify(
+            "d1",
+            &msg(
+                "edgecar/v1/d1/req/state.save/1",
+                r#"[{"key":"k","value":1}]"#,
+            ),
+        ));
+        assert_eq!(
+            c.op,
+            Op::StateSave {
+                store: DEFAULT_STORE.into()
+            }
+        );
+        assert_eq!(&c.body[..], br#"[{"key":"k","value":1}]"#);
+        let (c, _) = call(classify(
+            "d1",
+            &msg(
+                "edgecar/v1/d1/req/state.delete/2?key=k&etag=7&concurrency=first-write",
+                "",
+            ),
+        ));
+        assert_eq!(c.params.if_match.as_deref(), Some("7"));
+        assert_eq!(c.params.options["concurrency"], "first-write");
+        let (c, _) = call(classify(
+            "d1",
+            &msg(
+                "edgecar/v1/d1/req/invoke/3?app=orders&method=v2%2Fnew&verb=put",
+                "{}",
+            ),
+        ));
+        assert_eq!(
+            c.op,
+            Op::Invoke {
+                app_id: "orders".into(),
+                method: "/v2/new".into(),
+                verb: Method::PUT
+            }
+        );
+        let (c, _) = call(classify(
+            "d1",
+            &msg("edgecar/v1/d1/req/capability/4?name=echo", "{}"),
+        ));
+        assert!(matches!(c.op, Op::Capability { ref name, .. } if name == "echo"));
+    }
+
+    #[test]
+    fn every_malformed_request_gets_an_error_reply() {
+        let cases = [
+            (
+                "edgecar/v1/d1/req/state.get",
+                ErrorKind::BadRequest,
+                "state.get",
+                "-",
+            ),
+            ("edgecar/v1/d1/req", ErrorKind::BadRequest, "-", "-"),
+            ("edgecar/v1/d1/req/nope/9", ErrorKind::NotFound, "nope", "9"),
+            (
+                "edgecar/v1/d1/req/state.get/9",
+                ErrorKind::BadRequest,
+                "state.get",
+                "9",
+            ),
+            (
+                "edgecar/v1/d1/req/state.get/9?key=%zz",
+                ErrorKind::BadRequest,
+                "state.get",
+                "9",
+            ),
+            (
+                "edgecar/v1/d1/req/state.get/9/x",
+                ErrorKind::BadRequest,
+                "state.get",
+                "9",
+            ),
+            (
+                "edgecar/v1/d1/req/publish/9",
+                ErrorKind::NotImplemented,
+                "publish",
+                "9",
+            ),
+            (
+                "edgecar/v1/d1/telemetry",
+                ErrorKind::NotImplemented,
+                "telemetry",
+                "-",
+            ),
+            ("edgecar/v1/d1/res/x/1/200", ErrorKind::NotFound, "res", "-"),
+            ("edgecar/v1/d1/cmdres", ErrorKind::BadRequest, "cmdres", "-"),
+            (
+                "edgecar/v1/d1/cmdres/r1/abc",
+                ErrorKind::BadRequest,
+                "cmdres",
+                "r1",
+            ),
+        ];
+        for (topic, kind, op, rid) in cases {
+            let (e, to) = error(classify("d1", &msg(topic, "")));
+            assert_eq!(
+                (e.kind, to.op.as_str(), to.rid.as_str()),
+                (kind, op, rid),
+                "{topic}"
+            );
+            let r = reply("d1", &to, Err(e));
+            assert!(topics::valid_name(&r.topic), "{}", r.topic);
+            assert!(topics::in_tree("d1", &r.topic).is_some());
+            let body: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            assert!(body["errorCode"].as_str().unwrap().starts_with("ERR_"));
+        }
+        let long = format!("edgecar/v1/d1/req/state.get/{}?key=k", "r".repeat(65));
+        assert_eq!(
+            error(classify("d1", &msg(&long, ""))).0.kind,
+            ErrorKind::BadRequest
+        );
+    }
+
+    #[test]
+    fn mqtt5_response_topic_and_correlation() {
+        let mut m = msg("edgecar/v1/d1/req/state.get?key=k", "");
+        m.props.response_topic = Some("edgecar/v1/d1/my/replies".into());
+        m.props.correlation_data = Some(Bytes::from_static(b"\x01\x02"));
+        let (_, to) = call(classify("d1", &m));
+        let r = reply(
+            "d1",
+            &to,
+            Ok(Reply::json("1").with_meta("ETag", "3".into())),
+        );
+        assert_eq!(r.topic, "edgecar/v1/d1/my/replies");
+        assert_eq!(r.props.correlation_data.as_deref(), Some(&b"\x01\x02"[..]));
+        assert_eq!(r.props.user("status"), Some("200"));
+        assert_eq!(r.props.user("etag"), Some("3"));
+        // A response topic in another tree is refused, and the refusal goes to the default topic.
+        m.props.response_topic = Some("edgecar/v1/d2/res".into());
+        let (e, to) = error(classify("d1", &m));
+        assert_eq!(e.kind, ErrorKind::Forbidden);
+        assert!(
+            reply("d1", &to, Err(e))
+                .topic
+                .starts_with("edgecar/v1/d1/res/state.get/-/403")
+        );
+    }
+
+    #[test]
+    fn default_reply_topics_carry_status_and_etag() {
+        let to = ReplyTo {
+            op: "state.get".into(),
+            rid: "7".into(),
+            response_topic: None,
+            correlation: None,
+        };
+        let r = reply(
+            "d1",
+            &to,
+            Ok(Reply::json("1").with_meta("ETag", "a b".into())),
+        );
+        assert_eq!(r.topic, "edgecar/v1/d1/res/state.get/7/200?etag=a%20b");
+        let r = reply("d1", &to, Ok(Reply::no_content()));
+        assert_eq!(r.topic, "edgecar/v1/d1/res/state.get/7/204");
+        assert!(r.payload.is_empty());
+    }
+
+    #[test]
+    fn commands_and_their_replies() {
+        let cmd = Command {
+            method: "/led/on?level=3".into(),
+            verb: Method::POST,
+            content_type: Some("application/json".into()),
+            traceparent: None,
+            body: Bytes::from_static(b"{}"),
+        };
+        let m = command_message("d1", "c9", &cmd).unwrap();
+        assert_eq!(m.topic, "edgecar/v1/d1/cmd/led/on/c9");
+        assert_eq!(
+            m.props.response_topic.as_deref(),
+            Some("edgecar/v1/d1/cmdres/c9")
+        );
+        assert_eq!(m.props.user("query"), Some("level=3"));
+        assert!(
+            command_message(
+                "d1",
+                "c9",
+                &Command {
+                    method: "/a+b".into(),
+                    ..cmd.clone()
+                }
+            )
+            .is_err()
+        );
+        match classify("d1", &msg("edgecar/v1/d1/cmdres/c9/404", "nope")) {
+            Inbound::CommandReply { rid, reply } => {
+                assert_eq!((rid.as_str(), reply.status), ("c9", 404));
+                assert_eq!(reply.content_type, None, "not JSON");
+            }
+            other => panic!("{other:?}"),
+        }
+        match classify("d1", &msg("edgecar/v1/d1/cmdres/c9", "{\"ok\":true}")) {
+            Inbound::CommandReply { reply, .. } => {
+                assert_eq!(reply.status, 200);
+                assert_eq!(reply.content_type.as_deref(), Some("application/json"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
