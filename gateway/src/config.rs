@@ -149,6 +149,10 @@ pub struct DevicesConfig {
     pub registry: PathBuf,
     /// How long an app's call to a device waits for the device's reply.
     pub command_timeout: Dur,
+    /// The pub/sub component device telemetry is published to.
+    pub telemetry_pubsub: String,
+    /// The topic device telemetry is published to.
+    pub telemetry_topic: String,
 }
 
 /// The MQTT device endpoint.
@@ -279,6 +283,8 @@ impl Default for DevicesConfig {
         DevicesConfig {
             registry: PathBuf::new(),
             command_timeout: Dur(Duration::from_secs(10)),
+            telemetry_pubsub: "pubsub".into(),
+            telemetry_topic: "telemetry".into(),
         }
     }
 }

@@ -194,7 +194,8 @@ pub async fn run(
     .with_subscriptions(subscriptions.clone());
     let pubsub = Arc::new(
         PubSubBlock::new(cfg.app_id.clone(), registry.pubsub)
-            .with_resilience(component_calls.clone()),
+            .with_resilience(component_calls.clone())
+            .with_retained_topic(&cfg.devices.telemetry_pubsub, &cfg.devices.telemetry_topic),
     );
     let device_registry = Arc::new(
         devices::Registry::open(cfg.device_registry(), cfg.app_ids())
@@ -286,6 +287,10 @@ pub async fn run(
             limits: transport::mqtt::Endpoint::session_limits(&cfg.mqtt),
             connect_timeout: cfg.mqtt.connect_timeout.0,
             tls: mqtt_tls.clone(),
+            telemetry: (
+                cfg.devices.telemetry_pubsub.clone(),
+                cfg.devices.telemetry_topic.clone(),
+            ),
         });
         tokio::spawn(transport::mqtt::serve(
             listener,

@@ -603,11 +603,11 @@ fn malformed_input_gets_error_replies_or_a_disconnect_and_a_healthy_device_keeps
         (
             "edgecar/v1/dev1/req/publish/j5",
             "{}",
-            "501",
-            "ERR_NOT_IMPLEMENTED",
+            "400",
+            "ERR_MALFORMED_REQUEST",
         ),
         (
-            "edgecar/v1/dev1/telemetry",
+            "edgecar/v1/dev1/req/subscribe/j6",
             "{}",
             "501",
             "ERR_NOT_IMPLEMENTED",

@@ -44,6 +44,9 @@ pub struct PubSubBlock {
     buses: HashMap<String, PubSubComponent>,
     /// Outbound resiliency for publishes.
     calls: Arc<ComponentCalls>,
+    /// (pub/sub, topic) pairs kept even while nothing subscribes: device telemetry must wait for
+    /// its consumer instead of being dropped like an unwanted broadcast.
+    retained: Vec<(String, String)>,
 }
 
 /// Publish options read from `metadata.*`.
@@ -127,7 +130,23 @@ impl PubSubBlock {
             app_id,
             buses,
             calls: Arc::default(),
+            retained: Vec::new(),
         }
+    }
+
+    /// Keeps `topic` of `pubsub` even while nothing subscribes to it.
+    pub fn with_retained_topic(mut self, pubsub: &str, topic: &str) -> Self {
+        self.retained.push((pubsub.to_owned(), topic.to_owned()));
+        self
+    }
+
+    /// Topics of `pubsub` kept without a subscriber.
+    pub fn retained(&self, pubsub: &str) -> impl Iterator<Item = String> + '_ {
+        let pubsub = pubsub.to_owned();
+        self.retained
+            .iter()
+            .filter(move |(p, _)| *p == pubsub)
+            .map(|(_, t)| t.clone())
     }
 
     /// Publishes under these outbound resiliency policies (Dapr's `targets.components`).
@@ -194,6 +213,7 @@ impl PubSubBlock {
     /// raw. Returns the bytes and, for raw messages with a TTL, when the component may drop them.
     fn envelope(
         &self,
+        caller: &Caller,
         pubsub: &str,
         topic: &str,
         ev: &EventIn<'_>,
@@ -240,6 +260,17 @@ impl PubSubBlock {
                 now,
             )
         };
+        // A device's identity comes from authentication, never from what it sent.
+        if let Caller::Device { id } = caller
+            && let Ok(v) = serde_json::value::to_raw_value(id)
+        {
+            ce.insert("source".into(), v);
+        }
+        if let Some(subject) = over("cloudevent.subject")
+            && let Ok(v) = serde_json::value::to_raw_value(&subject)
+        {
+            ce.insert("subject".into(), v);
+        }
         if let Some(ttl) = meta.ttl_secs {
             cloudevent::apply_ttl(&mut ce, ttl, now);
         }
@@ -251,7 +282,7 @@ impl PubSubBlock {
     /// `POST /v1.0/publish/<pubsub>/<topic>`.
     pub async fn publish(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         pubsub: &str,
         topic: &str,
         body: &Bytes,
@@ -264,7 +295,7 @@ impl PubSubBlock {
             content_type: params.content_type.as_deref().unwrap_or_default(),
             metadata: &params.metadata,
         };
-        let (data, expires_at_ms) = self.envelope(pubsub, topic, &ev, &meta, params)?;
+        let (data, expires_at_ms) = self.envelope(caller, pubsub, topic, &ev, &meta, params)?;
         let msg = OutMessage {
             topic: topic.to_owned(),
             data,
@@ -284,7 +315,7 @@ impl PubSubBlock {
     /// `POST /v1.0-alpha1/publish/bulk/<pubsub>/<topic>` (and the v1.0 path).
     pub async fn bulk_publish(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         pubsub: &str,
         topic: &str,
         body: &Bytes,
@@ -329,7 +360,8 @@ impl PubSubBlock {
                 raw: meta.raw,
                 ttl_secs: read_meta(pubsub, metadata)?.ttl_secs,
             };
-            let (data, expires_at_ms) = self.envelope(pubsub, topic, &ev, &entry_meta, params)?;
+            let (data, expires_at_ms) =
+                self.envelope(caller, pubsub, topic, &ev, &entry_meta, params)?;
             messages.push(OutMessage {
                 topic: topic.to_owned(),
                 data,

@@ -62,6 +62,8 @@ pub struct Endpoint {
     pub connect_timeout: Duration,
     /// TLS, when configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Where telemetry goes: (pub/sub component, topic).
+    pub telemetry: (String, String),
 }
 
 impl Endpoint {
@@ -359,7 +361,7 @@ struct Conn {
     /// Packets encoded, not yet written.
     out: BytesMut,
     /// Requests running on the request path: (session token, reply).
-    requests: JoinSet<(u64, Message)>,
+    requests: JoinSet<(u64, Option<Message>)>,
     /// Where each running request's reply goes, by task, so that even a request whose task
     /// failed gets an answer.
     reply_to: HashMap<tokio::task::Id, (u64, ReplyTo)>,
@@ -456,7 +458,9 @@ impl Conn {
                 }
                 Some(done) = self.requests.join_next_with_id(), if !self.requests.is_empty() => {
                     let (token, reply) = self.finished(done);
-                    self.send_reply(reply);
+                    if let Some(reply) = reply {
+                        self.send_reply(reply);
+                    }
                     let actions = self.session.done(token);
                     if let Some(close) = self.perform(actions) {
                         return close;
@@ -481,8 +485,8 @@ impl Conn {
     /// The reply of a finished request task (an internal error reply if the task failed).
     fn finished(
         &mut self,
-        done: Result<(tokio::task::Id, (u64, Message)), tokio::task::JoinError>,
-    ) -> (u64, Message) {
+        done: Result<(tokio::task::Id, (u64, Option<Message>)), tokio::task::JoinError>,
+    ) -> (u64, Option<Message>) {
         match done {
             Ok((id, r)) => {
                 self.reply_to.remove(&id);
@@ -504,7 +508,7 @@ impl Conn {
                     crate::error::codes::INTERNAL,
                     "the request failed inside edgecar",
                 );
-                (token, protocol::reply(&self.device, &to, Err(err)))
+                (token, Some(protocol::reply(&self.device, &to, Err(err))))
             }
         }
     }
@@ -540,7 +544,50 @@ impl Conn {
                         let (device, to) = (self.device.clone(), reply_to.clone());
                         let h = self.requests.spawn(async move {
                             let result = rt.handle(*call).await;
-                            (token, protocol::reply(&device, &to, result))
+                            (token, Some(protocol::reply(&device, &to, result)))
+                        });
+                        self.reply_to.insert(h.id(), (token, reply_to));
+                    }
+                    Inbound::Telemetry {
+                        stream,
+                        payload,
+                        content_type,
+                        reply_to,
+                    } => {
+                        // A publish by the device itself: its id becomes the event's source, and the
+                        // session sends the PUBACK only once this returns, i.e. once it is stored.
+                        let (pubsub, topic) = self.ep.telemetry.clone();
+                        // MQTT 3.1.1 carries no content type: JSON readings are published as JSON.
+                        let content_type = content_type.or_else(|| {
+                            serde_json::from_slice::<serde::de::IgnoredAny>(&payload)
+                                .is_ok()
+                                .then(|| "application/json".to_owned())
+                        });
+                        let mut params = crate::call::Params {
+                            content_type,
+                            ..Default::default()
+                        };
+                        params
+                            .metadata
+                            .insert("cloudevent.type".into(), "io.edgecar.telemetry".into());
+                        if !stream.is_empty() {
+                            params.metadata.insert("cloudevent.subject".into(), stream);
+                        }
+                        let call = crate::call::Call {
+                            caller: crate::call::Caller::Device {
+                                id: self.device.clone(),
+                            },
+                            op: crate::call::Op::Publish { pubsub, topic },
+                            body: payload,
+                            params,
+                        };
+                        let rt = self.ep.runtime.clone();
+                        let (device, to) = (self.device.clone(), reply_to.clone());
+                        let h = self.requests.spawn(async move {
+                            match rt.handle(call).await {
+                                Ok(_) => (token, None),
+                                Err(e) => (token, Some(protocol::reply(&device, &to, Err(e)))),
+                            }
                         });
                         self.reply_to.insert(h.id(), (token, reply_to));
                     }
@@ -564,8 +611,9 @@ impl Conn {
     /// After the connection closed: lets running requests finish and routes their replies.
     async fn drain(mut self) {
         while let Some(done) = self.requests.join_next_with_id().await {
-            let (_, reply) = self.finished(done);
-            self.ep.hub.route(&self.device, &reply, None);
+            if let (_, Some(reply)) = self.finished(done) {
+                self.ep.hub.route(&self.device, &reply, None);
+            }
         }
     }
 }

@@ -486,6 +486,7 @@ pub async fn run(
             .iter()
             .filter(|s| s.pubsub == name)
             .flat_map(|s| std::iter::once(s.topic.clone()).chain(s.dead_letter_topic.clone()))
+            .chain(block.retained(name))
             .collect();
         if let Some(c) = block.component(name) {
             c.bus.topics_in_use(&topics);

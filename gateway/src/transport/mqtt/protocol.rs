@@ -10,7 +10,7 @@
 //! edgecar/v1/<id>/res/<op>/<rid>/<status>     edgecar -> device   reply (MQTT 5: or its response topic)
 //! edgecar/v1/<id>/cmd/<method...>/<rid>       edgecar -> device   command from an app
 //! edgecar/v1/<id>/cmdres/<rid>[/<status>]     device -> edgecar   reply to a command
-//! edgecar/v1/<id>/telemetry[/...]             device -> edgecar   reserved (arrives with pub/sub)
+//! edgecar/v1/<id>/telemetry[/<stream>]        device -> edgecar   telemetry (persisted, then PUBACK)
 //! edgecar/v1/<id>/sub/<pubsub>/<topic...>     edgecar -> device   reserved (pub/sub deliveries)
 //! ```
 
@@ -32,10 +32,12 @@ pub const MAX_RID: usize = 64;
 /// Most reply headers copied into MQTT 5 user properties.
 const MAX_META: usize = 16;
 /// Operations the protocol reserves for pub/sub, telemetry and configuration.
-const RESERVED: &[&str] = &["publish", "subscribe", "unsubscribe", "config.get"];
+const RESERVED: &[&str] = &["subscribe", "unsubscribe", "config.get"];
 /// Operations available now, for error messages.
-const OPS: &str =
-    "state.get, state.save, state.delete, state.bulk, state.transaction, invoke, capability";
+const OPS: &str = "state.get, state.save, state.delete, state.bulk, state.transaction, invoke, \
+                   capability, publish";
+/// The pub/sub component a device's `publish` uses when it names none (Dapr's default name).
+pub const DEFAULT_PUBSUB: &str = "pubsub";
 
 /// Where a reply goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +60,18 @@ pub enum Inbound {
         /// The call.
         call: Box<Call>,
         /// Where its reply goes.
+        reply_to: ReplyTo,
+    },
+    /// Telemetry: published (durably) to the endpoint's configured topic before the PUBACK; only a
+    /// failure is answered with a message.
+    Telemetry {
+        /// The stream: the topic levels after `telemetry/` (may be empty).
+        stream: String,
+        /// The reading, as the device sent it.
+        payload: Bytes,
+        /// Its media type (MQTT 5 content type), if the device said.
+        content_type: Option<String>,
+        /// Where an error reply goes.
         reply_to: ReplyTo,
     },
     /// A device's answer to a command.
@@ -194,9 +208,14 @@ pub fn classify(device: &str, msg: &Message) -> Inbound {
                 reply_to,
             )
         }
-        ["telemetry", ..] => {
+        ["telemetry", ref stream @ ..] => {
             reply_to.op = "telemetry".into();
-            invalid(not_implemented("telemetry"), reply_to)
+            Inbound::Telemetry {
+                stream: stream.join("/"),
+                payload: msg.payload.clone(),
+                content_type: msg.props.content_type.clone(),
+                reply_to,
+            }
         }
         [kind, ..] => {
             reply_to.op = if kind.is_empty() { "-" } else { kind }.to_owned();
@@ -271,6 +290,17 @@ fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result
         "state.transaction" => Op::StateTransaction {
             store: store(&mut params),
         },
+        "publish" => {
+            params.content_type = msg.props.content_type.clone();
+            Op::Publish {
+                pubsub: params
+                    .options
+                    .remove("pubsub")
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| DEFAULT_PUBSUB.to_owned()),
+                topic: required(&mut params, "topic", op)?,
+            }
+        }
         "invoke" => {
             let app_id = required(&mut params, "app", op)?;
             let method = required(&mut params, "method", op)?;
@@ -467,6 +497,40 @@ mod tests {
         Message::new(topic.into(), Bytes::from(payload.to_owned()))
     }
 
+    #[test]
+    fn telemetry_and_publish_are_decoded() {
+        match classify("d1", &msg("edgecar/v1/d1/telemetry/line3/temp", "21.5")) {
+            Inbound::Telemetry {
+                stream,
+                payload,
+                reply_to,
+                ..
+            } => {
+                assert_eq!(stream, "line3/temp");
+                assert_eq!(&payload[..], b"21.5");
+                assert_eq!(reply_to.op, "telemetry");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(classify("d1", &msg("edgecar/v1/d1/telemetry", "1")), Inbound::Telemetry { ref stream, .. } if stream.is_empty())
+        );
+        let (c, _) = call(classify(
+            "d1",
+            &msg("edgecar/v1/d1/req/publish/7?topic=orders", "{}"),
+        ));
+        assert_eq!(
+            c.op,
+            Op::Publish {
+                pubsub: DEFAULT_PUBSUB.into(),
+                topic: "orders".into()
+            }
+        );
+        assert_eq!(c.caller, Caller::Device { id: "d1".into() });
+        let (e, _) = error(classify("d1", &msg("edgecar/v1/d1/req/publish/7", "{}")));
+        assert_eq!(e.kind, ErrorKind::BadRequest, "publish needs a topic: {e}");
+    }
+
     fn call(i: Inbound) -> (Call, ReplyTo) {
         match i {
             Inbound::Request { call, reply_to } => (*call, reply_to),
@@ -575,16 +639,10 @@ mod tests {
                 "9",
             ),
             (
-                "edgecar/v1/d1/req/publish/9",
+                "edgecar/v1/d1/req/subscribe/9",
                 ErrorKind::NotImplemented,
-                "publish",
+                "subscribe",
                 "9",
-            ),
-            (
-                "edgecar/v1/d1/telemetry",
-                ErrorKind::NotImplemented,
-                "telemetry",
-                "-",
             ),
             ("edgecar/v1/d1/res/x/1/200", ErrorKind::NotFound, "res", "-"),
             ("edgecar/v1/d1/cmdres", ErrorKind::BadRequest, "cmdres", "-"),
