@@ -99,6 +99,10 @@ pub struct Reply {
     pub status: u16,
     /// ETag, for replies that carry one.
     pub etag: Option<String>,
+    /// For capability calls: the offer that served the result (`x-edgecar-offer` in HTTP).
+    pub offer: Option<String>,
+    /// For capability calls: `hit`, `miss`, `stale` or `bypass` (`x-edgecar-cache` in HTTP).
+    pub cache: Option<String>,
     /// The body, as the HTTP API would return it.
     pub body: Bytes,
 }
@@ -204,6 +208,8 @@ impl Client {
                                 let _ = w.send(Reply {
                                     status: r.status,
                                     etag: r.etag,
+                                    offer: r.offer,
+                                    cache: r.cache,
                                     body: p_.payload,
                                 });
                             }

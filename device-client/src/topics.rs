@@ -58,7 +58,7 @@ pub fn request(device: &str, op: &str, rid: &str, params: &[(&str, &str)]) -> St
     t
 }
 
-/// A reply topic read: `res/<op>/<rid>/<status>[?etag=...]`.
+/// A reply topic read: `res/<op>/<rid>/<status>[?etag=...&offer=...&cache=...]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyTopic {
     /// The operation.
@@ -69,6 +69,10 @@ pub struct ReplyTopic {
     pub status: u16,
     /// The ETag, when the reply carries one.
     pub etag: Option<String>,
+    /// For capability replies: the offer that served it.
+    pub offer: Option<String>,
+    /// For capability replies: `hit`, `miss`, `stale` or `bypass`.
+    pub cache: Option<String>,
 }
 
 /// Reads a reply topic of `device`.
@@ -80,15 +84,19 @@ pub fn parse_reply(device: &str, topic: &str) -> Option<ReplyTopic> {
     if levels.next().is_some() {
         return None;
     }
-    let etag = query
-        .split('&')
-        .find_map(|p| p.strip_prefix("etag="))
-        .map(decode);
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+            .map(decode)
+    };
     Some(ReplyTopic {
         op: op.to_owned(),
         rid: rid.to_owned(),
         status: status.parse().ok()?,
-        etag,
+        etag: param("etag"),
+        offer: param("offer"),
+        cache: param("cache"),
     })
 }
 
@@ -129,9 +137,20 @@ mod tests {
                 op: "state.get".into(),
                 rid: "7".into(),
                 status: 200,
-                etag: Some("a b".into())
+                etag: Some("a b".into()),
+                offer: None,
+                cache: None,
             })
         );
+        let r = parse_reply(
+            "d",
+            "edgecar/v1/d/res/capability/8/200?offer=cloud-vision&cache=hit",
+        );
+        assert_eq!(
+            r.as_ref().and_then(|r| r.offer.as_deref()),
+            Some("cloud-vision")
+        );
+        assert_eq!(r.and_then(|r| r.cache), Some("hit".into()));
         assert_eq!(parse_reply("d", "edgecar/v1/e/res/x/7/200"), None);
         assert_eq!(parse_reply("d", "edgecar/v1/d/res/x/7"), None);
         assert_eq!(

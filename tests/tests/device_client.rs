@@ -15,9 +15,32 @@ async fn the_library_speaks_the_protocol() {
     });
     let dir = tempfile::tempdir().unwrap();
     let pw = add_device(dir.path(), "sensor");
+    // The default state store, and a cached capability to call.
+    let res = tempfile::tempdir().unwrap();
+    edgecar_tests::write_component(res.path(), "statestore", "state.sled", &[]);
+    std::fs::write(
+        res.path().join("stats.yaml"),
+        "apiVersion: edgecar.io/v1alpha1
+kind: Capability
+metadata:
+  name: stats
+spec:
+  cache: {ttl: 60s}
+  offers:
+  - {name: local, type: builtin, builtin: aggregate}
+",
+    )
+    .unwrap();
     let ec = Edgecar::start(
         dir.path(),
-        &["--app-id", "greeter", "--app-port", &app.port.to_string()],
+        &[
+            "--app-id",
+            "greeter",
+            "--app-port",
+            &app.port.to_string(),
+            "--resources-path",
+            res.path().to_str().unwrap(),
+        ],
     );
     let opts = |pw: &str| Options::new("127.0.0.1", ec.mqtt_port, "sensor", pw);
 
@@ -48,6 +71,21 @@ async fn the_library_speaks_the_protocol() {
         .await
         .unwrap();
     assert_eq!(&r.body[..], b"hello device");
+    // Capability replies say which offer served them and the cache status, as HTTP headers do.
+    let first = client
+        .capability("stats", "summary", "[1,2,3]")
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.offer.as_deref(), first.cache.as_deref()),
+        (Some("local"), Some("miss"))
+    );
+    let again = client
+        .capability("stats", "summary", "[1,2,3]")
+        .await
+        .unwrap();
+    assert_eq!(again.cache.as_deref(), Some("hit"));
+    assert_eq!(again.body, first.body);
     let missing = client.capability("nope", "", "{}").await.unwrap_err();
     assert!(
         matches!(missing, Error::Api { status: 404, .. }),

@@ -21,7 +21,9 @@ fn site(dir: &Path, args: &[&str]) -> (Edgecar, String, String) {
 }
 
 fn status_of(m: &serde_json::Value) -> &str {
-    topic(m).rsplit('/').next().unwrap_or_default()
+    let t = topic(m);
+    let t = t.split('?').next().unwrap_or(t);
+    t.rsplit('/').next().unwrap_or_default()
 }
 
 #[test]
@@ -301,6 +303,16 @@ fn devices_invoke_apps_and_call_capabilities() {
     assert_eq!(invoked.len(), 1, "{invoked:?}");
     let c1 = by_rid("c1");
     assert_eq!(status_of(&c1), "200");
+    // MQTT 3.1.1 replies carry the offer and cache status in the topic, as HTTP does in headers.
+    let q = topic(&c1)
+        .split_once('?')
+        .map(|(_, q)| q)
+        .unwrap_or_default();
+    assert!(
+        q.contains("offer=") && q.contains("cache="),
+        "{}",
+        topic(&c1)
+    );
     assert_eq!(json_payload(&c1), serde_json::json!({"hello": "device"}));
     let i2 = by_rid("i2");
     assert_eq!(status_of(&i2), "500");

@@ -112,9 +112,13 @@ impl CapabilitiesBlock {
             .call(name, req)
             .await
             .map_err(|e| to_error(&e))?;
-        let mut meta = reply.headers;
-        meta.push((OFFER_HEADER.to_owned(), reply.offer));
-        meta.push((CACHE_HEADER.to_owned(), reply.cache.as_str().to_owned()));
+        // Offer and cache status first: transports that cap how many headers they carry (MQTT 5
+        // user properties) must never drop these two.
+        let mut meta = vec![
+            (OFFER_HEADER.to_owned(), reply.offer),
+            (CACHE_HEADER.to_owned(), reply.cache.as_str().to_owned()),
+        ];
+        meta.extend(reply.headers);
         Ok(Reply {
             status: reply.status.as_u16(),
             body: reply.body,

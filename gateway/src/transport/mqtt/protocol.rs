@@ -404,9 +404,24 @@ pub fn reply(device: &str, to: &ReplyTo, result: Result<Reply, Error>) -> Messag
                 level(&to.op),
                 level(&to.rid)
             );
-            if let Some(e) = &etag {
-                t.push_str("?etag=");
-                t.push_str(&encode_param(e));
+            // MQTT 3.1.1 has no properties: what a reply says besides its status and body rides
+            // in the topic, as query parameters.
+            let header = |name: &str| {
+                meta.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone())
+            };
+            let params: Vec<String> = [
+                ("etag", etag.clone()),
+                ("offer", header("x-edgecar-offer")),
+                ("cache", header("x-edgecar-cache")),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some(format!("{k}={}", encode_param(&v?))))
+            .collect();
+            if !params.is_empty() {
+                t.push('?');
+                t.push_str(&params.join("&"));
             }
             t
         }
