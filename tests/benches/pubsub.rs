@@ -121,7 +121,9 @@ async fn app(listener: TcpListener, seen: Arc<Seen>) {
 
 /// One keep-alive connection publishing `count` events, one every `every` (or back to back).
 async fn publisher(port: u16, count: usize, every: Option<Duration>) -> usize {
-    let stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     stream.set_nodelay(true).expect("nodelay");
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -175,7 +177,16 @@ async fn publish_all(port: u16, total: usize, conc: usize, rate: Option<u64>) ->
 /// mosquitto_sub on `bench`, recording each message's latency, until `n` messages.
 fn mqtt_subscriber(broker: &MosquittoServer, n: usize, seen: Arc<Seen>) -> std::process::Child {
     let mut child = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-t", "bench"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "bench",
+        ])
         .args(["-C", &n.to_string()])
         .stdout(Stdio::piped())
         .spawn()
@@ -199,7 +210,17 @@ fn mqtt_subscriber(broker: &MosquittoServer, n: usize, seen: Arc<Seen>) -> std::
 /// mosquitto_pub -l: one message per line written to its stdin, `n` lines, paced if `rate`.
 fn mqtt_publish(broker: &MosquittoServer, n: usize, rate: Option<u64>) {
     let mut child = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-t", "bench", "-l"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "bench",
+            "-l",
+        ])
         .stdin(Stdio::piped())
         .spawn()
         .expect("mosquitto_pub");
@@ -212,7 +233,12 @@ fn mqtt_publish(broker: &MosquittoServer, n: usize, rate: Option<u64>) {
                 std::thread::sleep(d);
             }
         }
-        writeln!(stdin, r#"{{"t":{},"sensor":"line-3","value":21.5}}"#, now_ns()).expect("write");
+        writeln!(
+            stdin,
+            r#"{{"t":{},"sensor":"line-3","value":21.5}}"#,
+            now_ns()
+        )
+        .expect("write");
     }
     drop(stdin);
     let _ = child.wait();
@@ -258,7 +284,10 @@ fn main() {
         res.path(),
         "pubsub",
         "pubsub.sled",
-        &[("concurrency", &conc.to_string()), ("maxMessages", "1000000")],
+        &[
+            ("concurrency", &conc.to_string()),
+            ("maxMessages", "1000000"),
+        ],
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let ec = Edgecar::start(
@@ -292,7 +321,12 @@ fn main() {
     let failed = rt.block_on(publish_all(ec.port, total, conc, None));
     let expect = total / conc * conc - failed;
     seen.wait(expect);
-    let elapsed = seen.last.lock().unwrap().expect("deliveries").duration_since(start);
+    let elapsed = seen
+        .last
+        .lock()
+        .unwrap()
+        .expect("deliveries")
+        .duration_since(start);
     let (p50, p99) = seen.percentiles();
     let ec_backlog = Figures {
         throughput: expect as f64 / elapsed.as_secs_f64(),
@@ -314,14 +348,21 @@ fn main() {
     let rss = ec.rss_kib();
     drop(ec);
 
-    let broker = MosquittoServer::start();
+    // Unbounded queues (mosquitto drops QoS 1 messages beyond 1000 queued per client by default,
+    // which a backlog reaches) and no Nagle delay on the broker's side.
+    let broker = MosquittoServer::start_with("max_queued_messages 0\nset_tcp_nodelay true");
     let mqtt_seen = Arc::new(Seen::default());
     let mut sub = mqtt_subscriber(&broker, total, mqtt_seen.clone());
     std::thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
     mqtt_publish(&broker, total, None);
     mqtt_seen.wait(total);
-    let elapsed = mqtt_seen.last.lock().unwrap().expect("deliveries").duration_since(start);
+    let elapsed = mqtt_seen
+        .last
+        .lock()
+        .unwrap()
+        .expect("deliveries")
+        .duration_since(start);
     let (p50, p99) = mqtt_seen.percentiles();
     let mq_backlog = Figures {
         throughput: total as f64 / elapsed.as_secs_f64(),
