@@ -667,3 +667,50 @@ fn check_config_reports_subscription_errors_with_file_and_field() {
     app.wait_for("/a", 1, WAIT);
     app.wait_for("/t", 1, WAIT);
 }
+
+#[test]
+fn an_event_past_its_ttl_is_not_delivered() {
+    // The app starts late: until then both events wait in the durable queue.
+    let app_port = free_port();
+    let state = tempfile::tempdir().unwrap();
+    let res = resources();
+    let ec = Edgecar::start(
+        state.path(),
+        &[
+            "--app-port",
+            &app_port.to_string(),
+            "--resources-path",
+            res.path().to_str().unwrap(),
+        ],
+    );
+    let r = ec.req(
+        "POST",
+        "/v1.0/publish/pubsub/orders?metadata.ttlInSeconds=1",
+        br#"{"n":"short-lived"}"#,
+        &[("content-type", "application/json")],
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    publish(
+        &ec,
+        "/v1.0/publish/pubsub/orders",
+        r#"{"n":"kept"}"#,
+        "application/json",
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let app = TestApp::start_on(
+        app_port,
+        r#"[{"pubsubname":"pubsub","topic":"orders","route":"/orders"}]"#,
+        |_| (200, String::new()),
+    );
+    let got = app.wait_for("/orders", 1, WAIT);
+    assert_eq!(got[0].json()["data"]["n"], "kept");
+    eventually(WAIT, "the expired event to be logged", || {
+        ec.log
+            .lock()
+            .unwrap()
+            .contains("dropping an expired event")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(app.on("/orders").len(), 1);
+}
