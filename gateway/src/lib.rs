@@ -142,7 +142,10 @@ pub async fn run_with_documents(
         registry.infos.clone(),
     )
     .with_subscriptions(subscriptions.clone());
-    let pubsub = Arc::new(PubSubBlock::new(cfg.app_id.clone(), registry.pubsub));
+    let pubsub = Arc::new(
+        PubSubBlock::new(cfg.app_id.clone(), registry.pubsub)
+            .with_max_bulk(cfg.limits.max_bulk_items),
+    );
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),
         state: StateBlock::new(registry.state, cfg.limits.clone()),

@@ -714,3 +714,33 @@ fn an_event_past_its_ttl_is_not_delivered() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(app.on("/orders").len(), 1);
 }
+
+#[test]
+fn bulk_publish_is_bounded_by_max_bulk_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("edgecar.yaml");
+    std::fs::write(&cfg, "limits:\n  maxBulkItems: 2\n").unwrap();
+    let ec = Edgecar::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let entry =
+        |i: u32| format!(r#"{{"entryId":"{i}","event":{i},"contentType":"application/json"}}"#);
+    let two = format!("[{},{}]", entry(1), entry(2));
+    let three = format!("[{},{},{}]", entry(1), entry(2), entry(3));
+    let r = ec.req(
+        "POST",
+        "/v1.0-alpha1/publish/bulk/pubsub/t",
+        two.as_bytes(),
+        &[],
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = ec.req(
+        "POST",
+        "/v1.0-alpha1/publish/bulk/pubsub/t",
+        three.as_bytes(),
+        &[],
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "ERR_PUBSUB_EVENTS_SER")
+    );
+    assert!(r.text().contains("maxBulkItems"), "{}", r.text());
+}

@@ -40,6 +40,8 @@ pub struct PubSubBlock {
     app_id: String,
     /// Loaded pub/sub components by name.
     buses: HashMap<String, PubSubComponent>,
+    /// Most entries in one bulk publish (`limits.maxBulkItems`).
+    max_bulk: usize,
 }
 
 /// Publish options read from `metadata.*`.
@@ -119,7 +121,17 @@ struct EventIn<'a> {
 impl PubSubBlock {
     /// A block over the loaded pub/sub components.
     pub fn new(app_id: String, buses: HashMap<String, PubSubComponent>) -> Self {
-        PubSubBlock { app_id, buses }
+        PubSubBlock {
+            app_id,
+            buses,
+            max_bulk: 1000,
+        }
+    }
+
+    /// Bounds the entries of one bulk publish.
+    pub fn with_max_bulk(mut self, max_bulk: usize) -> Self {
+        self.max_bulk = max_bulk;
+        self
     }
 
     /// This sidecar's app id.
@@ -284,6 +296,17 @@ impl PubSubBlock {
                     ),
                 )
             })?;
+        if entries.len() > self.max_bulk {
+            return Err(events_error(
+                pubsub,
+                topic,
+                &format!(
+                    "{} entries; at most {} are accepted in one request (limits.maxBulkItems)",
+                    entries.len(),
+                    self.max_bulk
+                ),
+            ));
+        }
         let mut ids = HashSet::new();
         let mut prepared = Vec::with_capacity(entries.len());
         for entry in &entries {
