@@ -195,7 +195,8 @@ pub async fn run(
     let pubsub = Arc::new(
         PubSubBlock::new(cfg.app_id.clone(), registry.pubsub)
             .with_resilience(component_calls.clone())
-            .with_retained_topic(&cfg.devices.telemetry_pubsub, &cfg.devices.telemetry_topic),
+            .with_retained_topic(&cfg.devices.telemetry_pubsub, &cfg.devices.telemetry_topic)
+            .with_max_bulk(cfg.limits.max_bulk_items),
     );
     let device_registry = Arc::new(
         devices::Registry::open(cfg.device_registry(), cfg.app_ids())

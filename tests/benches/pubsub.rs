@@ -348,7 +348,9 @@ fn main() {
     let rss = ec.rss_kib();
     drop(ec);
 
-    let broker = MosquittoServer::start();
+    // Unbounded queues (mosquitto drops QoS 1 messages beyond 1000 queued per client by default,
+    // which a backlog reaches) and no Nagle delay on the broker's side.
+    let broker = MosquittoServer::start_with("max_queued_messages 0\nset_tcp_nodelay true");
     let mqtt_seen = Arc::new(Seen::default());
     let mut sub = mqtt_subscriber(&broker, total, mqtt_seen.clone());
     std::thread::sleep(Duration::from_millis(500));

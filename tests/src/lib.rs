@@ -707,13 +707,20 @@ pub struct MosquittoServer {
 impl MosquittoServer {
     /// Starts a private mosquitto and waits until it accepts connections.
     pub fn start() -> MosquittoServer {
+        Self::start_with("")
+    }
+
+    /// As [`MosquittoServer::start`], with extra `mosquitto.conf` lines.
+    pub fn start_with(extra_conf: &str) -> MosquittoServer {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
             let conf = dir.path().join("mosquitto.conf");
             std::fs::write(
                 &conf,
-                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+                format!(
+                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}\n"
+                ),
             )
             .expect("write mosquitto.conf");
             let child = Command::new("mosquitto")

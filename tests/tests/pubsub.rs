@@ -667,3 +667,80 @@ fn check_config_reports_subscription_errors_with_file_and_field() {
     app.wait_for("/a", 1, WAIT);
     app.wait_for("/t", 1, WAIT);
 }
+
+#[test]
+fn an_event_past_its_ttl_is_not_delivered() {
+    // The app starts late: until then both events wait in the durable queue.
+    let app_port = free_port();
+    let state = tempfile::tempdir().unwrap();
+    let res = resources();
+    let ec = Edgecar::start(
+        state.path(),
+        &[
+            "--app-port",
+            &app_port.to_string(),
+            "--resources-path",
+            res.path().to_str().unwrap(),
+        ],
+    );
+    let r = ec.req(
+        "POST",
+        "/v1.0/publish/pubsub/orders?metadata.ttlInSeconds=1",
+        br#"{"n":"short-lived"}"#,
+        &[("content-type", "application/json")],
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    publish(
+        &ec,
+        "/v1.0/publish/pubsub/orders",
+        r#"{"n":"kept"}"#,
+        "application/json",
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let app = SubscriberApp::start_on(
+        app_port,
+        r#"[{"pubsubname":"pubsub","topic":"orders","route":"/orders"}]"#,
+        |_| (200, String::new()),
+    );
+    let got = app.wait_for("/orders", 1, WAIT);
+    assert_eq!(got[0].json()["data"]["n"], "kept");
+    eventually(WAIT, "the expired event to be logged", || {
+        ec.log
+            .lock()
+            .unwrap()
+            .contains("dropping an expired event")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(app.on("/orders").len(), 1);
+}
+
+#[test]
+fn bulk_publish_is_bounded_by_max_bulk_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("edgecar.yaml");
+    std::fs::write(&cfg, "limits:\n  maxBulkItems: 2\n").unwrap();
+    let ec = Edgecar::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let entry =
+        |i: u32| format!(r#"{{"entryId":"{i}","event":{i},"contentType":"application/json"}}"#);
+    let two = format!("[{},{}]", entry(1), entry(2));
+    let three = format!("[{},{},{}]", entry(1), entry(2), entry(3));
+    let r = ec.req(
+        "POST",
+        "/v1.0-alpha1/publish/bulk/pubsub/t",
+        two.as_bytes(),
+        &[],
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = ec.req(
+        "POST",
+        "/v1.0-alpha1/publish/bulk/pubsub/t",
+        three.as_bytes(),
+        &[],
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "ERR_PUBSUB_EVENTS_SER")
+    );
+    assert!(r.text().contains("maxBulkItems"), "{}", r.text());
+}

@@ -47,6 +47,8 @@ pub struct PubSubBlock {
     /// (pub/sub, topic) pairs kept even while nothing subscribes: device telemetry must wait for
     /// its consumer instead of being dropped like an unwanted broadcast.
     retained: Vec<(String, String)>,
+    /// Most entries in one bulk publish (`limits.maxBulkItems`).
+    max_bulk: usize,
 }
 
 /// Publish options read from `metadata.*`.
@@ -131,6 +133,7 @@ impl PubSubBlock {
             buses,
             calls: Arc::default(),
             retained: Vec::new(),
+            max_bulk: 1000,
         }
     }
 
@@ -152,6 +155,12 @@ impl PubSubBlock {
     /// Publishes under these outbound resiliency policies (Dapr's `targets.components`).
     pub fn with_resilience(mut self, calls: Arc<ComponentCalls>) -> Self {
         self.calls = calls;
+        self
+    }
+
+    /// Bounds the entries of one bulk publish.
+    pub fn with_max_bulk(mut self, max_bulk: usize) -> Self {
+        self.max_bulk = max_bulk;
         self
     }
 
@@ -333,6 +342,17 @@ impl PubSubBlock {
                     ),
                 )
             })?;
+        if entries.len() > self.max_bulk {
+            return Err(events_error(
+                pubsub,
+                topic,
+                &format!(
+                    "{} entries; at most {} are accepted in one request (limits.maxBulkItems)",
+                    entries.len(),
+                    self.max_bulk
+                ),
+            ));
+        }
         let mut ids = HashSet::new();
         let mut prepared = Vec::with_capacity(entries.len());
         for entry in &entries {
