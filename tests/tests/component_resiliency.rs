@@ -120,3 +120,42 @@ fn a_dead_state_store_trips_its_breaker() {
         t.elapsed()
     );
 }
+
+#[test]
+fn an_inbound_breaker_stops_hammering_a_failing_subscriber() {
+    let app = edgecar_tests::SubscriberApp::start(
+        r#"[{"pubsubname":"pubsub","topic":"orders","route":"/orders"}]"#,
+        |_| (500, String::new()),
+    );
+    let (dir, res) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_component(res.path(), "pubsub", "pubsub.in-memory", &[]);
+    std::fs::write(
+        res.path().join("resiliency.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: inbound\nspec:\n  policies:\n    retries:\n      many:\n        policy: constant\n        duration: 50ms\n        maxRetries: 10\n    circuitBreakers:\n      cb:\n        maxRequests: 1\n        timeout: 60s\n        trip: consecutiveFailures >= 2\n  targets:\n    components:\n      pubsub:\n        inbound:\n          retry: many\n          circuitBreaker: cb\n",
+    )
+    .unwrap();
+    let ec = Edgecar::start(
+        dir.path(),
+        &[
+            "--resources-path",
+            res.path().to_str().unwrap(),
+            "--app-port",
+            &app.port.to_string(),
+        ],
+    );
+    let r = ec.req(
+        "POST",
+        "/v1.0/publish/pubsub/orders",
+        br#"{"id":1}"#,
+        &[("content-type", "application/json")],
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    app.wait_for("/orders", 2, Duration::from_secs(10));
+    // Ten retries at 50 ms would have taken half a second; wait well past it.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        app.on("/orders").len(),
+        2,
+        "after two failures the open breaker sent nothing more"
+    );
+}

@@ -24,13 +24,14 @@
 //! stop waits for them to settle what is in flight.
 
 use std::collections::HashSet;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use edgecar_capabilities::resiliency::{
-    Direction, ExponentialRetry, Resiliency, RetryPolicy, jitter,
+    BreakerPolicy, CircuitBreaker, Direction, ExponentialRetry, Rejected, Resiliency, RetryPolicy,
+    Ticket, jitter,
 };
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -61,6 +62,8 @@ pub struct DeliveryPolicy {
     pub retry: RetryPolicy,
     /// Time limit of one attempt; none by default, as in Dapr.
     pub timeout: Option<Duration>,
+    /// Circuit breaker on the app: while open, attempts fail at once instead of calling it.
+    pub circuit_breaker: Option<BreakerPolicy>,
 }
 
 impl Default for DeliveryPolicy {
@@ -68,6 +71,7 @@ impl Default for DeliveryPolicy {
         DeliveryPolicy {
             retry: RetryPolicy::Exponential(ExponentialRetry::default()),
             timeout: None,
+            circuit_breaker: None,
         }
     }
 }
@@ -81,10 +85,13 @@ pub fn inbound_policy(docs: &[Resiliency], component: &str) -> DeliveryPolicy {
         .map(|r| r.policies_for_component(component, Direction::Inbound));
     let mut retry = None;
     let mut timeout = None;
+    let mut breaker = None;
     for t in targeted {
         retry = retry.or(t.retry);
         timeout = timeout.or(t.timeout);
+        breaker = breaker.or(t.circuit_breaker);
     }
+    policy.circuit_breaker = breaker;
     const RETRY_DEFAULTS: [&str; 4] = [
         "DefaultPubsubComponentInboundRetryPolicy",
         "DefaultComponentInboundRetryPolicy",
@@ -267,11 +274,60 @@ pub struct Deliverer {
     pub sub: Subscription,
     /// Retries and attempt timeout.
     pub policy: DeliveryPolicy,
+    /// The breaker of `policy.circuit_breaker`, one per subscription.
+    pub breaker: Option<Mutex<CircuitBreaker>>,
     /// Edgecar is stopping: give up waiting and leave the message to the broker.
     pub stop: Stop,
 }
 
 impl Deliverer {
+    /// Builds a deliverer, with its breaker when the policy has one.
+    pub fn new(
+        block: Arc<PubSubBlock>,
+        app: AppChannel,
+        sub: Subscription,
+        policy: DeliveryPolicy,
+        stop: Stop,
+    ) -> Self {
+        let breaker = policy
+            .circuit_breaker
+            .clone()
+            .map(|p| Mutex::new(CircuitBreaker::new(p, Instant::now())));
+        Deliverer {
+            block,
+            app,
+            sub,
+            policy,
+            breaker,
+            stop,
+        }
+    }
+
+    /// One attempt under the breaker: refused at once while it is open.
+    async fn guarded_attempt(&self, path: &str, body: &Bytes, event: &Json) -> Attempt {
+        let lock = |b: &Mutex<CircuitBreaker>| {
+            b.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .try_acquire(Instant::now())
+        };
+        let ticket: Option<Ticket> = match self.breaker.as_ref().map(lock) {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(r @ (Rejected::Open { .. } | Rejected::ProbeInFlight))) => {
+                return Attempt::Retry(format!("not sent: {r}"));
+            }
+        };
+        let result = self.attempt(path, body, event).await;
+        if let (Some(b), Some(t)) = (&self.breaker, ticket) {
+            // The app answered (even DROP or 404): only a retryable failure counts against it.
+            let ok = !matches!(result, Attempt::Retry(_));
+            b.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(t, Instant::now(), ok);
+        }
+        result
+    }
+
     async fn attempt(&self, path: &str, body: &Bytes, event: &Json) -> Attempt {
         let mut headers = vec![
             (
@@ -409,7 +465,7 @@ impl Handler for Deliverer {
         let mut backoff = self.policy.retry.backoff(Instant::now());
         let mut stop = self.stop.clone();
         loop {
-            match self.attempt(&path, &body, &event).await {
+            match self.guarded_attempt(&path, &body, &event).await {
                 Attempt::Success => return Outcome::Ack,
                 Attempt::Drop => {
                     warn!(%pubsub, %topic, %id, "DROP status returned from the app; event dropped");
@@ -498,13 +554,13 @@ pub async fn run(
             let Some(component) = block.component(&sub.pubsub) else {
                 continue;
             };
-            let handler = Arc::new(Deliverer {
-                block: block.clone(),
-                app: app.clone(),
-                sub: sub.clone(),
-                policy: inbound_policy(&resiliency, &sub.pubsub),
-                stop: stop.clone(),
-            });
+            let handler = Arc::new(Deliverer::new(
+                block.clone(),
+                app.clone(),
+                sub.clone(),
+                inbound_policy(&resiliency, &sub.pubsub),
+                stop.clone(),
+            ));
             let req = SubscribeRequest {
                 topic: sub.topic.clone(),
                 max_concurrency: component.concurrency,
