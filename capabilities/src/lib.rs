@@ -71,6 +71,8 @@ pub use engine::{
 };
 pub use error::{CapabilityError, ErrorKind, FailureReason, OfferFailure};
 pub use manifest::{Manifest, parse_manifest, parse_manifest_str};
-pub use offer::{Invoker, SecretError, SecretResolver, UpstreamError, UpstreamReply};
+pub use offer::{
+    Invoker, SecretError, SecretResolver, UpstreamError, UpstreamReply, is_hop_by_hop,
+};
 pub use resiliency::{Policies, Resiliency, parse_resiliency, parse_resiliency_str};
 pub use yaml::FieldError;

@@ -198,8 +198,9 @@ pub(crate) fn build(spec: &OfferSpec, deps: &Arc<Deps>) -> Result<Arc<dyn Offer>
     })
 }
 
-/// Headers that describe one connection rather than the message; never passed along.
-pub(crate) fn is_hop_by_hop(name: &str) -> bool {
+/// Headers that describe one connection rather than the message; never passed along. The
+/// gateway's invocation path uses the same rule.
+pub fn is_hop_by_hop(name: &str) -> bool {
     const HOP: &[&str] = &[
         "connection",
         "content-length",

@@ -640,12 +640,7 @@ async fn build_configuration(c: &Component) -> Result<(Arc<dyn ConfigStore>, Bac
             Ok((Arc::new(store), Box::pin(watcher)))
         }
         "configuration.redis" => {
-            let settings = redis_settings(c).map_err(|errs| {
-                errs.into_iter()
-                    .map(|(f, m)| format!("{f}: {m}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })?;
+            let settings = redis_settings(c).map_err(joined)?;
             let conn = state_redis::connect(&settings)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -662,12 +657,7 @@ async fn build_lock(c: &Component) -> Result<Arc<dyn LockStore>, String> {
     match c.type_name.as_str() {
         "lock.in-memory" => Ok(Arc::new(lock_memory::MemoryLocks::default())),
         "lock.redis" => {
-            let settings = redis_settings(c).map_err(|errs| {
-                errs.into_iter()
-                    .map(|(f, m)| format!("{f}: {m}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })?;
+            let settings = redis_settings(c).map_err(joined)?;
             let conn = state_redis::connect(&settings)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -690,12 +680,7 @@ async fn build_state(
         }
         "state.in-memory" => Ok(Arc::new(state_memory::MemoryStore::default())),
         "state.redis" => {
-            let settings = redis_settings(c).map_err(|errs| {
-                errs.into_iter()
-                    .map(|(f, m)| format!("{f}: {m}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })?;
+            let settings = redis_settings(c).map_err(joined)?;
             let store = RedisStore::connect(&settings)
                 .await
                 .map_err(|e| e.to_string())?;

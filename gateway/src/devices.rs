@@ -185,43 +185,27 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
 /// quiet for one poll, so a half-written file from another tool is not read). Runs until aborted.
 pub async fn watch(registry: Arc<Registry>, every: Duration) {
     let path = registry.path.clone();
-    let mut seen = {
-        let p = path.clone();
-        tokio::task::spawn_blocking(move || file_stamp(&p))
-            .await
-            .ok()
-            .flatten()
-    };
-    let mut pending = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let p = path.clone();
-        let Ok(now) = tokio::task::spawn_blocking(move || file_stamp(&p)).await else {
-            continue;
-        };
-        if now == seen {
-            pending = None;
-            continue;
-        }
-        if pending != Some(now) {
-            pending = Some(now);
-            continue;
-        }
-        seen = now;
-        pending = None;
-        let r = registry.clone();
-        match tokio::task::spawn_blocking(move || r.reload()).await {
-            Ok(Ok(n)) => info!(devices = n, file = %path.display(), "device registry reloaded"),
-            Ok(Err(errors)) => {
-                for e in errors {
-                    error!(error = %e, "device registry reload refused; previous devices stay in force");
+    let p = path.clone();
+    let seen = tokio::task::spawn_blocking(move || file_stamp(&p))
+        .await
+        .ok()
+        .flatten();
+    let p = path.clone();
+    crate::watch::on_quiet_change(every, seen, move || file_stamp(&p), || {
+        let (r, path) = (registry.clone(), path.clone());
+        async move {
+            match tokio::task::spawn_blocking(move || r.reload()).await {
+                Ok(Ok(n)) => info!(devices = n, file = %path.display(), "device registry reloaded"),
+                Ok(Err(errors)) => {
+                    for e in errors {
+                        error!(error = %e, "device registry reload refused; previous devices stay in force");
+                    }
                 }
+                Err(_) => {}
             }
-            Err(_) => {}
         }
-    }
+    })
+    .await;
 }
 
 /// What is known about one device's connection.

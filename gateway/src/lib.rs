@@ -25,12 +25,12 @@
 //! - [`setup`]: resource documents (components, subscriptions, access control, resiliency,
 //!   capabilities) checked and prepared.
 //! - [`resilience`]: Dapr resiliency policies applied around the gateway's own calls.
-//! - [`queue`]: the durable queue on sled (local pub/sub now; the outbox and mailbox next).
 //! - [`components`]: backends by `spec.type` (`state.*`, `pubsub.*`, `bindings.*`,
 //!   `secretstores.*`, `configuration.*`, `lock.*`).
 //! - [`storage`]: the one embedded database and its group commit.
 //! - [`queue`]: the durable queue on that database (append, lease/ack, bounds), for local pub/sub
 //!   now and the device mailbox and cloud outbox next.
+//! - [`watch`]: noticing edited files (capability manifests, the device registry).
 //! - [`runtime`]: wires the path together; [`run`] starts and stops the whole gateway.
 //! - [`observability`]: logging set-up.
 
@@ -49,6 +49,7 @@ pub mod runtime;
 pub mod setup;
 pub mod storage;
 pub mod transport;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -143,6 +143,14 @@ fn an_inbound_breaker_stops_hammering_a_failing_subscriber() {
             &app.port.to_string(),
         ],
     );
+    // The in-memory bus keeps nothing for a topic nobody subscribes to yet: wait for the subscription.
+    edgecar_tests::eventually(Duration::from_secs(10), "the subscription", || {
+        let m = ec.req("GET", "/v1.0/metadata", b"", &[]).json();
+        m["subscriptions"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty())
+            .then_some(())
+    });
     let r = ec.req(
         "POST",
         "/v1.0/publish/pubsub/orders",

@@ -158,50 +158,31 @@ pub fn newest_change(paths: &[PathBuf]) -> Option<SystemTime> {
 /// for one poll, so a file caught half-written by an editor is not read. An invalid set is
 /// reported and the previous one stays in force. Polling keeps this free of inotify quirks on SD
 /// cards and bind mounts. `seen` is the state the running set was loaded from.
-pub async fn watch(
-    engine: Engine,
-    cfg: crate::Config,
-    every: Duration,
-    mut seen: Option<SystemTime>,
-) {
-    let mut pending = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let paths = cfg.resources_paths.clone();
-        let Ok(now) = tokio::task::spawn_blocking(move || newest_change(&paths)).await else {
-            continue;
-        };
-        if now == seen {
-            pending = None;
-            continue;
-        }
-        if pending != Some(now) {
-            pending = Some(now);
-            continue;
-        }
-        seen = now;
-        pending = None;
-        let cfg2 = cfg.clone();
-        let Ok((loaded, errors)) =
-            tokio::task::spawn_blocking(move || setup::capabilities(&cfg2)).await
-        else {
-            continue;
-        };
-        if !errors.is_empty() {
-            for e in &errors {
-                error!(error = %e, "capability reload refused; previous manifests stay in force");
-            }
-            continue;
-        }
-        match engine.reload(loaded.manifests, loaded.policies) {
-            Ok(()) => info!(capabilities = ?engine.capability_names(), "capabilities reloaded"),
-            Err(errs) => {
-                for e in errs {
+pub async fn watch(engine: Engine, cfg: crate::Config, every: Duration, seen: Option<SystemTime>) {
+    let paths = cfg.resources_paths.clone();
+    crate::watch::on_quiet_change(every, seen, move || newest_change(&paths), || {
+        let (engine, cfg) = (engine.clone(), cfg.clone());
+        async move {
+            let Ok((loaded, errors)) =
+                tokio::task::spawn_blocking(move || setup::capabilities(&cfg)).await
+            else {
+                return;
+            };
+            if !errors.is_empty() {
+                for e in &errors {
                     error!(error = %e, "capability reload refused; previous manifests stay in force");
+                }
+                return;
+            }
+            match engine.reload(loaded.manifests, loaded.policies) {
+                Ok(()) => info!(capabilities = ?engine.capability_names(), "capabilities reloaded"),
+                Err(errs) => {
+                    for e in errs {
+                        error!(error = %e, "capability reload refused; previous manifests stay in force");
+                    }
                 }
             }
         }
-    }
+    })
+    .await;
 }

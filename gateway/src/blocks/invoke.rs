@@ -22,26 +22,14 @@ use crate::error::{Error, ErrorKind, codes};
 use crate::policy::AccessControl;
 use crate::resilience::{self, Breakers, Stopped};
 
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus edgecar's own.
-const NOT_FORWARDED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "dapr-api-token",
-    "dapr-app-id",
-];
+/// edgecar's own headers, which describe the call to edgecar, not the call to the app.
+const EDGECAR_HEADERS: &[&str] = &["host", "dapr-api-token", "dapr-app-id"];
 
-/// Whether a header may cross a hop.
+/// Whether a header may cross a hop: not hop-by-hop (RFC 9110 §7.6.1, the rule the capability
+/// engine's offers follow too) and not one of edgecar's own.
 pub fn forwardable(name: &str) -> bool {
-    !NOT_FORWARDED.iter().any(|h| name.eq_ignore_ascii_case(h))
+    !edgecar_capabilities::is_hop_by_hop(name)
+        && !EDGECAR_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// An app's answer, before it becomes a [`Reply`].
