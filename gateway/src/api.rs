@@ -306,6 +306,10 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
         (["metadata"], &Method::GET) => Op::MetadataGet,
         (["devices"], &Method::GET) => Op::DevicesList,
         (["devices", id], &Method::GET) => Op::DeviceGet { id: id.to_string() },
+        (["devices", device, "mailbox", id], &Method::GET) => Op::MailboxGet {
+            device: device.to_string(),
+            id: id.to_string(),
+        },
         (["metadata", attr], &Method::PUT) => Op::MetadataSet {
             attribute: attr.to_string(),
         },
@@ -319,7 +323,8 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             | ["metadata", _]
             | ["publish", ..]
             | ["devices"]
-            | ["devices", _],
+            | ["devices", _]
+            | ["devices", _, "mailbox", _],
             _,
         ) => {
             return Err(method_not_allowed(method, path));

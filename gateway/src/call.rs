@@ -177,6 +177,28 @@ pub enum Op {
         /// Device id.
         id: String,
     },
+    /// A mailbox command's state or the device's answer
+    /// (`GET /v1.0/devices/<id>/mailbox/<mailbox-id>`).
+    MailboxGet {
+        /// Device id.
+        device: String,
+        /// Mailbox id, as the 202 answer gave it.
+        id: String,
+    },
+    /// A device subscribes to a pub/sub topic (device protocol `subscribe`).
+    DeviceSubscribe {
+        /// Pub/sub component name.
+        pubsub: String,
+        /// Topic.
+        topic: String,
+    },
+    /// A device ends a pub/sub subscription (device protocol `unsubscribe`).
+    DeviceUnsubscribe {
+        /// Pub/sub component name.
+        pubsub: String,
+        /// Topic.
+        topic: String,
+    },
 }
 
 impl Op {
@@ -205,6 +227,9 @@ impl Op {
             Op::BulkPublish { .. } => "pubsub.bulk_publish",
             Op::DevicesList => "devices.list",
             Op::DeviceGet { .. } => "devices.get",
+            Op::MailboxGet { .. } => "devices.mailbox.get",
+            Op::DeviceSubscribe { .. } => "devices.subscribe",
+            Op::DeviceUnsubscribe { .. } => "devices.unsubscribe",
         }
     }
 }

@@ -153,6 +153,39 @@ pub struct DevicesConfig {
     pub telemetry_pubsub: String,
     /// The topic device telemetry is published to.
     pub telemetry_topic: String,
+    /// The pub/sub component device connect/disconnect events go to.
+    pub presence_pubsub: String,
+    /// The topic device connect/disconnect events go to; empty: none are published.
+    pub presence_topic: String,
+    /// What waits on disk for each device: mailbox commands and pub/sub deliveries.
+    pub outbox: OutboxConfig,
+    /// Pub/sub topics one device may subscribe to.
+    pub max_subscriptions: usize,
+}
+
+/// Each device's durable outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Most messages waiting for one device.
+    pub max_messages: u64,
+    /// Most payload bytes waiting for one device.
+    pub max_bytes: Size,
+    /// How long a pub/sub event waits for its device (unless the event expires sooner).
+    pub event_ttl: Dur,
+    /// Longest TTL an app may give a mailbox command.
+    pub max_command_ttl: Dur,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            max_messages: 1000,
+            max_bytes: Size(4 << 20),
+            event_ttl: Dur(Duration::from_secs(24 * 3600)),
+            max_command_ttl: Dur(Duration::from_secs(7 * 24 * 3600)),
+        }
+    }
 }
 
 /// The MQTT device endpoint.
@@ -285,6 +318,10 @@ impl Default for DevicesConfig {
             command_timeout: Dur(Duration::from_secs(10)),
             telemetry_pubsub: "pubsub".into(),
             telemetry_topic: "telemetry".into(),
+            presence_pubsub: "pubsub".into(),
+            presence_topic: String::new(),
+            outbox: OutboxConfig::default(),
+            max_subscriptions: 32,
         }
     }
 }
@@ -587,6 +624,28 @@ pub fn validate(cfg: &Config, file: &Path) -> Vec<ConfigError> {
     }
     if cfg.devices.command_timeout.0 < Duration::from_millis(10) {
         err("devices.commandTimeout", "must be at least 10ms".into());
+    }
+    let o = &cfg.devices.outbox;
+    if o.max_messages == 0 {
+        err("devices.outbox.maxMessages", "must be at least 1".into());
+    }
+    if o.max_bytes.0 < 1024 {
+        err("devices.outbox.maxBytes", "must be at least 1Ki".into());
+    }
+    if o.event_ttl.0 < Duration::from_secs(1) {
+        err("devices.outbox.eventTtl", "must be at least 1s".into());
+    }
+    if o.max_command_ttl.0 < Duration::from_secs(1) {
+        err("devices.outbox.maxCommandTtl", "must be at least 1s".into());
+    }
+    if cfg.devices.max_subscriptions == 0 {
+        err("devices.maxSubscriptions", "must be at least 1".into());
+    }
+    if !cfg.devices.presence_topic.is_empty() && cfg.devices.presence_pubsub.trim().is_empty() {
+        err(
+            "devices.presencePubsub",
+            "must name a pub/sub component when devices.presenceTopic is set".into(),
+        );
     }
     let m = &cfg.mqtt;
     if m.max_packet_size.0 < 1024 || m.max_packet_size.0 > 256 << 20 {

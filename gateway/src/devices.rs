@@ -234,7 +234,27 @@ pub struct Status {
 pub struct Presence {
     /// Device id → status.
     devices: Mutex<HashMap<String, Status>>,
+    /// Where connect/disconnect events go, when they are published.
+    events: std::sync::OnceLock<tokio::sync::mpsc::Sender<PresenceEvent>>,
 }
+
+/// A device's first connection opened, or its last one closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEvent {
+    /// The device.
+    pub device: String,
+    /// `true` for connected, `false` for disconnected.
+    pub connected: bool,
+    /// The protocol of the connection (`mqtt3.1.1`, `mqtt5`).
+    pub protocol: Option<String>,
+    /// Why the connection ended (disconnects only).
+    pub reason: Option<String>,
+    /// When (Unix ms).
+    pub at_ms: u64,
+}
+
+/// Events waiting to be published; beyond this they are dropped (and logged).
+const PRESENCE_BACKLOG: usize = 1024;
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
@@ -251,22 +271,49 @@ impl Presence {
         }
     }
 
+    /// Starts sending connect/disconnect events; returns their receiver (once).
+    pub fn events(&self) -> Option<tokio::sync::mpsc::Receiver<PresenceEvent>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(PRESENCE_BACKLOG);
+        self.events.set(tx).ok().map(|()| rx)
+    }
+
+    fn emit(&self, e: PresenceEvent) {
+        if let Some(tx) = self.events.get()
+            && tx.try_send(e).is_err()
+        {
+            tracing::warn!(
+                "device presence events are not being published fast enough; one was dropped"
+            );
+        }
+    }
+
     /// A connection of `id` was accepted.
     pub fn connected(&self, id: &str, protocol: &str, now_ms: u64) {
-        self.with(|m| {
+        let first = self.with(|m| {
             let s = m.entry(id.to_owned()).or_default();
-            if s.connections == 0 {
+            let first = s.connections == 0;
+            if first {
                 s.connected_since_ms = Some(now_ms);
             }
             s.connections += 1;
             s.protocol = Some(protocol.to_owned());
             s.last_seen_ms = Some(now_ms);
+            first
         });
+        if first {
+            self.emit(PresenceEvent {
+                device: id.to_owned(),
+                connected: true,
+                protocol: Some(protocol.to_owned()),
+                reason: None,
+                at_ms: now_ms,
+            });
+        }
     }
 
     /// A connection of `id` ended.
     pub fn disconnected(&self, id: &str, reason: &str, now_ms: u64) {
-        self.with(|m| {
+        let last = self.with(|m| {
             let s = m.entry(id.to_owned()).or_default();
             s.connections = s.connections.saturating_sub(1);
             if s.connections == 0 {
@@ -274,7 +321,17 @@ impl Presence {
             }
             s.last_seen_ms = Some(now_ms);
             s.last_disconnect = Some(reason.to_owned());
+            s.connections == 0
         });
+        if last {
+            self.emit(PresenceEvent {
+                device: id.to_owned(),
+                connected: false,
+                protocol: None,
+                reason: Some(reason.to_owned()),
+                at_ms: now_ms,
+            });
+        }
     }
 
     /// `id` was heard from.

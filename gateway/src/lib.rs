@@ -42,6 +42,7 @@ pub mod config;
 pub mod devices;
 pub mod error;
 pub mod observability;
+pub mod outbox;
 pub mod policy;
 pub mod queue;
 pub mod resilience;
@@ -204,15 +205,36 @@ pub async fn run(
             .map_err(StartError::Devices)?,
     );
     let presence = Arc::new(devices::Presence::default());
+    let outbox_cfg = &cfg.devices.outbox;
+    let outbox = outbox::Outbox::open(
+        &storage,
+        queue::Limits {
+            max_messages: outbox_cfg.max_messages,
+            max_bytes: outbox_cfg.max_bytes.0,
+        },
+    )
+    .map_err(|e| StartError::Components(vec![e]))?;
+    let device_subs =
+        blocks::pubsub::devices::DeviceSubscriptions::open(&storage, cfg.devices.max_subscriptions)
+            .map_err(|e| StartError::Components(vec![e]))?;
     let devices_block = DevicesBlock::new(
         device_registry.clone(),
         presence.clone(),
         cfg.devices.command_timeout.0,
+    )
+    .with_outbox(
+        outbox.clone(),
+        device_subs.clone(),
+        outbox_cfg.max_command_ttl.0,
     );
     let hub = Arc::new(Hub::new(transport::mqtt::Endpoint::hub_limits(&cfg.mqtt)));
     if listeners.mqtt.is_some() {
         devices_block.set_link(hub.clone());
+        hub.set_outbox(outbox.clone());
     }
+    let presence_events = (!cfg.devices.presence_topic.is_empty())
+        .then(|| presence.events())
+        .flatten();
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),
         state: StateBlock::new(registry.state, cfg.limits.clone(), component_calls.clone()),
@@ -235,6 +257,14 @@ pub async fn run(
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(devices::watch(device_registry.clone(), RELOAD_POLL));
+    if let Some(events) = presence_events {
+        tasks.spawn(publish_presence(
+            events,
+            runtime.clone(),
+            cfg.devices.presence_pubsub.clone(),
+            cfg.devices.presence_topic.clone(),
+        ));
+    }
     tasks.spawn(sweep(registry.sled_stores, cfg.storage.sweep_interval.0));
     for task in registry.background {
         tasks.spawn(task);
@@ -270,6 +300,11 @@ pub async fn run(
         app,
         setup.resiliency,
         subscriptions,
+        Some(delivery::DeviceFeed {
+            subs: device_subs,
+            outbox,
+            event_ttl: cfg.devices.outbox.event_ttl.0,
+        }),
         stop_rx.clone(),
     ));
     let mqtt_tls = if cfg.mqtt.tls.enabled() {
@@ -339,4 +374,47 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Publishes device connect/disconnect events as CloudEvents whose source is the device.
+async fn publish_presence(
+    mut events: tokio::sync::mpsc::Receiver<devices::PresenceEvent>,
+    runtime: Arc<Runtime>,
+    pubsub: String,
+    topic: String,
+) {
+    while let Some(e) = events.recv().await {
+        let (kind, body) = if e.connected {
+            (
+                "io.edgecar.device.connected",
+                serde_json::json!({"device": e.device, "connected": true, "protocol": e.protocol, "at": devices::file::rfc3339(e.at_ms / 1000)}),
+            )
+        } else {
+            (
+                "io.edgecar.device.disconnected",
+                serde_json::json!({"device": e.device, "connected": false, "reason": e.reason, "at": devices::file::rfc3339(e.at_ms / 1000)}),
+            )
+        };
+        let mut params = call::Params {
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        };
+        params
+            .metadata
+            .insert("cloudevent.type".into(), kind.into());
+        let c = call::Call {
+            caller: call::Caller::Device {
+                id: e.device.clone(),
+            },
+            op: call::Op::Publish {
+                pubsub: pubsub.clone(),
+                topic: topic.clone(),
+            },
+            body: bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+            params,
+        };
+        if let Err(err) = runtime.handle(c).await {
+            warn!(device = %e.device, error = %err.message, "could not publish a device presence event");
+        }
+    }
 }

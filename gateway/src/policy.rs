@@ -213,6 +213,13 @@ impl AccessControl {
 /// Decides whether `caller` may perform `op`.
 pub fn authorize(caller: &Caller, op: &Op) -> Result<(), Error> {
     match (caller, op) {
+        (Caller::LocalApp { .. }, Op::DeviceSubscribe { .. } | Op::DeviceUnsubscribe { .. }) => {
+            Err(Error::new(
+                ErrorKind::Forbidden,
+                codes::PERMISSION_DENIED,
+                format!("{} is an operation of devices", op.name()),
+            ))
+        }
         (Caller::LocalApp { .. }, _) => Ok(()),
         (
             Caller::Device { .. },
@@ -223,7 +230,8 @@ pub fn authorize(caller: &Caller, op: &Op) -> Result<(), Error> {
             | Op::ConfigurationSubscribe { .. }
             | Op::ConfigurationUnsubscribe { .. }
             | Op::DevicesList
-            | Op::DeviceGet { .. },
+            | Op::DeviceGet { .. }
+            | Op::MailboxGet { .. },
         ) => Err(Error::new(
             ErrorKind::Forbidden,
             codes::PERMISSION_DENIED,

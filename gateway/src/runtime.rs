@@ -89,12 +89,20 @@ impl Runtime {
                         .find(|(k, _)| k == n)
                         .map(|(_, v)| v.clone())
                 };
+                let mailbox_ttl = match header(crate::blocks::devices::MAILBOX_HEADER) {
+                    Some(v) => Some(crate::blocks::devices::mailbox_ttl(
+                        &v,
+                        self.devices.max_command_ttl(),
+                    )?),
+                    None => None,
+                };
                 let cmd = Command {
                     method: method.clone(),
                     verb: verb.clone(),
                     content_type: header("content-type"),
                     traceparent: call.params.traceparent.clone(),
                     body: call.body.clone(),
+                    mailbox_ttl,
                 };
                 self.devices.command(caller, app_id, cmd).await
             }
@@ -157,6 +165,14 @@ impl Runtime {
             }
             Op::DevicesList => self.devices.list(),
             Op::DeviceGet { id } => self.devices.get(id),
+            Op::MailboxGet { device, id } => self.devices.mailbox_get(device, id),
+            Op::DeviceSubscribe { pubsub, topic } => {
+                self.pubsub.resolve(pubsub, topic)?;
+                self.devices.subscribe(caller, pubsub, topic).await
+            }
+            Op::DeviceUnsubscribe { pubsub, topic } => {
+                self.devices.unsubscribe(caller, pubsub, topic).await
+            }
         };
         if let Err(e) = &result {
             debug!(caller = %call.caller, op = call.op.name(), code = e.code, error = %e.message, "call failed");

@@ -6,9 +6,14 @@
 //! `devices.commandTimeout` for the reply and turns it, or the failure, into Dapr's invoke
 //! answers. `GET /v1.0/devices[/<id>]` lists registered devices with their presence.
 //!
-//! A device that is not connected gets no queued command yet: the call fails at once with 503.
-//! Queuing for sleeping devices (the mailbox, with a TTL and a 202 + result id) needs the durable
-//! queue and slots in at [`DevicesBlock::command`] where `LinkError::NotConnected` is answered.
+//! A device that is not connected (or not listening for commands) fails the call at once with
+//! 503 — unless the app asked for the **mailbox** with the `x-edgecar-mailbox-ttl` header: then
+//! the command is queued in the device's durable outbox ([`crate::outbox`]) for that long, the
+//! app gets `202 Accepted` with a mailbox id, and fetches the device's answer later from
+//! `GET /v1.0/devices/<id>/mailbox/<mailbox-id>`.
+//!
+//! It also serves devices' own pub/sub subscriptions (`subscribe` / `unsubscribe`), stored by
+//! [`crate::blocks::pubsub::devices`].
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -18,9 +23,11 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::json;
 
+use crate::blocks::pubsub::devices::{DeviceSubscriptions, delivery_topic};
 use crate::call::{Caller, Reply};
 use crate::devices::{Presence, Registry, Status, file::rfc3339};
 use crate::error::{Error, ErrorKind, codes};
+use crate::outbox::{OutMessage, Outbox, Record, RecordReply};
 
 /// A command for a device: what an app's invoke call carried.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +42,31 @@ pub struct Command {
     pub traceparent: Option<String>,
     /// The body, passed to the device unchanged.
     pub body: Bytes,
+    /// Queue in the mailbox for this long if the device cannot take the command now.
+    pub mailbox_ttl: Option<Duration>,
+}
+
+/// The header an app sets to have a command queued for a sleeping device.
+pub const MAILBOX_HEADER: &str = "x-edgecar-mailbox-ttl";
+
+/// Reads the mailbox header: seconds, or a duration such as `90s`, `10m`, `2h`.
+pub fn mailbox_ttl(value: &str, max: Duration) -> Result<Duration, Error> {
+    let v = value.trim();
+    let ttl = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => crate::config::units::parse_duration(v).map_err(|e| {
+            Error::malformed(format!(
+                "{MAILBOX_HEADER}: {e} (give seconds, or a duration like 90s, 10m, 2h)"
+            ))
+        })?,
+    };
+    if ttl < Duration::from_secs(1) || ttl > max {
+        return Err(Error::malformed(format!(
+            "{MAILBOX_HEADER} must be between 1s and {} (devices.outbox.maxCommandTtl)",
+            crate::config::units::format_duration(max)
+        )));
+    }
+    Ok(ttl)
 }
 
 /// A device's answer to a command.
@@ -87,6 +119,16 @@ pub struct DevicesBlock {
     link: OnceLock<Arc<dyn DeviceLink>>,
     /// How long a command waits for its reply.
     timeout: Duration,
+    /// Longest mailbox TTL an app may ask for.
+    max_command_ttl: Duration,
+    /// Outboxes and pub/sub subscriptions, once storage is open.
+    queued: Option<Queued>,
+}
+
+/// The durable parts: device outboxes (mailbox) and pub/sub subscriptions.
+struct Queued {
+    outbox: Arc<Outbox>,
+    subs: Arc<DeviceSubscriptions>,
 }
 
 fn invoke_error(kind: ErrorKind, device: &str, reason: impl std::fmt::Display) -> Error {
@@ -95,6 +137,19 @@ fn invoke_error(kind: ErrorKind, device: &str, reason: impl std::fmt::Display) -
         codes::DIRECT_INVOKE,
         format!("failed to invoke, id: {device}, err: {reason}"),
     )
+}
+
+fn record_json(r: &Record) -> serde_json::Value {
+    json!({
+        "id": r.id,
+        "device": r.device,
+        "method": r.method,
+        "verb": r.verb,
+        "status": if r.reply.is_some() { "answered" } else if r.delivered_at_ms.is_some() { "delivered" } else { "queued" },
+        "createdAt": rfc3339(r.created_at_ms / 1000),
+        "expiresAt": rfc3339(r.expires_at_ms / 1000),
+        "deliveredAt": r.delivered_at_ms.map(|ms| rfc3339(ms / 1000)),
+    })
 }
 
 fn status_json(id: &str, s: &Status, added_at: Option<&str>) -> serde_json::Value {
@@ -118,7 +173,202 @@ impl DevicesBlock {
             presence,
             link: OnceLock::new(),
             timeout,
+            max_command_ttl: Duration::from_secs(7 * 24 * 3600),
+            queued: None,
         }
+    }
+
+    /// Longest mailbox TTL an app may ask for.
+    pub fn max_command_ttl(&self) -> Duration {
+        self.max_command_ttl
+    }
+
+    /// Adds the mailbox and devices' pub/sub subscriptions.
+    pub fn with_outbox(
+        mut self,
+        outbox: Arc<Outbox>,
+        subs: Arc<DeviceSubscriptions>,
+        max_command_ttl: Duration,
+    ) -> Self {
+        self.queued = Some(Queued { outbox, subs });
+        self.max_command_ttl = max_command_ttl;
+        self
+    }
+
+    fn queued(&self) -> Result<&Queued, Error> {
+        self.queued.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotImplemented,
+                codes::NOT_IMPLEMENTED,
+                "device outboxes are not enabled in this edgecar",
+            )
+        })
+    }
+
+    /// A device subscribes to a pub/sub topic (the component was checked by the caller).
+    pub async fn subscribe(
+        &self,
+        caller: &Caller,
+        pubsub: &str,
+        topic: &str,
+    ) -> Result<Reply, Error> {
+        let Caller::Device { id } = caller else {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                codes::PERMISSION_DENIED,
+                "only devices subscribe here",
+            ));
+        };
+        let q = self.queued()?;
+        let created = q.subs.subscribe(id, pubsub, topic).await?;
+        let body = json!({
+            "pubsub": pubsub,
+            "topic": topic,
+            "deliveredTo": delivery_topic(id, pubsub, topic),
+            "created": created,
+        });
+        let mut r = Reply::json(serde_json::to_vec(&body).unwrap_or_default());
+        if created {
+            r.status = 201;
+        }
+        Ok(r)
+    }
+
+    /// A device ends a pub/sub subscription.
+    pub async fn unsubscribe(
+        &self,
+        caller: &Caller,
+        pubsub: &str,
+        topic: &str,
+    ) -> Result<Reply, Error> {
+        let Caller::Device { id } = caller else {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                codes::PERMISSION_DENIED,
+                "only devices unsubscribe here",
+            ));
+        };
+        if self.queued()?.subs.unsubscribe(id, pubsub, topic).await? {
+            Ok(Reply::no_content())
+        } else {
+            Err(Error::new(
+                ErrorKind::NotFound,
+                codes::NOT_FOUND,
+                format!(
+                    "device {id:?} has no subscription to topic {topic:?} of pubsub {pubsub:?}"
+                ),
+            ))
+        }
+    }
+
+    /// Queues `cmd` in the device's mailbox: `202` with the id to fetch the answer by.
+    async fn queue_command(
+        &self,
+        device: &str,
+        cmd: &Command,
+        ttl: Duration,
+        why: &LinkError,
+    ) -> Result<Reply, Error> {
+        let q = self.queued()?;
+        let id = q.outbox.new_id();
+        let msg = crate::transport::mqtt::protocol::command_message(device, &id, cmd)
+            .map_err(|e| invoke_error(ErrorKind::BadRequest, device, e))?;
+        let now = crate::queue::unix_ms();
+        let expires = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let record = Record {
+            id: id.clone(),
+            device: device.to_owned(),
+            method: cmd.method.clone(),
+            verb: cmd.verb.to_string(),
+            created_at_ms: now,
+            expires_at_ms: expires,
+            delivered_at_ms: None,
+            reply: None,
+        };
+        let out = OutMessage {
+            topic: msg.topic,
+            payload: msg.payload,
+            content_type: msg.props.content_type,
+            user: msg.props.user,
+        };
+        q.outbox
+            .record_command(record.clone(), out)
+            .await
+            .map_err(|e| match e {
+                crate::outbox::OutboxError::Full(m) => Error::new(
+                    ErrorKind::Unavailable,
+                    codes::DIRECT_INVOKE,
+                    format!(
+                        "failed to invoke, id: {device}, err: the device's mailbox is full: {m}"
+                    ),
+                ),
+                crate::outbox::OutboxError::Storage(m) => {
+                    invoke_error(ErrorKind::Internal, device, m)
+                }
+            })?;
+        tracing::info!(device, id = %id, reason = %why, "command queued in the device's mailbox");
+        let mut r = Reply::json(serde_json::to_vec(&record_json(&record)).unwrap_or_default());
+        r.status = 202;
+        r.meta.push((
+            "location".into(),
+            format!("/v1.0/devices/{device}/mailbox/{id}"),
+        ));
+        Ok(r)
+    }
+
+    /// A device answered a command no app call waits for: a mailbox command's answer is stored.
+    pub fn mailbox_answer(&self, device: &str, rid: &str, reply: &CommandReply) -> bool {
+        let Some(q) = &self.queued else { return false };
+        q.outbox.complete(
+            device,
+            rid,
+            RecordReply {
+                status: reply.status,
+                content_type: reply.content_type.clone(),
+                body: reply.body.clone(),
+                at_ms: crate::queue::unix_ms(),
+            },
+        )
+    }
+
+    /// `GET /v1.0/devices/<id>/mailbox/<mailbox-id>`: while the command waits, `202` and its
+    /// state; once answered, the device's answer as the invoke call would have returned it.
+    pub fn mailbox_get(&self, device: &str, id: &str) -> Result<Reply, Error> {
+        let q = self.queued()?;
+        let Some(rec) = q.outbox.record(device, id) else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                codes::NOT_FOUND,
+                format!(
+                    "device {device:?} has no mailbox command {id:?} (unknown, or older than its retention)"
+                ),
+            ));
+        };
+        if let Some(a) = &rec.reply {
+            let mut out = Reply {
+                status: a.status,
+                body: a.body.clone(),
+                meta: vec![("x-edgecar-mailbox".into(), "answered".into())],
+                content_type: None,
+            };
+            if let Some(ct) = &a.content_type {
+                out.meta.push(("content-type".into(), ct.clone()));
+            }
+            return Ok(out);
+        }
+        if rec.delivered_at_ms.is_none() && rec.expires_at_ms <= crate::queue::unix_ms() {
+            return Err(invoke_error(
+                ErrorKind::Timeout,
+                device,
+                format!(
+                    "mailbox command {id} expired at {} before the device took it",
+                    rfc3339(rec.expires_at_ms / 1000)
+                ),
+            ));
+        }
+        let mut r = Reply::json(serde_json::to_vec(&record_json(&rec)).unwrap_or_default());
+        r.status = 202;
+        Ok(r)
     }
 
     /// Connects the transport commands go through (once).
@@ -182,6 +432,8 @@ impl DevicesBlock {
                 "no device endpoint is enabled (mqtt.enabled is false)",
             ));
         };
+        let cmd_ttl = cmd.mailbox_ttl;
+        let cmd_copy = cmd.clone();
         let reply = match tokio::time::timeout(self.timeout, link.command(device, cmd)).await {
             Err(_) => {
                 return Err(invoke_error(
@@ -193,8 +445,10 @@ impl DevicesBlock {
                     ),
                 ));
             }
-            // The mailbox (queued delivery on reconnect, 202 + result id) plugs in here.
             Ok(Err(e @ (LinkError::NotConnected(_) | LinkError::NotListening { .. }))) => {
+                if let Some(ttl) = cmd_ttl {
+                    return self.queue_command(device, &cmd_copy, ttl, &e).await;
+                }
                 return Err(invoke_error(ErrorKind::Unavailable, device, e));
             }
             Ok(Err(e @ LinkError::Invalid(_))) => {

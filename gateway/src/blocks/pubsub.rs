@@ -15,6 +15,7 @@
 
 pub mod cloudevent;
 pub mod delivery;
+pub mod devices;
 pub mod rules;
 pub mod subscription;
 
@@ -180,7 +181,7 @@ impl PubSubBlock {
     }
 
     /// Finds the component, checking the address in Dapr's order.
-    fn resolve(&self, pubsub: &str, topic: &str) -> Result<&PubSubComponent, Error> {
+    pub fn resolve(&self, pubsub: &str, topic: &str) -> Result<&PubSubComponent, Error> {
         if self.buses.is_empty() {
             return Err(Error::new(
                 ErrorKind::BadRequest,

@@ -319,6 +319,7 @@ async fn connection<S: Stream>(
         out: BytesMut::new(),
         requests: JoinSet::new(),
         reply_to: HashMap::new(),
+        receipts: HashMap::new(),
     };
     encode(connack, version, &mut conn.out);
     if !conn.session.subscriptions().is_empty() {
@@ -365,6 +366,8 @@ struct Conn {
     /// Where each running request's reply goes, by task, so that even a request whose task
     /// failed gets an answer.
     reply_to: HashMap<tokio::task::Id, (u64, ReplyTo)>,
+    /// Outbox messages sent at QoS 1 and not yet acknowledged, by packet id.
+    receipts: HashMap<u16, Arc<crate::outbox::Receipt>>,
 }
 
 impl Conn {
@@ -424,6 +427,11 @@ impl Conn {
                 };
                 match token {
                     Ok(()) => {
+                        if let Incoming::PubAck { pkid } = &p
+                            && let Some(r) = self.receipts.remove(pkid)
+                        {
+                            r.confirm();
+                        }
                         if now.duration_since(presence_at) >= PRESENCE_EVERY {
                             presence_at = now;
                             self.ep.presence.seen(&self.device, unix_ms());
@@ -466,11 +474,7 @@ impl Conn {
                         return close;
                     }
                 }
-                Some(msg) = inbox.recv() => {
-                    if let Some(p) = self.session.deliver(msg) {
-                        encode(p, version, &mut self.out);
-                    }
-                }
+                Some(d) = inbox.recv() => self.deliver(d),
                 r = kick.changed() => {
                     let code = match r {
                         Ok(()) => (*kick.borrow()).unwrap_or(DisconnectCode::SessionTakenOver),
@@ -511,6 +515,23 @@ impl Conn {
                 (token, Some(protocol::reply(&self.device, &to, Err(err))))
             }
         }
+    }
+
+    /// Sends a routed message; an outbox message's receipt is confirmed by the device's PUBACK
+    /// (at QoS 1) or once written (at QoS 0).
+    fn deliver(&mut self, d: hub::Delivery) {
+        let Some(p) = self.session.deliver(d.msg) else {
+            return; // not subscribed (any more) or too large: an outbox message goes back
+        };
+        if let Some(r) = d.receipt {
+            match &p {
+                Outgoing::Publish { pkid, msg } if msg.qos == 1 => {
+                    self.receipts.insert(*pkid, r);
+                }
+                _ => r.confirm(),
+            }
+        }
+        encode(p, self.session.version(), &mut self.out);
     }
 
     /// Delivers a reply to this connection (if subscribed) and the device's others.
@@ -597,7 +618,14 @@ impl Conn {
                         pending.extend(self.session.done(token));
                     }
                     Inbound::CommandReply { rid, reply } => {
-                        if !self.ep.hub.complete(&self.device, &rid, reply) {
+                        let late = !self.ep.hub.complete(&self.device, &rid, reply.clone());
+                        if late
+                            && !self
+                                .ep
+                                .runtime
+                                .devices
+                                .mailbox_answer(&self.device, &rid, &reply)
+                        {
                             debug!(device = %self.device, rid = %rid, "command reply for no waiting call (late or unknown)");
                         }
                         pending.extend(self.session.done(token));

@@ -20,10 +20,12 @@
 //!
 //! [`run`] owns the subscriptions: it waits for the app, asks it for its programmatic
 //! subscriptions (`GET /dapr/subscribe`, retried until it answers), adds the declarative ones,
-//! tells local components which topics are in use, starts one consumer per subscription, and on
-//! stop waits for them to settle what is in flight.
+//! tells local components which topics are in use, starts one consumer per topic, and on stop
+//! waits for them to settle what is in flight. Topics devices subscribe to
+//! ([`super::devices`]) are consumed from the start, and new ones as devices subscribe; a topic
+//! both the app and devices want has one consumer serving both.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -45,8 +47,10 @@ use tracing::{debug, error, info, warn};
 
 use super::PubSubBlock;
 use super::cloudevent;
+use super::devices::{DeviceSubscriptions, TopicHandler, TopicKey};
 use super::subscription::{Subscription, parse_programmatic};
 use crate::components::pubsub::{Handler, InMessage, Outcome, Stop, SubscribeRequest, stopped};
+use crate::outbox::Outbox;
 use crate::queue::unix_ms;
 
 /// The subscriptions really running, shared with the metadata block.
@@ -493,25 +497,109 @@ impl Handler for Deliverer {
     }
 }
 
-/// Runs every subscription until `stop` fires, then waits for in-flight deliveries to settle.
-pub async fn run(
+/// What the subscription manager needs to serve devices' subscriptions.
+pub struct DeviceFeed {
+    /// Who subscribes to what.
+    pub subs: Arc<DeviceSubscriptions>,
+    /// Where their events wait.
+    pub outbox: Arc<Outbox>,
+    /// How long an event waits for a device.
+    pub event_ttl: Duration,
+}
+
+/// The consumers the manager runs: one per (pub/sub, topic), shared by the app and devices.
+struct Consumers {
     block: Arc<PubSubBlock>,
+    feed: Option<DeviceFeed>,
+    handlers: HashMap<TopicKey, Arc<TopicHandler>>,
+    tasks: JoinSet<()>,
+    stop: Stop,
+}
+
+impl Consumers {
+    /// Starts consuming `topic` of `pubsub` unless that already happens, with the app's
+    /// delivery when given; `false` if it cannot be consumed.
+    async fn ensure(&mut self, pubsub: &str, topic: &str, app: Option<Arc<Deliverer>>) -> bool {
+        let key = (pubsub.to_owned(), topic.to_owned());
+        if let Some(h) = self.handlers.get(&key) {
+            return app.is_none_or(|a| h.app.set(a).is_ok());
+        }
+        let Some(component) = self.block.component(pubsub) else {
+            warn!(%pubsub, %topic, "subscription names an unknown pub/sub component; ignored");
+            return false;
+        };
+        let Some(f) = &self.feed else { return false };
+        let handler = Arc::new(TopicHandler {
+            pubsub: pubsub.to_owned(),
+            topic: topic.to_owned(),
+            devices: f.subs.clone(),
+            outbox: f.outbox.clone(),
+            event_ttl: f.event_ttl,
+            app: std::sync::OnceLock::new(),
+        });
+        if let Some(a) = app {
+            // Set before the consumer starts: no message may pass without the app.
+            let _ = handler.app.set(a);
+        }
+        let req = SubscribeRequest {
+            topic: topic.to_owned(),
+            max_concurrency: component.concurrency,
+            app_id: self.block.app_id().to_owned(),
+        };
+        match component
+            .bus
+            .subscribe(req, handler.clone(), self.stop.clone())
+            .await
+        {
+            Ok(consumer) => {
+                self.tasks.spawn(consumer);
+                self.handlers.insert(key, handler);
+                true
+            }
+            Err(e) => {
+                error!(%pubsub, %topic, error = %e, "subscribing failed");
+                false
+            }
+        }
+    }
+
+    /// Tells local components every topic in use: consumed, dead-letter, or retained.
+    fn topics_in_use(&self, app_subs: &[Subscription]) {
+        for name in self.block.names() {
+            let topics: Vec<String> = self
+                .handlers
+                .keys()
+                .filter(|(p, _)| p == name)
+                .map(|(_, t)| t.clone())
+                .chain(
+                    app_subs
+                        .iter()
+                        .filter(|s| s.pubsub == name)
+                        .filter_map(|s| s.dead_letter_topic.clone()),
+                )
+                .chain(self.block.retained(name))
+                .collect();
+            if let Some(c) = self.block.component(name) {
+                c.bus.topics_in_use(&topics);
+            }
+        }
+    }
+}
+
+/// The app's subscriptions: declarative plus what it answers on `/dapr/subscribe`, once it is up.
+/// `None` if edgecar stops first.
+async fn app_subscriptions(
     declarative: Vec<Subscription>,
     app: Option<AppChannel>,
-    resiliency: Vec<Resiliency>,
-    active: ActiveSubscriptions,
     mut stop: Stop,
-) {
+) -> Option<(Vec<Subscription>, Option<AppChannel>)> {
     let mut subs = declarative;
     match &app {
         Some(app) => {
             if !app.wait_until_up(&mut stop).await {
-                return;
+                return None;
             }
-            let Some(programmatic) = app.programmatic_subscriptions(&mut stop).await else {
-                return;
-            };
-            subs.extend(programmatic);
+            subs.extend(app.programmatic_subscriptions(&mut stop).await?);
         }
         None if !subs.is_empty() => {
             warn!(
@@ -530,59 +618,123 @@ pub async fn run(
         }
         fresh
     });
-    subs.retain(|s| {
-        let known = block.component(&s.pubsub).is_some();
-        if !known {
-            warn!(pubsub = %s.pubsub, topic = %s.topic, "subscription names an unknown pub/sub component; ignored");
-        }
-        known
-    });
-    for name in block.names() {
-        let topics: Vec<String> = subs
-            .iter()
-            .filter(|s| s.pubsub == name)
-            .flat_map(|s| std::iter::once(s.topic.clone()).chain(s.dead_letter_topic.clone()))
-            .chain(block.retained(name))
-            .collect();
-        if let Some(c) = block.component(name) {
-            c.bus.topics_in_use(&topics);
+    Some((subs, app))
+}
+
+/// Runs every subscription until `stop` fires, then waits for in-flight deliveries to settle.
+///
+/// Topics devices subscribe to are consumed at once (devices do not wait for the app); the
+/// app's subscriptions join once the app is up. Until then local components keep every message,
+/// so nothing published for the app before it said what it wants is lost.
+pub async fn run(
+    block: Arc<PubSubBlock>,
+    declarative: Vec<Subscription>,
+    app: Option<AppChannel>,
+    resiliency: Vec<Resiliency>,
+    active: ActiveSubscriptions,
+    devices: Option<DeviceFeed>,
+    mut stop: Stop,
+) {
+    let mut new_topics = devices.as_ref().and_then(|f| f.subs.take_new_topics());
+    let device_topics = devices
+        .as_ref()
+        .map(|f| f.subs.topics())
+        .unwrap_or_default();
+    let mut consumers = Consumers {
+        block: block.clone(),
+        feed: devices,
+        handlers: HashMap::new(),
+        tasks: JoinSet::new(),
+        stop: stop.clone(),
+    };
+    for (pubsub, topic) in device_topics {
+        if consumers.ensure(&pubsub, &topic, None).await {
+            info!(%pubsub, %topic, "consuming for subscribed devices");
         }
     }
-    let mut consumers = JoinSet::new();
-    if let Some(app) = app {
-        for sub in subs {
-            let Some(component) = block.component(&sub.pubsub) else {
-                continue;
-            };
-            let handler = Arc::new(Deliverer::new(
-                block.clone(),
-                app.clone(),
-                sub.clone(),
-                inbound_policy(&resiliency, &sub.pubsub),
-                stop.clone(),
-            ));
-            let req = SubscribeRequest {
-                topic: sub.topic.clone(),
-                max_concurrency: component.concurrency,
-                app_id: block.app_id().to_owned(),
-            };
-            match component.bus.subscribe(req, handler, stop.clone()).await {
-                Ok(consumer) => {
-                    info!(pubsub = %sub.pubsub, topic = %sub.topic, kind = sub.kind.as_str(), "subscribed");
-                    consumers.spawn(consumer);
-                    active
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(sub);
+    let app_subs = app_subscriptions(declarative, app, stop.clone());
+    tokio::pin!(app_subs);
+    let mut app_known: Option<Vec<Subscription>> = None;
+    loop {
+        tokio::select! {
+            biased;
+            () = stopped(&mut stop) => break,
+            r = &mut app_subs, if app_known.is_none() => {
+                let Some((subs, app)) = r else { break };
+                let mut running = Vec::new();
+                if let Some(app) = app {
+                    for sub in subs {
+                        let deliverer = Arc::new(Deliverer::new(
+                            block.clone(),
+                            app.clone(),
+                            sub.clone(),
+                            inbound_policy(&resiliency, &sub.pubsub),
+                            stop.clone(),
+                        ));
+                        if start_app(&mut consumers, deliverer).await {
+                            info!(pubsub = %sub.pubsub, topic = %sub.topic, kind = sub.kind.as_str(), "subscribed");
+                            running.push(sub);
+                        }
+                    }
                 }
-                Err(e) => {
-                    error!(pubsub = %sub.pubsub, topic = %sub.topic, error = %e, "subscribing failed");
+                consumers.topics_in_use(&running);
+                active
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(running.iter().cloned());
+                app_known = Some(running);
+            }
+            Some((pubsub, topic)) = recv(&mut new_topics) => {
+                if consumers.ensure(&pubsub, &topic, None).await {
+                    info!(%pubsub, %topic, "consuming for subscribed devices");
+                }
+                if let Some(subs) = &app_known {
+                    consumers.topics_in_use(subs);
                 }
             }
         }
     }
-    stopped(&mut stop).await;
-    while consumers.join_next().await.is_some() {}
+    while consumers.tasks.join_next().await.is_some() {}
+}
+
+/// The next topic devices want consumed; pending forever when there is no feed.
+async fn recv(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<TopicKey>>) -> Option<TopicKey> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts the app's delivery for one subscription: on the topic's shared consumer when devices
+/// need one too, else on a consumer of its own.
+async fn start_app(consumers: &mut Consumers, deliverer: Arc<Deliverer>) -> bool {
+    let (pubsub, topic) = (deliverer.sub.pubsub.clone(), deliverer.sub.topic.clone());
+    if consumers.feed.is_some() {
+        return consumers.ensure(&pubsub, &topic, Some(deliverer)).await;
+    }
+    let Some(component) = consumers.block.component(&pubsub) else {
+        warn!(%pubsub, %topic, "subscription names an unknown pub/sub component; ignored");
+        return false;
+    };
+    let req = SubscribeRequest {
+        topic: topic.clone(),
+        max_concurrency: component.concurrency,
+        app_id: consumers.block.app_id().to_owned(),
+    };
+    match component
+        .bus
+        .subscribe(req, deliverer, consumers.stop.clone())
+        .await
+    {
+        Ok(consumer) => {
+            consumers.tasks.spawn(consumer);
+            true
+        }
+        Err(e) => {
+            error!(%pubsub, %topic, error = %e, "subscribing failed");
+            false
+        }
+    }
 }
 
 #[cfg(test)]

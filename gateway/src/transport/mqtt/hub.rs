@@ -7,8 +7,8 @@
 //! apps to devices, keyed by device and request id so that no device can answer another's.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,6 +22,7 @@ use super::ratelimit::TokenBucket;
 use super::topics;
 use crate::blocks::devices::{Command, CommandReply, DeviceLink, LinkError};
 use crate::devices::{Credential, Registry};
+use crate::outbox::{OutMessage, Outbox, Receipt, Sink};
 
 /// Messages waiting for one connection; beyond this, deliveries to it are dropped (it is not
 /// reading, and edgecar will not hold memory for it).
@@ -44,13 +45,22 @@ pub struct HubLimits {
     pub burst: u32,
 }
 
+/// A message for one connection, with the outbox receipt to confirm once the device has it.
+pub struct Delivery {
+    /// The message.
+    pub msg: Message,
+    /// Confirmed when the device acknowledges the message; dropping it unconfirmed puts an
+    /// outbox message back.
+    pub receipt: Option<Arc<Receipt>>,
+}
+
 /// One open connection, as the hub sees it.
 struct Conn {
     id: u64,
     client_id: String,
     credential: Credential,
     /// Deliveries to the connection.
-    inbox: mpsc::Sender<Message>,
+    inbox: mpsc::Sender<Delivery>,
     /// Tells the connection to end, and why.
     kick: watch::Sender<Option<DisconnectCode>>,
     /// Its subscriptions (kept in step by the connection).
@@ -82,7 +92,7 @@ pub struct Attached {
     /// Its id in the hub.
     pub id: u64,
     /// Deliveries for it.
-    pub inbox: mpsc::Receiver<Message>,
+    pub inbox: mpsc::Receiver<Delivery>,
     /// Changes when it must end.
     pub kick: watch::Receiver<Option<DisconnectCode>>,
     /// The subscriptions of the resumed session, if one was resumed.
@@ -98,6 +108,8 @@ pub struct Hub {
     pending: Mutex<HashMap<(String, String), oneshot::Sender<CommandReply>>>,
     /// Makes command ids unique across restarts (a device may still hold an old one).
     rid_prefix: String,
+    /// What waits for devices, delivered while they are connected.
+    outbox: OnceLock<Arc<Outbox>>,
 }
 
 impl Hub {
@@ -110,6 +122,21 @@ impl Hub {
             next_id: AtomicU64::new(1),
             pending: Mutex::default(),
             rid_prefix: format!("{:x}", start % (1 << 40)),
+            outbox: OnceLock::new(),
+        }
+    }
+
+    /// Connects the device outboxes: the hub delivers them to connected devices.
+    pub fn set_outbox(self: &Arc<Self>, outbox: Arc<Outbox>) {
+        let sink: Arc<dyn Sink> = self.clone();
+        outbox.set_sink(Arc::downgrade(&sink));
+        let _ = self.outbox.set(outbox);
+    }
+
+    /// Wakes the outbox delivery of `device` (a connection came or went, or subscribed).
+    fn kick_outbox(&self, device: &str) {
+        if let Some(o) = self.outbox.get() {
+            o.kick(device);
         }
     }
 
@@ -138,8 +165,8 @@ impl Hub {
         now: Instant,
     ) -> Result<Attached, ConnectCode> {
         let device = credential.id.clone();
-        self.with(|t| {
-            let d = t.devices.entry(device).or_default();
+        let attached = self.with(|t| {
+            let d = t.devices.entry(device.clone()).or_default();
             d.parked.retain(|p| p.expires > now);
             let mut restored = None;
             let mut freed = 0;
@@ -182,7 +209,11 @@ impl Hub {
                 kick,
                 restored,
             })
-        })
+        });
+        if attached.is_ok() {
+            self.kick_outbox(&device);
+        }
+        attached
     }
 
     /// Removes connection `id` of `device`; with `keep` (a session expiry), parks its
@@ -221,6 +252,7 @@ impl Hub {
                 t.devices.remove(device);
             }
         });
+        self.kick_outbox(device);
     }
 
     /// Keeps the hub's copy of a connection's subscriptions in step.
@@ -234,6 +266,7 @@ impl Hub {
                 c.subs = subs.to_vec();
             }
         });
+        self.kick_outbox(device);
     }
 
     /// Takes a rate-limit token for `device`, or says when the next is due.
@@ -251,6 +284,16 @@ impl Hub {
     /// Delivers `msg` to every connection of `device` (except `skip`) with a matching
     /// subscription; returns how many took it.
     pub fn route(&self, device: &str, msg: &Message, skip: Option<u64>) -> usize {
+        self.route_with(device, msg, None, skip)
+    }
+
+    fn route_with(
+        &self,
+        device: &str,
+        msg: &Message,
+        receipt: Option<&Arc<Receipt>>,
+        skip: Option<u64>,
+    ) -> usize {
         self.with(|t| {
             let Some(d) = t.devices.get(device) else {
                 return 0;
@@ -259,12 +302,16 @@ impl Hub {
                 .iter()
                 .filter(|c| Some(c.id) != skip)
                 .filter(|c| c.subs.iter().any(|(f, _)| topics::matches(f, &msg.topic)))
-                .filter(|c| match c.inbox.try_send(msg.clone()) {
-                    Ok(()) => true,
-                    Err(_) => {
+                .filter(|c| {
+                    let d = Delivery {
+                        msg: msg.clone(),
+                        receipt: receipt.cloned(),
+                    };
+                    let taken = c.inbox.try_send(d).is_ok();
+                    if !taken {
                         debug!(device, client = %c.client_id, topic = %msg.topic, "delivery dropped: the connection is not reading");
-                        false
                     }
+                    taken
                 })
                 .count()
         })
@@ -320,6 +367,19 @@ impl Hub {
             Ok(mut p) => p.remove(key),
             Err(p) => p.into_inner().remove(key),
         };
+    }
+}
+
+impl Sink for Hub {
+    fn connected(&self, device: &str) -> bool {
+        self.with(|t| t.devices.get(device).is_some_and(|d| !d.conns.is_empty()))
+    }
+
+    fn deliver(&self, device: &str, msg: OutMessage, receipt: Arc<Receipt>) -> bool {
+        let mut m = Message::new(msg.topic, msg.payload);
+        m.props.content_type = msg.content_type;
+        m.props.user = msg.user;
+        self.route_with(device, &m, Some(&receipt), None) > 0
     }
 }
 
@@ -483,6 +543,7 @@ mod tests {
             content_type: None,
             traceparent: None,
             body: Bytes::new(),
+            mailbox_ttl: None,
         };
         assert!(matches!(
             hub.command("a", cmd.clone()).await,
@@ -498,7 +559,7 @@ mod tests {
         hub.set_subscriptions("a", ca.id, &[("edgecar/v1/a/cmd/#".into(), 1)]);
         let h = hub.clone();
         let call = tokio::spawn(async move { h.command("a", cmd).await });
-        let sent = ca.inbox.recv().await.unwrap();
+        let sent = ca.inbox.recv().await.unwrap().msg;
         let rid = sent.topic.rsplit('/').next().unwrap().to_owned();
         let reply = CommandReply {
             status: 200,

@@ -11,7 +11,7 @@
 //! edgecar/v1/<id>/cmd/<method...>/<rid>       edgecar -> device   command from an app
 //! edgecar/v1/<id>/cmdres/<rid>[/<status>]     device -> edgecar   reply to a command
 //! edgecar/v1/<id>/telemetry[/<stream>]        device -> edgecar   telemetry (persisted, then PUBACK)
-//! edgecar/v1/<id>/sub/<pubsub>/<topic...>     edgecar -> device   reserved (pub/sub deliveries)
+//! edgecar/v1/<id>/sub/<pubsub>/<topic...>     edgecar -> device   events of subscribed pub/sub topics
 //! ```
 
 use bytes::Bytes;
@@ -31,11 +31,9 @@ pub const DEFAULT_STORE: &str = "statestore";
 pub const MAX_RID: usize = 64;
 /// Most reply headers copied into MQTT 5 user properties.
 const MAX_META: usize = 16;
-/// Operations the protocol reserves for pub/sub, telemetry and configuration.
-const RESERVED: &[&str] = &["subscribe", "unsubscribe", "config.get"];
-/// Operations available now, for error messages.
+/// Operations, for error messages.
 const OPS: &str = "state.get, state.save, state.delete, state.bulk, state.transaction, invoke, \
-                   capability, publish";
+                   capability, publish, subscribe, unsubscribe, config.get";
 /// The pub/sub component a device's `publish` uses when it names none (Dapr's default name).
 pub const DEFAULT_PUBSUB: &str = "pubsub";
 
@@ -88,14 +86,6 @@ pub enum Inbound {
         /// Where the error reply goes.
         reply_to: ReplyTo,
     },
-}
-
-fn not_implemented(what: &str) -> Error {
-    Error::new(
-        ErrorKind::NotImplemented,
-        codes::NOT_IMPLEMENTED,
-        format!("{what} arrives with pub/sub; this edgecar does not serve it yet"),
-    )
 }
 
 fn valid_rid(rid: &str) -> bool {
@@ -328,7 +318,35 @@ fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result
                 verb,
             }
         }
-        op if RESERVED.contains(&op) => return Err(not_implemented(op)),
+        "subscribe" | "unsubscribe" => {
+            let pubsub = params
+                .options
+                .remove("pubsub")
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| DEFAULT_PUBSUB.to_owned());
+            let topic = required(&mut params, "topic", op)?;
+            if op == "subscribe" {
+                Op::DeviceSubscribe { pubsub, topic }
+            } else {
+                Op::DeviceUnsubscribe { pubsub, topic }
+            }
+        }
+        "config.get" => {
+            let store = required(&mut params, "store", op)?;
+            // `keys=a,b` and/or `key=a`; none: every item, as in the HTTP API.
+            let keys = [params.options.remove("keys"), params.options.remove("key")]
+                .into_iter()
+                .flatten()
+                .flat_map(|k| {
+                    k.split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty())
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            Op::ConfigurationGet { store, keys }
+        }
         other => {
             return Err(Error::new(
                 ErrorKind::NotFound,
@@ -655,7 +673,7 @@ mod tests {
             ),
             (
                 "edgecar/v1/d1/req/subscribe/9",
-                ErrorKind::NotImplemented,
+                ErrorKind::BadRequest,
                 "subscribe",
                 "9",
             ),
@@ -741,6 +759,7 @@ mod tests {
             content_type: Some("application/json".into()),
             traceparent: None,
             body: Bytes::from_static(b"{}"),
+            mailbox_ttl: None,
         };
         let m = command_message("d1", "c9", &cmd).unwrap();
         assert_eq!(m.topic, "edgecar/v1/d1/cmd/led/on/c9");
