@@ -23,12 +23,7 @@ use crate::policy::AccessControl;
 use crate::resilience::{self, Breakers, Stopped};
 
 /// edgecar's own headers, which describe the call to edgecar, not the call to the app.
-const EDGECAR_HEADERS: &[&str] = &[
-    "host",
-    "dapr-api-token",
-    "dapr-app-id",
-    crate::blocks::devices::MAILBOX_HEADER,
-];
+const EDGECAR_HEADERS: &[&str] = &["host", "dapr-api-token", "dapr-app-id"];
 
 /// Whether a header may cross a hop: not hop-by-hop (RFC 9110 §7.6.1, the rule the capability
 /// engine's offers follow too) and not one of edgecar's own.
