@@ -328,7 +328,7 @@ fn an_apps_invoke_reaches_a_connected_device_and_its_reply_comes_back() {
     std::fs::write(&cfg, "devices:\n  commandTimeout: 3s\n").unwrap();
     let (ec, p1, p2) = site(dir.path(), &["--config", cfg.to_str().unwrap()]);
     let port = ec.mqtt_port;
-    // Not connected: 503 at once (queuing for sleeping devices is the mailbox, not built yet).
+    // Not connected: 503 at once (unless the app asks for the mailbox: tests/devices_outbox.rs).
     let r = ec.req("POST", "/v1.0/invoke/dev1/method/led/on", b"{}", &[]);
     assert_eq!(
         (r.status, r.error_code().as_str()),
@@ -621,8 +621,8 @@ fn malformed_input_gets_error_replies_or_a_disconnect_and_a_healthy_device_keeps
         (
             "edgecar/v1/dev1/req/subscribe/j6",
             "{}",
-            "501",
-            "ERR_NOT_IMPLEMENTED",
+            "400",
+            "ERR_MALFORMED_REQUEST",
         ),
         ("edgecar/v1/dev1/whatever", "{}", "404", "ERR_NOT_FOUND"),
         (

@@ -101,7 +101,10 @@ fn a_command_queued_for_a_sleeping_device_arrives_when_it_reconnects_even_after_
     let location = format!("/v1.0/devices/dev1/mailbox/{id}");
     assert_eq!(r.header("location"), Some(location.as_str()));
     let r = ec.req("GET", &location, b"", &[]);
-    assert_eq!((r.status, r.json()["status"].as_str()), (202, Some("queued")));
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (202, Some("queued"))
+    );
     // A second command that expires while the device sleeps.
     let r = ec.req(
         "POST",
@@ -116,7 +119,12 @@ fn a_command_queued_for_a_sleeping_device_arrives_when_it_reconnects_even_after_
     ec.kill9();
     std::thread::sleep(Duration::from_millis(1500));
     let ec = Edgecar::start(dir.path(), &[]);
-    let r = ec.req("GET", &format!("/v1.0/devices/dev1/mailbox/{short}"), b"", &[]);
+    let r = ec.req(
+        "GET",
+        &format!("/v1.0/devices/dev1/mailbox/{short}"),
+        b"",
+        &[],
+    );
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (504, "ERR_DIRECT_INVOKE"),
@@ -194,13 +202,7 @@ fn devices_subscribe_to_pubsub_topics_and_events_wait_for_them() {
         ("404", Some("ERR_PUBSUB_NOT_FOUND"))
     );
 
-    let dev1 = MosquittoSub::start(
-        port,
-        "dev1",
-        &p1,
-        &["edgecar/v1/dev1/sub/#"],
-        &["-q", "1"],
-    );
+    let dev1 = MosquittoSub::start(port, "dev1", &p1, &["edgecar/v1/dev1/sub/#"], &["-q", "1"]);
     let dev2 = MosquittoSub::start(port, "dev2", &p2, &["edgecar/v1/dev2/#"], &["-q", "1"]);
     let r = ec.req(
         "POST",
@@ -229,13 +231,7 @@ fn devices_subscribe_to_pubsub_topics_and_events_wait_for_them() {
     ec.kill9();
     let ec = Edgecar::start(dir.path(), &args);
     let port = ec.mqtt_port;
-    let dev1 = MosquittoSub::start(
-        port,
-        "dev1",
-        &p1,
-        &["edgecar/v1/dev1/sub/#"],
-        &["-q", "1"],
-    );
+    let dev1 = MosquittoSub::start(port, "dev1", &p1, &["edgecar/v1/dev1/sub/#"], &["-q", "1"]);
     let got = dev1.wait_for(1, WAIT);
     assert_eq!(json_payload(&got[0])["data"]["n"], 2, "{got:?}");
     // Delivery is at-least-once: an event whose acknowledgement the crash cut off comes again,
@@ -270,9 +266,7 @@ fn devices_subscribe_to_pubsub_topics_and_events_wait_for_them() {
     assert_eq!(seen.len(), 1, "{}", dev1.log());
     assert_eq!(seen[0].1, 2);
     assert!(
-        dev2.messages()
-            .iter()
-            .all(|m| !topic(m).contains("/sub/")),
+        dev2.messages().iter().all(|m| !topic(m).contains("/sub/")),
         "{}",
         dev2.log()
     );
@@ -297,10 +291,7 @@ fn presence_events_and_configuration_reads_from_devices() {
         r#"[{"pubsubname":"pubsub","topic":"presence","route":"/presence"}]"#,
         |_| (200, String::new()),
     );
-    let cfg = config(
-        dir.path(),
-        "devices:\n  presenceTopic: presence\n",
-    );
+    let cfg = config(dir.path(), "devices:\n  presenceTopic: presence\n");
     let ec = Edgecar::start(
         dir.path(),
         &[
@@ -332,7 +323,10 @@ fn presence_events_and_configuration_reads_from_devices() {
         assert!(
             std::time::Instant::now() < deadline,
             "presence events: {:?}\n{}",
-            app.on("/presence").iter().map(|r| r.json()).collect::<Vec<_>>(),
+            app.on("/presence")
+                .iter()
+                .map(|r| r.json())
+                .collect::<Vec<_>>(),
             ec.log.lock().unwrap()
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -352,5 +346,4 @@ fn presence_events_and_configuration_reads_from_devices() {
             assert_eq!(e["data"]["connected"], connected);
         }
     }
-
 }
