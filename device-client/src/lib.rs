@@ -16,12 +16,12 @@
 pub mod topics;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -49,6 +49,9 @@ pub enum Error {
     /// The client has stopped (its event loop ended).
     #[error("the client is closed")]
     Closed,
+    /// The gateway's answer could not be read.
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
     /// The gateway answered with an error (`status` ≥ 400, Dapr's `errorCode` and message).
     #[error("{status} {code}: {message}")]
     Api {
@@ -136,6 +139,27 @@ pub struct Command {
     pub body: Bytes,
 }
 
+/// An event of a pub/sub topic the device subscribed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The pub/sub component.
+    pub pubsub: String,
+    /// The topic.
+    pub topic: String,
+    /// The event: CloudEvent JSON (or the raw bytes of a `rawPayload` publish).
+    pub body: Bytes,
+}
+
+/// Events of subscribed topics, in arrival order.
+pub struct Events(mpsc::Receiver<Event>);
+
+impl Events {
+    /// The next event; `None` once the client is closed.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.0.recv().await
+    }
+}
+
 /// Commands from apps, in arrival order.
 pub struct Commands(mpsc::Receiver<Command>);
 
@@ -157,6 +181,11 @@ pub struct Client {
     timeout: Duration,
     /// The MQTT event loop; aborted on drop.
     task: JoinHandle<()>,
+    /// Events of subscribed topics, until taken.
+    events: Mutex<Option<Events>>,
+    /// Set once events are taken: only then does the client subscribe to its `sub/#` (events it
+    /// received would otherwise be acknowledged and lost).
+    want_events: Arc<AtomicBool>,
 }
 
 impl Drop for Client {
@@ -184,24 +213,34 @@ impl Client {
         let tree = topics::tree(&device);
         let pending: Pending = Arc::default();
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (event_tx, event_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ready_tx, ready_rx) = oneshot::channel::<Result<(), Error>>();
 
-        let (p, c, d) = (pending.clone(), mqtt.clone(), device.clone());
+        let want_events = Arc::new(AtomicBool::new(false));
+        let (p, c, d, w) = (
+            pending.clone(),
+            mqtt.clone(),
+            device.clone(),
+            want_events.clone(),
+        );
         let task = tokio::spawn(async move {
             let mut ready = Some(ready_tx);
             loop {
                 match events.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
                         // Clean sessions start empty: subscribe on every (re)connect.
                         let _ = c.try_subscribe(format!("{tree}res/#"), QoS::AtLeastOnce);
                         let _ = c.try_subscribe(format!("{tree}cmd/#"), QoS::AtLeastOnce);
+                        if w.load(Ordering::Acquire) {
+                            let _ = c.try_subscribe(format!("{tree}sub/#"), QoS::AtLeastOnce);
+                        }
                     }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    Ok(rumqttc::Event::Incoming(Packet::SubAck(_))) => {
                         if let Some(r) = ready.take() {
                             let _ = r.send(Ok(()));
                         }
                     }
-                    Ok(Event::Incoming(Packet::Publish(p_))) => {
+                    Ok(rumqttc::Event::Incoming(Packet::Publish(p_))) => {
                         let topic = String::from_utf8_lossy(p_.topic.as_bytes()).into_owned();
                         if let Some(r) = topics::parse_reply(&d, &topic) {
                             if let Some(w) = lock(&p).remove(&r.rid) {
@@ -223,10 +262,19 @@ impl Client {
                                 let t = topics::command_reply(&d, &rid, 503);
                                 let _ = c.try_publish(t, QoS::AtMostOnce, false, "busy");
                             }
+                        } else if let Some((pubsub, topic)) = topics::parse_event(&d, &topic) {
+                            // Waits for room: the gateway keeps what is not acknowledged yet.
+                            let _ = event_tx
+                                .send(Event {
+                                    pubsub,
+                                    topic,
+                                    body: p_.payload,
+                                })
+                                .await;
                         }
                     }
                     // Everything queued before the DISCONNECT has been written: done.
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
                     Err(e) => {
                         if let Some(r) = ready.take() {
@@ -250,6 +298,8 @@ impl Client {
             next_rid: AtomicU64::new(1),
             timeout: opts.request_timeout,
             task,
+            events: Mutex::new(Some(Events(event_rx))),
+            want_events,
         };
         match ready_rx.await {
             Ok(Ok(())) => Ok((client, Commands(cmd_rx))),
@@ -344,6 +394,66 @@ impl Client {
             params.push(("method", method));
         }
         self.request("capability", &params, body).await?.ok()
+    }
+
+    /// Publishes an event to `topic` of `pubsub` (the device is its `source`).
+    pub async fn publish(
+        &self,
+        pubsub: &str,
+        topic: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        let params = [("pubsub", pubsub), ("topic", topic)];
+        self.request("publish", &params, body)
+            .await?
+            .ok()
+            .map(|_| ())
+    }
+
+    /// Subscribes the device to `topic` of `pubsub`: its events arrive on [`Client::events`],
+    /// also those published while the device was away. Durable until [`Client::unsubscribe`].
+    pub async fn subscribe(&self, pubsub: &str, topic: &str) -> Result<(), Error> {
+        let params = [("pubsub", pubsub), ("topic", topic)];
+        self.request("subscribe", &params, Bytes::new())
+            .await?
+            .ok()
+            .map(|_| ())
+    }
+
+    /// Ends a subscription.
+    pub async fn unsubscribe(&self, pubsub: &str, topic: &str) -> Result<(), Error> {
+        let params = [("pubsub", pubsub), ("topic", topic)];
+        self.request("unsubscribe", &params, Bytes::new())
+            .await?
+            .ok()
+            .map(|_| ())
+    }
+
+    /// Reads configuration items of `store` (all of them when `keys` is empty): the JSON the
+    /// HTTP API answers, `{"key":{"value":"...","version":"...","metadata":{}}}`.
+    pub async fn config_get(&self, store: &str, keys: &[&str]) -> Result<serde_json::Value, Error> {
+        let joined = keys.join(",");
+        let mut params = vec![("store", store)];
+        if !joined.is_empty() {
+            params.push(("keys", joined.as_str()));
+        }
+        let r = self
+            .request("config.get", &params, Bytes::new())
+            .await?
+            .ok()?;
+        serde_json::from_slice(&r.body)
+            .map_err(|e| Error::Protocol(format!("config.get reply: {e}")))
+    }
+
+    /// The events of subscribed topics (once: later calls get `None`). Only from this call on
+    /// does the client take deliveries (the gateway keeps them until then); read them steadily:
+    /// while 64 wait unread, the client reads nothing else.
+    pub fn events(&self) -> Option<Events> {
+        let events = lock(&self.events).take()?;
+        self.want_events.store(true, Ordering::Release);
+        let filter = format!("{}sub/#", topics::tree(&self.device));
+        let _ = self.mqtt.try_subscribe(filter, QoS::AtLeastOnce);
+        Some(events)
     }
 
     /// Answers a command.

@@ -61,6 +61,44 @@ enum Cmd {
         #[arg(long, short = 'd', default_value = "")]
         data: String,
     },
+    /// Publish an event to a pub/sub topic (the device is its source).
+    Publish {
+        /// Topic.
+        topic: String,
+        /// Event data (JSON if it parses as JSON).
+        #[arg(long, short = 'd', default_value = "")]
+        data: String,
+        /// Pub/sub component.
+        #[arg(long, default_value = "pubsub")]
+        pubsub: String,
+    },
+    /// Subscribe to a pub/sub topic and print its events as JSON lines (also those published
+    /// while the device was away). The subscription stays until `unsubscribe`.
+    Subscribe {
+        /// Topic.
+        topic: String,
+        /// Pub/sub component.
+        #[arg(long, default_value = "pubsub")]
+        pubsub: String,
+        /// Stop after this many events (0: subscribe and exit at once).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// End a pub/sub subscription.
+    Unsubscribe {
+        /// Topic.
+        topic: String,
+        /// Pub/sub component.
+        #[arg(long, default_value = "pubsub")]
+        pubsub: String,
+    },
+    /// Print configuration items of a configuration store as JSON.
+    Config {
+        /// Configuration store.
+        store: String,
+        /// Keys (none: every item).
+        keys: Vec<String>,
+    },
     /// Wait for commands from apps. Each is printed as a JSON line, or, with --exec, run through a
     /// shell command (body on stdin, METHOD in the environment): its stdout is the reply, exit
     /// status 0 answers 200, anything else 500. Without --exec commands are answered 204.
@@ -161,6 +199,47 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Cmd::Capability { name, method, data } => {
             print_body(&client.capability(&name, &method, data).await?.body);
+            ExitCode::SUCCESS
+        }
+        Cmd::Publish {
+            topic,
+            data,
+            pubsub,
+        } => {
+            client.publish(&pubsub, &topic, data).await?;
+            ExitCode::SUCCESS
+        }
+        Cmd::Subscribe {
+            topic,
+            pubsub,
+            count,
+        } => {
+            let mut events = client.events();
+            client.subscribe(&pubsub, &topic).await?;
+            let mut seen = 0u64;
+            while let Some(events) = events.as_mut()
+                && count.is_none_or(|c| seen < c)
+            {
+                let Some(ev) = events.next().await else { break };
+                seen += 1;
+                let body =
+                    serde_json::from_slice::<serde_json::Value>(&ev.body).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(&ev.body).into_owned())
+                    });
+                println!(
+                    "{}",
+                    serde_json::json!({"pubsub": ev.pubsub, "topic": ev.topic, "event": body})
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Unsubscribe { topic, pubsub } => {
+            client.unsubscribe(&pubsub, &topic).await?;
+            ExitCode::SUCCESS
+        }
+        Cmd::Config { store, keys } => {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            println!("{}", client.config_get(&store, &keys).await?);
             ExitCode::SUCCESS
         }
         Cmd::Listen { exec, count } => {

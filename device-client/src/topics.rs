@@ -107,6 +107,13 @@ pub fn parse_command(device: &str, topic: &str) -> Option<(String, String)> {
     (!method.is_empty() && !rid.is_empty()).then(|| (method.to_owned(), rid.to_owned()))
 }
 
+/// `(pubsub, topic)` of an event delivered to `edgecar/v1/<device>/sub/<pubsub>/<topic...>`.
+pub fn parse_event(device: &str, topic: &str) -> Option<(String, String)> {
+    let rest = topic.strip_prefix(&tree(device))?.strip_prefix("sub/")?;
+    let (pubsub, topic) = rest.split_once('/')?;
+    (!pubsub.is_empty() && !topic.is_empty()).then(|| (pubsub.to_owned(), topic.to_owned()))
+}
+
 /// `edgecar/v1/<device>/cmdres/<rid>/<status>`.
 pub fn command_reply(device: &str, rid: &str, status: u16) -> String {
     format!("{}cmdres/{rid}/{status}", tree(device))

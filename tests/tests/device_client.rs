@@ -144,7 +144,12 @@ fn the_cli_makes_the_protocol_scriptable() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ERR_DIRECT_INVOKE"));
 
-    // `listen --exec` turns a shell command into the device's command handler.
+    // `listen --exec` turns a shell command into the device's command handler. The earlier
+    // commands' connections must be gone first, or a command could go to one that is closing.
+    edgecar_tests::eventually(Duration::from_secs(10), "no connection of shell", || {
+        let d = ec.req("GET", "/v1.0/devices/shell", b"", &[]).json();
+        (d["connections"] == 0).then_some(())
+    });
     let mut listener = Command::new(device_cli_bin())
         .args(["--port", &ec.mqtt_port.to_string(), "--id", "shell"])
         .args([
@@ -172,4 +177,68 @@ fn the_cli_makes_the_protocol_scriptable() {
     );
     assert_eq!((r.status, r.text().as_str()), (200, "shout:QUIET PLEASE"));
     assert!(listener.wait().unwrap().success());
+}
+
+#[test]
+fn the_cli_publishes_subscribes_and_reads_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = add_device(dir.path(), "shell");
+    let items = dir.path().join("items.yml");
+    std::fs::write(&items, "interval: 30s\n").unwrap();
+    let res = tempfile::tempdir().unwrap();
+    edgecar_tests::write_component(res.path(), "pubsub", "pubsub.sled", &[]);
+    edgecar_tests::write_component(
+        res.path(),
+        "settings",
+        "configuration.file",
+        &[("path", items.to_str().unwrap())],
+    );
+    let ec = Edgecar::start(
+        dir.path(),
+        &["--resources-path", res.path().to_str().unwrap()],
+    );
+    let cli = |args: &[&str]| {
+        Command::new(device_cli_bin())
+            .args(["--port", &ec.mqtt_port.to_string(), "--id", "shell"])
+            .args(args)
+            .env("EDGECAR_DEVICE_PASSWORD", &pw)
+            .output()
+            .unwrap()
+    };
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let config: serde_json::Value =
+        serde_json::from_str(&ok(&cli(&["config", "settings", "interval"]))).unwrap();
+    assert_eq!(config["interval"]["value"], "30s");
+    // Subscribe and leave: events published meanwhile wait for the device.
+    ok(&cli(&["subscribe", "orders", "--count", "0"]));
+    ok(&cli(&["publish", "orders", "-d", r#"{"id":1}"#]));
+    let r = ec.req(
+        "POST",
+        "/v1.0/publish/pubsub/orders",
+        br#"{"id":2}"#,
+        &[("content-type", "application/json")],
+    );
+    assert_eq!(r.status, 204);
+    let out = ok(&cli(&["subscribe", "orders", "--count", "2"]));
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{out}");
+    assert_eq!(events[0]["event"]["data"]["id"], 1, "{out}");
+    assert_eq!(events[0]["event"]["source"], "shell", "the device published it");
+    assert_eq!(events[1]["event"]["data"]["id"], 2);
+    assert_eq!(events[1]["event"]["source"], "edgecar");
+    assert_eq!(events[1]["topic"], "orders");
+    ok(&cli(&["unsubscribe", "orders"]));
+    let out = cli(&["unsubscribe", "orders"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
 }

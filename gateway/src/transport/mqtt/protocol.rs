@@ -281,7 +281,12 @@ fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result
             store: store(&mut params),
         },
         "publish" => {
-            params.content_type = msg.props.content_type.clone();
+            // MQTT 3.1.1 carries no content type: a JSON payload is published as JSON.
+            params.content_type = msg.props.content_type.clone().or_else(|| {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&msg.payload)
+                    .is_ok()
+                    .then(|| "application/json".to_owned())
+            });
             Op::Publish {
                 pubsub: params
                     .options
