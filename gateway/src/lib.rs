@@ -257,6 +257,10 @@ pub async fn run(
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(devices::watch(device_registry.clone(), RELOAD_POLL));
+    tasks.spawn(forget_removed_devices(
+        device_registry.clone(),
+        device_subs.clone(),
+    ));
     if let Some(events) = presence_events {
         tasks.spawn(publish_presence(
             events,
@@ -415,6 +419,21 @@ async fn publish_presence(
         };
         if let Err(err) = runtime.handle(c).await {
             warn!(device = %e.device, error = %err.message, "could not publish a device presence event");
+        }
+    }
+}
+
+/// Ends the pub/sub subscriptions of devices removed from the registry (also while edgecar was
+/// stopped).
+async fn forget_removed_devices(
+    registry: Arc<devices::Registry>,
+    subs: Arc<blocks::pubsub::devices::DeviceSubscriptions>,
+) {
+    let mut changes = registry.changes();
+    loop {
+        subs.retain_devices(|d| registry.contains(d));
+        if changes.changed().await.is_err() {
+            return;
         }
     }
 }

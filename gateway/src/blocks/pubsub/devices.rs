@@ -206,11 +206,23 @@ impl DeviceSubscriptions {
         Ok(was)
     }
 
-    /// Removes every subscription of a device that left the registry.
-    pub fn remove_device(&self, device: &str) {
-        for (p, t) in self.of(device) {
-            self.forget(device, &p, &t);
-            let _ = self.tree.remove(key(&p, &t, device));
+    /// Removes every subscription of the devices `keep` rejects (they left the registry).
+    pub fn retain_devices(&self, keep: impl Fn(&str) -> bool) {
+        let gone: BTreeSet<String> = self
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .flatten()
+            .filter(|d| !keep(d))
+            .cloned()
+            .collect();
+        for device in gone {
+            for (p, t) in self.of(&device) {
+                self.forget(&device, &p, &t);
+                let _ = self.tree.remove(key(&p, &t, &device));
+            }
+            tracing::info!(device = %device, "device removed from the registry: its pub/sub subscriptions are gone");
         }
     }
 }
@@ -324,5 +336,12 @@ mod tests {
             ]
         );
         assert!(again.of("b").is_empty());
+        // A device that leaves the registry leaves its subscriptions, on disk too.
+        again.retain_devices(|d| d != "a");
+        assert!(again.of("a").is_empty());
+        assert!(again.topics().is_empty());
+        drop(again);
+        let third = DeviceSubscriptions::open(&storage, 2).unwrap();
+        assert!(third.of("a").is_empty());
     }
 }
