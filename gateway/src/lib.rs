@@ -28,8 +28,10 @@
 //! - [`components`]: backends by `spec.type` (`state.*`, `pubsub.*`, `bindings.*`,
 //!   `secretstores.*`, `configuration.*`, `lock.*`).
 //! - [`storage`]: the one embedded database and its group commit.
-//! - [`queue`]: the durable queue on that database (append, lease/ack, bounds), for local pub/sub
-//!   now and the device mailbox and cloud outbox next.
+//! - [`queue`]: the durable queue on that database (append, lease/ack, bounds), for local pub/sub,
+//!   device outboxes and, next, the cloud outbox.
+//! - [`outbox`]: what waits on disk for each device (mailbox commands, subscribed events) and its
+//!   delivery while the device is connected.
 //! - [`watch`]: noticing edited files (capability manifests, the device registry).
 //! - [`runtime`]: wires the path together; [`run`] starts and stops the whole gateway.
 //! - [`observability`]: logging set-up.

@@ -1,5 +1,5 @@
 //! The durable queue: one mechanism, on the gateway's sled database, for everything that must
-//! wait for a consumer — local pub/sub today, the device mailbox and the cloud outbox next.
+//! wait for a consumer — local pub/sub, device outboxes ([`crate::outbox`]), the cloud outbox next.
 //!
 //! - **Append** writes the message under the next sequence number and returns only once a group
 //!   commit ([`Storage::sync`]) has put it on disk: an acknowledged append survives `kill -9`.

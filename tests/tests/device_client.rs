@@ -233,7 +233,10 @@ fn the_cli_publishes_subscribes_and_reads_configuration() {
         .collect();
     assert_eq!(events.len(), 2, "{out}");
     assert_eq!(events[0]["event"]["data"]["id"], 1, "{out}");
-    assert_eq!(events[0]["event"]["source"], "shell", "the device published it");
+    assert_eq!(
+        events[0]["event"]["source"], "shell",
+        "the device published it"
+    );
     assert_eq!(events[1]["event"]["data"]["id"], 2);
     assert_eq!(events[1]["event"]["source"], "edgecar");
     assert_eq!(events[1]["topic"], "orders");
