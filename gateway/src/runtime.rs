@@ -164,7 +164,7 @@ impl Runtime {
                     .await
             }
             Op::DevicesList => self.devices.list(),
-            Op::DeviceGet { id } => self.devices.get(id),
+            Op::DeviceGet { id } => self.devices.get(id).await,
             Op::MailboxGet { device, id } => self.devices.mailbox_get(device, id),
             Op::DeviceSubscribe { pubsub, topic } => {
                 self.pubsub.resolve(pubsub, topic)?;

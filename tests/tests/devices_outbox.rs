@@ -253,6 +253,16 @@ fn devices_subscribe_to_pubsub_topics_and_events_wait_for_them() {
         ids
     };
 
+    let d = ec.req("GET", "/v1.0/devices/dev1", b"", &[]).json();
+    assert_eq!(
+        d["subscriptions"],
+        serde_json::json!([{"pubsub": "pubsub", "topic": "alerts"}])
+    );
+    // Everything acknowledged leaves the outbox.
+    edgecar_tests::eventually(WAIT, "an empty outbox", || {
+        let d = ec.req("GET", "/v1.0/devices/dev1", b"", &[]).json();
+        (d["outboxPending"] == 0).then_some(())
+    });
     // Unsubscribed: no more events, and dev2 never saw any.
     let (status, _) = request(port, "dev1", &p1, "unsubscribe/5?topic=alerts", "");
     assert_eq!(status, "204");

@@ -489,8 +489,8 @@ impl DevicesBlock {
         ))
     }
 
-    /// `GET /v1.0/devices/<id>`.
-    pub fn get(&self, id: &str) -> Result<Reply, Error> {
+    /// `GET /v1.0/devices/<id>`: presence, pub/sub subscriptions and what waits in its outbox.
+    pub async fn get(&self, id: &str) -> Result<Reply, Error> {
         let devices = self.registry.snapshot();
         let d = devices.get(id).ok_or_else(|| {
             Error::new(
@@ -499,7 +499,17 @@ impl DevicesBlock {
                 format!("no device {id:?} is registered"),
             )
         })?;
-        let body = status_json(id, &self.presence.get(id), d.entry.added_at.as_deref());
+        let mut body = status_json(id, &self.presence.get(id), d.entry.added_at.as_deref());
+        if let Some(q) = &self.queued {
+            let subs: Vec<_> = q
+                .subs
+                .of(id)
+                .into_iter()
+                .map(|(pubsub, topic)| json!({"pubsub": pubsub, "topic": topic}))
+                .collect();
+            body["subscriptions"] = json!(subs);
+            body["outboxPending"] = json!(q.outbox.pending(id).await);
+        }
         Ok(Reply::json(serde_json::to_vec(&body).unwrap_or_default()))
     }
 }
