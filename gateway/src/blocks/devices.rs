@@ -139,6 +139,20 @@ fn invoke_error(kind: ErrorKind, device: &str, reason: impl std::fmt::Display) -
     )
 }
 
+/// The device making a device-only call (`subscribe`, `unsubscribe`).
+fn device_of(caller: &Caller) -> Result<&str, Error> {
+    match caller {
+        Caller::Device { id } => Ok(id),
+        Caller::LocalApp { .. } => Err(Error::new(
+            ErrorKind::Forbidden,
+            codes::PERMISSION_DENIED,
+            format!(
+                "{caller} is not a device: pub/sub subscriptions of apps are Dapr's /dapr/subscribe"
+            ),
+        )),
+    }
+}
+
 fn record_json(r: &Record) -> serde_json::Value {
     json!({
         "id": r.id,
@@ -212,13 +226,7 @@ impl DevicesBlock {
         pubsub: &str,
         topic: &str,
     ) -> Result<Reply, Error> {
-        let Caller::Device { id } = caller else {
-            return Err(Error::new(
-                ErrorKind::Forbidden,
-                codes::PERMISSION_DENIED,
-                "only devices subscribe here",
-            ));
-        };
+        let id = device_of(caller)?;
         let q = self.queued()?;
         let created = q.subs.subscribe(id, pubsub, topic).await?;
         let body = json!({
@@ -241,13 +249,7 @@ impl DevicesBlock {
         pubsub: &str,
         topic: &str,
     ) -> Result<Reply, Error> {
-        let Caller::Device { id } = caller else {
-            return Err(Error::new(
-                ErrorKind::Forbidden,
-                codes::PERMISSION_DENIED,
-                "only devices unsubscribe here",
-            ));
-        };
+        let id = device_of(caller)?;
         if self.queued()?.subs.unsubscribe(id, pubsub, topic).await? {
             Ok(Reply::no_content())
         } else {

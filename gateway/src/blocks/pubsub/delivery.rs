@@ -524,10 +524,6 @@ impl Consumers {
         if let Some(h) = self.handlers.get(&key) {
             return app.is_none_or(|a| h.app.set(a).is_ok());
         }
-        let Some(component) = self.block.component(pubsub) else {
-            warn!(%pubsub, %topic, "subscription names an unknown pub/sub component; ignored");
-            return false;
-        };
         let Some(f) = &self.feed else { return false };
         let handler = Arc::new(TopicHandler {
             pubsub: pubsub.to_owned(),
@@ -541,6 +537,19 @@ impl Consumers {
             // Set before the consumer starts: no message may pass without the app.
             let _ = handler.app.set(a);
         }
+        let started = self.consume(pubsub, topic, handler.clone()).await;
+        if started {
+            self.handlers.insert(key, handler);
+        }
+        started
+    }
+
+    /// Starts a consumer of `topic` of `pubsub` that hands every message to `handler`.
+    async fn consume(&mut self, pubsub: &str, topic: &str, handler: Arc<dyn Handler>) -> bool {
+        let Some(component) = self.block.component(pubsub) else {
+            warn!(%pubsub, %topic, "subscription names an unknown pub/sub component; ignored");
+            return false;
+        };
         let req = SubscribeRequest {
             topic: topic.to_owned(),
             max_concurrency: component.concurrency,
@@ -548,12 +557,11 @@ impl Consumers {
         };
         match component
             .bus
-            .subscribe(req, handler.clone(), self.stop.clone())
+            .subscribe(req, handler, self.stop.clone())
             .await
         {
             Ok(consumer) => {
                 self.tasks.spawn(consumer);
-                self.handlers.insert(key, handler);
                 true
             }
             Err(e) => {
@@ -712,29 +720,7 @@ async fn start_app(consumers: &mut Consumers, deliverer: Arc<Deliverer>) -> bool
     if consumers.feed.is_some() {
         return consumers.ensure(&pubsub, &topic, Some(deliverer)).await;
     }
-    let Some(component) = consumers.block.component(&pubsub) else {
-        warn!(%pubsub, %topic, "subscription names an unknown pub/sub component; ignored");
-        return false;
-    };
-    let req = SubscribeRequest {
-        topic: topic.clone(),
-        max_concurrency: component.concurrency,
-        app_id: consumers.block.app_id().to_owned(),
-    };
-    match component
-        .bus
-        .subscribe(req, deliverer, consumers.stop.clone())
-        .await
-    {
-        Ok(consumer) => {
-            consumers.tasks.spawn(consumer);
-            true
-        }
-        Err(e) => {
-            error!(%pubsub, %topic, error = %e, "subscribing failed");
-            false
-        }
-    }
+    consumers.consume(&pubsub, &topic, deliverer).await
 }
 
 #[cfg(test)]
