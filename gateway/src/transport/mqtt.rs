@@ -137,7 +137,10 @@ pub async fn serve(
                                     let cert = tls::client_identity(s.get_ref().1);
                                     connection(s, peer, ep, permit, cert).await;
                                 }
-                                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                                Ok(Err(e)) => match tls::certificate_refusal(&e) {
+                                    Some(why) => warn!(%peer, reason = %why, "device certificate refused in the TLS handshake"),
+                                    None => debug!(%peer, error = %e, "TLS handshake failed"),
+                                },
                                 Err(_) => debug!(%peer, "TLS handshake timed out"),
                             }
                         });

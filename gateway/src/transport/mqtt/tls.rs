@@ -121,6 +121,18 @@ pub fn client_identity(conn: &rustls::ServerConnection) -> ClientCert {
     }
 }
 
+/// Why a failed handshake refused the device's certificate (or its lack of one), when that is
+/// why it failed; `None` for every other failure (not TLS at all, a client that gave up, ...).
+pub fn certificate_refusal(e: &std::io::Error) -> Option<String> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(why) => Some(format!("{why:?}")),
+        rustls::Error::NoCertificatesPresented => {
+            Some("no client certificate (mqtt.tls.clientAuth is required)".into())
+        }
+        _ => None,
+    }
+}
+
 /// OID 2.5.4.3, id-at-commonName, DER-encoded (without tag and length).
 const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
 
