@@ -58,7 +58,7 @@ if [ ! -x target/python-sdk/bin/python ] || ! cmp -s tests/python/requirements.t
 fi
 
 step "unit and end-to-end tests"
-cargo build -p edgecar -p edgecar-device-client --locked
+cargo build -p edgecar -p edgecar-device-client -p edgecar-sensor-simulator --locked
 cargo test --workspace --locked
 
 step "appliance guard: ARM builds, qemu smoke test, TLS providers"

@@ -107,6 +107,15 @@ pub fn parse_command(device: &str, topic: &str) -> Option<(String, String)> {
     (!method.is_empty() && !rid.is_empty()).then(|| (method.to_owned(), rid.to_owned()))
 }
 
+/// `edgecar/v1/<device>/telemetry[/<stream>]`.
+pub fn telemetry(device: &str, stream: &str) -> String {
+    if stream.is_empty() {
+        format!("{}telemetry", tree(device))
+    } else {
+        format!("{}telemetry/{stream}", tree(device))
+    }
+}
+
 /// `edgecar/v1/<device>/cmdres/<rid>/<status>`.
 pub fn command_reply(device: &str, rid: &str, status: u16) -> String {
     format!("{}cmdres/{rid}/{status}", tree(device))
@@ -159,5 +168,10 @@ mod tests {
         );
         assert_eq!(parse_command("d", "edgecar/v1/d/cmd/c1"), None);
         assert_eq!(command_reply("d", "c1", 404), "edgecar/v1/d/cmdres/c1/404");
+        assert_eq!(telemetry("d", ""), "edgecar/v1/d/telemetry");
+        assert_eq!(
+            telemetry("d", "oven/temp"),
+            "edgecar/v1/d/telemetry/oven/temp"
+        );
     }
 }
