@@ -221,7 +221,7 @@ fn seq(d: &serde_json::Value) -> u64 {
 fn the_rust_sensor_simulator_sends_telemetry_keeps_state_and_answers_commands() {
     let (site, pw) = Site::start(&["sim-1"]);
     let port = site.ec.mqtt_port;
-    let mut sim = Running::spawn(simulator(
+    let sim = Running::spawn(simulator(
         port,
         "sim-1",
         &pw[0],
@@ -380,4 +380,286 @@ fn the_simulator_says_what_is_wrong() {
     let mut bad_id = Running::spawn(simulator(port, "a/b", "pw", &[]));
     assert_eq!(bad_id.wait(WAIT), Some(2));
     assert!(bad_id.stderr().contains("device id"), "{}", bad_id.stderr());
+}
+
+/// Waits for `f`, showing what the device program printed if it never comes.
+fn wait_device<T>(run: &Running, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}; the device printed:\n{}\n{}",
+            run.stdout().join("\n"),
+            run.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The flow every firmware example implements (firmware-examples/README.md): telemetry on
+/// `telemetry/climate`, the last reading and the interval in the device's state, the commands
+/// ping / read-now / set-interval, and a restart that resumes from the state. `start` runs the
+/// device program with a 300 ms interval.
+fn exercise_firmware(site: &Site, device: &str, start: &dyn Fn() -> Running) {
+    let run = start();
+    wait_device(&run, "3 readings", || {
+        (site.telemetry(device).len() >= 3).then_some(())
+    });
+    let events = site.telemetry(device);
+    for (ev, data) in &events {
+        assert_eq!(ev["type"], "io.edgecar.telemetry");
+        assert_eq!(ev["subject"], "climate");
+        assert!(
+            data["temperature"].is_number() && data["humidity"].is_number(),
+            "{data}"
+        );
+    }
+    let mut seqs: Vec<u64> = events.iter().map(|(_, d)| seq(d)).collect();
+    seqs.sort_unstable();
+    assert_eq!(&seqs[..3], &[1, 2, 3], "readings count from 1: {seqs:?}");
+    let last = wait_device(&run, "the last reading in the device state", || {
+        site.device_state(device, "last").filter(|v| seq(v) >= 2)
+    });
+    assert!(last["temperature"].is_number(), "{last}");
+
+    let (status, body) = site.command(device, "ping", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pong"], true);
+    assert_eq!(body["device"], device);
+    assert_eq!(body["intervalMs"], 300);
+    let (status, now) = site.command(device, "read-now", "");
+    assert_eq!(status, 200, "{now}");
+    let n = seq(&now);
+    let sent = site.wait_reading(device, "the read-now reading", |d| seq(d) == n);
+    assert_eq!(sent["temperature"].as_f64(), now["temperature"].as_f64());
+    let (status, body) = site.command(device, "set-interval", r#"{"intervalMs": 1500}"#);
+    assert_eq!(
+        (status, body.clone()),
+        (200, serde_json::json!({"intervalMs": 1500}))
+    );
+    assert_eq!(
+        site.device_state(device, "config"),
+        Some(serde_json::json!({"intervalMs": 1500}))
+    );
+    let (status, body) = site.command(device, "set-interval", r#"{"intervalMs": 5}"#);
+    assert_eq!(
+        (status, body["errorCode"].clone()),
+        (400, "ERR_BAD_REQUEST".into()),
+        "{body}"
+    );
+    let (status, body) = site.command(device, "led/on", "");
+    assert_eq!(
+        (status, body["errorCode"].clone()),
+        (404, "ERR_UNKNOWN_METHOD".into()),
+        "{body}"
+    );
+
+    // Restarted, it resumes from its state: the count goes on, the interval is the app's.
+    let last_seq = seq(&site.device_state(device, "last").unwrap());
+    drop(run);
+    let again = start();
+    site.wait_reading(device, "the first reading after the restart", |d| {
+        seq(d) == last_seq + 1
+    });
+    let (status, body) = site.command(device, "ping", "");
+    assert_eq!(
+        (status, body["intervalMs"].clone()),
+        (200, 1500.into()),
+        "{body}"
+    );
+    drop(again);
+}
+
+#[test]
+fn the_esp32_sketch_runs_on_a_host_build_of_its_libraries() {
+    let (site, pw) = Site::start(&["esp-1"]);
+    let example = repo().join("firmware-examples/esp32-pubsubclient");
+    let build = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        example.join("edgecar_sensor/edgecar_sensor.ino"),
+        build.path().join("edgecar_sensor.ino"),
+    )
+    .unwrap();
+    std::fs::write(
+        build.path().join("config.h"),
+        format!(
+            "#pragma once\n#define WIFI_SSID \"-\"\n#define WIFI_PASSWORD \"-\"\n\
+             #define EDGECAR_HOST \"127.0.0.1\"\n#define EDGECAR_PORT {}\n\
+             #define DEVICE_ID \"esp-1\"\n#define DEVICE_PASSWORD \"{}\"\n\
+             #define READ_INTERVAL_MS 300UL\n#define USE_TLS 0\n",
+            site.ec.mqtt_port, pw[0]
+        ),
+    )
+    .unwrap();
+    let bin = build.path().join("edgecar_sensor");
+    let gxx = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("g++")
+            .args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-I"])
+            .arg(example.join("host"))
+            .args(["-include", "Arduino.h", "-x", "c++"])
+            .args(args)
+            .output()
+            .expect("g++ not found (apt-get install g++)");
+        assert!(
+            out.status.success(),
+            "g++: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let main_cpp = example.join("host/main.cpp");
+    gxx(&[
+        build.path().join("edgecar_sensor.ino").as_os_str(),
+        "-x".as_ref(),
+        "none".as_ref(),
+        main_cpp.as_os_str(),
+        "-o".as_ref(),
+        bin.as_os_str(),
+    ]);
+    // The TLS variant of the sketch (the shipped config.h, USE_TLS 1) compiles too.
+    let tls_bin = build.path().join("edgecar_sensor_tls");
+    gxx(&[
+        "-DUSE_TLS=1".as_ref(),
+        example
+            .join("edgecar_sensor/edgecar_sensor.ino")
+            .as_os_str(),
+        "-x".as_ref(),
+        "none".as_ref(),
+        main_cpp.as_os_str(),
+        "-o".as_ref(),
+        tls_bin.as_os_str(),
+    ]);
+    exercise_firmware(&site, "esp-1", &|| Running::spawn(Command::new(&bin)));
+}
+
+#[test]
+fn the_micropython_script_runs_under_cpython_with_host_stand_ins() {
+    let (site, pw) = Site::start(&["mpy-1"]);
+    let example = repo().join("firmware-examples/micropython-umqtt");
+    let board = tempfile::tempdir().unwrap();
+    std::fs::copy(example.join("main.py"), board.path().join("main.py")).unwrap();
+    std::fs::write(
+        board.path().join("config.py"),
+        format!(
+            "WIFI_SSID = '-'\nWIFI_PASSWORD = '-'\nEDGECAR_HOST = '127.0.0.1'\n\
+             EDGECAR_PORT = {}\nDEVICE_ID = 'mpy-1'\nDEVICE_PASSWORD = '{}'\n\
+             READ_INTERVAL_MS = 300\nUSE_TLS = False\n",
+            site.ec.mqtt_port, pw[0]
+        ),
+    )
+    .unwrap();
+    let run = || {
+        let mut c = Command::new("python3");
+        c.arg(example.join("host/run.py"))
+            .arg(board.path().join("main.py"))
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        Running::spawn(c)
+    };
+    exercise_firmware(&site, "mpy-1", &run);
+}
+
+/// The string literals that follow `marker` in `source` (`TREE "res/#"` → `res/#`).
+fn literals_after<'a>(source: &'a str, marker: &str) -> Vec<&'a str> {
+    source
+        .match_indices(marker)
+        .filter(|(i, _)| {
+            let line_start = source[..*i].rfind('\n').map_or(0, |n| n + 1);
+            !source[line_start..*i].trim_start().starts_with("#define")
+        })
+        .filter_map(|(i, _)| {
+            let rest = &source[i + marker.len()..];
+            rest.find('"').map(|end| &rest[..end])
+        })
+        .collect()
+}
+
+/// First cells of the markdown table rows in the section of `doc` headed `heading`.
+fn table_keys(doc: &str, heading: &str) -> Vec<String> {
+    let start = doc
+        .find(heading)
+        .unwrap_or_else(|| panic!("no {heading:?} in the doc"));
+    let section = &doc[start + heading.len()..];
+    let end = section.find("\n## ").unwrap_or(section.len());
+    section[..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_sketch_and_the_script_use_only_topics_and_operations_the_protocol_defines() {
+    let doc = std::fs::read_to_string(repo().join("docs/device-protocol.md")).unwrap();
+    let levels: Vec<String> = table_keys(&doc, "## The topic tree")
+        .iter()
+        .map(|t| {
+            t.split(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let ops = table_keys(&doc, "## Operations");
+    assert!(
+        levels.contains(&"cmdres".to_owned()) && ops.contains(&"state.save".to_owned()),
+        "{levels:?} {ops:?}"
+    );
+
+    let sketch = std::fs::read_to_string(
+        repo().join("firmware-examples/esp32-pubsubclient/edgecar_sensor/edgecar_sensor.ino"),
+    )
+    .unwrap();
+    let script =
+        std::fs::read_to_string(repo().join("firmware-examples/micropython-umqtt/main.py"))
+            .unwrap();
+    for (name, source, topic_marker, op_markers) in [
+        ("sketch", &sketch, "TREE \"", &["request(\""][..]),
+        ("script", &script, "TREE + \"", &["request(client, \""][..]),
+    ] {
+        let topics = literals_after(source, topic_marker);
+        let used_ops: Vec<&str> = op_markers
+            .iter()
+            .flat_map(|m| literals_after(source, m))
+            .collect();
+        for t in &topics {
+            let level = t.split('/').next().unwrap();
+            assert!(
+                levels.iter().any(|l| l == level),
+                "{name}: topic {t:?} is not in the protocol's tree {levels:?}"
+            );
+        }
+        for op in &used_ops {
+            assert!(
+                ops.iter().any(|o| o == op),
+                "{name}: operation {op:?} is not in the protocol {ops:?}"
+            );
+        }
+        // What the flow needs is really there (so the checks above checked something).
+        for needed in ["res/#", "cmd/#", "telemetry/climate"] {
+            assert!(
+                topics.contains(&needed),
+                "{name} does not use {needed:?}: {topics:?}"
+            );
+        }
+        assert!(
+            topics.iter().any(|t| t.starts_with("req/")),
+            "{name}: {topics:?}"
+        );
+        assert!(
+            topics.iter().any(|t| t.starts_with("cmdres/")),
+            "{name}: {topics:?}"
+        );
+        for op in ["state.get", "state.save"] {
+            assert!(
+                used_ops.contains(&op),
+                "{name} does not use {op}: {used_ops:?}"
+            );
+        }
+        for method in ["\"ping\"", "\"read-now\"", "\"set-interval\""] {
+            assert!(source.contains(method), "{name} does not answer {method}");
+        }
+    }
 }
