@@ -24,6 +24,7 @@ command -v npm >/dev/null || need+=(npm)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3 python3-venv)
 command -v openssl >/dev/null || need+=(openssl)
+command -v g++ >/dev/null || need+=(g++)
 command -v stdbuf >/dev/null || need+=(coreutils)
 if ((${#need[@]})); then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
