@@ -124,6 +124,20 @@ impl Site {
         }
     }
 
+    /// A device's state key once it stops changing (a save the device sent just before it was
+    /// stopped is still carried out by the gateway).
+    fn settled_state(&self, device: &str, key: &str) -> serde_json::Value {
+        let mut seen = self.device_state(device, key);
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = self.device_state(device, key);
+            if now == seen {
+                return now.unwrap_or_else(|| panic!("no {key} state for {device}"));
+            }
+            seen = now;
+        }
+    }
+
     /// `POST /v1.0/invoke/<device>/method/<method>` as an app.
     fn command(&self, device: &str, method: &str, body: &str) -> (u16, serde_json::Value) {
         let r = self.ec.req(
@@ -311,8 +325,8 @@ fn the_rust_sensor_simulator_sends_telemetry_keeps_state_and_answers_commands() 
     );
 
     // Restarted, it resumes from its state: the interval the app set, the count where it was.
-    let last_seq = seq(&site.device_state("sim-1", "last").unwrap());
     drop(sim);
+    let last_seq = seq(&site.settled_state("sim-1", "last"));
     let mut again = Running::spawn(simulator(
         port,
         "sim-1",
@@ -331,7 +345,7 @@ fn the_rust_sensor_simulator_sends_telemetry_keeps_state_and_answers_commands() 
         .map(|l| seq(&serde_json::from_str(l).unwrap()))
         .collect();
     assert!(
-        seqs.len() == 2 && seqs[0] > last_seq && seqs[1] == seqs[0] + 1,
+        seqs.len() == 2 && seqs[0] == last_seq + 1 && seqs[1] == seqs[0] + 1,
         "{seqs:?} after {last_seq}"
     );
     site.wait_reading("sim-1", "the resumed readings", |d| seq(d) == seqs[1]);
@@ -458,11 +472,19 @@ fn exercise_firmware(site: &Site, device: &str, start: &dyn Fn() -> Running) {
     );
 
     // Restarted, it resumes from its state: the count goes on, the interval is the app's.
-    let last_seq = seq(&site.device_state(device, "last").unwrap());
     drop(run);
+    let last_seq = seq(&site.settled_state(device, "last"));
     let again = start();
-    site.wait_reading(device, "the first reading after the restart", |d| {
-        seq(d) == last_seq + 1
+    let first = wait_device(&again, "the first reading after the restart", || {
+        again
+            .stdout()
+            .iter()
+            .find_map(|l| l.strip_prefix("reading ").map(str::to_owned))
+    });
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(seq(&first), last_seq + 1, "resumed from the saved reading");
+    site.wait_reading(device, "that reading as telemetry", |d| {
+        seq(d) == last_seq + 1 && d["temperature"] == first["temperature"]
     });
     let (status, body) = site.command(device, "ping", "");
     assert_eq!(
