@@ -24,6 +24,7 @@ command -v npm >/dev/null || need+=(npm)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3 python3-venv)
 command -v openssl >/dev/null || need+=(openssl)
+command -v g++ >/dev/null || need+=(g++)
 command -v stdbuf >/dev/null || need+=(coreutils)
 if ((${#need[@]})); then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -58,7 +59,7 @@ if [ ! -x target/python-sdk/bin/python ] || ! cmp -s tests/python/requirements.t
 fi
 
 step "unit and end-to-end tests"
-cargo build -p edgecar -p edgecar-device-client --locked
+cargo build -p edgecar -p edgecar-device-client -p edgecar-sensor-simulator --locked
 cargo test --workspace --locked
 
 step "appliance guard: ARM builds, qemu smoke test, TLS providers"

@@ -177,6 +177,9 @@ pub struct Client {
     mqtt: AsyncClient,
     device: String,
     pending: Pending,
+    /// The last telemetry refusal (`res/telemetry/-/<status>`), until [`Client::telemetry_error`]
+    /// takes it.
+    telemetry_error: Arc<Mutex<Option<Reply>>>,
     next_rid: AtomicU64,
     timeout: Duration,
     /// The MQTT event loop; aborted on drop.
@@ -212,6 +215,7 @@ impl Client {
         let device = opts.device_id.clone();
         let tree = topics::tree(&device);
         let pending: Pending = Arc::default();
+        let telemetry_error: Arc<Mutex<Option<Reply>>> = Arc::default();
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (event_tx, event_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ready_tx, ready_rx) = oneshot::channel::<Result<(), Error>>();
@@ -223,6 +227,7 @@ impl Client {
             device.clone(),
             want_events.clone(),
         );
+        let te = telemetry_error.clone();
         let task = tokio::spawn(async move {
             let mut ready = Some(ready_tx);
             loop {
@@ -243,14 +248,17 @@ impl Client {
                     Ok(rumqttc::Event::Incoming(Packet::Publish(p_))) => {
                         let topic = String::from_utf8_lossy(p_.topic.as_bytes()).into_owned();
                         if let Some(r) = topics::parse_reply(&d, &topic) {
-                            if let Some(w) = lock(&p).remove(&r.rid) {
-                                let _ = w.send(Reply {
-                                    status: r.status,
-                                    etag: r.etag,
-                                    offer: r.offer,
-                                    cache: r.cache,
-                                    body: p_.payload,
-                                });
+                            let reply = Reply {
+                                status: r.status,
+                                etag: r.etag,
+                                offer: r.offer,
+                                cache: r.cache,
+                                body: p_.payload,
+                            };
+                            if r.op == "telemetry" && r.rid == "-" {
+                                *lock(&te) = Some(reply);
+                            } else if let Some(w) = lock(&p).remove(&r.rid) {
+                                let _ = w.send(reply);
                             }
                         } else if let Some((method, rid)) = topics::parse_command(&d, &topic) {
                             let cmd = Command {
@@ -295,6 +303,7 @@ impl Client {
             mqtt,
             device,
             pending,
+            telemetry_error,
             next_rid: AtomicU64::new(1),
             timeout: opts.request_timeout,
             task,
@@ -454,6 +463,32 @@ impl Client {
         let filter = format!("{}sub/#", topics::tree(&self.device));
         let _ = self.mqtt.try_subscribe(filter, QoS::AtLeastOnce);
         Some(events)
+    }
+
+    /// Sends a telemetry reading to `telemetry` (or `telemetry/<stream>`; `/` separates levels)
+    /// at QoS 1. Returns once the publish is queued; edgecar acknowledges it once stored, and
+    /// answers a refusal (a full queue, an unknown pub/sub) on `res/telemetry/-/<status>`, which
+    /// [`Client::telemetry_error`] returns.
+    pub async fn telemetry(&self, stream: &str, body: impl Into<Bytes>) -> Result<(), Error> {
+        if stream.contains(['+', '#']) || stream.starts_with('/') || stream.ends_with('/') {
+            return Err(Error::Api {
+                status: 400,
+                code: "ERR_MALFORMED_REQUEST".into(),
+                message: format!("telemetry stream {stream:?} must be topic levels without + or #"),
+            });
+        }
+        let topic = topics::telemetry(&self.device, stream);
+        self.mqtt
+            .publish_bytes(topic, QoS::AtLeastOnce, false, body.into())
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Takes the last telemetry refusal edgecar sent since the previous call, if any.
+    pub fn telemetry_error(&self) -> Option<Error> {
+        lock(&self.telemetry_error)
+            .take()
+            .and_then(|r| r.ok().err())
     }
 
     /// Answers a command.

@@ -114,6 +114,15 @@ pub fn parse_event(device: &str, topic: &str) -> Option<(String, String)> {
     (!pubsub.is_empty() && !topic.is_empty()).then(|| (pubsub.to_owned(), topic.to_owned()))
 }
 
+/// `edgecar/v1/<device>/telemetry[/<stream>]`.
+pub fn telemetry(device: &str, stream: &str) -> String {
+    if stream.is_empty() {
+        format!("{}telemetry", tree(device))
+    } else {
+        format!("{}telemetry/{stream}", tree(device))
+    }
+}
+
 /// `edgecar/v1/<device>/cmdres/<rid>/<status>`.
 pub fn command_reply(device: &str, rid: &str, status: u16) -> String {
     format!("{}cmdres/{rid}/{status}", tree(device))
@@ -166,5 +175,10 @@ mod tests {
         );
         assert_eq!(parse_command("d", "edgecar/v1/d/cmd/c1"), None);
         assert_eq!(command_reply("d", "c1", 404), "edgecar/v1/d/cmdres/c1/404");
+        assert_eq!(telemetry("d", ""), "edgecar/v1/d/telemetry");
+        assert_eq!(
+            telemetry("d", "oven/temp"),
+            "edgecar/v1/d/telemetry/oven/temp"
+        );
     }
 }

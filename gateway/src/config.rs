@@ -226,12 +226,35 @@ pub struct MqttTlsConfig {
     pub cert_file: PathBuf,
     /// PEM private key of the certificate.
     pub key_file: PathBuf,
+    /// PEM certificates of the CAs that sign device certificates; empty: no client certificates.
+    pub client_ca_file: PathBuf,
+    /// Whether a device must present a certificate (`required`) or may log in with its password
+    /// instead (`optional`). Only meaningful with `clientCaFile`.
+    pub client_auth: ClientAuth,
+    /// PEM certificate revocation lists of those CAs; empty: no revocation checks.
+    pub client_crl_file: PathBuf,
+}
+
+/// Whether devices must present a client certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// A certificate or the password: both identify a device.
+    #[default]
+    Optional,
+    /// A certificate from `clientCaFile`; connections without one fail the TLS handshake.
+    Required,
 }
 
 impl MqttTlsConfig {
     /// Whether TLS is configured.
     pub fn enabled(&self) -> bool {
         !self.cert_file.as_os_str().is_empty()
+    }
+
+    /// Whether devices may authenticate with client certificates.
+    pub fn client_certs(&self) -> bool {
+        !self.client_ca_file.as_os_str().is_empty()
     }
 }
 
@@ -681,12 +704,36 @@ pub fn validate(cfg: &Config, file: &Path) -> Vec<ConfigError> {
     if m.rate_limit.burst == 0 {
         err("mqtt.rateLimit.burst", "must be at least 1".into());
     }
-    if m.tls.cert_file.as_os_str().is_empty() != m.tls.key_file.as_os_str().is_empty() {
-        err(
-            "mqtt.tls",
-            "certFile and keyFile go together: set both for TLS, neither for plain TCP".into(),
-        );
-    } else if m.tls.enabled()
+    let tls_files_ok =
+        if m.tls.cert_file.as_os_str().is_empty() != m.tls.key_file.as_os_str().is_empty() {
+            err(
+                "mqtt.tls",
+                "certFile and keyFile go together: set both for TLS, neither for plain TCP".into(),
+            );
+            false
+        } else if m.tls.client_certs() && !m.tls.enabled() {
+            err(
+                "mqtt.tls.clientCaFile",
+                "client certificates need TLS: set certFile and keyFile too".into(),
+            );
+            false
+        } else if m.tls.client_auth == ClientAuth::Required && !m.tls.client_certs() {
+            err(
+                "mqtt.tls.clientAuth",
+                "required needs clientCaFile (the CA that signs device certificates)".into(),
+            );
+            false
+        } else if !m.tls.client_crl_file.as_os_str().is_empty() && !m.tls.client_certs() {
+            err(
+                "mqtt.tls.clientCrlFile",
+                "revocation lists need clientCaFile (the CA that signs device certificates)".into(),
+            );
+            false
+        } else {
+            true
+        };
+    if tls_files_ok
+        && m.tls.enabled()
         && m.enabled
         && let Err(e) = crate::transport::mqtt::tls::acceptor(&m.tls)
     {

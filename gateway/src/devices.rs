@@ -33,8 +33,26 @@ const CONCURRENT_AUTH: usize = 2;
 pub struct Credential {
     /// The device id.
     pub id: String,
-    /// The stored hash text the password matched (compared, never logged).
-    tag: Arc<str>,
+    /// What proved it.
+    proof: Proof,
+}
+
+/// How a device proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Proof {
+    /// Its password: the stored hash text it matched (compared, never logged). Replacing or
+    /// removing the password ends the session.
+    Password(Arc<str>),
+    /// A client certificate the TLS layer verified against `mqtt.tls.clientCaFile`. The session
+    /// holds while the device stays registered (a new password does not change the certificate).
+    Certificate,
+}
+
+impl Credential {
+    /// Whether a client certificate proved this login.
+    pub fn by_certificate(&self) -> bool {
+        self.proof == Proof::Certificate
+    }
 }
 
 /// The device registry, live.
@@ -125,15 +143,15 @@ impl Registry {
         self.snapshot().contains_key(id)
     }
 
-    /// Checks a device's password (on the blocking pool, a few at a time). Unknown ids cost the
-    /// same as wrong passwords.
+    /// Checks a device's password (on the blocking pool, a few at a time). Unknown ids, and
+    /// certificate-only devices (no password), cost the same as wrong passwords.
     pub async fn authenticate(&self, id: &str, password: &[u8]) -> Option<Credential> {
         let _slot = self.auth_slots.acquire().await.ok()?;
-        let found = self.snapshot().get(id).map(|d| {
-            (
-                d.hash.clone(),
-                Arc::<str>::from(d.entry.password_hash.as_str()),
-            )
+        let found = self.snapshot().get(id).and_then(|d| {
+            Some((
+                d.hash.clone()?,
+                Arc::<str>::from(d.entry.password_hash.as_deref()?),
+            ))
         });
         let password = password.to_vec();
         let known = found.is_some();
@@ -143,15 +161,26 @@ impl Registry {
             .unwrap_or(false);
         (ok && known).then(|| Credential {
             id: id.to_owned(),
-            tag,
+            proof: Proof::Password(tag),
         })
     }
 
-    /// Whether a credential still holds (the device exists with the same password hash).
+    /// Logs in a device whose client certificate (naming `id`) the TLS layer has verified: it
+    /// only has to be registered. No secret is checked here, so nothing is slow.
+    pub fn authenticate_certificate(&self, id: &str) -> Option<Credential> {
+        self.contains(id).then(|| Credential {
+            id: id.to_owned(),
+            proof: Proof::Certificate,
+        })
+    }
+
+    /// Whether a credential still holds: the device exists and, for a password login, with the
+    /// same password hash.
     pub fn still_valid(&self, c: &Credential) -> bool {
-        self.snapshot()
-            .get(&c.id)
-            .is_some_and(|d| *d.entry.password_hash == *c.tag)
+        self.snapshot().get(&c.id).is_some_and(|d| match &c.proof {
+            Proof::Password(tag) => d.entry.password_hash.as_deref() == Some(&**tag),
+            Proof::Certificate => true,
+        })
     }
 
     /// A receiver that changes whenever the registry is reloaded.
@@ -384,6 +413,34 @@ mod tests {
             reg.contains("dev1"),
             "a broken file keeps the previous devices"
         );
+    }
+
+    #[tokio::test]
+    async fn certificate_logins_need_registration_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.yaml");
+        let h = PasswordHash::with_iterations("pw", 100).unwrap();
+        file::add(&path, "pwdev", &h, false, 0).unwrap();
+        file::add_certificate_only(&path, "cam", false, 0).unwrap();
+        let reg = Registry::open(path.clone(), BTreeSet::new()).unwrap();
+        // A certificate-only device has no password that could match.
+        assert!(reg.authenticate("cam", b"").await.is_none());
+        assert!(reg.authenticate_certificate("ghost").is_none());
+        let cam = reg.authenticate_certificate("cam").unwrap();
+        assert!(cam.by_certificate());
+        // A password device may also present a certificate; a new password does not end that.
+        let by_cert = reg.authenticate_certificate("pwdev").unwrap();
+        let by_pw = reg.authenticate("pwdev", b"pw").await.unwrap();
+        assert!(!by_pw.by_certificate());
+        let h2 = PasswordHash::with_iterations("pw2", 100).unwrap();
+        file::add(&path, "pwdev", &h2, true, 0).unwrap();
+        reg.reload().unwrap();
+        assert!(reg.still_valid(&by_cert));
+        assert!(!reg.still_valid(&by_pw));
+        // Removing the device ends certificate sessions too.
+        file::remove(&path, "cam").unwrap();
+        reg.reload().unwrap();
+        assert!(!reg.still_valid(&cam));
     }
 
     #[test]

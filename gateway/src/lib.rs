@@ -320,7 +320,18 @@ pub async fn run(
     };
     let mqtt = listeners.mqtt.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
-            info!(%addr, devices = device_registry.snapshot().len(), tls = mqtt_tls.is_some(), "MQTT device endpoint listening");
+            let client_certs = match (mqtt_tls.is_some() && cfg.mqtt.tls.client_certs(), cfg.mqtt.tls.client_auth) {
+                (false, _) => "off",
+                (true, config::ClientAuth::Optional) => "optional",
+                (true, config::ClientAuth::Required) => "required",
+            };
+            info!(%addr, devices = device_registry.snapshot().len(), tls = mqtt_tls.is_some(), client_certs, "MQTT device endpoint listening");
+            if client_certs == "off" {
+                let cert_only = device_registry.snapshot().values().filter(|d| d.hash.is_none()).count();
+                if cert_only > 0 {
+                    warn!(devices = cert_only, "certificate-only devices cannot connect: mqtt.tls.clientCaFile is not set");
+                }
+            }
         }
         let ep = Arc::new(transport::mqtt::Endpoint {
             runtime: runtime.clone(),

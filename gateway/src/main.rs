@@ -37,9 +37,13 @@ enum DeviceCommand {
         /// Device id: its MQTT username and the name of its topic tree (letters, digits, - and _).
         id: String,
         /// Read the password from the first line of standard input instead of generating one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cert_only")]
         password_stdin: bool,
-        /// Give an existing device a new password (its open connections are closed).
+        /// No password: the device logs in only with a client certificate whose CN is its id
+        /// (mqtt.tls.clientCaFile). Any registered device may use such a certificate.
+        #[arg(long)]
+        cert_only: bool,
+        /// Give an existing device new credentials (its open password sessions are closed).
         #[arg(long)]
         replace: bool,
         #[command(flatten)]
@@ -293,6 +297,7 @@ fn device(cmd: DeviceCommand) -> ExitCode {
         DeviceCommand::Add {
             id,
             password_stdin,
+            cert_only,
             replace,
             ..
         } => {
@@ -300,6 +305,25 @@ fn device(cmd: DeviceCommand) -> ExitCode {
                 return fail(&format!(
                     "{id:?} is an app id of this gateway; a device needs an id of its own"
                 ));
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if cert_only {
+                if let Err(e) = file::add_certificate_only(&path, &id, replace, now) {
+                    return fail(&e);
+                }
+                eprintln!(
+                    "device {id:?} {} in {} (certificate only: its certificate's subject CN must be {id:?})",
+                    if replace { "saved" } else { "added" },
+                    path.display()
+                );
+                if !cfg.mqtt.tls.client_certs() {
+                    eprintln!(
+                        "note: mqtt.tls.clientCaFile is not set in this configuration; the device cannot connect until it is"
+                    );
+                }
+                return ExitCode::SUCCESS;
             }
             let (secret, generated) = if password_stdin {
                 let mut line = String::new();
@@ -321,9 +345,6 @@ fn device(cmd: DeviceCommand) -> ExitCode {
                 Ok(h) => h,
                 Err(e) => return fail(&e),
             };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             if let Err(e) = file::add(&path, &id, &hash, replace, now) {
                 return fail(&e);
             }
@@ -349,9 +370,14 @@ fn device(cmd: DeviceCommand) -> ExitCode {
             Ok(devices) => {
                 for d in devices.values() {
                     println!(
-                        "{}\t{}",
+                        "{}\t{}\t{}",
                         d.entry.id,
-                        d.entry.added_at.as_deref().unwrap_or("-")
+                        d.entry.added_at.as_deref().unwrap_or("-"),
+                        if d.hash.is_some() {
+                            "password"
+                        } else {
+                            "certificate-only"
+                        }
                     );
                 }
                 eprintln!("{} device(s) in {}", devices.len(), path.display());

@@ -42,6 +42,18 @@ pub fn device_cli_bin() -> PathBuf {
     bin
 }
 
+/// Path of the `edgecar-sensor-simulator` firmware example, built beside `edgecar`
+/// (`cargo build -p edgecar-sensor-simulator`).
+pub fn sensor_simulator_bin() -> PathBuf {
+    let bin = edgecar_bin().with_file_name("edgecar-sensor-simulator");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p edgecar-sensor-simulator` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
 /// A port nobody listens on right now (for peers that cannot report the port they bound).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

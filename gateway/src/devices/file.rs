@@ -20,7 +20,9 @@ use crate::config::{ConfigError, validate_name};
 const HEADER: &str = "\
 # edgecar device registry. Managed by `edgecar device add|remove|list`; a running edgecar picks
 # up changes within a few seconds. Passwords are stored only as salted PBKDF2-HMAC-SHA256 hashes.
-# A device connects over MQTT with username = its id and the password shown once by `add`.
+# A device connects over MQTT with username = its id and the password shown once by `add`, or
+# with a client certificate whose CN is its id (mqtt.tls.clientCaFile). An entry without
+# passwordHash is certificate-only (`add --cert-only`).
 ";
 
 /// One device as stored.
@@ -29,8 +31,10 @@ const HEADER: &str = "\
 pub struct DeviceEntry {
     /// The device id: its MQTT username, its topic tree and its state key prefix.
     pub id: String,
-    /// `$pbkdf2-sha256$i=<n>$<salt>$<hash>`.
-    pub password_hash: String,
+    /// `$pbkdf2-sha256$i=<n>$<salt>$<hash>`; absent for a device that may only log in with a
+    /// client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
     /// When it was added (RFC 3339, UTC), for operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub added_at: Option<String>,
@@ -48,8 +52,8 @@ struct RegistryFile {
 pub struct Device {
     /// The entry as stored.
     pub entry: DeviceEntry,
-    /// Its parsed hash.
-    pub hash: PasswordHash,
+    /// Its parsed hash; `None` for a certificate-only device.
+    pub hash: Option<PasswordHash>,
 }
 
 /// Why an edit of the registry failed.
@@ -70,7 +74,7 @@ pub enum EditError {
     #[error("invalid device id: {0}")]
     BadId(String),
     /// `add` of an id that exists, without `--replace`.
-    #[error("device {0:?} already exists (use --replace to set a new password)")]
+    #[error("device {0:?} already exists (use --replace to change its credentials)")]
     Exists(String),
     /// `remove` of an id that does not exist.
     #[error("no device {0:?} in the registry")]
@@ -129,9 +133,10 @@ pub fn parse(text: &str, path: &Path) -> Result<BTreeMap<String, Device>, Vec<Co
             errors.push(ConfigError::new(path, format!("{field}.id"), m));
             continue;
         }
-        let hash = match PasswordHash::parse(&entry.password_hash) {
-            Ok(h) => h,
-            Err(e) => {
+        let hash = match entry.password_hash.as_deref().map(PasswordHash::parse) {
+            None => None,
+            Some(Ok(h)) => Some(h),
+            Some(Err(e)) => {
                 errors.push(ConfigError::new(
                     path,
                     format!("{field}.passwordHash"),
@@ -224,7 +229,7 @@ fn give_to_directory_owner(path: &Path) {
     }
 }
 
-/// Adds a device (or, with `replace`, gives an existing one a new password).
+/// Adds a device with a password (or, with `replace`, gives an existing one a new password).
 pub fn add(
     path: &Path,
     id: &str,
@@ -232,11 +237,32 @@ pub fn add(
     replace: bool,
     now_unix: u64,
 ) -> Result<(), EditError> {
+    add_entry(path, id, Some(hash), replace, now_unix)
+}
+
+/// Adds a device that has no password and logs in only with a client certificate (or, with
+/// `replace`, takes an existing device's password away).
+pub fn add_certificate_only(
+    path: &Path,
+    id: &str,
+    replace: bool,
+    now_unix: u64,
+) -> Result<(), EditError> {
+    add_entry(path, id, None, replace, now_unix)
+}
+
+fn add_entry(
+    path: &Path,
+    id: &str,
+    hash: Option<&PasswordHash>,
+    replace: bool,
+    now_unix: u64,
+) -> Result<(), EditError> {
     validate_id(id).map_err(EditError::BadId)?;
     edit(path, |entries| {
         let entry = DeviceEntry {
             id: id.to_owned(),
-            password_hash: hash.to_string(),
+            password_hash: hash.map(ToString::to_string),
             added_at: Some(rfc3339(now_unix)),
         };
         match entries.iter_mut().find(|e| e.id == id) {
@@ -309,13 +335,19 @@ mod tests {
         ));
         let devs = load(&path).unwrap();
         assert_eq!(devs.len(), 2);
-        assert!(devs["dev1"].hash.verify(b"a"));
+        assert!(devs["dev1"].hash.as_ref().unwrap().verify(b"a"));
         assert_eq!(
             devs["dev2"].entry.added_at.as_deref(),
             Some("1971-01-01T00:00:00Z")
         );
         add(&path, "dev1", &hash("c"), true, 0).unwrap();
-        assert!(load(&path).unwrap()["dev1"].hash.verify(b"c"));
+        assert!(
+            load(&path).unwrap()["dev1"]
+                .hash
+                .as_ref()
+                .unwrap()
+                .verify(b"c")
+        );
         remove(&path, "dev2").unwrap();
         assert!(matches!(remove(&path, "dev2"), Err(EditError::Missing(_))));
         assert_eq!(load(&path).unwrap().len(), 1);
@@ -328,6 +360,26 @@ mod tests {
             add(&path, "a/b", &hash("x"), false, 0),
             Err(EditError::BadId(_))
         ));
+    }
+
+    #[test]
+    fn certificate_only_devices_have_no_password_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.yaml");
+        add_certificate_only(&path, "cam", false, 0).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.trim_start().starts_with("passwordHash")),
+            "{text}"
+        );
+        assert!(load(&path).unwrap()["cam"].hash.is_none());
+        // --replace gives it a password, and back.
+        add(&path, "cam", &hash("p"), true, 0).unwrap();
+        assert!(load(&path).unwrap()["cam"].hash.is_some());
+        add_certificate_only(&path, "cam", true, 0).unwrap();
+        assert!(load(&path).unwrap()["cam"].hash.is_none());
     }
 
     #[test]

@@ -128,13 +128,19 @@ pub async fn serve(
                 let ep = ep.clone();
                 match ep.tls.clone() {
                     None => {
-                        conns.spawn(connection(stream, peer, ep, permit));
+                        conns.spawn(connection(stream, peer, ep, permit, tls::ClientCert::None));
                     }
                     Some(tls) => {
                         conns.spawn(async move {
                             match tokio::time::timeout(ep.connect_timeout, tls.accept(stream)).await {
-                                Ok(Ok(s)) => connection(s, peer, ep, permit).await,
-                                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                                Ok(Ok(s)) => {
+                                    let cert = tls::client_identity(s.get_ref().1);
+                                    connection(s, peer, ep, permit, cert).await;
+                                }
+                                Ok(Err(e)) => match tls::certificate_refusal(&e) {
+                                    Some(why) => warn!(%peer, reason = %why, "device certificate refused in the TLS handshake"),
+                                    None => debug!(%peer, error = %e, "TLS handshake failed"),
+                                },
                                 Err(_) => debug!(%peer, "TLS handshake timed out"),
                             }
                         });
@@ -219,12 +225,53 @@ async fn refuse<S: Stream>(mut stream: S, v: Version, code: ConnectCode, reason:
     let _ = stream.shutdown().await;
 }
 
-/// One device connection, from CONNECT to close.
+/// Who the CONNECT (and the TLS client certificate, if any) proves the device is.
+async fn authenticate(
+    ep: &Endpoint,
+    connect: &codec::Connect,
+    cert: &tls::ClientCert,
+    peer: SocketAddr,
+) -> Result<crate::devices::Credential, session::Refusal> {
+    let named = match cert {
+        tls::ClientCert::None => None,
+        tls::ClientCert::Device(id) => Some(id.as_str()),
+        tls::ClientCert::Unusable(why) => {
+            warn!(%peer, reason = %why, "device certificate names no device");
+            return Err((ConnectCode::NotAuthorized, why.clone()));
+        }
+    };
+    let login = session::precheck(connect, named).inspect_err(|(code, _)| {
+        debug!(%peer, ?code, certificate = ?named, "CONNECT refused");
+    })?;
+    match login {
+        session::Login::Password { id, password } => ep
+            .registry
+            .authenticate(&id, password.as_bytes())
+            .await
+            .ok_or_else(|| {
+                warn!(%peer, username = %id, "device authentication failed");
+                let reason = "unknown device or wrong password".to_owned();
+                (ConnectCode::NotAuthorized, reason)
+            }),
+        session::Login::Certificate { id } => {
+            debug!(%peer, certificate = %id, "device presents a verified certificate");
+            ep.registry.authenticate_certificate(&id).ok_or_else(|| {
+                warn!(%peer, certificate = %id, "device certificate valid, but no such device in the registry");
+                let reason = format!("the certificate names device {id:?}, which is not registered");
+                (ConnectCode::NotAuthorized, reason)
+            })
+        }
+    }
+}
+
+/// One device connection, from CONNECT to close. `cert` is what its verified TLS client
+/// certificate says (if any): it proves the device instead of a password.
 async fn connection<S: Stream>(
     mut stream: S,
     peer: SocketAddr,
     ep: Arc<Endpoint>,
     handshake: tokio::sync::OwnedSemaphorePermit,
+    cert: tls::ClientCert,
 ) {
     let max = ep.limits.max_packet_size;
     let mut buf = BytesMut::with_capacity(1024);
@@ -249,22 +296,12 @@ async fn connection<S: Stream>(
             return;
         }
     };
-    if let Err((code, reason)) = session::precheck(&connect) {
-        debug!(%peer, ?code, "CONNECT refused");
-        refuse(stream, version, code, reason).await;
-        return;
-    }
-    let username = connect.username.clone().unwrap_or_default();
-    let password = connect.password.clone().unwrap_or_default();
-    let Some(credential) = ep
-        .registry
-        .authenticate(&username, password.as_bytes())
-        .await
-    else {
-        warn!(%peer, username = %username, "device authentication failed");
-        let reason = "unknown device or wrong password".to_owned();
-        refuse(stream, version, ConnectCode::NotAuthorized, reason).await;
-        return;
+    let credential = match authenticate(&ep, &connect, &cert, peer).await {
+        Ok(c) => c,
+        Err((code, reason)) => {
+            refuse(stream, version, code, reason).await;
+            return;
+        }
     };
     let device = credential.id.clone();
     let will = match session::check_will(&connect, &device) {

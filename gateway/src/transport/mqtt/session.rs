@@ -74,27 +74,60 @@ pub enum Action {
 /// A CONNECT refused before a session exists: the CONNACK code and a reason for MQTT 5.
 pub type Refusal = (ConnectCode, String);
 
-/// Checks what can be checked before authentication: credentials present, no enhanced auth.
-pub fn precheck(c: &Connect) -> Result<(), Refusal> {
+/// How a CONNECT proves which device it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// Username (the device id) and password, for the registry to check.
+    Password {
+        /// The username.
+        id: String,
+        /// The password (never logged).
+        password: String,
+    },
+    /// A client certificate the TLS layer verified, naming the device; the registry must know it.
+    Certificate {
+        /// The id the certificate names.
+        id: String,
+    },
+}
+
+/// Checks what can be checked before the registry: no enhanced auth, a usable client id, and
+/// credentials — a username and password, or a verified certificate naming `certificate`, which a
+/// username (if any) must repeat. A password sent with a certificate is not checked.
+pub fn precheck(c: &Connect, certificate: Option<&str>) -> Result<Login, Refusal> {
     if c.auth_method.is_some() {
         return Err((
             ConnectCode::BadAuthenticationMethod,
             "enhanced authentication is not supported; use username and password".into(),
         ));
     }
-    if c.username.is_none() || c.password.is_none() {
-        return Err((
-            ConnectCode::NotAuthorized,
-            "username (the device id) and password are required".into(),
-        ));
-    }
+    let username = c.username.as_deref().filter(|u| !u.is_empty());
+    let login = match (certificate, username, &c.password) {
+        (Some(id), Some(u), _) if u != id => {
+            return Err((
+                ConnectCode::NotAuthorized,
+                "the username must be the device id the client certificate names, or empty".into(),
+            ));
+        }
+        (Some(id), _, _) => Login::Certificate { id: id.to_owned() },
+        (None, Some(u), Some(p)) => Login::Password {
+            id: u.to_owned(),
+            password: p.clone(),
+        },
+        (None, _, _) => {
+            return Err((
+                ConnectCode::NotAuthorized,
+                "username (the device id) and password are required".into(),
+            ));
+        }
+    };
     if c.client_id.is_empty() && !c.clean_start && c.version == Version::V311 {
         return Err((
             ConnectCode::BadClientId,
             "an empty client id needs clean session".into(),
         ));
     }
-    Ok(())
+    Ok(login)
 }
 
 /// The will of an authenticated device, if it may have it: inside its tree, QoS 2 taken as 1.
@@ -713,13 +746,36 @@ mod tests {
     #[test]
     fn connect_checks() {
         let mut c = connect(Version::V311, 10);
-        assert!(precheck(&c).is_ok());
+        assert_eq!(
+            precheck(&c, None),
+            Ok(Login::Password {
+                id: "d1".into(),
+                password: "pw".into()
+            })
+        );
         c.password = None;
-        assert_eq!(precheck(&c).unwrap_err().0, ConnectCode::NotAuthorized);
+        assert_eq!(
+            precheck(&c, None).unwrap_err().0,
+            ConnectCode::NotAuthorized
+        );
+        // A certificate needs no password; a username, if any, must be the certificate's id.
+        let cert = Login::Certificate { id: "d1".into() };
+        assert_eq!(precheck(&c, Some("d1")), Ok(cert.clone()));
+        c.username = None;
+        assert_eq!(precheck(&c, Some("d1")), Ok(cert.clone()));
+        c.username = Some(String::new());
+        assert_eq!(precheck(&c, Some("d1")), Ok(cert));
+        c.username = Some("d2".into());
+        c.password = Some("pw".into());
+        assert_eq!(
+            precheck(&c, Some("d1")).unwrap_err().0,
+            ConnectCode::NotAuthorized,
+            "the certificate decides, the username cannot pick another device"
+        );
         let mut c = connect(Version::V311, 10);
         c.client_id.clear();
         c.clean_start = false;
-        assert_eq!(precheck(&c).unwrap_err().0, ConnectCode::BadClientId);
+        assert_eq!(precheck(&c, None).unwrap_err().0, ConnectCode::BadClientId);
         let mut c = connect(Version::V5, 10);
         c.will = Some(Message::new("edgecar/v1/d2/status".into(), Bytes::new()));
         assert_eq!(
