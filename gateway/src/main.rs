@@ -57,6 +57,15 @@ enum DeviceCommand {
         #[command(flatten)]
         at: RegistryArgs,
     },
+    /// Print the Mosquitto ACL file for external broker mode (mqtt.mode: external): each
+    /// device confined to its own tree, edgecar's broker user serving them all.
+    Acl {
+        /// edgecar's user at the broker (default: mqtt.broker.username from the config).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
 }
 
 /// Where the registry is: the same flags `run` takes to find it.
@@ -241,7 +250,7 @@ fn run(args: &RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let mqtt = if cfg.mqtt.enabled {
+        let mqtt = if cfg.mqtt.enabled && cfg.mqtt.mode == config::MqttMode::Embedded {
             let addr = SocketAddr::new(cfg.mqtt.address, cfg.mqtt.port);
             match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => Some(l),
@@ -272,7 +281,8 @@ fn device(cmd: DeviceCommand) -> ExitCode {
     let at = match &cmd {
         DeviceCommand::Add { at, .. }
         | DeviceCommand::Remove { at, .. }
-        | DeviceCommand::List { at } => at,
+        | DeviceCommand::List { at }
+        | DeviceCommand::Acl { at, .. } => at,
     };
     let env = |k: &str| std::env::var(k).ok();
     let overrides = config::Overrides {
@@ -299,6 +309,12 @@ fn device(cmd: DeviceCommand) -> ExitCode {
             if cfg.app_ids().contains(&id) {
                 return fail(&format!(
                     "{id:?} is an app id of this gateway; a device needs an id of its own"
+                ));
+            }
+            if !cfg.mqtt.broker.username.is_empty() && cfg.mqtt.broker.username == id {
+                return fail(&format!(
+                    "{id:?} is edgecar's own user at the MQTT broker (mqtt.broker.username); \
+                     a device needs an id of its own"
                 ));
             }
             let (secret, generated) = if password_stdin {
@@ -336,6 +352,12 @@ fn device(cmd: DeviceCommand) -> ExitCode {
                 eprintln!("its password, shown only now (connect with username {id:?}):");
                 println!("{secret}");
             }
+            if cfg.mqtt.mode == config::MqttMode::External {
+                eprintln!(
+                    "external broker mode: the broker checks the password; add the device there \
+                     too, e.g. mosquitto_passwd -b <password_file> {id} '<its password>'"
+                );
+            }
             ExitCode::SUCCESS
         }
         DeviceCommand::Remove { id, .. } => match file::remove(&path, &id) {
@@ -345,6 +367,29 @@ fn device(cmd: DeviceCommand) -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        DeviceCommand::Acl { user, .. } => {
+            let user = user.unwrap_or_else(|| cfg.mqtt.broker.username.clone());
+            if user.is_empty() {
+                return fail(
+                    &"name edgecar's user at the broker: set mqtt.broker.username in the config \
+                      (--config) or pass --user",
+                );
+            }
+            if user.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return fail(&format!(
+                    "{user:?}: a broker user name cannot contain spaces"
+                ));
+            }
+            if file::validate_id(&user).is_ok()
+                && file::load(&path).is_ok_and(|d| d.contains_key(&user))
+            {
+                return fail(&format!(
+                    "{user:?} is a registered device; edgecar's broker user must not be a device id"
+                ));
+            }
+            print!("{}", edgecar::transport::broker::acl(&user));
+            ExitCode::SUCCESS
+        }
         DeviceCommand::List { .. } => match file::load(&path) {
             Ok(devices) => {
                 for d in devices.values() {

@@ -68,6 +68,10 @@ pub enum LinkError {
     /// The device's connection is gone before it answered.
     #[error("device {0:?} disconnected before answering")]
     Disconnected(String),
+    /// The command could not reach the device now (external broker: the broker is unreachable,
+    /// or no client subscribes to the command topic); the message says which.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A transport that can deliver commands to connected devices.
@@ -194,7 +198,11 @@ impl DevicesBlock {
                 ));
             }
             // The mailbox (queued delivery on reconnect, 202 + result id) plugs in here.
-            Ok(Err(e @ (LinkError::NotConnected(_) | LinkError::NotListening { .. }))) => {
+            Ok(Err(
+                e @ (LinkError::NotConnected(_)
+                | LinkError::NotListening { .. }
+                | LinkError::Unavailable(_)),
+            )) => {
                 return Err(invoke_error(ErrorKind::Unavailable, device, e));
             }
             Ok(Err(e @ LinkError::Invalid(_))) => {
