@@ -590,16 +590,16 @@ async fn run_connection(
     deliveries: mpsc::Sender<Publish>,
 ) {
     let mut backoff = Duration::ZERO;
-    let mut down_since: Option<Instant> = Some(Instant::now());
+    let mut down_since: Option<Instant> = None;
     let mut failures: u64 = 0;
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 link.on_connack(&ack);
                 backoff = Duration::ZERO;
-                let down = down_since.take().map(|t| t.elapsed());
+                let down = down_since.take().map_or(Duration::ZERO, |t| t.elapsed());
                 info!(broker = %link.broker, session_present = ack.session_present,
-                      attempts = failures + 1, down = ?down, "connected to the MQTT broker");
+                      failed_attempts = failures, down = ?down, "connected to the MQTT broker");
                 failures = 0;
                 let filters = FILTERS.iter().map(|f| Filter {
                     path: (*f).to_owned(),
