@@ -63,6 +63,10 @@ enum DeviceCommand {
         /// edgecar's user at the broker (default: mqtt.broker.username from the config).
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
+        /// One block per registered device instead of one pattern line for all (print again
+        /// and reload the broker after adding or removing devices).
+        #[arg(long)]
+        per_device: bool,
         #[command(flatten)]
         at: RegistryArgs,
     },
@@ -367,7 +371,9 @@ fn device(cmd: DeviceCommand) -> ExitCode {
             }
             Err(e) => fail(&e),
         },
-        DeviceCommand::Acl { user, .. } => {
+        DeviceCommand::Acl {
+            user, per_device, ..
+        } => {
             let user = user.unwrap_or_else(|| cfg.mqtt.broker.username.clone());
             if user.is_empty() {
                 return fail(
@@ -380,14 +386,21 @@ fn device(cmd: DeviceCommand) -> ExitCode {
                     "{user:?}: a broker user name cannot contain spaces"
                 ));
             }
-            if file::validate_id(&user).is_ok()
-                && file::load(&path).is_ok_and(|d| d.contains_key(&user))
-            {
+            let devices = match file::load(&path) {
+                Ok(d) => d,
+                Err(errors) => {
+                    report(&errors);
+                    return ExitCode::FAILURE;
+                }
+            };
+            if devices.contains_key(&user) {
                 return fail(&format!(
                     "{user:?} is a registered device; edgecar's broker user must not be a device id"
                 ));
             }
-            print!("{}", edgecar::transport::broker::acl(&user));
+            let ids: Vec<String> = devices.keys().cloned().collect();
+            let listed = per_device.then_some(ids.as_slice());
+            print!("{}", edgecar::transport::broker::acl(&user, listed));
             ExitCode::SUCCESS
         }
         DeviceCommand::List { .. } => match file::load(&path) {

@@ -36,16 +36,19 @@ struct Site {
 
 impl Site {
     fn new() -> Site {
-        Self::with("", "")
+        Self::with("", "", &[])
     }
 
-    /// A site whose edgecar.yaml also has `top` (top-level settings) and `broker` (lines under
-    /// `mqtt.broker`, indented by four spaces).
-    fn with(top: &str, broker_lines: &str) -> Site {
+    /// A site whose edgecar.yaml also has `top` (top-level settings) and `broker_lines` (lines
+    /// under `mqtt.broker`, indented by four spaces), and whose broker ACL is printed by
+    /// `edgecar device acl --user gateway <acl_args>`.
+    fn with(top: &str, broker_lines: &str, acl_args: &[&str]) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let pa = add_device(dir.path(), "a");
         let pb = add_device(dir.path(), "b");
-        let out = device_cmd(dir.path(), &["acl", "--user", GATEWAY]);
+        let mut args = vec!["acl", "--user", GATEWAY];
+        args.extend_from_slice(acl_args);
+        let out = device_cmd(dir.path(), &args);
         assert!(
             out.status.success(),
             "{}",
@@ -60,6 +63,9 @@ impl Site {
             ("a", pa.as_str()),
             ("b", pb.as_str()),
             ("ghost", GHOST_PASSWORD),
+            // An account whose name is not a device id, and would reach a's tree through a
+            // `%u` pattern.
+            ("a/req", GHOST_PASSWORD),
         ] {
             mosquitto_passwd(&passwd, user, pw);
         }
@@ -405,6 +411,7 @@ fn requests_in_flight_are_bounded_qos1_waits_at_the_broker_qos0_is_refused() {
     let site = Site::with(
         &format!("apps:\n  slow: http://127.0.0.1:{}\n", slow.port),
         "    maxInflight: 2\n",
+        &[],
     );
     let _ec = site.edgecar(&[]);
     let dev = site.listen("a", &["edgecar/v1/a/res/#"], &[]);
@@ -462,4 +469,32 @@ fn requests_in_flight_are_bounded_qos1_waits_at_the_broker_qos0_is_refused() {
         "{got:?}"
     );
     assert_eq!(json_payload(&busy[0])["errorCode"], "ERR_TOO_MANY_REQUESTS");
+}
+
+#[test]
+fn a_per_device_acl_admits_registered_devices_only() {
+    let site = Site::with("", "", &["--per-device"]);
+    assert!(
+        site.acl
+            .contains("user a\ntopic readwrite edgecar/v1/a/#\n"),
+        "{}",
+        site.acl
+    );
+    assert!(!site.acl.contains("pattern"), "{}", site.acl);
+    let _ec = site.edgecar(&[]);
+    let dev = site.listen("a", &["edgecar/v1/a/res/#"], &[]);
+    // The account "a/req" would get edgecar/v1/a/req/# from `pattern ... %u/#`; here it gets
+    // nothing, and its save never lands.
+    site.publish(
+        "a/req",
+        "edgecar/v1/a/req/state.save/x",
+        r#"[{"key":"k","value":"forged"}]"#,
+    );
+    // Time it would need to land, if the broker let it through.
+    std::thread::sleep(Duration::from_millis(300));
+    site.publish("a", "edgecar/v1/a/req/state.get/g?key=k", "");
+    reply_on(&dev, "edgecar/v1/a/res/state.get/g/204");
+    std::thread::sleep(Duration::from_millis(300));
+    let seen: Vec<String> = dev.messages().iter().map(|m| topic(m).to_owned()).collect();
+    assert_eq!(seen, ["edgecar/v1/a/res/state.get/g/204"]);
 }

@@ -198,22 +198,45 @@ pub fn read_password_file(path: &Path) -> Result<String, String> {
 }
 
 /// The Mosquitto ACL file that confines every device to its own tree and lets edgecar (user
-/// `edgecar_user`) serve them all. The same lines, tested against a real Mosquitto, are
-/// what `edgecar device acl` prints.
-pub fn acl(edgecar_user: &str) -> String {
-    format!(
+/// `edgecar_user`) serve them all; what `edgecar device acl` prints.
+///
+/// Without `devices`, one `pattern` line covers every device, present and future: it relies on
+/// every broker account other than edgecar's being a device id (Mosquitto puts the username
+/// into `%u` as it is, so an account named `a/x` would reach device `a`'s tree). With
+/// `devices` (`--per-device`), each registered device gets its own `user` block and no other
+/// account gets anything; the file must then be printed again, and the broker reloaded, when
+/// devices are added or removed.
+pub fn acl(edgecar_user: &str, devices: Option<&[String]>) -> String {
+    let mut out = String::from(
         "# Mosquitto acl_file for edgecar's device protocol (external broker mode),\n\
          # printed by `edgecar device acl`.\n\
          #\n\
          # Every device logs in with its device id as username and may publish and subscribe\n\
-         # only in its own tree, edgecar/v1/<device-id>/. edgecar trusts the id in a topic\n\
-         # because of this line: do not grant devices anything wider.\n\
-         pattern readwrite {ROOT}/%u/#\n\
-         \n\
-         # edgecar itself (mqtt.broker.username) serves every device tree.\n\
+         # only in its own tree, edgecar/v1/<device-id>/. edgecar takes a message's device id\n\
+         # from its topic and trusts it because of these lines: grant devices nothing wider.\n",
+    );
+    match devices {
+        None => out.push_str(&format!(
+            "# Every broker account other than edgecar's must be a device id (letters, digits,\n\
+             # '-' and '_'); `edgecar device acl --per-device` lists devices one by one instead.\n\
+             pattern readwrite {ROOT}/%u/#\n"
+        )),
+        Some(ids) => {
+            out.push_str(
+                "# One block per registered device: print this again and reload the broker\n\
+                 # (SIGHUP) after `edgecar device add` or `remove`.\n",
+            );
+            for id in ids {
+                out.push_str(&format!("user {id}\ntopic readwrite {ROOT}/{id}/#\n"));
+            }
+        }
+    }
+    out.push_str(&format!(
+        "\n# edgecar itself (mqtt.broker.username) serves every device tree.\n\
          user {edgecar_user}\n\
          topic readwrite {ROOT}/#\n"
-    )
+    ));
+    out
 }
 
 /// Why a message could not be handed to the broker client.
@@ -903,15 +926,27 @@ mod tests {
 
     #[test]
     fn the_acl_confines_devices_and_names_edgecar() {
-        let a = acl("gw");
-        let lines: Vec<&str> = a
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .collect();
+        let rules = |text: String| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
         assert_eq!(
-            lines,
+            rules(acl("gw", None)),
             [
                 "pattern readwrite edgecar/v1/%u/#",
+                "user gw",
+                "topic readwrite edgecar/v1/#"
+            ]
+        );
+        assert_eq!(
+            rules(acl("gw", Some(&["a".into(), "b-2".into()]))),
+            [
+                "user a",
+                "topic readwrite edgecar/v1/a/#",
+                "user b-2",
+                "topic readwrite edgecar/v1/b-2/#",
                 "user gw",
                 "topic readwrite edgecar/v1/#"
             ]
