@@ -498,3 +498,79 @@ fn a_per_device_acl_admits_registered_devices_only() {
     let seen: Vec<String> = dev.messages().iter().map(|m| topic(m).to_owned()).collect();
     assert_eq!(seen, ["edgecar/v1/a/res/state.get/g/204"]);
 }
+
+#[test]
+fn bad_broker_settings_are_named_and_edgecar_starts_without_its_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "mqtt:\n  mode: external\n  broker:\n    url: mqtts://broker:8883\n    keepAlive: 1s\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(edgecar_tests::edgecar_bin())
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for field in [
+        "mqtt.broker.url: \"mqtts://broker:8883\": mqtts:// is not supported yet",
+        "mqtt.broker.username: required with mode: external",
+        "mqtt.broker.keepAlive: must be between 5s and 65535s",
+    ] {
+        assert!(err.contains(field), "{field} missing in:\n{err}");
+    }
+    // Without a user the ACL cannot be printed; edgecar's user cannot be a device.
+    let out = device_cmd(dir.path(), &["acl"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mqtt.broker.username"));
+    let pa = add_device(dir.path(), "a");
+    assert!(!pa.is_empty());
+
+    // A broker that is not there (yet): edgecar starts, says so, keeps trying, and answers
+    // commands at once.
+    let config = dir.path().join("edgecar.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "mqtt:\n  mode: external\n  broker:\n    url: mqtt://127.0.0.1:{}\n    \
+             username: {GATEWAY}\n    password: {GATEWAY_PASSWORD}\n",
+            edgecar_tests::free_port()
+        ),
+    )
+    .unwrap();
+    let out = device_cmd(
+        dir.path(),
+        &["add", GATEWAY, "--config", config.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("edgecar's own user at the MQTT broker"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ec = Edgecar::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    eventually(WAIT, "edgecar to report the missing broker", || {
+        ec.log
+            .lock()
+            .unwrap()
+            .contains("no connection to the MQTT broker")
+            .then_some(())
+    });
+    let r = ec.req("POST", "/v1.0/invoke/a/method/ping", b"", &[]);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "ERR_DIRECT_INVOKE")
+    );
+    assert!(
+        r.text().contains("not connected to the MQTT broker"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(ec.req("GET", "/v1.0/healthz", b"", &[]).status, 204);
+    assert!(!ec.log.lock().unwrap().contains(GATEWAY_PASSWORD));
+}
