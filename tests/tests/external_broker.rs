@@ -22,6 +22,19 @@ const SUBSCRIBE: &str = r#"[{"pubsubname":"pubsub","topic":"telemetry","route":"
 /// What edgecar logs each time its subscriptions are granted.
 const SERVING: &str = "serving devices through the MQTT broker";
 
+/// What a test changes in its [`Site`].
+#[derive(Default, Clone, Copy)]
+struct Options<'a> {
+    /// Top-level settings for edgecar.yaml.
+    top: &'a str,
+    /// Lines under `mqtt.broker` in edgecar.yaml, indented by four spaces.
+    broker_lines: &'a str,
+    /// Arguments to `edgecar device acl --user gateway`, whose output is the broker's ACL.
+    acl_args: &'a [&'a str],
+    /// More mosquitto.conf lines.
+    mosquitto: &'a str,
+}
+
 /// A site: devices `a` and `b` in edgecar's registry, a broker that knows them (and `ghost`),
 /// and edgecar in external mode pointed at it.
 struct Site {
@@ -36,13 +49,16 @@ struct Site {
 
 impl Site {
     fn new() -> Site {
-        Self::with("", "", &[])
+        Self::with(&Options::default())
     }
 
-    /// A site whose edgecar.yaml also has `top` (top-level settings) and `broker_lines` (lines
-    /// under `mqtt.broker`, indented by four spaces), and whose broker ACL is printed by
-    /// `edgecar device acl --user gateway <acl_args>`.
-    fn with(top: &str, broker_lines: &str, acl_args: &[&str]) -> Site {
+    fn with(o: &Options) -> Site {
+        let Options {
+            top,
+            broker_lines,
+            acl_args,
+            mosquitto,
+        } = *o;
         let dir = tempfile::tempdir().unwrap();
         let pa = add_device(dir.path(), "a");
         let pb = add_device(dir.path(), "b");
@@ -70,7 +86,7 @@ impl Site {
             mosquitto_passwd(&passwd, user, pw);
         }
         let broker = MosquittoServer::start_conf(&format!(
-            "allow_anonymous false\npassword_file {}\nacl_file {}\n",
+            "allow_anonymous false\npassword_file {}\nacl_file {}\n{mosquitto}",
             passwd.display(),
             acl_file.display()
         ));
@@ -408,11 +424,12 @@ fn requests_in_flight_are_bounded_qos1_waits_at_the_broker_qos0_is_refused() {
         r.delay = Duration::from_millis(1500);
         r
     });
-    let site = Site::with(
-        &format!("apps:\n  slow: http://127.0.0.1:{}\n", slow.port),
-        "    maxInflight: 2\n",
-        &[],
-    );
+    let apps = format!("apps:\n  slow: http://127.0.0.1:{}\n", slow.port);
+    let site = Site::with(&Options {
+        top: &apps,
+        broker_lines: "    maxInflight: 2\n",
+        ..Options::default()
+    });
     let _ec = site.edgecar(&[]);
     let dev = site.listen("a", &["edgecar/v1/a/res/#"], &[]);
     let burst = |qos: &str, prefix: &str, n: usize| {
@@ -473,7 +490,10 @@ fn requests_in_flight_are_bounded_qos1_waits_at_the_broker_qos0_is_refused() {
 
 #[test]
 fn a_per_device_acl_admits_registered_devices_only() {
-    let site = Site::with("", "", &["--per-device"]);
+    let site = Site::with(&Options {
+        acl_args: &["--per-device"],
+        ..Options::default()
+    });
     assert!(
         site.acl
             .contains("user a\ntopic readwrite edgecar/v1/a/#\n"),
@@ -573,4 +593,43 @@ fn bad_broker_settings_are_named_and_edgecar_starts_without_its_broker() {
     );
     assert_eq!(ec.req("GET", "/v1.0/healthz", b"", &[]).status, 204);
     assert!(!ec.log.lock().unwrap().contains(GATEWAY_PASSWORD));
+}
+
+#[test]
+fn a_reply_larger_than_the_broker_takes_becomes_an_error_and_the_connection_stays() {
+    // The broker tells its MQTT 5 clients (edgecar) it takes packets of 3000 bytes at most.
+    let site = Site::with(&Options {
+        mosquitto: "max_packet_size 3000\n",
+        ..Options::default()
+    });
+    let _ec = site.edgecar(&[]);
+    let dev = site.listen("a", &["edgecar/v1/a/res/#"], &[]);
+    let big = "x".repeat(1200);
+    for k in ["k1", "k2", "k3"] {
+        site.publish(
+            "a",
+            &format!("edgecar/v1/a/req/state.save/{k}"),
+            &format!(r#"[{{"key":"{k}","value":"{big}"}}]"#),
+        );
+        reply_on(&dev, &format!("edgecar/v1/a/res/state.save/{k}/204"));
+    }
+    // Each value fits; all three in one reply do not.
+    site.publish(
+        "a",
+        "edgecar/v1/a/req/state.bulk/b1",
+        r#"{"keys":["k1","k2","k3"]}"#,
+    );
+    let m = reply_on(&dev, "edgecar/v1/a/res/state.bulk/b1/413");
+    assert_eq!(json_payload(&m)["errorCode"], "ERR_BODY_TOO_LARGE");
+    assert!(
+        json_payload(&m)["message"]
+            .as_str()
+            .unwrap()
+            .contains("3000 bytes"),
+        "{m}"
+    );
+    // edgecar's connection to the broker was not the casualty.
+    site.publish("a", "edgecar/v1/a/req/state.get/g?key=k1", "");
+    let m = reply_on(&dev, "edgecar/v1/a/res/state.get/g/200?etag=1");
+    assert_eq!(json_payload(&m), serde_json::Value::String(big));
 }

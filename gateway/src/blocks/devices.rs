@@ -2,7 +2,7 @@
 //!
 //! `POST /v1.0/invoke/<device-id>/method/<m>` reaches here when `<device-id>` is a registered
 //! device and not an app: the block sends the command through whatever transport the device is
-//! connected by (a [`DeviceLink`]: the MQTT endpoint today), waits up to
+//! connected by (a [`DeviceLink`]: the MQTT endpoint, or the external broker), waits up to
 //! `devices.commandTimeout` for the reply and turns it, or the failure, into Dapr's invoke
 //! answers. `GET /v1.0/devices[/<id>]` lists registered devices with their presence.
 //!
