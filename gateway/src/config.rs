@@ -931,8 +931,10 @@ mod tests {
         let errs = parse("mqtt:\n  mode: sideways\n", Path::new("f.yaml")).unwrap_err();
         assert_eq!(errs[0].field, "mqtt.mode", "{errs:?}");
         // The password never shows in debug output.
-        let mut b = BrokerConfig::default();
-        b.password = "s3cret".into();
+        let b = BrokerConfig {
+            password: "s3cret".into(),
+            ..BrokerConfig::default()
+        };
         assert!(!format!("{b:?}").contains("s3cret"));
     }
 

@@ -765,16 +765,16 @@ impl Dispatcher {
             }
             work @ (Inbound::Request { .. } | Inbound::Telemetry { .. }) => {
                 let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                    // Only QoS 0 messages (or a broker ignoring Receive Maximum) get here.
+                    // QoS 1 deliveries stay within Receive Maximum: this is a QoS 0 flood (which
+                    // may crowd out a QoS 1 delivery too), or a broker that ignores it.
                     if let Some(more) = self.busy.tick() {
                         warn!(device = %device, also_refused = more, max = self.link.max_inflight,
                               "every request slot is busy; answering 503");
                     }
-                    let reply_to = match &work {
-                        Inbound::Request { reply_to, .. } | Inbound::Telemetry { reply_to, .. } => {
-                            reply_to.clone()
-                        }
-                        _ => return,
+                    let (Inbound::Request { reply_to, .. } | Inbound::Telemetry { reply_to, .. }) =
+                        &work
+                    else {
+                        return;
                     };
                     let err = Error::new(
                         ErrorKind::Unavailable,
@@ -785,7 +785,7 @@ impl Dispatcher {
                             self.link.max_inflight
                         ),
                     );
-                    self.link.reply(&device, &reply_to, Err(err));
+                    self.link.reply(&device, reply_to, Err(err));
                     self.link.ack(&p);
                     return;
                 };
