@@ -24,13 +24,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, ConnectReturnCode, Filter, Packet, PubAckReason, Publish, PublishProperties,
     RetainForwardRule, SubscribeReasonCode,
 };
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use rumqttc::{NetworkOptions, Outgoing};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -292,6 +292,12 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Creates the client (nothing is sent until [`serve`] polls its event loop).
 pub fn connect(s: &BrokerSettings) -> (Arc<BrokerLink>, EventLoop) {
     let mut opts = MqttOptions::new(&s.client_id, &s.host, s.port);
+    let mut net = NetworkOptions::new();
+    // A reply and its PUBACK are two small writes: without this, Nagle holds the second back
+    // until the broker's delayed ACK (tens of milliseconds per request).
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(s.connect_timeout.as_secs().max(1));
+    opts.set_network_options(net);
     opts.set_credentials(&s.username, &s.password)
         .set_keep_alive(s.keep_alive.max(Duration::from_secs(5)))
         .set_clean_start(s.session_expiry == 0)
@@ -572,13 +578,14 @@ pub async fn serve(
         link: link.clone(),
         served: Arc::new(served),
         tasks: JoinSet::new(),
+        waiting: VecDeque::new(),
         refused: Quiet::default(),
         busy: Quiet::default(),
     };
     loop {
         tokio::select! {
             Some(p) = rx.recv() => d.dispatch(p),
-            Some(_) = d.tasks.join_next(), if !d.tasks.is_empty() => {}
+            Some(_) = d.tasks.join_next(), if !d.tasks.is_empty() => d.start_waiting(),
             r = stop.changed() => {
                 if r.is_err() || *stop.borrow() {
                     break;
@@ -717,6 +724,13 @@ impl Quiet {
     }
 }
 
+/// A request or telemetry delivery, ready to run.
+struct Work {
+    device: String,
+    inbound: Inbound,
+    publish: Publish,
+}
+
 /// Takes deliveries one at a time, quickly: anything slow runs as a task, so the connection
 /// task is never held up (it must keep answering the broker's keep-alive).
 struct Dispatcher {
@@ -725,6 +739,10 @@ struct Dispatcher {
     /// One per delivery being handled; `mqtt.broker.maxInflight` in all.
     permits: Arc<Semaphore>,
     tasks: JoinSet<()>,
+    /// QoS 1 deliveries that found every permit taken, in arrival order; at most
+    /// `maxInflight`. Receive Maximum should make this rare, but brokers overshoot it (Mosquitto
+    /// 2.0 sends the next message or two as soon as one is acknowledged).
+    waiting: VecDeque<Work>,
     /// Deliveries from ids that are not devices.
     refused: Quiet,
     /// Deliveries refused because every permit was taken.
@@ -763,37 +781,67 @@ impl Dispatcher {
                 self.link.reply(&device, &reply_to, Err(error));
                 self.link.ack(&p);
             }
-            work @ (Inbound::Request { .. } | Inbound::Telemetry { .. }) => {
-                let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                    // QoS 1 deliveries stay within Receive Maximum: this is a QoS 0 flood (which
-                    // may crowd out a QoS 1 delivery too), or a broker that ignores it.
-                    if let Some(more) = self.busy.tick() {
-                        warn!(device = %device, also_refused = more, max = self.link.max_inflight,
-                              "every request slot is busy; answering 503");
-                    }
-                    let (Inbound::Request { reply_to, .. } | Inbound::Telemetry { reply_to, .. }) =
-                        &work
-                    else {
-                        return;
-                    };
-                    let err = Error::new(
-                        ErrorKind::Unavailable,
-                        codes::TOO_MANY_REQUESTS,
-                        format!(
-                            "edgecar is handling {} messages from devices already \
-                             (mqtt.broker.maxInflight); send again later, or use QoS 1",
-                            self.link.max_inflight
-                        ),
-                    );
-                    self.link.reply(&device, reply_to, Err(err));
-                    self.link.ack(&p);
-                    return;
+            inbound @ (Inbound::Request { .. } | Inbound::Telemetry { .. }) => {
+                let work = Work {
+                    device,
+                    inbound,
+                    publish: p,
                 };
-                let (link, served) = (self.link.clone(), self.served.clone());
-                self.tasks
-                    .spawn(handle(link, served, device, work, p, permit));
+                // Behind the ones already waiting, so deliveries start in arrival order.
+                if self.waiting.is_empty()
+                    && let Ok(permit) = self.permits.clone().try_acquire_owned()
+                {
+                    self.start(work, permit);
+                } else if work.publish.qos == QoS::AtLeastOnce
+                    && self.waiting.len() < usize::from(self.link.max_inflight)
+                {
+                    self.waiting.push_back(work);
+                } else {
+                    self.refuse_busy(&work);
+                }
             }
         }
+    }
+
+    fn start(&mut self, w: Work, permit: OwnedSemaphorePermit) {
+        let (link, served) = (self.link.clone(), self.served.clone());
+        self.tasks
+            .spawn(handle(link, served, w.device, w.inbound, w.publish, permit));
+    }
+
+    /// Starts waiting deliveries while permits are free (after a task ended).
+    fn start_waiting(&mut self) {
+        while !self.waiting.is_empty() {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                return;
+            };
+            if let Some(w) = self.waiting.pop_front() {
+                self.start(w, permit);
+            }
+        }
+    }
+
+    /// Answers a delivery that finds every slot busy (and, for QoS 1, the waiting line full):
+    /// a QoS 0 flood, which has no flow control, or a broker that ignores Receive Maximum.
+    fn refuse_busy(&mut self, w: &Work) {
+        if let Some(more) = self.busy.tick() {
+            warn!(device = %w.device, also_refused = more, max = self.link.max_inflight,
+                  "every request slot is busy; answering 503");
+        }
+        if let Inbound::Request { reply_to, .. } | Inbound::Telemetry { reply_to, .. } = &w.inbound
+        {
+            let err = Error::new(
+                ErrorKind::Unavailable,
+                codes::TOO_MANY_REQUESTS,
+                format!(
+                    "edgecar is handling {} messages from devices already \
+                     (mqtt.broker.maxInflight); send again later, or use QoS 1",
+                    self.link.max_inflight
+                ),
+            );
+            self.link.reply(&w.device, reply_to, Err(err));
+        }
+        self.link.ack(&w.publish);
     }
 }
 
