@@ -219,6 +219,27 @@ fn requests_telemetry_and_commands_through_the_broker() {
     assert_eq!(r["properties"]["user-properties"]["status"], "200");
     assert_eq!(json_payload(&r), serde_json::json!({"c": 21.5}));
 
+    // The device client library and its CLI work through the broker unchanged.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(edgecar_tests::device_cli_bin())
+            .args(["--port", &site.broker.port.to_string(), "--id", "a"])
+            .args(args)
+            .env("EDGECAR_DEVICE_PASSWORD", &site.pa)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["state", "set", "greeting", "hello through the broker"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["state", "get", "greeting"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "\"hello through the broker\"\n"
+    );
+
     // Telemetry reaches its consumer as a CloudEvent from the device.
     site.publish(
         "a",
