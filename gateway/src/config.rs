@@ -192,8 +192,10 @@ impl Default for OutboxConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// Whether the endpoint listens at all.
+    /// Whether devices are served over MQTT at all (in either mode).
     pub enabled: bool,
+    /// Whether devices connect to edgecar's own endpoint or to an external broker.
+    pub mode: MqttMode,
     /// Address to bind.
     pub address: IpAddr,
     /// Port to bind (MQTT's 1883). 0 picks a free port.
@@ -216,6 +218,88 @@ pub struct MqttConfig {
     pub rate_limit: RateLimitConfig,
     /// TLS: when a certificate is given, the listener speaks MQTT over TLS only.
     pub tls: MqttTlsConfig,
+    /// The external broker edgecar joins in `mode: external`.
+    pub broker: BrokerConfig,
+}
+
+/// Where devices connect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttMode {
+    /// edgecar's own device endpoint listens (`mqtt.address`, `mqtt.port`, ...).
+    #[default]
+    Embedded,
+    /// Devices connect to an existing broker; edgecar joins it as a client (`mqtt.broker`).
+    External,
+}
+
+/// The external broker (`mqtt.mode: external`): how edgecar connects to it as a client.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `mqtt://host[:port]` or `tcp://host[:port]` (port 1883 when omitted).
+    pub url: String,
+    /// MQTT client id; empty means `edgecar-<appId>`. Must be unique at the broker.
+    pub client_id: String,
+    /// edgecar's user at the broker; the ACL gives this user every device tree.
+    pub username: String,
+    /// Its password (or `passwordFile`).
+    pub password: String,
+    /// A file whose first line is the password (e.g. a systemd credential).
+    pub password_file: PathBuf,
+    /// Keep-alive edgecar asks for (at least 5s).
+    pub keep_alive: Dur,
+    /// How long the broker keeps edgecar's session (subscriptions and queued QoS 1 messages)
+    /// while edgecar is away; 0 means a clean session that loses them.
+    pub session_expiry: Dur,
+    /// Messages edgecar handles at once (MQTT 5 Receive Maximum told to the broker).
+    pub max_inflight: u16,
+    /// How long one connection attempt may take.
+    pub connect_timeout: Dur,
+    /// Longest wait between reconnection attempts (the wait doubles from 500ms up to this).
+    pub reconnect_max: Dur,
+}
+
+impl fmt::Debug for BrokerConfig {
+    /// Everything but the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("url", &self.url)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("password_file", &self.password_file)
+            .field("keep_alive", &self.keep_alive)
+            .field("session_expiry", &self.session_expiry)
+            .field("max_inflight", &self.max_inflight)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_max", &self.reconnect_max)
+            .finish()
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: String::new(),
+            client_id: String::new(),
+            username: String::new(),
+            password: String::new(),
+            password_file: PathBuf::new(),
+            keep_alive: Dur(Duration::from_secs(30)),
+            session_expiry: Dur(Duration::from_secs(3600)),
+            max_inflight: 64,
+            connect_timeout: Dur(Duration::from_secs(10)),
+            reconnect_max: Dur(Duration::from_secs(30)),
+        }
+    }
 }
 
 /// TLS for the MQTT device endpoint.
@@ -353,6 +437,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             enabled: true,
+            mode: MqttMode::Embedded,
             address: IpAddr::from([127, 0, 0, 1]),
             port: 1883,
             max_packet_size: Size(256 << 10),
@@ -364,6 +449,7 @@ impl Default for MqttConfig {
             session_expiry: Dur(Duration::from_secs(3600)),
             rate_limit: RateLimitConfig::default(),
             tls: MqttTlsConfig::default(),
+            broker: BrokerConfig::default(),
         }
     }
 }
@@ -378,6 +464,21 @@ impl Default for RateLimitConfig {
 }
 
 impl Config {
+    /// Whether devices are served through an external broker (`mqtt.enabled` and
+    /// `mqtt.mode: external`).
+    pub fn external_broker(&self) -> bool {
+        self.mqtt.enabled && self.mqtt.mode == MqttMode::External
+    }
+
+    /// The MQTT client id edgecar uses at an external broker.
+    pub fn broker_client_id(&self) -> String {
+        if self.mqtt.broker.client_id.is_empty() {
+            format!("edgecar-{}", self.app_id)
+        } else {
+            self.mqtt.broker.client_id.clone()
+        }
+    }
+
     /// The device registry file: `devices.registry`, or `<stateDir>/devices.yaml`.
     pub fn device_registry(&self) -> PathBuf {
         if self.devices.registry.as_os_str().is_empty() {
@@ -729,6 +830,14 @@ pub fn validate(cfg: &Config, file: &Path) -> Vec<ConfigError> {
                 "revocation lists need clientCaFile (the CA that signs device certificates)".into(),
             );
             false
+        } else if m.tls.enabled() && m.mode == MqttMode::External {
+            err(
+                "mqtt.tls",
+                "configures the embedded listener, which does not run with mode: external \
+                 (devices then use the broker's TLS); remove it"
+                    .into(),
+            );
+            false
         } else {
             true
         };
@@ -740,10 +849,83 @@ pub fn validate(cfg: &Config, file: &Path) -> Vec<ConfigError> {
         // check-config reads the files, so a bad certificate is found before a restart.
         err("mqtt.tls", e);
     }
+    validate_broker(cfg, &mut err);
     if cfg.log.level.trim().is_empty() {
         err("log.level", "must not be empty".into());
     }
     errors
+}
+
+/// Checks `mqtt.broker`: value ranges always, required fields and the password file when
+/// `mqtt.mode` is `external`.
+fn validate_broker(cfg: &Config, err: &mut impl FnMut(&str, String)) {
+    let b = &cfg.mqtt.broker;
+    let external = cfg.mqtt.mode == MqttMode::External;
+    if b.url.is_empty() {
+        if external {
+            err(
+                "mqtt.broker.url",
+                "required with mode: external, e.g. mqtt://127.0.0.1:1883".into(),
+            );
+        }
+    } else if let Err(m) = crate::transport::broker::parse_url(&b.url) {
+        err("mqtt.broker.url", m);
+    }
+    let text_ok = |s: &str| !s.chars().any(|c| c.is_control() || c.is_whitespace());
+    if b.username.is_empty() {
+        if external {
+            err(
+                "mqtt.broker.username",
+                "required with mode: external: the broker's ACL gives this user every device tree \
+                 (see `edgecar device acl`)"
+                    .into(),
+            );
+        }
+    } else if !text_ok(&b.username) || b.username.len() > 256 {
+        err(
+            "mqtt.broker.username",
+            "must be 1 to 256 characters without spaces or control characters".into(),
+        );
+    }
+    if !b.client_id.is_empty() && (!text_ok(&b.client_id) || b.client_id.len() > 256) {
+        err(
+            "mqtt.broker.clientId",
+            "must be at most 256 characters without spaces or control characters".into(),
+        );
+    }
+    if !b.password.is_empty() && !b.password_file.as_os_str().is_empty() {
+        err(
+            "mqtt.broker.passwordFile",
+            "set password or passwordFile, not both".into(),
+        );
+    } else if external
+        && !b.password_file.as_os_str().is_empty()
+        && let Err(e) = crate::transport::broker::read_password_file(&b.password_file)
+    {
+        err("mqtt.broker.passwordFile", e);
+    }
+    // rumqttc refuses keep-alives under 5 seconds; MQTT's field holds at most 65535.
+    if b.keep_alive.0 < Duration::from_secs(5) || b.keep_alive.0.as_secs() > 65_535 {
+        err(
+            "mqtt.broker.keepAlive",
+            "must be between 5s and 65535s".into(),
+        );
+    }
+    if b.session_expiry.0.as_secs() > u64::from(u32::MAX) {
+        err(
+            "mqtt.broker.sessionExpiry",
+            format!("must be at most {}s (MQTT's own limit)", u32::MAX),
+        );
+    }
+    if b.max_inflight == 0 {
+        err("mqtt.broker.maxInflight", "must be at least 1".into());
+    }
+    if b.connect_timeout.0 < Duration::from_secs(1) {
+        err("mqtt.broker.connectTimeout", "must be at least 1s".into());
+    }
+    if b.reconnect_max.0 < Duration::from_millis(500) {
+        err("mqtt.broker.reconnectMax", "must be at least 500ms".into());
+    }
 }
 
 /// An app's base URL: `http://host:port`, nothing after the authority.
@@ -823,6 +1005,44 @@ mod tests {
         let (cfg, errs) = assemble(Some(&f), &o, &env);
         assert_eq!(cfg.app_id, "flag");
         assert_eq!(errs[0].field, "--dapr-listen-addresses");
+    }
+
+    #[test]
+    fn external_broker_settings_are_checked_by_field() {
+        let text = "mqtt:\n  mode: external\n  broker:\n    keepAlive: 2s\n    maxInflight: 0\n    \
+                    password: a\n    passwordFile: /p\n  tls:\n    certFile: c.pem\n    keyFile: k.pem\n";
+        let cfg = parse(text, Path::new("f.yaml")).unwrap();
+        assert!(cfg.external_broker());
+        let errs = validate(&cfg, Path::new("f.yaml"));
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "mqtt.tls",
+                "mqtt.broker.url",
+                "mqtt.broker.username",
+                "mqtt.broker.passwordFile",
+                "mqtt.broker.keepAlive",
+                "mqtt.broker.maxInflight"
+            ],
+            "{errs:?}"
+        );
+        let text = "mqtt:\n  mode: external\n  broker:\n    url: mqtts://b:8883\n    username: gw\n    \
+                    passwordFile: /nonexistent/pw\n";
+        let cfg = parse(text, Path::new("f.yaml")).unwrap();
+        let errs = validate(&cfg, Path::new("f.yaml"));
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].message.contains("not supported"), "{}", errs[0]);
+        assert_eq!(errs[1].field, "mqtt.broker.passwordFile");
+        assert_eq!(cfg.broker_client_id(), "edgecar-edgecar");
+        let errs = parse("mqtt:\n  mode: sideways\n", Path::new("f.yaml")).unwrap_err();
+        assert_eq!(errs[0].field, "mqtt.mode", "{errs:?}");
+        // The password never shows in debug output.
+        let b = BrokerConfig {
+            password: "s3cret".into(),
+            ..BrokerConfig::default()
+        };
+        assert!(!format!("{b:?}").contains("s3cret"));
     }
 
     #[test]

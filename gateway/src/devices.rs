@@ -372,6 +372,18 @@ impl Presence {
         });
     }
 
+    /// `id` was heard from through a transport that does not see its connections (an external
+    /// broker): records when and how, and leaves the connection count alone.
+    pub fn heard(&self, id: &str, protocol: &str, now_ms: u64) {
+        self.with(|m| {
+            let s = m.entry(id.to_owned()).or_default();
+            if s.protocol.as_deref() != Some(protocol) {
+                s.protocol = Some(protocol.to_owned());
+            }
+            s.last_seen_ms = Some(now_ms);
+        });
+    }
+
     /// One device's status (default when never seen).
     pub fn get(&self, id: &str) -> Status {
         self.with(|m| m.get(id).cloned().unwrap_or_default())

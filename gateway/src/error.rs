@@ -150,4 +150,7 @@ pub mod codes {
     pub const NOT_IMPLEMENTED: &str = "ERR_NOT_IMPLEMENTED";
     /// Something failed inside edgecar (edgecar's own code).
     pub const INTERNAL: &str = "ERR_INTERNAL";
+    /// edgecar is handling as many device messages as it may; send again later (edgecar's own
+    /// code, external broker mode).
+    pub const TOO_MANY_REQUESTS: &str = "ERR_TOO_MANY_REQUESTS";
 }

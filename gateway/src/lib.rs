@@ -17,7 +17,8 @@
 //!   that reports every error with file and field.
 //! - [`call`]: the request path's vocabulary ([`Call`], [`Caller`], [`Op`], [`Reply`]).
 //! - [`error`]: the one error type; [`api`] alone maps it to HTTP statuses.
-//! - [`transport`]: wire formats to calls: HTTP (apps) and MQTT (the device endpoint).
+//! - [`transport`]: wire formats to calls: HTTP (apps), MQTT (the device endpoint, or the same
+//!   protocol through an external broker).
 //! - [`devices`]: the device registry (hashed credentials, hot-reloaded) and presence.
 //! - [`policy`]: what a caller may do.
 //! - [`blocks`]: Dapr semantics (state, pub/sub, invocation, bindings, secrets, configuration,
@@ -104,6 +105,9 @@ pub enum StartError {
     /// The device registry is invalid.
     #[error("device registry:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     Devices(Vec<config::ConfigError>),
+    /// The external broker settings cannot be used (e.g. the password file went missing).
+    #[error("mqtt.broker: {0}")]
+    Broker(String),
 }
 
 /// How often resource directories are checked for edited capability manifests, and the device
@@ -223,12 +227,18 @@ pub async fn run(
         device_registry.clone(),
         presence.clone(),
         cfg.devices.command_timeout.0,
-    )
-    .with_outbox(
-        outbox.clone(),
-        device_subs.clone(),
-        outbox_cfg.max_command_ttl.0,
     );
+    // Outboxes are delivered by the embedded endpoint, which knows who is connected and what
+    // each connection subscribes to; through an external broker edgecar knows neither.
+    let devices_block = if cfg.external_broker() {
+        devices_block
+    } else {
+        devices_block.with_outbox(
+            outbox.clone(),
+            device_subs.clone(),
+            outbox_cfg.max_command_ttl.0,
+        )
+    };
     let hub = Arc::new(Hub::new(transport::mqtt::Endpoint::hub_limits(&cfg.mqtt)));
     if listeners.mqtt.is_some() {
         devices_block.set_link(hub.clone());
@@ -237,6 +247,16 @@ pub async fn run(
     let presence_events = (!cfg.devices.presence_topic.is_empty())
         .then(|| presence.events())
         .flatten();
+    // External broker mode: commands go out through the broker client instead of the hub.
+    let broker = if cfg.external_broker() {
+        let settings =
+            transport::broker::BrokerSettings::from_config(&cfg).map_err(StartError::Broker)?;
+        let (link, events) = transport::broker::connect(&settings);
+        devices_block.set_link(link.clone());
+        Some((settings, link, events))
+    } else {
+        None
+    };
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),
         state: StateBlock::new(registry.state, cfg.limits.clone(), component_calls.clone()),
@@ -306,7 +326,7 @@ pub async fn run(
         app,
         setup.resiliency,
         subscriptions,
-        Some(delivery::DeviceFeed {
+        (!cfg.external_broker()).then(|| delivery::DeviceFeed {
             subs: device_subs,
             outbox,
             event_ttl: cfg.devices.outbox.event_ttl.0,
@@ -337,7 +357,7 @@ pub async fn run(
             runtime: runtime.clone(),
             hub: hub.clone(),
             registry: device_registry.clone(),
-            presence,
+            presence: presence.clone(),
             limits: transport::mqtt::Endpoint::session_limits(&cfg.mqtt),
             connect_timeout: cfg.mqtt.connect_timeout.0,
             tls: mqtt_tls.clone(),
@@ -349,6 +369,25 @@ pub async fn run(
         tokio::spawn(transport::mqtt::serve(
             listener,
             ep,
+            stop_rx.clone(),
+            cfg.shutdown_timeout.0,
+        ))
+    });
+    let broker = broker.map(|(settings, link, events)| {
+        info!(broker = ?settings, devices = device_registry.snapshot().len(), "devices are served through an external MQTT broker");
+        let served = transport::broker::Served {
+            runtime: runtime.clone(),
+            registry: device_registry.clone(),
+            presence: presence.clone(),
+            telemetry: (
+                cfg.devices.telemetry_pubsub.clone(),
+                cfg.devices.telemetry_topic.clone(),
+            ),
+        };
+        tokio::spawn(transport::broker::serve(
+            link,
+            events,
+            served,
             stop_rx.clone(),
             cfg.shutdown_timeout.0,
         ))
@@ -376,6 +415,9 @@ pub async fn run(
     });
     if let Some(m) = mqtt {
         let _ = m.await;
+    }
+    if let Some(b) = broker {
+        let _ = b.await;
     }
     let abort = subscriber.abort_handle();
     if tokio::time::timeout(cfg.shutdown_timeout.0, subscriber)

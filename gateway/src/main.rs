@@ -61,6 +61,19 @@ enum DeviceCommand {
         #[command(flatten)]
         at: RegistryArgs,
     },
+    /// Print the Mosquitto ACL file for external broker mode (mqtt.mode: external): each
+    /// device confined to its own tree, edgecar's broker user serving them all.
+    Acl {
+        /// edgecar's user at the broker (default: mqtt.broker.username from the config).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// One block per registered device instead of one pattern line for all (print again
+        /// and reload the broker after adding or removing devices).
+        #[arg(long)]
+        per_device: bool,
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
 }
 
 /// Where the registry is: the same flags `run` takes to find it.
@@ -245,7 +258,7 @@ fn run(args: &RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let mqtt = if cfg.mqtt.enabled {
+        let mqtt = if cfg.mqtt.enabled && cfg.mqtt.mode == config::MqttMode::Embedded {
             let addr = SocketAddr::new(cfg.mqtt.address, cfg.mqtt.port);
             match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => Some(l),
@@ -276,7 +289,8 @@ fn device(cmd: DeviceCommand) -> ExitCode {
     let at = match &cmd {
         DeviceCommand::Add { at, .. }
         | DeviceCommand::Remove { at, .. }
-        | DeviceCommand::List { at } => at,
+        | DeviceCommand::List { at }
+        | DeviceCommand::Acl { at, .. } => at,
     };
     let env = |k: &str| std::env::var(k).ok();
     let overrides = config::Overrides {
@@ -304,6 +318,12 @@ fn device(cmd: DeviceCommand) -> ExitCode {
             if cfg.app_ids().contains(&id) {
                 return fail(&format!(
                     "{id:?} is an app id of this gateway; a device needs an id of its own"
+                ));
+            }
+            if !cfg.mqtt.broker.username.is_empty() && cfg.mqtt.broker.username == id {
+                return fail(&format!(
+                    "{id:?} is edgecar's own user at the MQTT broker (mqtt.broker.username); \
+                     a device needs an id of its own"
                 ));
             }
             let now = std::time::SystemTime::now()
@@ -357,6 +377,12 @@ fn device(cmd: DeviceCommand) -> ExitCode {
                 eprintln!("its password, shown only now (connect with username {id:?}):");
                 println!("{secret}");
             }
+            if cfg.mqtt.mode == config::MqttMode::External {
+                eprintln!(
+                    "external broker mode: the broker checks the password; add the device there \
+                     too, e.g. mosquitto_passwd -b <password_file> {id} '<its password>'"
+                );
+            }
             ExitCode::SUCCESS
         }
         DeviceCommand::Remove { id, .. } => match file::remove(&path, &id) {
@@ -366,6 +392,38 @@ fn device(cmd: DeviceCommand) -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        DeviceCommand::Acl {
+            user, per_device, ..
+        } => {
+            let user = user.unwrap_or_else(|| cfg.mqtt.broker.username.clone());
+            if user.is_empty() {
+                return fail(
+                    &"name edgecar's user at the broker: set mqtt.broker.username in the config \
+                      (--config) or pass --user",
+                );
+            }
+            if user.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return fail(&format!(
+                    "{user:?}: a broker user name cannot contain spaces"
+                ));
+            }
+            let devices = match file::load(&path) {
+                Ok(d) => d,
+                Err(errors) => {
+                    report(&errors);
+                    return ExitCode::FAILURE;
+                }
+            };
+            if devices.contains_key(&user) {
+                return fail(&format!(
+                    "{user:?} is a registered device; edgecar's broker user must not be a device id"
+                ));
+            }
+            let ids: Vec<String> = devices.keys().cloned().collect();
+            let listed = per_device.then_some(ids.as_slice());
+            print!("{}", edgecar::transport::broker::acl(&user, listed));
+            ExitCode::SUCCESS
+        }
         DeviceCommand::List { .. } => match file::load(&path) {
             Ok(devices) => {
                 for d in devices.values() {

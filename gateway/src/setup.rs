@@ -55,6 +55,21 @@ pub fn prepare(cfg: &Config) -> (Setup, Vec<ConfigError>) {
         &cfg.device_registry(),
         &cfg.app_ids(),
     ));
+    // The broker's ACL gives edgecar's user every device tree: no device may log in as it.
+    let user = &cfg.mqtt.broker.username;
+    if cfg.external_broker()
+        && !user.is_empty()
+        && crate::devices::file::load(&cfg.device_registry()).is_ok_and(|d| d.contains_key(user))
+    {
+        errors.push(ConfigError::new(
+            cfg.device_registry(),
+            format!("devices[id={user}]"),
+            format!(
+                "{user:?} is edgecar's own user at the broker (mqtt.broker.username); \
+                 a device cannot have that id"
+            ),
+        ));
+    }
     (setup, errors)
 }
 

@@ -6,15 +6,18 @@
 //! its reply (through the whole request path: session, protocol, policy, state block, sled); for
 //! mosquitto the client is subscribed to its own topic, so the answer is the broker delivering the
 //! publish back (one message in, one out: the least a broker round trip can do). Then: RSS of
-//! edgecar with N idle authenticated devices, per device.
-//! Knobs: BENCH_SECONDS (default 5), BENCH_CONCURRENCY (default 16), BENCH_DEVICES (default 1000).
+//! edgecar with N idle authenticated devices, per device. Last, external broker mode: the same
+//! devices log in to a mosquitto with a password file and edgecar's printed ACL, and edgecar
+//! serves them through it; the reference is that same secured mosquitto's own round trip.
+//! Knobs: BENCH_SECONDS (default 5), BENCH_CONCURRENCY (default 16), BENCH_DEVICES (default 1000),
+//! BENCH_BROKER (default 1; 0 skips external broker mode).
 //! Run with `scripts/bench.sh`.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edgecar_tests::mqtt::add_device;
+use edgecar_tests::mqtt::{add_device, mosquitto_passwd};
 use edgecar_tests::{Edgecar, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -179,12 +182,12 @@ async fn load(clients: Vec<(Client, String)>, secs: u64) -> Stats {
     }
 }
 
-fn start_mosquitto(dir: &Path) -> (Child, u16) {
+fn start_mosquitto(dir: &Path, conf_lines: &str) -> (Child, u16) {
     let port = free_port();
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        format!("listener {port} 127.0.0.1\npersistence false\n{conf_lines}"),
     )
     .unwrap();
     let mut child = Command::new("mosquitto")
@@ -231,9 +234,9 @@ fn main() {
     for i in 0..n {
         yaml.push_str(&format!("- id: d{i}\n  passwordHash: {hash}\n"));
     }
-    std::fs::write(&registry, yaml).unwrap();
+    std::fs::write(&registry, &yaml).unwrap();
 
-    let (mut mosq, mport) = start_mosquitto(dir.path());
+    let (mut mosq, mport) = start_mosquitto(dir.path(), "allow_anonymous true\n");
     // The per-device rate limit would measure itself; lift it.
     let cfg = dir.path().join("edgecar.yaml");
     std::fs::write(
@@ -305,4 +308,92 @@ fn main() {
         (after.saturating_sub(before)) as f64 / idle as f64
     );
     drop(conns);
+    drop(ec);
+    if env("BENCH_BROKER", 1) != 0 {
+        external_broker(&rt, &yaml, &pw, conc, secs);
+    }
+}
+
+/// External broker mode: devices `d0..` on a secured mosquitto, edgecar serving them through it.
+fn external_broker(rt: &tokio::runtime::Runtime, registry: &str, pw: &str, conc: usize, secs: u64) {
+    const GATEWAY_PW: &str = "gateway-bench-pw";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("devices.yaml"), registry).unwrap();
+    let acl = Command::new(edgecar_tests::edgecar_bin())
+        .args(["device", "acl", "--user", "gateway", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(acl.status.success());
+    let acl_file = dir.path().join("edgecar.acl");
+    std::fs::write(&acl_file, acl.stdout).unwrap();
+    let passwd = dir.path().join("edgecar.passwd");
+    mosquitto_passwd(&passwd, "gateway", GATEWAY_PW);
+    for i in 0..conc {
+        mosquitto_passwd(&passwd, &format!("d{i}"), pw);
+    }
+    let (mut mosq, mport) = start_mosquitto(
+        dir.path(),
+        &format!(
+            "allow_anonymous false\nset_tcp_nodelay true\npassword_file {}\nacl_file {}\n",
+            passwd.display(),
+            acl_file.display()
+        ),
+    );
+    let floor = rt.block_on(async {
+        let mut clients = Vec::new();
+        for i in 0..conc {
+            let (id, topic) = (format!("d{i}"), format!("edgecar/v1/d{i}/echo"));
+            let mut c = Client::connect(mport, &format!("f{i}"), Some((&id, pw))).await;
+            c.subscribe(&topic).await;
+            clients.push((c, topic));
+        }
+        load(clients, secs).await
+    });
+    let cfg = dir.path().join("edgecar.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "mqtt:\n  mode: external\n  broker:\n    url: mqtt://127.0.0.1:{mport}\n    \
+             username: gateway\n    password: {GATEWAY_PW}\n"
+        ),
+    )
+    .unwrap();
+    let ec = Edgecar::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    edgecar_tests::eventually(Duration::from_secs(10), "edgecar to serve", || {
+        ec.log
+            .lock()
+            .unwrap()
+            .contains("serving devices through the MQTT broker")
+            .then_some(())
+    });
+    let ours = rt.block_on(async {
+        let mut clients = Vec::new();
+        for i in 0..conc {
+            let id = format!("d{i}");
+            let mut c = Client::connect(mport, &format!("e{i}"), Some((&id, pw))).await;
+            c.subscribe(&format!("edgecar/v1/{id}/res/#")).await;
+            clients.push((c, format!("edgecar/v1/{id}/req/state.get/r?key=k")));
+        }
+        load(clients, secs).await
+    });
+    println!(
+        "\nExternal broker mode: {conc} devices on mosquitto (password file, edgecar's ACL)\n"
+    );
+    println!("| scenario | round trips/s | p50 µs | p99 µs |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| the same mosquitto: publish, delivered back (floor) | {:.0} | {} | {} |",
+        floor.per_sec, floor.p50_us, floor.p99_us
+    );
+    println!(
+        "| edgecar through mosquitto: state.get request, reply | {:.0} | {} | {} |",
+        ours.per_sec, ours.p50_us, ours.p99_us
+    );
+    println!(
+        "\nedgecar through the broker / the broker alone: {:.2}",
+        ours.per_sec / floor.per_sec
+    );
+    let _ = mosq.kill();
+    let _ = mosq.wait();
 }

@@ -708,56 +708,85 @@ fn serve_one(
     }
 }
 
-/// A `mosquitto` broker started for one test on a free port (loopback, anonymous, in memory).
+/// A `mosquitto` broker started for one test on a free port (loopback, in memory).
 pub struct MosquittoServer {
     child: Child,
     /// Its port.
     pub port: u16,
+    /// Its configuration file.
+    conf: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl MosquittoServer {
-    /// Starts a private mosquitto and waits until it accepts connections.
+    /// Starts a private mosquitto (anonymous clients allowed) and waits until it accepts
+    /// connections.
     pub fn start() -> MosquittoServer {
         Self::start_with("")
     }
 
     /// As [`MosquittoServer::start`], with extra `mosquitto.conf` lines.
     pub fn start_with(extra_conf: &str) -> MosquittoServer {
+        Self::start_conf(&format!("allow_anonymous true\n{extra_conf}"))
+    }
+
+    /// Starts mosquitto with `conf` after its `listener` and `persistence false` lines, and
+    /// nothing else: for a broker with `allow_anonymous false`, a `password_file` and an
+    /// `acl_file`.
+    pub fn start_conf(conf: &str) -> MosquittoServer {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
-            let conf = dir.path().join("mosquitto.conf");
+            let path = dir.path().join("mosquitto.conf");
             std::fs::write(
-                &conf,
-                format!(
-                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}\n"
-                ),
+                &path,
+                format!("listener {port} 127.0.0.1\npersistence false\n{conf}\n"),
             )
             .expect("write mosquitto.conf");
-            let child = Command::new("mosquitto")
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("mosquitto not found: install it (scripts/test.sh does: apt-get install mosquitto)");
-            let mut server = MosquittoServer {
+            let Some(child) = Self::launch(&path, port) else {
+                continue;
+            };
+            return MosquittoServer {
                 child,
                 port,
+                conf: path,
                 _dir: dir,
             };
-            let up = (0..250).any(|_| {
-                std::thread::sleep(Duration::from_millis(20));
-                TcpStream::connect(("127.0.0.1", port)).is_ok()
-            });
-            if up {
-                return server;
-            }
-            let _ = server.child.kill();
-            let _ = server.child.wait();
         }
         panic!("could not start mosquitto");
+    }
+
+    /// Starts mosquitto on `conf` and waits until `port` accepts connections.
+    fn launch(conf: &Path, port: u16) -> Option<Child> {
+        let mut child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "mosquitto not found: install it (scripts/test.sh does: apt-get install mosquitto)",
+            );
+        let up = (0..250).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if up {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// A broker crash and restart: `kill -9`, then the same configuration on the same port,
+    /// with nothing kept (no persistence): every client must connect and subscribe again.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = eventually(Duration::from_secs(10), "mosquitto to start again", || {
+            Self::launch(&self.conf, self.port)
+        });
     }
 
     /// `tcp://127.0.0.1:<port>`.

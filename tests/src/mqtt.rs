@@ -26,6 +26,26 @@ pub fn add_device(state_dir: &Path, id: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// Adds `user` with `password` to a mosquitto password file with `mosquitto_passwd -b`
+/// (creating the file when it does not exist yet).
+pub fn mosquitto_passwd(file: &Path, user: &str, password: &str) {
+    let mut cmd = Command::new("mosquitto_passwd");
+    if !file.exists() {
+        cmd.arg("-c");
+    }
+    let out = cmd
+        .arg("-b")
+        .arg(file)
+        .args([user, password])
+        .output()
+        .expect("mosquitto_passwd not found: install mosquitto");
+    assert!(
+        out.status.success(),
+        "mosquitto_passwd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs `edgecar device <args> --state-dir <dir>`.
 pub fn device_cmd(state_dir: &Path, args: &[&str]) -> Output {
     Command::new(edgecar_bin())

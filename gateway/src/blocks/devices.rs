@@ -2,7 +2,7 @@
 //!
 //! `POST /v1.0/invoke/<device-id>/method/<m>` reaches here when `<device-id>` is a registered
 //! device and not an app: the block sends the command through whatever transport the device is
-//! connected by (a [`DeviceLink`]: the MQTT endpoint today), waits up to
+//! connected by (a [`DeviceLink`]: the MQTT endpoint, or the external broker), waits up to
 //! `devices.commandTimeout` for the reply and turns it, or the failure, into Dapr's invoke
 //! answers. `GET /v1.0/devices[/<id>]` lists registered devices with their presence.
 //!
@@ -100,6 +100,10 @@ pub enum LinkError {
     /// The device's connection is gone before it answered.
     #[error("device {0:?} disconnected before answering")]
     Disconnected(String),
+    /// The command could not reach the device now (external broker: the broker is unreachable,
+    /// or no client subscribes to the command topic); the message says which.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A transport that can deliver commands to connected devices.
@@ -214,7 +218,9 @@ impl DevicesBlock {
             Error::new(
                 ErrorKind::NotImplemented,
                 codes::NOT_IMPLEMENTED,
-                "device outboxes are not enabled in this edgecar",
+                "the mailbox and devices' pub/sub subscriptions need the embedded MQTT endpoint \
+                 (mqtt.mode: embedded); through an external broker, use the broker's persistent \
+                 sessions",
             )
         })
     }
@@ -451,6 +457,9 @@ impl DevicesBlock {
                 if let Some(ttl) = cmd_ttl {
                     return self.queue_command(device, &cmd_copy, ttl, &e).await;
                 }
+                return Err(invoke_error(ErrorKind::Unavailable, device, e));
+            }
+            Ok(Err(e @ LinkError::Unavailable(_))) => {
                 return Err(invoke_error(ErrorKind::Unavailable, device, e));
             }
             Ok(Err(e @ LinkError::Invalid(_))) => {

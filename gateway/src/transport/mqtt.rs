@@ -612,33 +612,16 @@ impl Conn {
                         content_type,
                         reply_to,
                     } => {
-                        // A publish by the device itself: its id becomes the event's source, and the
-                        // session sends the PUBACK only once this returns, i.e. once it is stored.
+                        // The session sends the PUBACK only once this returns, i.e. once it is stored.
                         let (pubsub, topic) = self.ep.telemetry.clone();
-                        // MQTT 3.1.1 carries no content type: JSON readings are published as JSON.
-                        let content_type = content_type.or_else(|| {
-                            serde_json::from_slice::<serde::de::IgnoredAny>(&payload)
-                                .is_ok()
-                                .then(|| "application/json".to_owned())
-                        });
-                        let mut params = crate::call::Params {
+                        let call = protocol::telemetry_call(
+                            &self.device,
+                            pubsub,
+                            topic,
+                            stream,
+                            payload,
                             content_type,
-                            ..Default::default()
-                        };
-                        params
-                            .metadata
-                            .insert("cloudevent.type".into(), "io.edgecar.telemetry".into());
-                        if !stream.is_empty() {
-                            params.metadata.insert("cloudevent.subject".into(), stream);
-                        }
-                        let call = crate::call::Call {
-                            caller: crate::call::Caller::Device {
-                                id: self.device.clone(),
-                            },
-                            op: crate::call::Op::Publish { pubsub, topic },
-                            body: payload,
-                            params,
-                        };
+                        );
                         let rt = self.ep.runtime.clone();
                         let (device, to) = (self.device.clone(), reply_to.clone());
                         let h = self.requests.spawn(async move {

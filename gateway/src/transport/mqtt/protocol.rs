@@ -371,6 +371,42 @@ fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result
     })
 }
 
+/// The call storing a device's telemetry reading: a publish to the configured pub/sub component
+/// and topic as the device itself, so its id becomes the event's source and the stream its
+/// subject. MQTT 3.1.1 carries no content type: JSON readings are published as JSON.
+pub fn telemetry_call(
+    device: &str,
+    pubsub: String,
+    topic: String,
+    stream: String,
+    payload: Bytes,
+    content_type: Option<String>,
+) -> Call {
+    let content_type = content_type.or_else(|| {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&payload)
+            .is_ok()
+            .then(|| "application/json".to_owned())
+    });
+    let mut params = Params {
+        content_type,
+        ..Default::default()
+    };
+    params
+        .metadata
+        .insert("cloudevent.type".into(), "io.edgecar.telemetry".into());
+    if !stream.is_empty() {
+        params.metadata.insert("cloudevent.subject".into(), stream);
+    }
+    Call {
+        caller: Caller::Device {
+            id: device.to_owned(),
+        },
+        op: Op::Publish { pubsub, topic },
+        body: payload,
+        params,
+    }
+}
+
 /// Headers an app or capability sees from a device request: the MQTT 5 content type and user
 /// properties (minus hop-by-hop names), as an HTTP caller's headers would pass.
 fn forwarded_headers(props: &Properties) -> Vec<(String, String)> {
