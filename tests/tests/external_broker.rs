@@ -202,6 +202,16 @@ fn requests_telemetry_and_commands_through_the_broker() {
     site.publish("a", "edgecar/v1/a/req/frobnicate/f1", "");
     let m = reply_on(&dev, "edgecar/v1/a/res/frobnicate/f1/404");
     assert_eq!(json_payload(&m)["errorCode"], "ERR_NOT_FOUND");
+    // Device pub/sub subscriptions need the embedded endpoint: a clear 501 through a broker.
+    site.publish("a", "edgecar/v1/a/req/subscribe/u1?topic=alerts", "");
+    let m = reply_on(&dev, "edgecar/v1/a/res/subscribe/u1/501");
+    assert!(
+        json_payload(&m)["message"]
+            .as_str()
+            .unwrap()
+            .contains("mqtt.mode: embedded"),
+        "{m}"
+    );
 
     // MQTT 5 request/response: the broker carries response topic and correlation data both ways.
     let r = mosquitto_rr(
