@@ -45,6 +45,13 @@ const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 /// connections count authenticated devices; this bounds the sockets and the queue for password
 /// checks that anyone who can reach the port can make edgecar hold.
 const MAX_HANDSHAKES: usize = 256;
+/// A connection's read buffer to start with: a CONNECT or a small publish fits. It grows for
+/// larger packets (up to `mqtt.maxPacketSize`).
+const READ_BUF: usize = 256;
+/// Read and write buffers that grew beyond this are given back once empty, so that an idle
+/// device costs its buffers' small size, not the largest burst it ever sent (see
+/// docs/benchmarks.md for the memory per connection).
+const KEEP_BUF: usize = 1024;
 
 /// Everything connections share.
 pub struct Endpoint {
@@ -169,7 +176,11 @@ async fn flush<S: Stream>(wr: &mut WriteHalf<S>, out: &mut BytesMut) -> std::io:
         return Ok(());
     }
     let r = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(out)).await;
-    out.clear();
+    if out.capacity() > KEEP_BUF {
+        *out = BytesMut::new();
+    } else {
+        out.clear();
+    }
     match r {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
@@ -227,7 +238,7 @@ async fn connection<S: Stream>(
     handshake: tokio::sync::OwnedSemaphorePermit,
 ) {
     let max = ep.limits.max_packet_size;
-    let mut buf = BytesMut::with_capacity(1024);
+    let mut buf = BytesMut::with_capacity(READ_BUF);
     let first = tokio::time::timeout(ep.connect_timeout, read_connect(&mut stream, &mut buf, max));
     let (connect, version) = match first.await {
         Ok(Ok((Incoming::Connect(c), v))) => (c, v),
@@ -349,7 +360,8 @@ async fn connection<S: Stream>(
     info!(device = %device, client = %conn.session.client_id(), reason = close.describe(), "device disconnected");
     // Requests already read are still answered (to the device's other connections: a device
     // that publishes a QoS 0 request and disconnects at once may be listening on another).
-    conn.drain().await;
+    // Boxed: inline, this state would size every live connection's task, not only closing ones.
+    Box::pin(conn.drain()).await;
 }
 
 /// The state of one connection's loop.
@@ -441,6 +453,9 @@ impl Conn {
                         continue;
                     }
                 }
+            }
+            if buf.is_empty() && buf.capacity() > KEEP_BUF {
+                buf = BytesMut::with_capacity(READ_BUF);
             }
             let deadline = self.session.deadline();
             tokio::select! {

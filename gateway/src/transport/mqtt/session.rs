@@ -148,8 +148,9 @@ pub struct Session {
     client_receive_max: usize,
     /// Largest packet the client accepts.
     client_max_packet: usize,
-    /// The will, published when the connection ends other than by a normal DISCONNECT.
-    will: Option<Message>,
+    /// The will, published when the connection ends other than by a normal DISCONNECT. Boxed:
+    /// most devices have none, and every connection would otherwise carry a `Message`'s size.
+    will: Option<Box<Message>>,
     /// Limits.
     limits: Limits,
 }
@@ -208,7 +209,7 @@ impl Session {
             client_max_packet: c
                 .max_packet_size
                 .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)),
-            will,
+            will: will.map(Box::new),
             limits,
         };
         (session, connack)
@@ -263,7 +264,7 @@ impl Session {
 
     /// Takes the will (at most once).
     pub fn take_will(&mut self) -> Option<Message> {
-        self.will.take()
+        self.will.take().map(|w| *w)
     }
 
     fn refuse_publish(&self, qos: u8, pkid: u16) -> Vec<Action> {
