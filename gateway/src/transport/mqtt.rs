@@ -240,9 +240,16 @@ async fn connection<S: Stream>(
     let max = ep.limits.max_packet_size;
     let mut buf = BytesMut::with_capacity(READ_BUF);
     let first = tokio::time::timeout(ep.connect_timeout, read_connect(&mut stream, &mut buf, max));
-    let (connect, version) = match first.await {
-        Ok(Ok((Incoming::Connect(c), v))) => (c, v),
-        Ok(Err(DecodeError::UnsupportedVersion(level))) => {
+    // Reduced before matching: a decode result held across the awaits below would take its full
+    // size in every connection's task for as long as the connection lives.
+    let first = match first.await {
+        Ok(Ok((Incoming::Connect(c), v))) => Ok((c, v)),
+        Ok(Err(DecodeError::UnsupportedVersion(level))) => Err(Some(level)),
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => Err(None),
+    };
+    let (connect, version) = match first {
+        Ok(c) => c,
+        Err(Some(level)) => {
             debug!(%peer, level, "MQTT protocol level not supported");
             // A 3.1.1-format CONNACK is what MQTT 3.1 clients understand too.
             let reason = format!("protocol level {level}; use MQTT 3.1.1 or 5");
@@ -255,7 +262,7 @@ async fn connection<S: Stream>(
             .await;
             return;
         }
-        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+        Err(None) => {
             debug!(%peer, "no valid CONNECT; closing");
             return;
         }

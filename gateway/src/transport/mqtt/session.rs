@@ -98,7 +98,8 @@ pub fn precheck(c: &Connect) -> Result<(), Refusal> {
 }
 
 /// The will of an authenticated device, if it may have it: inside its tree, QoS 2 taken as 1.
-pub fn check_will(c: &Connect, device: &str) -> Result<Option<Message>, Refusal> {
+/// Boxed: most devices have none, and every connection would otherwise carry a `Message`'s size.
+pub fn check_will(c: &Connect, device: &str) -> Result<Option<Box<Message>>, Refusal> {
     let Some(will) = &c.will else { return Ok(None) };
     if topics::in_tree(device, &will.topic).is_none() {
         return Err((
@@ -106,7 +107,7 @@ pub fn check_will(c: &Connect, device: &str) -> Result<Option<Message>, Refusal>
             format!("the will topic must be inside {}", topics::tree(device)),
         ));
     }
-    let mut will = will.clone();
+    let mut will = Box::new(will.clone());
     will.qos = will.qos.min(1);
     will.retain = false;
     Ok(Some(will))
@@ -148,8 +149,7 @@ pub struct Session {
     client_receive_max: usize,
     /// Largest packet the client accepts.
     client_max_packet: usize,
-    /// The will, published when the connection ends other than by a normal DISCONNECT. Boxed:
-    /// most devices have none, and every connection would otherwise carry a `Message`'s size.
+    /// The will, published when the connection ends other than by a normal DISCONNECT.
     will: Option<Box<Message>>,
     /// Limits.
     limits: Limits,
@@ -163,7 +163,7 @@ impl Session {
         c: &Connect,
         device: &str,
         client_id: String,
-        will: Option<Message>,
+        will: Option<Box<Message>>,
         restored: Option<Vec<(String, u8)>>,
         limits: Limits,
         now: Instant,
@@ -209,7 +209,7 @@ impl Session {
             client_max_packet: c
                 .max_packet_size
                 .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)),
-            will: will.map(Box::new),
+            will,
             limits,
         };
         (session, connack)
@@ -738,13 +738,13 @@ mod tests {
         let now = Instant::now();
         let w = Message::new("edgecar/v1/d1/status".into(), Bytes::from_static(b"gone"));
         let c = connect(Version::V5, 10);
-        let (mut s, _) = Session::new(&c, "d1", "c".into(), Some(w.clone()), None, limits(), now);
+        let (mut s, _) = Session::new(&c, "d1", "c".into(), Some(Box::new(w.clone())), None, limits(), now);
         s.on_packet(Incoming::Disconnect { reason: 0 }, now);
         assert_eq!(s.take_will(), None, "a normal DISCONNECT discards the will");
-        let (mut s, _) = Session::new(&c, "d1", "c".into(), Some(w.clone()), None, limits(), now);
+        let (mut s, _) = Session::new(&c, "d1", "c".into(), Some(Box::new(w.clone())), None, limits(), now);
         s.on_packet(Incoming::Disconnect { reason: 0x04 }, now);
         assert_eq!(s.take_will(), Some(w.clone()));
-        let (mut s, _) = Session::new(&c, "d1", "c".into(), Some(w.clone()), None, limits(), now);
+        let (mut s, _) = Session::new(&c, "d1", "c".into(), Some(Box::new(w.clone())), None, limits(), now);
         assert!(matches!(
             s.on_packet(Incoming::Qos2Flow, now)[..],
             [Action::Close(Close::ByServer(_))]
