@@ -22,6 +22,10 @@
 //! (default 1,000; the iteration count is stored per hash) and a separate sample of 64 devices
 //! registered by `edgecar device add` measures what logins cost at the default.
 //!
+//! edgecar runs with the environment of `systemd/edgecar.service` (its `Environment=` lines: the
+//! glibc malloc settings), so the figures are those of the service as shipped;
+//! `BENCH_PLAIN_ENV=1` leaves them out.
+//!
 //! Knobs: BENCH_DEVICES (default `1000,10000`), BENCH_SECONDS (10), BENCH_PERIOD_MS (1000),
 //! BENCH_WINDOW (1, at most `mqtt.maxInflight` = 16), BENCH_PAYLOAD (bytes, 64),
 //! BENCH_PBKDF2_ITERATIONS (1000). Needs `ulimit -n` ≥ N + 500 (`scripts/bench.sh` raises it).
@@ -469,6 +473,18 @@ fn row(server: &str, n: usize, what: &str, p: &Phase) {
     );
 }
 
+/// The `Environment=` assignments of the shipped systemd unit.
+fn unit_env() -> Vec<(String, String)> {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/edgecar.service");
+    let text = std::fs::read_to_string(&unit).expect("systemd/edgecar.service");
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Environment="))
+        .flat_map(str::split_whitespace)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+        .collect()
+}
+
 /// Counts the records in the telemetry queue's sled tree (edgecar must not be running).
 fn persisted(state: &Path) -> usize {
     let db = sled::Config::new()
@@ -483,7 +499,7 @@ fn persisted(state: &Path) -> usize {
     tree.len()
 }
 
-fn run_size(rt: &tokio::runtime::Runtime, n: usize, k: &Knobs) {
+fn run_size(rt: &tokio::runtime::Runtime, n: usize, k: &Knobs, env: &[(String, String)]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path();
     // A real `edgecar device add` registers the login sample's hash at the default cost.
@@ -530,7 +546,8 @@ fn run_size(rt: &tokio::runtime::Runtime, n: usize, k: &Knobs) {
         "mqtt:\n  maxConnections: 100000\n  rateLimit:\n    messagesPerSecond: 1000000\n    burst: 1000000\n",
     )
     .expect("write config");
-    let mut ec = Edgecar::start(
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut ec = Edgecar::start_with_env(
         state,
         &[
             "--config",
@@ -538,6 +555,7 @@ fn run_size(rt: &tokio::runtime::Runtime, n: usize, k: &Knobs) {
             "--resources-path",
             res.path().to_str().expect("utf-8 path"),
         ],
+        &env,
     );
     std::thread::sleep(Duration::from_secs(1));
     let (e, conns) = measure(rt, ec.mqtt_port, ec.pid(), &ids, password, k);
@@ -652,7 +670,17 @@ fn main() {
         "MQTT telemetry ingest: QoS 1, {} byte JSON readings, {} s per phase; steady = 1 reading per device per {} ms; saturate = {} unacknowledged per device; PBKDF2 {} iterations for the bulk",
         k.payload, k.secs, k.period_ms, k.window, k.iterations
     );
+    let env = if std::env::var_os("BENCH_PLAIN_ENV").is_some() {
+        Vec::new()
+    } else {
+        unit_env()
+    };
+    let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "edgecar environment (systemd/edgecar.service): {}",
+        if shown.is_empty() { "none".into() } else { shown.join(" ") }
+    );
     for &n in &k.sizes {
-        run_size(&rt, n, &k);
+        run_size(&rt, n, &k, &env);
     }
 }
