@@ -1,5 +1,6 @@
-//! Shared benchmark pieces: the bare hyper echo server every benchmark measures as its floor, and
-//! a fixed-concurrency HTTP/1.1 keep-alive load generator that reports ops/s and percentiles.
+//! Shared benchmark pieces: the bare hyper echo server every benchmark measures as its floor, a
+//! fixed-concurrency HTTP/1.1 keep-alive load generator that reports ops/s and percentiles, and
+//! what `/proc` says about a server process (memory, CPU time).
 
 use std::convert::Infallible;
 use std::process::{Child, Command, Stdio};
@@ -164,4 +165,45 @@ pub fn row(name: &str, s: &Stats) {
 pub fn header() {
     println!("| scenario                           |      ops/s | p50 µs  | p99 µs  | errors |");
     println!("|------------------------------------|-----------:|--------:|--------:|-------:|");
+}
+
+/// A `/proc/<pid>/status` memory field (`VmRSS`, `VmHWM`, ...) in KiB; 0 if unknown.
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.split(':').next() == Some(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) a process has used so far, in seconds; 0 if unknown.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // Linux reports these in USER_HZ, which is 100 on every architecture edgecar targets.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// The soft limit on open files of this process (children inherit it).
+pub fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -789,6 +789,11 @@ impl MosquittoServer {
         });
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `tcp://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("tcp://127.0.0.1:{}", self.port)

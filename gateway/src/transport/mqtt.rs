@@ -45,6 +45,13 @@ const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 /// connections count authenticated devices; this bounds the sockets and the queue for password
 /// checks that anyone who can reach the port can make edgecar hold.
 const MAX_HANDSHAKES: usize = 256;
+/// A connection's read buffer to start with: a CONNECT or a small publish fits. It grows for
+/// larger packets (up to `mqtt.maxPacketSize`).
+const READ_BUF: usize = 256;
+/// Read and write buffers that grew beyond this are given back once empty, so that an idle
+/// device costs its buffers' small size, not the largest burst it ever sent (see
+/// docs/benchmarks.md for the memory per connection).
+const KEEP_BUF: usize = 1024;
 
 /// Everything connections share.
 pub struct Endpoint {
@@ -175,7 +182,11 @@ async fn flush<S: Stream>(wr: &mut WriteHalf<S>, out: &mut BytesMut) -> std::io:
         return Ok(());
     }
     let r = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(out)).await;
-    out.clear();
+    if out.capacity() > KEEP_BUF {
+        *out = BytesMut::new();
+    } else {
+        out.clear();
+    }
     match r {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
@@ -274,11 +285,18 @@ async fn connection<S: Stream>(
     cert: tls::ClientCert,
 ) {
     let max = ep.limits.max_packet_size;
-    let mut buf = BytesMut::with_capacity(1024);
+    let mut buf = BytesMut::with_capacity(READ_BUF);
     let first = tokio::time::timeout(ep.connect_timeout, read_connect(&mut stream, &mut buf, max));
-    let (connect, version) = match first.await {
-        Ok(Ok((Incoming::Connect(c), v))) => (c, v),
-        Ok(Err(DecodeError::UnsupportedVersion(level))) => {
+    // Reduced before matching: a decode result held across the awaits below would take its full
+    // size in every connection's task for as long as the connection lives.
+    let first = match first.await {
+        Ok(Ok((Incoming::Connect(c), v))) => Ok((c, v)),
+        Ok(Err(DecodeError::UnsupportedVersion(level))) => Err(Some(level)),
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => Err(None),
+    };
+    let (connect, version) = match first {
+        Ok(c) => c,
+        Err(Some(level)) => {
             debug!(%peer, level, "MQTT protocol level not supported");
             // A 3.1.1-format CONNACK is what MQTT 3.1 clients understand too.
             let reason = format!("protocol level {level}; use MQTT 3.1.1 or 5");
@@ -291,7 +309,7 @@ async fn connection<S: Stream>(
             .await;
             return;
         }
-        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+        Err(None) => {
             debug!(%peer, "no valid CONNECT; closing");
             return;
         }
@@ -387,7 +405,8 @@ async fn connection<S: Stream>(
     info!(device = %device, client = %conn.session.client_id(), reason = close.describe(), "device disconnected");
     // Requests already read are still answered (to the device's other connections: a device
     // that publishes a QoS 0 request and disconnects at once may be listening on another).
-    conn.drain().await;
+    // Boxed: inline, this state would size every live connection's task, not only closing ones.
+    Box::pin(conn.drain()).await;
 }
 
 /// The state of one connection's loop.
@@ -486,6 +505,9 @@ impl Conn {
                         continue;
                     }
                 }
+            }
+            if buf.is_empty() && buf.capacity() > KEEP_BUF {
+                buf = BytesMut::with_capacity(READ_BUF);
             }
             let deadline = self.session.deadline();
             tokio::select! {

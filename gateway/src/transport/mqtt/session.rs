@@ -131,7 +131,8 @@ pub fn precheck(c: &Connect, certificate: Option<&str>) -> Result<Login, Refusal
 }
 
 /// The will of an authenticated device, if it may have it: inside its tree, QoS 2 taken as 1.
-pub fn check_will(c: &Connect, device: &str) -> Result<Option<Message>, Refusal> {
+/// Boxed: most devices have none, and every connection would otherwise carry a `Message`'s size.
+pub fn check_will(c: &Connect, device: &str) -> Result<Option<Box<Message>>, Refusal> {
     let Some(will) = &c.will else { return Ok(None) };
     if topics::in_tree(device, &will.topic).is_none() {
         return Err((
@@ -139,7 +140,7 @@ pub fn check_will(c: &Connect, device: &str) -> Result<Option<Message>, Refusal>
             format!("the will topic must be inside {}", topics::tree(device)),
         ));
     }
-    let mut will = will.clone();
+    let mut will = Box::new(will.clone());
     will.qos = will.qos.min(1);
     will.retain = false;
     Ok(Some(will))
@@ -182,7 +183,7 @@ pub struct Session {
     /// Largest packet the client accepts.
     client_max_packet: usize,
     /// The will, published when the connection ends other than by a normal DISCONNECT.
-    will: Option<Message>,
+    will: Option<Box<Message>>,
     /// Limits.
     limits: Limits,
 }
@@ -195,7 +196,7 @@ impl Session {
         c: &Connect,
         device: &str,
         client_id: String,
-        will: Option<Message>,
+        will: Option<Box<Message>>,
         restored: Option<Vec<(String, u8)>>,
         limits: Limits,
         now: Instant,
@@ -296,7 +297,7 @@ impl Session {
 
     /// Takes the will (at most once).
     pub fn take_will(&mut self) -> Option<Message> {
-        self.will.take()
+        self.will.take().map(|w| *w)
     }
 
     fn refuse_publish(&self, qos: u8, pkid: u16) -> Vec<Action> {
@@ -793,13 +794,37 @@ mod tests {
         let now = Instant::now();
         let w = Message::new("edgecar/v1/d1/status".into(), Bytes::from_static(b"gone"));
         let c = connect(Version::V5, 10);
-        let (mut s, _) = Session::new(&c, "d1", "c".into(), Some(w.clone()), None, limits(), now);
+        let (mut s, _) = Session::new(
+            &c,
+            "d1",
+            "c".into(),
+            Some(Box::new(w.clone())),
+            None,
+            limits(),
+            now,
+        );
         s.on_packet(Incoming::Disconnect { reason: 0 }, now);
         assert_eq!(s.take_will(), None, "a normal DISCONNECT discards the will");
-        let (mut s, _) = Session::new(&c, "d1", "c".into(), Some(w.clone()), None, limits(), now);
+        let (mut s, _) = Session::new(
+            &c,
+            "d1",
+            "c".into(),
+            Some(Box::new(w.clone())),
+            None,
+            limits(),
+            now,
+        );
         s.on_packet(Incoming::Disconnect { reason: 0x04 }, now);
         assert_eq!(s.take_will(), Some(w.clone()));
-        let (mut s, _) = Session::new(&c, "d1", "c".into(), Some(w.clone()), None, limits(), now);
+        let (mut s, _) = Session::new(
+            &c,
+            "d1",
+            "c".into(),
+            Some(Box::new(w.clone())),
+            None,
+            limits(),
+            now,
+        );
         assert!(matches!(
             s.on_packet(Incoming::Qos2Flow, now)[..],
             [Action::Close(Close::ByServer(_))]
