@@ -533,13 +533,9 @@ impl Conn {
                         return close;
                     }
                 }
-                Some(d) = inbox.recv() => self.deliver(d),
-                r = kick.changed() => {
-                    let code = match r {
-                        Ok(()) => (*kick.borrow()).unwrap_or(DisconnectCode::SessionTakenOver),
-                        Err(_) => DisconnectCode::ServerShuttingDown,
-                    };
-                    return Close::ByServer(code);
+                Some(d) = inbox.recv() => self.deliver(*d),
+                r = &mut kick => {
+                    return Close::ByServer(r.unwrap_or(DisconnectCode::ServerShuttingDown));
                 }
             }
         }

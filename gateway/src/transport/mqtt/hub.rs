@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -59,12 +59,22 @@ struct Conn {
     id: u64,
     client_id: String,
     credential: Credential,
-    /// Deliveries to the connection.
-    inbox: mpsc::Sender<Delivery>,
-    /// Tells the connection to end, and why.
-    kick: watch::Sender<Option<DisconnectCode>>,
+    /// Deliveries to the connection, boxed: a tokio channel allocates a block of 32 slots up
+    /// front, and 32 pointers cost a connection 256 bytes where 32 deliveries would cost 6 KB.
+    inbox: mpsc::Sender<Box<Delivery>>,
+    /// Tells the connection to end, and why (taken when used).
+    kick: Option<oneshot::Sender<DisconnectCode>>,
     /// Its subscriptions (kept in step by the connection).
     subs: Vec<(String, u8)>,
+}
+
+impl Conn {
+    /// Tells the connection to end (once; later calls change nothing).
+    fn kick(&mut self, code: DisconnectCode) {
+        if let Some(tx) = self.kick.take() {
+            let _ = tx.send(code);
+        }
+    }
 }
 
 /// A persistent session whose device is away.
@@ -92,9 +102,9 @@ pub struct Attached {
     /// Its id in the hub.
     pub id: u64,
     /// Deliveries for it.
-    pub inbox: mpsc::Receiver<Delivery>,
-    /// Changes when it must end.
-    pub kick: watch::Receiver<Option<DisconnectCode>>,
+    pub inbox: mpsc::Receiver<Box<Delivery>>,
+    /// Resolves when it must end, with why (an error if the hub forgot it: shutting down).
+    pub kick: oneshot::Receiver<DisconnectCode>,
     /// The subscriptions of the resumed session, if one was resumed.
     pub restored: Option<Vec<(String, u8)>>,
 }
@@ -171,9 +181,8 @@ impl Hub {
             let mut restored = None;
             let mut freed = 0;
             if let Some(i) = d.conns.iter().position(|c| c.client_id == client_id) {
-                let old = d.conns.swap_remove(i);
-                old.kick
-                    .send_replace(Some(DisconnectCode::SessionTakenOver));
+                let mut old = d.conns.swap_remove(i);
+                old.kick(DisconnectCode::SessionTakenOver);
                 restored = Some(old.subs);
                 freed = 1;
             }
@@ -193,13 +202,17 @@ impl Hub {
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, inbox) = mpsc::channel(INBOX);
-            let (kick_tx, kick) = watch::channel(None);
+            let (kick_tx, kick) = oneshot::channel();
+            if d.conns.capacity() == 0 {
+                // Most devices hold one connection: no room for four.
+                d.conns.reserve_exact(1);
+            }
             d.conns.push(Conn {
                 id,
                 client_id: client_id.to_owned(),
                 credential: credential.clone(),
                 inbox: tx,
-                kick: kick_tx,
+                kick: Some(kick_tx),
                 subs: restored.clone().unwrap_or_default(),
             });
             t.total += 1;
@@ -303,10 +316,10 @@ impl Hub {
                 .filter(|c| Some(c.id) != skip)
                 .filter(|c| c.subs.iter().any(|(f, _)| topics::matches(f, &msg.topic)))
                 .filter(|c| {
-                    let d = Delivery {
+                    let d = Box::new(Delivery {
                         msg: msg.clone(),
                         receipt: receipt.cloned(),
-                    };
+                    });
                     let taken = c.inbox.try_send(d).is_ok();
                     if !taken {
                         debug!(device, client = %c.client_id, topic = %msg.topic, "delivery dropped: the connection is not reading");
@@ -322,10 +335,9 @@ impl Hub {
     pub fn revalidate(&self, registry: &Registry) {
         self.with(|t| {
             t.devices.retain(|id, d| {
-                for c in &d.conns {
+                for c in &mut d.conns {
                     if !registry.still_valid(&c.credential) {
-                        c.kick
-                            .send_replace(Some(DisconnectCode::AdministrativeAction));
+                        c.kick(DisconnectCode::AdministrativeAction);
                     }
                 }
                 if !registry.contains(id) {
@@ -339,9 +351,9 @@ impl Hub {
     /// Tells every connection to end (shutdown).
     pub fn kick_all(&self, code: DisconnectCode) {
         self.with(|t| {
-            for d in t.devices.values() {
-                for c in &d.conns {
-                    c.kick.send_replace(Some(code));
+            for d in t.devices.values_mut() {
+                for c in &mut d.conns {
+                    c.kick(code);
                 }
             }
         });
@@ -483,7 +495,7 @@ mod tests {
         let (reg, a, b) = registry(dir.path()).await;
         let hub = Hub::new(limits());
         let now = Instant::now();
-        let c1 = hub.attach(&a, "one", false, now).unwrap();
+        let mut c1 = hub.attach(&a, "one", false, now).unwrap();
         let _c2 = hub.attach(&a, "two", true, now).unwrap();
         assert_eq!(
             hub.attach(&a, "three", true, now).err(),
@@ -498,7 +510,10 @@ mod tests {
         let subs = vec![("edgecar/v1/a/cmd/#".to_string(), 1u8)];
         hub.set_subscriptions("a", c1.id, &subs);
         let c1b = hub.attach(&a, "one", false, now).unwrap();
-        assert_eq!(*c1.kick.borrow(), Some(DisconnectCode::SessionTakenOver));
+        assert_eq!(
+            c1.kick.try_recv().ok(),
+            Some(DisconnectCode::SessionTakenOver)
+        );
         assert_eq!(c1b.restored.as_deref(), Some(&subs[..]));
         hub.detach("a", c1.id, None, Vec::new(), now); // the old one leaving changes nothing
         assert_eq!(hub.connections(), 3);
@@ -520,14 +535,14 @@ mod tests {
             now,
         );
         tokio::time::advance(Duration::from_secs(31)).await;
-        let late = hub.attach(&a, "one", false, Instant::now()).unwrap();
+        let mut late = hub.attach(&a, "one", false, Instant::now()).unwrap();
         assert_eq!(late.restored, None);
         // Removing a device ends its connections.
         crate::devices::file::remove(reg.path(), "a").unwrap();
         reg.reload().unwrap();
         hub.revalidate(&reg);
         assert_eq!(
-            *late.kick.borrow(),
+            late.kick.try_recv().ok(),
             Some(DisconnectCode::AdministrativeAction)
         );
     }
