@@ -176,7 +176,10 @@ async fn connect_all(
         set.spawn(async move {
             let r = device(port, i, &id, &password).await;
             drop(slot);
-            (i, r.unwrap_or_else(|e| panic!("device {id} could not connect: {e}")))
+            (
+                i,
+                r.unwrap_or_else(|e| panic!("device {id} could not connect: {e}")),
+            )
         });
     }
     let mut out: Vec<(usize, TcpStream)> = set.join_all().await;
@@ -229,7 +232,8 @@ async fn run_device(
     let mut buf = BytesMut::with_capacity(256);
     let mut tick = match load {
         Load::Steady(period) => {
-            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + phase_offset, period);
+            let mut t =
+                tokio::time::interval_at(tokio::time::Instant::now() + phase_offset, period);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             Some(t)
         }
@@ -421,8 +425,7 @@ fn measure(
     k: &Knobs,
 ) -> (Figures, Vec<(TcpStream, String)>) {
     let rss_start_kib = proc_kib(pid, "VmRSS");
-    let (streams, connect) =
-        rt.block_on(connect_all(port, ids.to_vec(), password, CONNECTING));
+    let (streams, connect) = rt.block_on(connect_all(port, ids.to_vec(), password, CONNECTING));
     std::thread::sleep(Duration::from_secs(2));
     let rss_idle_kib = proc_kib(pid, "VmRSS");
     let mut devices: Vec<(TcpStream, String)> = streams.into_iter().zip(ids.to_vec()).collect();
@@ -568,12 +571,8 @@ fn run_size(rt: &tokio::runtime::Runtime, n: usize, k: &Knobs, env: &[(String, S
         1,
     ));
     drop(one_by_one);
-    let (parallel, par_took) = rt.block_on(connect_all(
-        ec.mqtt_port,
-        sample.clone(),
-        &sample_pw,
-        16,
-    ));
+    let (parallel, par_took) =
+        rt.block_on(connect_all(ec.mqtt_port, sample.clone(), &sample_pw, 16));
     drop(parallel);
     drop(conns);
     ec.kill9();
@@ -645,7 +644,11 @@ fn main() {
         sizes: std::env::var("BENCH_DEVICES")
             .unwrap_or_else(|_| "1000,10000".into())
             .split(',')
-            .map(|s| s.trim().parse().expect("BENCH_DEVICES: numbers, comma-separated"))
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .expect("BENCH_DEVICES: numbers, comma-separated")
+            })
             .collect(),
         secs: env("BENCH_SECONDS", 10),
         period_ms: env("BENCH_PERIOD_MS", 1000).max(1),
@@ -678,7 +681,11 @@ fn main() {
     let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!(
         "edgecar environment (systemd/edgecar.service): {}",
-        if shown.is_empty() { "none".into() } else { shown.join(" ") }
+        if shown.is_empty() {
+            "none".into()
+        } else {
+            shown.join(" ")
+        }
     );
     for &n in &k.sizes {
         run_size(&rt, n, &k, &env);

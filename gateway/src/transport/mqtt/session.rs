@@ -738,13 +738,37 @@ mod tests {
         let now = Instant::now();
         let w = Message::new("edgecar/v1/d1/status".into(), Bytes::from_static(b"gone"));
         let c = connect(Version::V5, 10);
-        let (mut s, _) = Session::new(&c, "d1", "c".into(), Some(Box::new(w.clone())), None, limits(), now);
+        let (mut s, _) = Session::new(
+            &c,
+            "d1",
+            "c".into(),
+            Some(Box::new(w.clone())),
+            None,
+            limits(),
+            now,
+        );
         s.on_packet(Incoming::Disconnect { reason: 0 }, now);
         assert_eq!(s.take_will(), None, "a normal DISCONNECT discards the will");
-        let (mut s, _) = Session::new(&c, "d1", "c".into(), Some(Box::new(w.clone())), None, limits(), now);
+        let (mut s, _) = Session::new(
+            &c,
+            "d1",
+            "c".into(),
+            Some(Box::new(w.clone())),
+            None,
+            limits(),
+            now,
+        );
         s.on_packet(Incoming::Disconnect { reason: 0x04 }, now);
         assert_eq!(s.take_will(), Some(w.clone()));
-        let (mut s, _) = Session::new(&c, "d1", "c".into(), Some(Box::new(w.clone())), None, limits(), now);
+        let (mut s, _) = Session::new(
+            &c,
+            "d1",
+            "c".into(),
+            Some(Box::new(w.clone())),
+            None,
+            limits(),
+            now,
+        );
         assert!(matches!(
             s.on_packet(Incoming::Qos2Flow, now)[..],
             [Action::Close(Close::ByServer(_))]
