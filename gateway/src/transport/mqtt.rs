@@ -509,6 +509,10 @@ impl Conn {
             if buf.is_empty() && buf.capacity() > KEEP_BUF {
                 buf = BytesMut::with_capacity(READ_BUF);
             }
+            if self.reply_to.is_empty() && self.reply_to.capacity() > 0 {
+                // Its table would otherwise stay allocated for the connection's life.
+                self.reply_to.shrink_to_fit();
+            }
             let deadline = self.session.deadline();
             tokio::select! {
                 r = rd.read_buf(&mut buf), if reading => match r {
