@@ -14,3 +14,4 @@ pub mod metadata;
 pub mod pubsub;
 pub mod secrets;
 pub mod state;
+pub mod telemetry;

@@ -170,6 +170,12 @@ pub enum Op {
         /// Topic (may contain `/`).
         topic: String,
     },
+    /// Store a device's telemetry reading on the configured pub/sub topic (device protocol
+    /// `telemetry`); the body is the reading, [`Params::content_type`] its type.
+    Telemetry {
+        /// The stream: the topic levels after `telemetry/` (may be empty).
+        stream: String,
+    },
     /// List registered devices with their presence (`GET /v1.0/devices`, edgecar's own).
     DevicesList,
     /// One device's presence (`GET /v1.0/devices/<id>`).
@@ -225,6 +231,7 @@ impl Op {
             Op::MetadataSet { .. } => "metadata.set",
             Op::Publish { .. } => "pubsub.publish",
             Op::BulkPublish { .. } => "pubsub.bulk_publish",
+            Op::Telemetry { .. } => "devices.telemetry",
             Op::DevicesList => "devices.list",
             Op::DeviceGet { .. } => "devices.get",
             Op::MailboxGet { .. } => "devices.mailbox.get",

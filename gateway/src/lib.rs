@@ -276,6 +276,11 @@ pub async fn run(
         metadata,
         pubsub: pubsub.clone(),
         devices: devices_block,
+        telemetry: blocks::telemetry::TelemetryBlock::new(
+            pubsub.clone(),
+            cfg.devices.telemetry_pubsub.clone(),
+            cfg.devices.telemetry_topic.clone(),
+        ),
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(devices::watch(device_registry.clone(), RELOAD_POLL));
@@ -361,10 +366,6 @@ pub async fn run(
             limits: transport::mqtt::Endpoint::session_limits(&cfg.mqtt),
             connect_timeout: cfg.mqtt.connect_timeout.0,
             tls: mqtt_tls.clone(),
-            telemetry: (
-                cfg.devices.telemetry_pubsub.clone(),
-                cfg.devices.telemetry_topic.clone(),
-            ),
         });
         tokio::spawn(transport::mqtt::serve(
             listener,
@@ -379,10 +380,6 @@ pub async fn run(
             runtime: runtime.clone(),
             registry: device_registry.clone(),
             presence: presence.clone(),
-            telemetry: (
-                cfg.devices.telemetry_pubsub.clone(),
-                cfg.devices.telemetry_topic.clone(),
-            ),
         };
         tokio::spawn(transport::broker::serve(
             link,

@@ -14,11 +14,12 @@
 //! - **Restart**: leases live in memory only, so after a restart (or a crash) every message not
 //!   acked is deliverable again: delivery is at-least-once.
 //!
-//! The ordering, lease and bound bookkeeping is the pure [`book::Book`]; this module adds the
-//! sled tree (`queue/<name>`, key = sequence number big-endian, value = `[1][expiry ms BE u64,
-//! 0 = none][payload]`) and waiting for work.
+//! The ordering, lease and bound bookkeeping is the pure [`book::Book`]; how messages lie in the
+//! sled tree (`queue/<name>`, one record per append, a batch append's messages in one record) is
+//! [`record`]; this module puts them together and adds waiting for work.
 
 pub mod book;
+pub mod record;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,11 +32,7 @@ use tracing::warn;
 use crate::storage::Storage;
 use book::{Book, Refused, Stale};
 pub use book::{Grant, Limits};
-
-/// Format byte of a record, so the layout can change without guessing.
-const FORMAT: u8 = 1;
-/// Record header: format byte and expiry.
-const HEADER: usize = 9;
+use record::Groups;
 
 /// Why a queue operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,10 +113,16 @@ struct Inner {
     storage: Storage,
     /// Sequence number → record.
     tree: sled::Tree,
-    /// Order, leases, bounds.
-    book: Mutex<Book>,
+    /// Order, leases, bounds; and which records hold several messages.
+    book: Mutex<Locked>,
     /// Wakes consumers waiting in [`Queue::lease`] when something may have become deliverable.
     ready: Notify,
+}
+
+/// What the queue's lock guards: the bookkeeping and the record layout move together.
+struct Locked {
+    book: Book,
+    groups: Groups,
 }
 
 /// Milliseconds since the Unix epoch, the clock message expiry is kept in.
@@ -128,25 +131,6 @@ pub fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
-}
-
-fn encode(expires_at_ms: Option<u64>, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(HEADER + payload.len());
-    v.push(FORMAT);
-    v.extend_from_slice(&expires_at_ms.unwrap_or(0).to_be_bytes());
-    v.extend_from_slice(payload);
-    v
-}
-
-/// Splits a record into expiry and payload; `None` if it is not one of ours.
-fn decode(raw: &[u8]) -> Option<(Option<u64>, &[u8])> {
-    if raw.len() < HEADER || raw[0] != FORMAT {
-        return None;
-    }
-    let mut e = [0u8; 8];
-    e.copy_from_slice(&raw[1..HEADER]);
-    let exp = u64::from_be_bytes(e);
-    Some(((exp != 0).then_some(exp), &raw[HEADER..]))
 }
 
 fn seq_of(key: &[u8]) -> Option<u64> {
@@ -165,23 +149,35 @@ impl Queue {
         let db = storage.db().clone();
         let tree_name = format!("queue/{name}");
         let queue_name = name.to_owned();
-        let (tree, book) = tokio::task::spawn_blocking(move || {
+        let (tree, locked) = tokio::task::spawn_blocking(move || {
             let tree = db.open_tree(tree_name).map_err(|e| e.to_string())?;
-            let last = tree
-                .last()
-                .map_err(|e| e.to_string())?
-                .and_then(|(k, _)| seq_of(&k));
-            let mut book = Book::new(limits, last);
+            let mut found = Vec::new();
+            let mut groups = Groups::default();
+            // Numbering continues after the highest number on disk, readable or not.
+            let mut last = None;
             for item in tree.iter() {
                 let (k, v) = item.map_err(|e| e.to_string())?;
-                match (seq_of(&k), decode(&v)) {
-                    (Some(seq), Some((exp, payload))) => book.push(seq, payload.len() as u64, exp),
-                    _ => {
-                        warn!(queue = %queue_name, "skipping an unreadable queue record");
-                    }
+                let Some(first) = seq_of(&k) else {
+                    warn!(queue = %queue_name, "skipping a queue record with a foreign key");
+                    continue;
+                };
+                last = last.max(Some(first));
+                let Some(messages) = record::decode(&v) else {
+                    warn!(queue = %queue_name, seq = first, "skipping an unreadable queue record");
+                    continue;
+                };
+                groups.add(first, messages.len() as u32);
+                for (i, (exp, payload)) in messages.into_iter().enumerate() {
+                    let seq = first + i as u64;
+                    last = last.max(Some(seq));
+                    found.push((seq, payload.len() as u64, exp));
                 }
             }
-            Ok::<_, String>((tree, book))
+            let mut book = Book::new(limits, last);
+            for (seq, size, exp) in found {
+                book.push(seq, size, exp);
+            }
+            Ok::<_, String>((tree, Locked { book, groups }))
         })
         .await
         .map_err(|e| err(format!("loading task failed: {e}")))?
@@ -191,7 +187,7 @@ impl Queue {
                 name: name.to_owned(),
                 storage: storage.clone(),
                 tree,
-                book: Mutex::new(book),
+                book: Mutex::new(locked),
                 ready: Notify::new(),
             }),
         })
@@ -202,7 +198,7 @@ impl Queue {
         &self.inner.name
     }
 
-    fn book(&self) -> MutexGuard<'_, Book> {
+    fn book(&self) -> MutexGuard<'_, Locked> {
         // A panic while holding the lock leaves the book usable (no operation half-applies an
         // index change before a possible panic), so keep serving rather than fail forever.
         self.inner
@@ -235,25 +231,52 @@ impl Queue {
         }
     }
 
-    /// Writes one message without waiting for the disk; the caller syncs.
-    fn append_unsynced(
-        &self,
-        payload: &[u8],
-        expires_at_ms: Option<u64>,
-    ) -> Result<u64, QueueError> {
-        let size = payload.len() as u64;
-        // Numbering, writing and indexing under one lock keeps the FIFO order the order of the
-        // sequence numbers; a sled insert is a memory operation, the disk comes with the sync.
-        let mut book = self.book();
-        let seq = book
-            .admit(size)
-            .map_err(|r| self.refused(r, size, book.limits()))?;
-        self.inner
-            .tree
-            .insert(seq.to_be_bytes(), encode(expires_at_ms, payload))
-            .map_err(|e| self.storage_err(format!("sled: {e}")))?;
-        book.push(seq, size, expires_at_ms);
-        Ok(seq)
+    /// Writes messages without waiting for the disk (the caller syncs), each accepted or refused
+    /// on its own; the accepted ones of one call share records ([`record`]). Numbering, writing
+    /// and indexing under one lock keeps the FIFO order the order of the sequence numbers; a sled
+    /// insert is a memory operation, the disk comes with the sync.
+    fn append_unsynced(&self, items: &[(&[u8], Option<u64>)]) -> Vec<Result<u64, QueueError>> {
+        let mut guard = self.book();
+        let Locked { book, groups } = &mut *guard;
+        let mut results = Vec::with_capacity(items.len());
+        // Admitted messages get consecutive numbers: a refusal takes none.
+        let mut admitted = Vec::with_capacity(items.len());
+        for (i, (payload, _)) in items.iter().enumerate() {
+            let size = payload.len() as u64;
+            match book.admit(size) {
+                Ok(seq) => {
+                    admitted.push((i, seq));
+                    results.push(Ok(seq));
+                }
+                Err(r) => results.push(Err(self.refused(r, size, book.limits()))),
+            }
+        }
+        let sizes: Vec<usize> = admitted.iter().map(|&(i, _)| items[i].0.len()).collect();
+        for chunk in record::chunks(&sizes) {
+            let run = &admitted[chunk];
+            let Some(&(_, first)) = run.first() else {
+                continue;
+            };
+            let messages: Vec<(&[u8], Option<u64>)> = run.iter().map(|&(i, _)| items[i]).collect();
+            let inserted = self
+                .inner
+                .tree
+                .insert(first.to_be_bytes(), record::encode(&messages));
+            match inserted {
+                Ok(_) => {
+                    groups.add(first, run.len() as u32);
+                    for (&(_, seq), (payload, exp)) in run.iter().zip(&messages) {
+                        book.push(seq, payload.len() as u64, *exp);
+                    }
+                }
+                Err(e) => {
+                    for &(i, _) in run {
+                        results[i] = Err(self.storage_err(format!("sled: {e}")));
+                    }
+                }
+            }
+        }
+        results
     }
 
     /// Appends a message, returning its sequence number once it is on disk.
@@ -265,7 +288,10 @@ impl Queue {
         payload: &[u8],
         expires_at_ms: Option<u64>,
     ) -> Result<u64, QueueError> {
-        let seq = self.append_unsynced(payload, expires_at_ms)?;
+        let mut results = self.append_unsynced(&[(payload, expires_at_ms)]);
+        let seq = results
+            .pop()
+            .unwrap_or_else(|| Err(self.storage_err("no result")))?;
         self.inner.ready.notify_waiters();
         self.inner
             .storage
@@ -281,10 +307,8 @@ impl Queue {
         &self,
         items: &[(Bytes, Option<u64>)],
     ) -> Vec<Result<u64, QueueError>> {
-        let mut results: Vec<_> = items
-            .iter()
-            .map(|(p, exp)| self.append_unsynced(p, *exp))
-            .collect();
+        let items: Vec<(&[u8], Option<u64>)> = items.iter().map(|(p, e)| (&p[..], *e)).collect();
+        let mut results = self.append_unsynced(&items);
         if results.iter().any(Result::is_ok) {
             self.inner.ready.notify_waiters();
             if let Err(e) = self.inner.storage.sync().await {
@@ -298,30 +322,51 @@ impl Queue {
 
     /// Leases up to `max` deliverable messages, oldest first, without waiting.
     pub fn try_lease(&self, max: usize, lease_for: Duration) -> Result<Vec<Leased>, QueueError> {
-        let (grants, expired) = self.book().lease(Instant::now(), unix_ms(), max, lease_for);
-        for seq in expired {
+        let (located, deletes) = {
+            let mut guard = self.book();
+            let Locked { book, groups } = &mut *guard;
+            let (grants, expired) = book.lease(Instant::now(), unix_ms(), max, lease_for);
+            let deletes: Vec<u64> = expired
+                .into_iter()
+                .filter_map(|s| groups.settle(s))
+                .collect();
+            let located: Vec<(Grant, (u64, usize))> = grants
+                .into_iter()
+                .map(|g| (g, groups.locate(g.seq)))
+                .collect();
+            (located, deletes)
+        };
+        for key in deletes {
             self.inner
                 .tree
-                .remove(seq.to_be_bytes())
+                .remove(key.to_be_bytes())
                 .map_err(|e| self.storage_err(format!("sled: {e}")))?;
         }
-        let mut out = Vec::with_capacity(grants.len());
-        for grant in grants {
-            let raw = self
-                .inner
-                .tree
-                .get(grant.seq.to_be_bytes())
-                .map_err(|e| self.storage_err(format!("sled: {e}")))?;
-            match raw.as_deref().and_then(decode) {
-                Some((_, payload)) => out.push(Leased {
+        let mut out = Vec::with_capacity(located.len());
+        // Consecutive messages usually share a record: read it once.
+        let mut last: Option<(u64, sled::IVec)> = None;
+        for (grant, (key, index)) in located {
+            let raw = match &last {
+                Some((k, raw)) if *k == key => Some(raw.clone()),
+                _ => self
+                    .inner
+                    .tree
+                    .get(key.to_be_bytes())
+                    .map_err(|e| self.storage_err(format!("sled: {e}")))?,
+            };
+            match raw.as_deref().and_then(|r| record::payload_at(r, index)) {
+                Some(payload) => out.push(Leased {
                     grant,
                     payload: Bytes::copy_from_slice(payload),
                 }),
                 None => {
                     // The book and the tree disagree: drop the entry so it cannot block the queue.
                     warn!(queue = %self.inner.name, seq = grant.seq, "queue record missing or unreadable; skipped");
-                    let _ = self.book().ack(grant);
+                    let _ = self.settle(grant);
                 }
+            }
+            if let Some(raw) = raw {
+                last = Some((key, raw));
             }
         }
         Ok(out)
@@ -341,7 +386,7 @@ impl Queue {
             if !got.is_empty() {
                 return Ok(got);
             }
-            let wake = self.book().next_wakeup();
+            let wake = self.book().book.next_wakeup();
             match wake {
                 Some(at) => {
                     tokio::select! {
@@ -368,17 +413,29 @@ impl Queue {
     /// The delete is not flushed on its own: if it is lost in a crash the message is delivered
     /// again, which at-least-once allows, and acks stay cheap.
     pub fn ack(&self, grant: Grant) -> Result<(), QueueError> {
-        self.book().ack(grant).map_err(|s| self.stale(grant, s))?;
-        self.inner
-            .tree
-            .remove(grant.seq.to_be_bytes())
-            .map_err(|e| self.storage_err(format!("sled: {e}")))?;
+        self.settle(grant)
+    }
+
+    /// Takes a message out of the book and deletes its record once nothing in it is held.
+    fn settle(&self, grant: Grant) -> Result<(), QueueError> {
+        let delete = {
+            let mut guard = self.book();
+            guard.book.ack(grant).map_err(|s| self.stale(grant, s))?;
+            guard.groups.settle(grant.seq)
+        };
+        if let Some(key) = delete {
+            self.inner
+                .tree
+                .remove(key.to_be_bytes())
+                .map_err(|e| self.storage_err(format!("sled: {e}")))?;
+        }
         Ok(())
     }
 
     /// Gives a leased message back, deliverable again after `delay`.
     pub fn nack(&self, grant: Grant, delay: Duration) -> Result<(), QueueError> {
         self.book()
+            .book
             .nack(grant, Instant::now(), delay)
             .map_err(|s| self.stale(grant, s))?;
         self.inner.ready.notify_waiters();
@@ -388,13 +445,15 @@ impl Queue {
     /// Keeps a lease for another `lease_for` from now.
     pub fn extend(&self, grant: Grant, lease_for: Duration) -> Result<(), QueueError> {
         self.book()
+            .book
             .extend(grant, Instant::now(), lease_for)
             .map_err(|s| self.stale(grant, s))
     }
 
     /// How full the queue is.
     pub fn stats(&self) -> Stats {
-        let b = self.book();
+        let guard = self.book();
+        let b = &guard.book;
         Stats {
             messages: b.len(),
             bytes: b.bytes(),
@@ -458,6 +517,77 @@ mod tests {
             4,
             "numbering continues"
         );
+    }
+
+    #[tokio::test]
+    async fn a_batch_shares_a_record_that_goes_once_every_message_is_settled() {
+        let (_d, s) = storage().await;
+        let q = Queue::open(&s, "t", Limits::default()).await.unwrap();
+        q.append(b"solo", None).await.unwrap();
+        let batch: Vec<(Bytes, Option<u64>)> = (0..5u8)
+            .map(|i| (Bytes::from(vec![b'a' + i; usize::from(i) + 1]), None))
+            .collect();
+        let seqs: Vec<u64> = q
+            .append_many(&batch)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+        assert_eq!(
+            q.inner.tree.len(),
+            2,
+            "one record for the single append, one for the batch"
+        );
+        let got = q.try_lease(10, LEASE).unwrap();
+        let payloads: Vec<&[u8]> = got.iter().map(|l| &l.payload[..]).collect();
+        assert_eq!(
+            payloads,
+            [&b"solo"[..], b"a", b"bb", b"ccc", b"dddd", b"eeeee"]
+        );
+        q.ack(got[0].grant).unwrap();
+        q.ack(got[2].grant).unwrap();
+        q.ack(got[4].grant).unwrap();
+        assert_eq!(
+            q.inner.tree.len(),
+            1,
+            "the batch record stays while any of it is held"
+        );
+        drop((got, q));
+        // After a restart, the unsettled ones of the batch come again, and only what was in
+        // the record (a settled message of a partly settled record comes again too:
+        // at-least-once).
+        let q = Queue::open(&s, "t", Limits::default()).await.unwrap();
+        let again = q.try_lease(10, LEASE).unwrap();
+        let payloads: Vec<&[u8]> = again.iter().map(|l| &l.payload[..]).collect();
+        assert_eq!(payloads, [&b"a"[..], b"bb", b"ccc", b"dddd", b"eeeee"]);
+        for l in &again {
+            q.ack(l.grant).unwrap();
+        }
+        assert_eq!(q.inner.tree.len(), 0, "deleted once all of it is settled");
+        assert_eq!(q.stats().messages, 0);
+        assert_eq!(
+            q.append(b"next", None).await.unwrap(),
+            6,
+            "numbering continues"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_message_in_a_batch_is_dropped_and_its_record_still_goes() {
+        let (_d, s) = storage().await;
+        let q = Queue::open(&s, "t", Limits::default()).await.unwrap();
+        let future = unix_ms() + 60_000;
+        let batch = [
+            (Bytes::from_static(b"old"), Some(1)),
+            (Bytes::from_static(b"new"), Some(future)),
+        ];
+        q.append_many(&batch).await;
+        let got = q.try_lease(10, LEASE).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].payload[..], b"new");
+        q.ack(got[0].grant).unwrap();
+        assert_eq!(q.inner.tree.len(), 0);
     }
 
     #[tokio::test]

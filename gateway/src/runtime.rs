@@ -17,6 +17,7 @@ use crate::blocks::metadata::MetadataBlock;
 use crate::blocks::pubsub::PubSubBlock;
 use crate::blocks::secrets::SecretsBlock;
 use crate::blocks::state::StateBlock;
+use crate::blocks::telemetry::{Receipt, TelemetryBlock};
 use crate::call::{Call, Op, Reply};
 use crate::error::Error;
 use crate::policy;
@@ -45,6 +46,8 @@ pub struct Runtime {
     pub pubsub: Arc<PubSubBlock>,
     /// Devices: commands from apps, presence.
     pub devices: DevicesBlock,
+    /// Device telemetry, stored in batches.
+    pub telemetry: TelemetryBlock,
 }
 
 impl Runtime {
@@ -54,6 +57,25 @@ impl Runtime {
         self.capabilities.metrics(&mut out);
         self.devices.metrics(&mut out);
         out
+    }
+
+    /// Starts a device telemetry call ([`Op::Telemetry`]) on the request path without waiting:
+    /// authorized now, stored by the telemetry block in its next batch; the receipt resolves
+    /// once the reading is stored. For transports that keep many readings in flight without a
+    /// task each; [`Runtime::handle`] runs the same call to completion.
+    pub fn submit_telemetry(&self, call: Call) -> Result<Receipt, Error> {
+        policy::authorize(&call.caller, &call.op)?;
+        match &call.op {
+            Op::Telemetry { stream } => {
+                self.telemetry
+                    .submit(&call.caller, stream, call.body, &call.params)
+            }
+            other => Err(Error::new(
+                crate::error::ErrorKind::Internal,
+                crate::error::codes::INTERNAL,
+                format!("{} is not a telemetry call", other.name()),
+            )),
+        }
     }
 
     /// Runs one call along the request path.
@@ -161,6 +183,11 @@ impl Runtime {
             Op::BulkPublish { pubsub, topic } => {
                 self.pubsub
                     .bulk_publish(caller, pubsub, topic, &call.body, &call.params)
+                    .await
+            }
+            Op::Telemetry { stream } => {
+                self.telemetry
+                    .store(caller, stream, call.body.clone(), &call.params)
                     .await
             }
             Op::DevicesList => self.devices.list(),

@@ -489,7 +489,8 @@ fn unit_env() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Counts the records in the telemetry queue's sled tree (edgecar must not be running).
+/// Counts the readings in the telemetry queue's sled tree (edgecar must not be running): a
+/// record holds one reading or a batch of them (gateway/src/queue/record.rs).
 fn persisted(state: &Path) -> usize {
     let db = sled::Config::new()
         .path(state.join("edgecar.sled"))
@@ -500,7 +501,17 @@ fn persisted(state: &Path) -> usize {
     let tree = db
         .open_tree("queue/pubsub.sled/pubsub/telemetry")
         .expect("queue tree");
-    tree.len()
+    tree.iter()
+        .map(|r| {
+            let (_, v) = r.expect("read the queue tree");
+            // Layout 1: one reading; layout 2: a u32 count of readings follows.
+            match v.first() {
+                Some(1) => 1,
+                Some(2) => u32::from_be_bytes(v[1..5].try_into().expect("count")) as usize,
+                other => panic!("unknown queue record layout {other:?}"),
+            }
+        })
+        .sum()
 }
 
 fn run_size(rt: &tokio::runtime::Runtime, n: usize, k: &Knobs, env: &[(String, String)]) {

@@ -119,6 +119,17 @@ fn events_error(pubsub: &str, topic: &str, msg: &str) -> Error {
     )
 }
 
+/// One event of [`PubSubBlock::publish_batch`]: what a single publish call would carry.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Who publishes it (a device is the event's `source`).
+    pub caller: Caller,
+    /// The event's data.
+    pub data: Bytes,
+    /// Content type, publish metadata and trace context, as for [`PubSubBlock::publish`].
+    pub params: Params,
+}
+
 /// What one event needs to be enveloped.
 struct EventIn<'a> {
     data: &'a [u8],
@@ -244,7 +255,37 @@ impl PubSubBlock {
         let tracestate = over("cloudevent.tracestate")
             .or_else(|| params.tracestate.clone())
             .unwrap_or_default();
-        let mut ce: Envelope = if cloudevent::is_cloudevent(ev.content_type) {
+        // A device's identity comes from authentication, never from what it sent.
+        let device = match caller {
+            Caller::Device { id } => Some(id.as_str()),
+            Caller::LocalApp { .. } => None,
+        };
+        if !cloudevent::is_cloudevent(ev.content_type) {
+            let bytes = cloudevent::new_envelope(
+                Attributes {
+                    id: over("cloudevent.id").unwrap_or_default(),
+                    source: device
+                        .map(str::to_owned)
+                        .or_else(|| over("cloudevent.source"))
+                        .unwrap_or_else(|| self.app_id.clone()),
+                    event_type: over("cloudevent.type").unwrap_or_default(),
+                    data_content_type: ev.content_type.to_owned(),
+                    topic: topic.to_owned(),
+                    pubsub: pubsub.to_owned(),
+                    traceparent,
+                    tracestate,
+                    subject: over("cloudevent.subject"),
+                    // The expiry rides in the envelope; the subscriber side drops (or
+                    // dead-letters) the expired event, as Dapr does, so the component keeps it
+                    // until then.
+                    expires_at_secs: meta.ttl_secs.map(|ttl| (now / 1000).saturating_add(ttl)),
+                },
+                ev.data,
+                now,
+            );
+            return Ok((Bytes::from(bytes), None));
+        }
+        let mut ce: Envelope =
             cloudevent::from_cloudevent(ev.data, topic, pubsub, &traceparent, &tracestate, now)
                 .map_err(|m| {
                     // Dapr answers 500 for an unreadable CloudEvent.
@@ -253,25 +294,8 @@ impl PubSubBlock {
                         codes::PUBSUB_CLOUD_EVENTS_SER,
                         format!("cannot create cloudevent: {m}"),
                     )
-                })?
-        } else {
-            cloudevent::new_envelope(
-                Attributes {
-                    id: over("cloudevent.id").unwrap_or_default(),
-                    source: over("cloudevent.source").unwrap_or_else(|| self.app_id.clone()),
-                    event_type: over("cloudevent.type").unwrap_or_default(),
-                    data_content_type: ev.content_type.to_owned(),
-                    topic: topic.to_owned(),
-                    pubsub: pubsub.to_owned(),
-                    traceparent,
-                    tracestate,
-                },
-                ev.data,
-                now,
-            )
-        };
-        // A device's identity comes from authentication, never from what it sent.
-        if let Caller::Device { id } = caller
+                })?;
+        if let Some(id) = device
             && let Ok(v) = serde_json::value::to_raw_value(id)
         {
             ce.insert("source".into(), v);
@@ -284,8 +308,6 @@ impl PubSubBlock {
         if let Some(ttl) = meta.ttl_secs {
             cloudevent::apply_ttl(&mut ce, ttl, now);
         }
-        // The expiry rides in the envelope; the subscriber side drops (or dead-letters) the
-        // expired event, as Dapr does, so the component keeps it until then.
         Ok((Bytes::from(cloudevent::to_bytes(&ce)), None))
     }
 
@@ -320,6 +342,54 @@ impl PubSubBlock {
             .unwrap_or_else(|stopped| Err(PubSubError::Backend(stopped.to_string())));
         result.map_err(|e| publish_error(pubsub, topic, &e))?;
         Ok(Reply::no_content())
+    }
+
+    /// Publishes several events from possibly different callers to one topic with one component
+    /// call (for `pubsub.sled`: one group commit for all), each enveloped as [`Self::publish`]
+    /// would. Each event succeeds or fails on its own; results are in the events' order. The
+    /// component's resiliency policy is not applied, as for bulk publish: retrying a batch would
+    /// publish its successful events twice.
+    pub async fn publish_batch(
+        &self,
+        pubsub: &str,
+        topic: &str,
+        events: Vec<Event>,
+    ) -> Vec<Result<(), Error>> {
+        let bus = match self.resolve(pubsub, topic) {
+            Ok(b) => b,
+            Err(e) => return vec![Err(e); events.len()],
+        };
+        let mut results: Vec<Result<(), Error>> = Vec::with_capacity(events.len());
+        let mut messages = Vec::with_capacity(events.len());
+        for e in events {
+            let prepared = read_meta(pubsub, &e.params.metadata).and_then(|meta| {
+                let ev = EventIn {
+                    data: &e.data,
+                    content_type: e.params.content_type.as_deref().unwrap_or_default(),
+                    metadata: &e.params.metadata,
+                };
+                self.envelope(&e.caller, pubsub, topic, &ev, &meta, &e.params)
+            });
+            match prepared {
+                Ok((data, expires_at_ms)) => {
+                    messages.push(OutMessage {
+                        topic: topic.to_owned(),
+                        data,
+                        metadata: e.params.metadata,
+                        expires_at_ms,
+                    });
+                    results.push(Ok(()));
+                }
+                Err(err) => results.push(Err(err)),
+            }
+        }
+        let mut published = bus.bus.publish_many(messages).await.into_iter();
+        for r in results.iter_mut().filter(|r| r.is_ok()) {
+            if let Some(Err(e)) = published.next() {
+                *r = Err(publish_error(pubsub, topic, &e));
+            }
+        }
+        results
     }
 
     /// `POST /v1.0-alpha1/publish/bulk/<pubsub>/<topic>` (and the v1.0 path).

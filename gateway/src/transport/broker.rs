@@ -557,8 +557,6 @@ pub struct Served {
     pub registry: Arc<Registry>,
     /// Where "last seen" is recorded.
     pub presence: Arc<Presence>,
-    /// Where telemetry goes: (pub/sub component, topic).
-    pub telemetry: (String, String),
 }
 
 /// Serves devices through the broker until `stop` turns true; then stops taking deliveries
@@ -883,17 +881,9 @@ async fn handle(
             let result = run(&served.runtime, *call).await;
             link.reply(&device, &reply_to, result);
         }
-        Inbound::Telemetry {
-            stream,
-            payload,
-            content_type,
-            reply_to,
-        } => {
-            let (pubsub, topic) = served.telemetry.clone();
-            let call =
-                protocol::telemetry_call(&device, pubsub, topic, stream, payload, content_type);
+        Inbound::Telemetry { call, reply_to } => {
             // Stored (or failed and answered) before the broker hears the PUBACK.
-            if let Err(e) = run(&served.runtime, call).await {
+            if let Err(e) = run(&served.runtime, *call).await {
                 link.reply(&device, &reply_to, Err(e));
             }
         }

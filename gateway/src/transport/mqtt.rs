@@ -16,7 +16,7 @@ pub mod session;
 pub mod tls;
 pub mod topics;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::blocks::telemetry::Receipt;
 use crate::config::MqttConfig;
 use crate::devices::{Presence, Registry, unix_ms};
 use crate::runtime::Runtime;
@@ -69,8 +70,6 @@ pub struct Endpoint {
     pub connect_timeout: Duration,
     /// TLS, when configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// Where telemetry goes: (pub/sub component, topic).
-    pub telemetry: (String, String),
 }
 
 impl Endpoint {
@@ -135,14 +134,20 @@ pub async fn serve(
                 let ep = ep.clone();
                 match ep.tls.clone() {
                     None => {
-                        conns.spawn(connection(stream, peer, ep, permit, tls::ClientCert::None));
+                        conns.spawn(async move {
+                            handshake(stream, peer, ep, permit, tls::ClientCert::None)
+                                .await
+                                .map(Handshaken::Tcp)
+                        });
                     }
                     Some(tls) => {
                         conns.spawn(async move {
                             match tokio::time::timeout(ep.connect_timeout, tls.accept(stream)).await {
                                 Ok(Ok(s)) => {
                                     let cert = tls::client_identity(s.get_ref().1);
-                                    connection(s, peer, ep, permit, cert).await;
+                                    return handshake(s, peer, ep, permit, cert)
+                                        .await
+                                        .map(Handshaken::Tls);
                                 }
                                 Ok(Err(e)) => match tls::certificate_refusal(&e) {
                                     Some(why) => warn!(%peer, reason = %why, "device certificate refused in the TLS handshake"),
@@ -150,11 +155,16 @@ pub async fn serve(
                                 },
                                 Err(_) => debug!(%peer, "TLS handshake timed out"),
                             }
+                            None
                         });
                     }
                 }
             }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                if let Ok(Some(h)) = done {
+                    start_session(&mut conns, h);
+                }
+            }
             r = stop.changed() => {
                 if r.is_err() || *stop.borrow() {
                     break;
@@ -275,28 +285,49 @@ async fn authenticate(
     }
 }
 
-/// One device connection, from CONNECT to close. `cert` is what its verified TLS client
-/// certificate says (if any): it proves the device instead of a password.
-async fn connection<S: Stream>(
+/// A device that sent a valid CONNECT and proved who it is, ready for its session.
+struct Accepted<S> {
+    stream: S,
+    peer: SocketAddr,
+    ep: Arc<Endpoint>,
+    /// Bytes read after the CONNECT.
+    buf: BytesMut,
+    connect: Box<codec::Connect>,
+    version: Version,
+    credential: crate::devices::Credential,
+    will: Option<Box<Message>>,
+}
+
+/// What a connection task hands back to [`serve`]: a device ready for its session, which runs as
+/// a task of its own (so that the handshake's state does not size every session's task).
+enum Handshaken {
+    Tcp(Box<Accepted<tokio::net::TcpStream>>),
+    Tls(Box<Accepted<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>),
+}
+
+/// Starts the session of a device whose handshake finished.
+fn start_session(conns: &mut JoinSet<Option<Handshaken>>, h: Handshaken) {
+    match h {
+        Handshaken::Tcp(a) => conns.spawn(session(a)),
+        Handshaken::Tls(a) => conns.spawn(session(a)),
+    };
+}
+
+/// A new connection up to its authenticated CONNECT (refusing it otherwise). `cert` is what its
+/// verified TLS client certificate says (if any): it proves the device instead of a password.
+async fn handshake<S: Stream>(
     mut stream: S,
     peer: SocketAddr,
     ep: Arc<Endpoint>,
-    handshake: tokio::sync::OwnedSemaphorePermit,
+    permit: tokio::sync::OwnedSemaphorePermit,
     cert: tls::ClientCert,
-) {
+) -> Option<Box<Accepted<S>>> {
     let max = ep.limits.max_packet_size;
     let mut buf = BytesMut::with_capacity(READ_BUF);
     let first = tokio::time::timeout(ep.connect_timeout, read_connect(&mut stream, &mut buf, max));
-    // Reduced before matching: a decode result held across the awaits below would take its full
-    // size in every connection's task for as long as the connection lives.
-    let first = match first.await {
-        Ok(Ok((Incoming::Connect(c), v))) => Ok((c, v)),
-        Ok(Err(DecodeError::UnsupportedVersion(level))) => Err(Some(level)),
-        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => Err(None),
-    };
-    let (connect, version) = match first {
-        Ok(c) => c,
-        Err(Some(level)) => {
+    let (connect, version) = match first.await {
+        Ok(Ok((Incoming::Connect(c), v))) => (c, v),
+        Ok(Err(DecodeError::UnsupportedVersion(level))) => {
             debug!(%peer, level, "MQTT protocol level not supported");
             // A 3.1.1-format CONNACK is what MQTT 3.1 clients understand too.
             let reason = format!("protocol level {level}; use MQTT 3.1.1 or 5");
@@ -307,28 +338,68 @@ async fn connection<S: Stream>(
                 reason,
             )
             .await;
-            return;
+            return None;
         }
-        Err(None) => {
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
             debug!(%peer, "no valid CONNECT; closing");
-            return;
+            return None;
         }
     };
     let credential = match authenticate(&ep, &connect, &cert, peer).await {
         Ok(c) => c,
         Err((code, reason)) => {
             refuse(stream, version, code, reason).await;
-            return;
+            return None;
         }
     };
-    let device = credential.id.clone();
-    let will = match session::check_will(&connect, &device) {
+    let will = match session::check_will(&connect, &credential.id) {
         Ok(w) => w,
         Err((code, reason)) => {
             refuse(stream, version, code, reason).await;
-            return;
+            return None;
         }
     };
+    drop(permit);
+    Some(Box::new(Accepted {
+        stream,
+        peer,
+        ep,
+        buf,
+        connect,
+        version,
+        credential,
+        will,
+    }))
+}
+
+/// A session ready to run: its state, its stream and what the hub gave it.
+struct Started<S> {
+    conn: Conn,
+    stream: S,
+    buf: BytesMut,
+    inbox: tokio::sync::mpsc::Receiver<Box<hub::Delivery>>,
+    kick: tokio::sync::oneshot::Receiver<DisconnectCode>,
+    /// How long the session outlives the connection.
+    keep: Option<Duration>,
+}
+
+/// A connection refused after its handshake: (stream, protocol, code, reason).
+type Refused<S> = (S, Version, ConnectCode, String);
+
+/// Everything from an authenticated CONNECT to the CONNACK, without awaiting anything: the
+/// handshake's leftovers end here instead of sizing the session's task.
+fn prepare<S>(accepted: Accepted<S>) -> Result<Started<S>, Refused<S>> {
+    let Accepted {
+        stream,
+        peer,
+        ep,
+        buf,
+        connect,
+        version,
+        credential,
+        will,
+    } = accepted;
+    let device = credential.id.clone();
     let client_id = if connect.client_id.is_empty() {
         ep.hub.assign_client_id(&device)
     } else {
@@ -341,8 +412,7 @@ async fn connection<S: Stream>(
         Ok(a) => a,
         Err(code) => {
             warn!(device = %device, ?code, "device connection refused: connection limit");
-            refuse(stream, version, code, "connection limit reached".into()).await;
-            return;
+            return Err((stream, version, code, "connection limit reached".into()));
         }
     };
     // How long the session outlives the connection: 3.1.1 persistent sessions use the configured
@@ -359,54 +429,87 @@ async fn connection<S: Stream>(
         &device,
         client_id,
         will,
-        attached.restored.clone(),
+        attached.restored,
         ep.limits.clone(),
         Instant::now(),
     );
-    drop(connect);
-    drop(handshake);
-    let conn_id = attached.id;
     let mut conn = Conn {
         ep: ep.clone(),
         session,
-        conn_id,
-        device: device.clone(),
+        conn_id: attached.id,
+        device,
         out: BytesMut::new(),
         requests: JoinSet::new(),
         reply_to: HashMap::new(),
         receipts: HashMap::new(),
+        stored: VecDeque::new(),
     };
     encode(connack, version, &mut conn.out);
     if !conn.session.subscriptions().is_empty() {
         // A resumed session's subscriptions are routable at once.
         ep.hub
-            .set_subscriptions(&device, conn_id, conn.session.subscriptions());
+            .set_subscriptions(&conn.device, conn.conn_id, conn.session.subscriptions());
     }
-    ep.presence.connected(&device, version.label(), unix_ms());
-    info!(device = %device, client = %conn.session.client_id(), %peer, protocol = version.label(),
+    ep.presence
+        .connected(&conn.device, version.label(), unix_ms());
+    info!(device = %conn.device, client = %conn.session.client_id(), %peer, protocol = version.label(),
           keep_alive = ?conn.session.keep_alive(), "device connected");
+    Ok(Started {
+        conn,
+        stream,
+        buf,
+        inbox: attached.inbox,
+        kick: attached.kick,
+        keep,
+    })
+}
+
+/// One device's session, from its CONNACK to close.
+async fn session<S: Stream>(accepted: Box<Accepted<S>>) -> Option<Handshaken> {
+    let Started {
+        mut conn,
+        stream,
+        buf,
+        inbox,
+        kick,
+        keep,
+    } = match prepare(*accepted) {
+        Ok(started) => started,
+        Err((stream, version, code, reason)) => {
+            // Boxed: a rare path, which inline would size every session's task.
+            Box::pin(refuse(stream, version, code, reason)).await;
+            return None;
+        }
+    };
     let (rd, mut wr) = tokio::io::split(stream);
-    let close = conn.run(rd, &mut wr, buf, attached).await;
+    let close = conn.run(rd, &mut wr, buf, inbox, kick).await;
     // Tell an MQTT 5 client why edgecar ends the connection.
     if let Close::ByServer(code) = close {
-        encode(Outgoing::Disconnect { code }, version, &mut conn.out);
+        encode(
+            Outgoing::Disconnect { code },
+            conn.session.version(),
+            &mut conn.out,
+        );
     }
     let _ = flush(&mut wr, &mut conn.out).await;
     let _ = wr.shutdown().await;
     drop(wr);
-    let subs = conn.session.subscriptions().to_vec();
-    ep.hub.detach(&device, conn_id, keep, subs, Instant::now());
-    if let Some(will) = conn.session.take_will() {
-        // Wills stay inside the device's own tree: its other connections may hear it.
-        ep.hub.route(&device, &will, None);
-    }
-    ep.presence
-        .disconnected(&device, close.describe(), unix_ms());
-    info!(device = %device, client = %conn.session.client_id(), reason = close.describe(), "device disconnected");
+    conn.closed(close, keep);
     // Requests already read are still answered (to the device's other connections: a device
     // that publishes a QoS 0 request and disconnects at once may be listening on another).
     // Boxed: inline, this state would size every live connection's task, not only closing ones.
     Box::pin(conn.drain()).await;
+    None
+}
+
+/// What [`Conn::next_packet`] did.
+enum Step {
+    /// A packet was handled (or parked): look again.
+    Handled,
+    /// Nothing to handle until more bytes, a timer or a reply arrive.
+    Wait,
+    /// The connection ends.
+    Close(Close),
 }
 
 /// The state of one connection's loop.
@@ -424,6 +527,18 @@ struct Conn {
     reply_to: HashMap<tokio::task::Id, (u64, ReplyTo)>,
     /// Outbox messages sent at QoS 1 and not yet acknowledged, by packet id.
     receipts: HashMap<u16, Arc<crate::outbox::Receipt>>,
+    /// Telemetry readings handed to the telemetry block, oldest first: (session token, where an
+    /// error reply goes, outcome). They are stored in arrival order, so the oldest completes
+    /// first; polled here rather than in a task each, since readings are the hottest path.
+    stored: VecDeque<(u64, ReplyTo, Receipt)>,
+}
+
+/// The outcome of the oldest reading in `stored`; never resolves while there is none.
+async fn oldest_stored(stored: &mut VecDeque<(u64, ReplyTo, Receipt)>) -> Result<(), crate::Error> {
+    match stored.front_mut() {
+        Some((_, _, receipt)) => receipt.await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Conn {
@@ -433,16 +548,12 @@ impl Conn {
         mut rd: ReadHalf<S>,
         wr: &mut WriteHalf<S>,
         mut buf: BytesMut,
-        attached: hub::Attached,
+        mut inbox: tokio::sync::mpsc::Receiver<Box<hub::Delivery>>,
+        mut kick: tokio::sync::oneshot::Receiver<DisconnectCode>,
     ) -> Close {
-        let hub::Attached {
-            mut inbox,
-            mut kick,
-            ..
-        } = attached;
-        let max = self.ep.limits.max_packet_size;
-        let version = self.session.version();
-        let mut next: Option<Incoming> = None;
+        // A packet read but not yet handled because the device's rate limit ran out. Boxed: it is
+        // rarely there, and inline it would size every connection's task.
+        let mut parked: Option<Box<Incoming>> = None;
         let mut throttled: Option<Instant> = None;
         let mut paused = false;
         let mut presence_at = Instant::now();
@@ -460,51 +571,16 @@ impl Conn {
             if !reading {
                 paused = true;
             }
-            if reading && next.is_none() {
-                match codec::decode(&mut buf, Some(version), max) {
-                    Ok(Some((p, _))) => next = Some(p),
-                    Ok(None) => {}
-                    Err(e) => {
-                        debug!(device = %self.device, error = %e, "bad packet");
-                        let code = match e {
-                            DecodeError::TooLarge { .. } => DisconnectCode::PacketTooLarge,
-                            _ => DisconnectCode::MalformedPacket,
-                        };
-                        return Close::ByServer(code);
-                    }
-                }
-            }
-            if reading && let Some(p) = next.take() {
-                let now = Instant::now();
-                // A PUBACK answers what edgecar sent; it costs the device no token.
-                let token = match p {
-                    Incoming::PubAck { .. } => Ok(()),
-                    _ => self.ep.hub.take_token(&self.device, now),
-                };
-                match token {
-                    Ok(()) => {
-                        if let Incoming::PubAck { pkid } = &p
-                            && let Some(r) = self.receipts.remove(pkid)
-                        {
-                            r.confirm();
-                        }
-                        if now.duration_since(presence_at) >= PRESENCE_EVERY {
-                            presence_at = now;
-                            self.ep.presence.seen(&self.device, unix_ms());
-                        }
-                        let actions = self.session.on_packet(p, now);
-                        if let Some(close) = self.perform(actions) {
-                            return close;
-                        }
-                        continue;
-                    }
-                    Err(until) => {
-                        debug!(device = %self.device, "rate limit: reading paused");
-                        next = Some(p);
-                        throttled = Some(until);
-                        continue;
-                    }
-                }
+            match self.next_packet(
+                &mut buf,
+                reading,
+                &mut parked,
+                &mut throttled,
+                &mut presence_at,
+            ) {
+                Step::Handled => continue,
+                Step::Close(close) => return close,
+                Step::Wait => {}
             }
             if buf.is_empty() && buf.capacity() > KEEP_BUF {
                 buf = BytesMut::with_capacity(READ_BUF);
@@ -513,17 +589,18 @@ impl Conn {
                 // Its table would otherwise stay allocated for the connection's life.
                 self.reply_to.shrink_to_fit();
             }
-            let deadline = self.session.deadline();
+            // One timer for both (a second would size every connection's task): the end of a
+            // rate-limit pause, or, while reading, the session's keep-alive deadline.
+            let wake = throttled.unwrap_or_else(|| self.session.deadline());
             tokio::select! {
                 r = rd.read_buf(&mut buf), if reading => match r {
                     Ok(0) | Err(_) => return Close::ByClient { publish_will: true },
                     Ok(_) => {}
                 },
-                () = tokio::time::sleep_until(throttled.unwrap_or(deadline)), if throttled.is_some() => {
-                    throttled = None;
-                }
-                () = tokio::time::sleep_until(deadline), if reading => {
-                    if let Some(Action::Close(c)) = self.session.on_timer(Instant::now()) {
+                () = tokio::time::sleep_until(wake), if throttled.is_some() || reading => {
+                    if throttled.take().is_none()
+                        && let Some(Action::Close(c)) = self.session.on_timer(Instant::now())
+                    {
                         return c;
                     }
                 }
@@ -537,12 +614,91 @@ impl Conn {
                         return close;
                     }
                 }
+                outcome = oldest_stored(&mut self.stored), if !self.stored.is_empty() => {
+                    if let Some(close) = self.stored_one(outcome) {
+                        return close;
+                    }
+                }
                 Some(d) = inbox.recv() => self.deliver(*d),
                 r = &mut kick => {
                     return Close::ByServer(r.unwrap_or(DisconnectCode::ServerShuttingDown));
                 }
             }
         }
+    }
+
+    /// Takes the next packet (one parked by the rate limit, or one decoded from `buf`) and
+    /// handles it. Not async: a decoded packet is never held across an await, so it does not
+    /// size the connection's task.
+    fn next_packet(
+        &mut self,
+        buf: &mut BytesMut,
+        reading: bool,
+        parked: &mut Option<Box<Incoming>>,
+        throttled: &mut Option<Instant>,
+        presence_at: &mut Instant,
+    ) -> Step {
+        if !reading {
+            return Step::Wait;
+        }
+        let p = match parked.take() {
+            Some(p) => *p,
+            None => {
+                let version = self.session.version();
+                match codec::decode(buf, Some(version), self.ep.limits.max_packet_size) {
+                    Ok(Some((p, _))) => p,
+                    Ok(None) => return Step::Wait,
+                    Err(e) => {
+                        debug!(device = %self.device, error = %e, "bad packet");
+                        let code = match e {
+                            DecodeError::TooLarge { .. } => DisconnectCode::PacketTooLarge,
+                            _ => DisconnectCode::MalformedPacket,
+                        };
+                        return Step::Close(Close::ByServer(code));
+                    }
+                }
+            }
+        };
+        let now = Instant::now();
+        // A PUBACK answers what edgecar sent; it costs the device no token.
+        let token = match p {
+            Incoming::PubAck { .. } => Ok(()),
+            _ => self.ep.hub.take_token(&self.device, now),
+        };
+        if let Err(until) = token {
+            debug!(device = %self.device, "rate limit: reading paused");
+            *parked = Some(Box::new(p));
+            *throttled = Some(until);
+            return Step::Handled;
+        }
+        if let Incoming::PubAck { pkid } = &p
+            && let Some(r) = self.receipts.remove(pkid)
+        {
+            r.confirm();
+        }
+        if now.duration_since(*presence_at) >= PRESENCE_EVERY {
+            *presence_at = now;
+            self.ep.presence.seen(&self.device, unix_ms());
+        }
+        let actions = self.session.on_packet(p, now);
+        match self.perform(actions) {
+            Some(close) => Step::Close(close),
+            None => Step::Handled,
+        }
+    }
+
+    /// The oldest telemetry reading is stored (or failed: the device hears why); its PUBACK can
+    /// go.
+    fn stored_one(&mut self, outcome: Result<(), crate::Error>) -> Option<Close> {
+        let (token, to, _) = self.stored.pop_front()?;
+        if let Err(e) = outcome {
+            self.send_reply(protocol::reply(&self.device, &to, Err(e)));
+        }
+        if self.stored.is_empty() && self.stored.capacity() > 0 {
+            self.stored = VecDeque::new();
+        }
+        let actions = self.session.done(token);
+        self.perform(actions)
     }
 
     /// The reply of a finished request task (an internal error reply if the task failed).
@@ -628,31 +784,16 @@ impl Conn {
                         });
                         self.reply_to.insert(h.id(), (token, reply_to));
                     }
-                    Inbound::Telemetry {
-                        stream,
-                        payload,
-                        content_type,
-                        reply_to,
-                    } => {
-                        // The session sends the PUBACK only once this returns, i.e. once it is stored.
-                        let (pubsub, topic) = self.ep.telemetry.clone();
-                        let call = protocol::telemetry_call(
-                            &self.device,
-                            pubsub,
-                            topic,
-                            stream,
-                            payload,
-                            content_type,
-                        );
-                        let rt = self.ep.runtime.clone();
-                        let (device, to) = (self.device.clone(), reply_to.clone());
-                        let h = self.requests.spawn(async move {
-                            match rt.handle(call).await {
-                                Ok(_) => (token, None),
-                                Err(e) => (token, Some(protocol::reply(&device, &to, Err(e)))),
+                    Inbound::Telemetry { call, reply_to } => {
+                        // The session sends the PUBACK only once the reading is stored; a failure
+                        // is also answered with an error reply.
+                        match self.ep.runtime.submit_telemetry(*call) {
+                            Ok(receipt) => self.stored.push_back((token, reply_to, receipt)),
+                            Err(e) => {
+                                self.send_reply(protocol::reply(&self.device, &reply_to, Err(e)));
+                                pending.extend(self.session.done(token));
                             }
-                        });
-                        self.reply_to.insert(h.id(), (token, reply_to));
+                        }
                     }
                     Inbound::Invalid { error, reply_to } => {
                         debug!(device = %self.device, topic = %msg.topic, code = error.code, "request refused");
@@ -678,10 +819,33 @@ impl Conn {
         None
     }
 
+    /// The connection has closed: the hub keeps its session (for `keep`) or forgets it, its will
+    /// goes out, presence says so.
+    fn closed(&mut self, close: Close, keep: Option<Duration>) {
+        let (ep, device) = (&self.ep, &self.device);
+        let subs = self.session.subscriptions().to_vec();
+        ep.hub
+            .detach(device, self.conn_id, keep, subs, Instant::now());
+        if let Some(will) = self.session.take_will() {
+            // Wills stay inside the device's own tree: its other connections may hear it.
+            ep.hub.route(device, &will, None);
+        }
+        ep.presence
+            .disconnected(device, close.describe(), unix_ms());
+        info!(device = %device, client = %self.session.client_id(), reason = close.describe(), "device disconnected");
+    }
+
     /// After the connection closed: lets running requests finish and routes their replies.
     async fn drain(mut self) {
         while let Some(done) = self.requests.join_next_with_id().await {
             if let (_, Some(reply)) = self.finished(done) {
+                self.ep.hub.route(&self.device, &reply, None);
+            }
+        }
+        // Readings already handed over are stored all the same; a failure is still reported.
+        while let Some((_, to, receipt)) = self.stored.pop_front() {
+            if let Err(e) = receipt.await {
+                let reply = protocol::reply(&self.device, &to, Err(e));
                 self.ep.hub.route(&self.device, &reply, None);
             }
         }

@@ -71,32 +71,39 @@ fn empty_string() -> Box<RawValue> {
     RawValue::from_string("\"\"".to_owned()).unwrap_or_else(|_| Box::<RawValue>::default())
 }
 
+/// A random UUID v4. Event and trace ids need uniqueness, not secrecy, so they come from a
+/// fast per-thread generator (seeded from the OS per process) instead of a system call each.
+fn random_uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid()
+}
+
 /// A fresh random id in the UUID v4 text form Dapr uses for event ids.
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    random_uuid().to_string()
 }
 
 /// The W3C `traceparent` of a new span: a child of `parent` when it is a valid traceparent (same
 /// trace id and flags, new span id), else the root of a new, unsampled trace. Dapr records its
 /// publish span this way and puts the span's context in the envelope.
 pub fn child_traceparent(parent: Option<&str>) -> String {
-    let span = uuid::Uuid::new_v4().simple().to_string();
-    let span_id = &span[..16];
+    // W3C: an all-zero span or trace id is invalid.
+    let span_id = fastrand::u64(1..);
     if let Some(p) = parent {
-        let parts: Vec<&str> = p.trim().split('-').collect();
+        let mut parts = p.trim().split('-');
+        let (version, trace, _, flags) = (parts.next(), parts.next(), parts.next(), parts.next());
         let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        if parts.len() >= 4
-            && hex(parts[0], 2)
-            && parts[0] != "ff"
-            && hex(parts[1], 32)
-            && parts[1].bytes().any(|b| b != b'0')
-            && hex(parts[3], 2)
+        if let (Some(version), Some(trace), Some(flags)) = (version, trace, flags)
+            && hex(version, 2)
+            && version != "ff"
+            && hex(trace, 32)
+            && trace.bytes().any(|b| b != b'0')
+            && hex(flags, 2)
         {
-            return format!("00-{}-{span_id}-{}", parts[1], parts[3]);
+            return format!("00-{trace}-{span_id:016x}-{flags}");
         }
     }
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    format!("00-{trace}-{span_id}-00")
+    let trace_id = fastrand::u128(1..);
+    format!("00-{trace_id:032x}-{span_id:016x}-00")
 }
 
 /// What [`new_envelope`] needs besides the data.
@@ -112,55 +119,93 @@ pub struct Attributes {
     pub data_content_type: String,
     /// `topic`.
     pub topic: String,
-    /// `pubsubname`.
+    /// `pubsub`.
     pub pubsub: String,
     /// `traceparent` (and `traceid`, its older name).
     pub traceparent: String,
     /// `tracestate`.
     pub tracestate: String,
+    /// `subject` (`cloudevent.subject` metadata); absent when `None`.
+    pub subject: Option<String>,
+    /// `expiration` in Unix seconds (from `ttlInSeconds`); absent when `None`.
+    pub expires_at_secs: Option<u64>,
 }
 
-/// Wraps published data in a new envelope, as Dapr's `NewCloudEventsEnvelope` does.
-pub fn new_envelope(attrs: Attributes, data: &[u8], now_unix_ms: u64) -> Envelope {
-    let or = |s: String, default: &str| if s.is_empty() { default.to_owned() } else { s };
-    let id = if attrs.id.is_empty() {
-        new_id()
+/// Appends `"name":` and a JSON string to `out`, with the separator when `out` already holds a
+/// member.
+fn member_str(out: &mut Vec<u8>, name: &str, value: &str) {
+    member_name(out, name);
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+fn member_name(out: &mut Vec<u8>, name: &str) {
+    if out.len() > 1 {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// Wraps published data in a new envelope, as Dapr's `NewCloudEventsEnvelope` does, and
+/// serialises it: the same bytes [`to_bytes`] gives for the equivalent [`Envelope`] (keys in
+/// byte order, as Go's `json.Marshal` writes a map; `data` verbatim when it is JSON), written
+/// directly because every publish and every device reading takes this path.
+pub fn new_envelope(attrs: Attributes, data: &[u8], now_unix_ms: u64) -> Vec<u8> {
+    fn or<'a>(s: &'a str, default: &'static str) -> &'a str {
+        if s.is_empty() { default } else { s }
+    }
+    let content_type = or(&attrs.data_content_type, DEFAULT_DATA_CONTENT_TYPE);
+    let mut out = Vec::with_capacity(data.len() + 400);
+    out.push(b'{');
+    if is_binary(content_type) {
+        member_str(
+            &mut out,
+            "data_base64",
+            &base64::engine::general_purpose::STANDARD.encode(data),
+        );
     } else {
-        attrs.id
-    };
-    let content_type = or(attrs.data_content_type, DEFAULT_DATA_CONTENT_TYPE);
-    let mut ce = Envelope::new();
-    let (field, value) = if is_json(&content_type) {
         // Invalid JSON under a JSON type is carried as a string, as Dapr does.
-        match serde_json::from_slice::<Box<RawValue>>(data) {
-            Ok(v) => ("data", v),
-            Err(_) => ("data", raw_string(&String::from_utf8_lossy(data))),
+        let json = is_json(content_type)
+            .then(|| serde_json::from_slice::<&RawValue>(data).ok())
+            .flatten();
+        match json {
+            Some(raw) => {
+                member_name(&mut out, "data");
+                out.extend_from_slice(raw.get().as_bytes());
+            }
+            None => member_str(&mut out, "data", &String::from_utf8_lossy(data)),
         }
-    } else if is_binary(&content_type) {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(data);
-        ("data_base64", raw_string(&b64))
+    }
+    member_str(&mut out, "datacontenttype", content_type);
+    if let Some(at) = attrs.expires_at_secs {
+        member_str(&mut out, "expiration", &rfc3339(at));
+    }
+    if attrs.id.is_empty() {
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        member_str(
+            &mut out,
+            "id",
+            random_uuid().hyphenated().encode_lower(&mut buf),
+        );
     } else {
-        ("data", raw_string(&String::from_utf8_lossy(data)))
-    };
-    ce.insert(field.into(), value);
-    ce.insert("id".into(), raw_string(&id));
-    ce.insert("specversion".into(), raw_string(SPEC_VERSION));
-    ce.insert("datacontenttype".into(), raw_string(&content_type));
-    ce.insert(
-        "source".into(),
-        raw_string(&or(attrs.source, DEFAULT_SOURCE)),
-    );
-    ce.insert(
-        "type".into(),
-        raw_string(&or(attrs.event_type, DEFAULT_TYPE)),
-    );
-    ce.insert("topic".into(), raw_string(&attrs.topic));
-    ce.insert("pubsubname".into(), raw_string(&attrs.pubsub));
-    ce.insert("traceid".into(), raw_string(&attrs.traceparent));
-    ce.insert("traceparent".into(), raw_string(&attrs.traceparent));
-    ce.insert("tracestate".into(), raw_string(&attrs.tracestate));
-    ce.insert("time".into(), raw_string(&rfc3339(now_unix_ms / 1000)));
-    ce
+        member_str(&mut out, "id", &attrs.id);
+    }
+    member_str(&mut out, "pubsubname", &attrs.pubsub);
+    member_str(&mut out, "source", or(&attrs.source, DEFAULT_SOURCE));
+    member_str(&mut out, "specversion", SPEC_VERSION);
+    if let Some(subject) = &attrs.subject {
+        member_str(&mut out, "subject", subject);
+    }
+    member_str(&mut out, "time", &rfc3339(now_unix_ms / 1000));
+    member_str(&mut out, "topic", &attrs.topic);
+    member_str(&mut out, "traceid", &attrs.traceparent);
+    member_str(&mut out, "traceparent", &attrs.traceparent);
+    member_str(&mut out, "tracestate", &attrs.tracestate);
+    member_str(&mut out, "type", or(&attrs.event_type, DEFAULT_TYPE));
+    out.push(b'}');
+    out
 }
 
 /// Takes a body published as `application/cloudevents+json`, as Dapr's `FromCloudEvent` does:
@@ -327,6 +372,10 @@ mod tests {
         serde_json::from_slice(&to_bytes(ce)).unwrap()
     }
 
+    fn parsed(bytes: &[u8]) -> Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
     fn attrs(ct: &str) -> Attributes {
         Attributes {
             source: "checkout".into(),
@@ -342,17 +391,17 @@ mod tests {
     fn json_data_is_embedded_with_every_dapr_attribute() {
         let ce = new_envelope(
             attrs("application/json"),
-            br#"{"n": 12345678901234567890, "f": 1.10}"#,
+            br#" {"n": 12345678901234567890, "f": 1.10}"#,
             1_700_000_000_123,
         );
-        let text = String::from_utf8(to_bytes(&ce)).unwrap();
+        let text = String::from_utf8(ce.clone()).unwrap();
         // Numbers keep their exact text; keys are sorted like Go's map marshalling.
         assert!(
             text.contains(r#""data":{"n": 12345678901234567890, "f": 1.10}"#),
             "{text}"
         );
         assert!(text.starts_with(r#"{"data":"#), "{text}");
-        let v = value(&ce);
+        let v = parsed(&ce);
         assert_eq!(v["specversion"], "1.0");
         assert_eq!(v["type"], "com.dapr.event.sent");
         assert_eq!(v["source"], "checkout");
@@ -369,25 +418,25 @@ mod tests {
 
     #[test]
     fn text_binary_default_and_invalid_json_data() {
-        let v = value(&new_envelope(attrs(""), b"hello", 0));
+        let v = parsed(&new_envelope(attrs(""), b"hello", 0));
         assert_eq!(
             (v["datacontenttype"].clone(), v["data"].clone()),
             (json!("text/plain"), json!("hello"))
         );
-        let v = value(&new_envelope(
+        let v = parsed(&new_envelope(
             attrs("application/octet-stream"),
             &[0, 255, 1],
             0,
         ));
         assert_eq!(v["data_base64"], "AP8B");
         assert!(v.get("data").is_none());
-        let v = value(&new_envelope(
+        let v = parsed(&new_envelope(
             attrs("application/json; charset=utf-8"),
             b"{not json",
             0,
         ));
         assert_eq!(v["data"], "{not json");
-        let v = value(&new_envelope(attrs("application/xml"), b"<a/>", 0));
+        let v = parsed(&new_envelope(attrs("application/xml"), b"<a/>", 0));
         assert_eq!(v["data"], "<a/>");
     }
 
@@ -424,10 +473,18 @@ mod tests {
 
     #[test]
     fn ttl_sets_an_expiration_that_expires() {
-        let mut ce = new_envelope(attrs("text/plain"), b"x", 1_000_000);
-        apply_ttl(&mut ce, 10, 1_000_000);
-        let v = value(&ce);
+        let v = parsed(&new_envelope(
+            Attributes {
+                expires_at_secs: Some(1_000 + 10),
+                ..attrs("text/plain")
+            },
+            b"x",
+            1_000_000,
+        ));
         assert_eq!(v["expiration"], "1970-01-01T00:16:50Z");
+        let mut passed = from_cloudevent(br#"{"data":1}"#, "t", "ps", "", "", 0).unwrap();
+        apply_ttl(&mut passed, 10, 1_000_000);
+        assert_eq!(value(&passed)["expiration"], "1970-01-01T00:16:50Z");
         assert!(!has_expired(&v, 1_009_999));
         assert!(has_expired(&v, 1_010_001));
         assert!(!has_expired(&json!({"expiration": "soon"}), u64::MAX));
@@ -445,6 +502,121 @@ mod tests {
             Some(951_782_400_500)
         );
         assert_eq!(parse_rfc3339_ms("2000-02-29"), None);
+    }
+
+    /// The envelope as a sorted map of raw values, the way the writer must serialise it.
+    fn reference(attrs: &Attributes, data: &[u8], now_ms: u64) -> Vec<u8> {
+        let ct = if attrs.data_content_type.is_empty() {
+            DEFAULT_DATA_CONTENT_TYPE
+        } else {
+            &attrs.data_content_type
+        };
+        let mut ce = Envelope::new();
+        if is_binary(ct) {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+            ce.insert("data_base64".into(), raw_string(&b64));
+        } else {
+            let json = serde_json::from_slice::<Box<RawValue>>(data)
+                .ok()
+                .filter(|_| is_json(ct));
+            let v = json.unwrap_or_else(|| raw_string(&String::from_utf8_lossy(data)));
+            ce.insert("data".into(), v);
+        }
+        let mut put = |k: &str, v: &str| ce.insert(k.into(), raw_string(v));
+        put("datacontenttype", ct);
+        put("id", &attrs.id);
+        put("pubsubname", &attrs.pubsub);
+        put(
+            "source",
+            if attrs.source.is_empty() {
+                DEFAULT_SOURCE
+            } else {
+                &attrs.source
+            },
+        );
+        put("specversion", SPEC_VERSION);
+        put("time", &rfc3339(now_ms / 1000));
+        put("topic", &attrs.topic);
+        put("traceid", &attrs.traceparent);
+        put("traceparent", &attrs.traceparent);
+        put("tracestate", &attrs.tracestate);
+        put(
+            "type",
+            if attrs.event_type.is_empty() {
+                DEFAULT_TYPE
+            } else {
+                &attrs.event_type
+            },
+        );
+        if let Some(s) = &attrs.subject {
+            put("subject", s);
+        }
+        if let Some(at) = attrs.expires_at_secs {
+            put("expiration", &rfc3339(at));
+        }
+        to_bytes(&ce)
+    }
+
+    #[test]
+    fn the_envelope_writer_gives_the_sorted_map_bytes() {
+        let datas: [&[u8]; 7] = [
+            br#"{"t":21.5,"s":"\u00e9\n"}"#,
+            b" [1, 2]\n",
+            b"{broken",
+            "caf\u{e9} \"quoted\"\t".as_bytes(),
+            &[0, 159, 146, 150],
+            b"",
+            b"12",
+        ];
+        let types = [
+            "application/json",
+            "text/plain",
+            "application/octet-stream",
+            "",
+            "application/JSON; charset=utf-8",
+        ];
+        for data in datas {
+            for ct in types {
+                for extra in [false, true] {
+                    let a = Attributes {
+                        id: "e-1".into(),
+                        source: if extra {
+                            "dev\"ice".into()
+                        } else {
+                            String::new()
+                        },
+                        event_type: if extra {
+                            "io.edgecar.telemetry".into()
+                        } else {
+                            String::new()
+                        },
+                        subject: extra.then(|| "line3/temp".into()),
+                        expires_at_secs: extra.then_some(1_700_000_060),
+                        tracestate: if extra { "k=v".into() } else { String::new() },
+                        ..attrs(ct)
+                    };
+                    let got = new_envelope(a.clone(), data, 1_700_000_000_999);
+                    let want = reference(&a, data, 1_700_000_000_999);
+                    assert_eq!(
+                        String::from_utf8_lossy(&got),
+                        String::from_utf8_lossy(&want),
+                        "data {data:?}, type {ct:?}, extra {extra}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn new_ids_are_uuid_v4_and_differ() {
+        let a = uuid::Uuid::parse_str(&new_id()).unwrap();
+        let b = uuid::Uuid::parse_str(&new_id()).unwrap();
+        assert_eq!(a.get_version_num(), 4);
+        assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
+        assert_ne!(a, b);
+        let v = parsed(&new_envelope(attrs("text/plain"), b"x", 0));
+        let id = uuid::Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
+        assert_eq!(id.get_version_num(), 4);
     }
 
     #[test]

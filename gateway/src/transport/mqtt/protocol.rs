@@ -60,15 +60,10 @@ pub enum Inbound {
         /// Where its reply goes.
         reply_to: ReplyTo,
     },
-    /// Telemetry: published (durably) to the endpoint's configured topic before the PUBACK; only a
-    /// failure is answered with a message.
+    /// Telemetry: stored (durably) before the PUBACK; only a failure is answered with a message.
     Telemetry {
-        /// The stream: the topic levels after `telemetry/` (may be empty).
-        stream: String,
-        /// The reading, as the device sent it.
-        payload: Bytes,
-        /// Its media type (MQTT 5 content type), if the device said.
-        content_type: Option<String>,
+        /// The call storing the reading ([`Op::Telemetry`]).
+        call: Box<Call>,
         /// Where an error reply goes.
         reply_to: ReplyTo,
     },
@@ -200,10 +195,15 @@ pub fn classify(device: &str, msg: &Message) -> Inbound {
         }
         ["telemetry", ref stream @ ..] => {
             reply_to.op = "telemetry".into();
+            let call = telemetry_call(
+                device,
+                stream.join("/"),
+                msg.payload.clone(),
+                msg.props.content_type.clone(),
+                msg.props.user("traceparent").map(str::to_owned),
+            );
             Inbound::Telemetry {
-                stream: stream.join("/"),
-                payload: msg.payload.clone(),
-                content_type: msg.props.content_type.clone(),
+                call: Box::new(call),
                 reply_to,
             }
         }
@@ -371,39 +371,32 @@ fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result
     })
 }
 
-/// The call storing a device's telemetry reading: a publish to the configured pub/sub component
-/// and topic as the device itself, so its id becomes the event's source and the stream its
-/// subject. MQTT 3.1.1 carries no content type: JSON readings are published as JSON.
+/// The call storing a device's telemetry reading (on the pub/sub topic the telemetry block is
+/// configured with, as an event whose source is the device). MQTT 3.1.1 carries no content type:
+/// JSON readings are stored as JSON.
 pub fn telemetry_call(
     device: &str,
-    pubsub: String,
-    topic: String,
     stream: String,
     payload: Bytes,
     content_type: Option<String>,
+    traceparent: Option<String>,
 ) -> Call {
     let content_type = content_type.or_else(|| {
         serde_json::from_slice::<serde::de::IgnoredAny>(&payload)
             .is_ok()
             .then(|| "application/json".to_owned())
     });
-    let mut params = Params {
-        content_type,
-        ..Default::default()
-    };
-    params
-        .metadata
-        .insert("cloudevent.type".into(), "io.edgecar.telemetry".into());
-    if !stream.is_empty() {
-        params.metadata.insert("cloudevent.subject".into(), stream);
-    }
     Call {
         caller: Caller::Device {
             id: device.to_owned(),
         },
-        op: Op::Publish { pubsub, topic },
+        op: Op::Telemetry { stream },
         body: payload,
-        params,
+        params: Params {
+            content_type,
+            traceparent,
+            ..Default::default()
+        },
     }
 }
 
@@ -574,21 +567,31 @@ mod tests {
     #[test]
     fn telemetry_and_publish_are_decoded() {
         match classify("d1", &msg("edgecar/v1/d1/telemetry/line3/temp", "21.5")) {
-            Inbound::Telemetry {
-                stream,
-                payload,
-                reply_to,
-                ..
-            } => {
-                assert_eq!(stream, "line3/temp");
-                assert_eq!(&payload[..], b"21.5");
+            Inbound::Telemetry { call, reply_to } => {
+                assert_eq!(
+                    call.op,
+                    Op::Telemetry {
+                        stream: "line3/temp".into()
+                    }
+                );
+                assert_eq!(&call.body[..], b"21.5");
+                assert_eq!(call.caller, Caller::Device { id: "d1".into() });
+                assert_eq!(
+                    call.params.content_type.as_deref(),
+                    Some("application/json"),
+                    "a JSON reading without a content type is JSON"
+                );
                 assert_eq!(reply_to.op, "telemetry");
             }
             other => panic!("{other:?}"),
         }
-        assert!(
-            matches!(classify("d1", &msg("edgecar/v1/d1/telemetry", "1")), Inbound::Telemetry { ref stream, .. } if stream.is_empty())
-        );
+        match classify("d1", &msg("edgecar/v1/d1/telemetry", "warm")) {
+            Inbound::Telemetry { call, .. } => {
+                assert_eq!(call.op, Op::Telemetry { stream: "".into() });
+                assert_eq!(call.params.content_type, None);
+            }
+            other => panic!("{other:?}"),
+        }
         let (c, _) = call(classify(
             "d1",
             &msg("edgecar/v1/d1/req/publish/7?topic=orders", "{}"),

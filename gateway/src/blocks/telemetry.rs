@@ -1,0 +1,259 @@
+//! Device telemetry: readings stored durably, in batches, before the device hears they arrived.
+//!
+//! A reading (`edgecar/v1/<id>/telemetry[/<stream>]`, from the embedded endpoint or through an
+//! external broker) becomes an event on the configured pub/sub topic (`devices.telemetryPubsub` /
+//! `devices.telemetryTopic`) with the device as its `source`, the stream as its `subject` and type
+//! `io.edgecar.telemetry`. [`TelemetryBlock::store`] returns once the event is stored — for
+//! `pubsub.sled`, on disk — which is when the transport sends the QoS 1 PUBACK.
+//!
+//! Why a block of its own: thousands of devices each sending a reading is the gateway's hottest
+//! path. Readings from every connection go to one writer task, which publishes whatever has
+//! gathered meanwhile as one batch ([`PubSubBlock::publish_batch`]: one component call, one group
+//! commit), so the cost of a disk flush is shared by every reading that arrived while the
+//! previous one ran, and readings keep their arrival order (a device's readings are stored in
+//! the order it sent them). Under light load a batch is one reading and nothing waits.
+//!
+//! The queue to the writer is not bounded by itself: every reading in it is one a connection is
+//! waiting on, and each connection has at most `mqtt.maxInflight` requests running (the broker
+//! bridge bounds its own), so the connections bound it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::blocks::pubsub::{Event, PubSubBlock};
+use crate::call::{Caller, Params, Reply};
+use crate::error::{Error, ErrorKind, codes};
+
+/// Most readings published as one batch: large enough to share a flush among many devices,
+/// small enough that one batch's inserts do not hold the queue for long.
+const MAX_BATCH: usize = 512;
+
+/// The CloudEvent type of a telemetry reading.
+pub const EVENT_TYPE: &str = "io.edgecar.telemetry";
+
+/// A reading waiting for the writer, and who waits for its outcome.
+type Pending = (Event, oneshot::Sender<Result<(), Error>>);
+
+/// The outcome of a submitted reading, once it is stored (or failed).
+pub struct Receipt(oneshot::Receiver<Result<(), Error>>);
+
+impl std::future::Future for Receipt {
+    type Output = Result<(), Error>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(stopped())))
+    }
+}
+
+/// Stores device telemetry on the configured pub/sub topic.
+pub struct TelemetryBlock {
+    /// To the writer task, which ends when this block is dropped.
+    writer: mpsc::UnboundedSender<Pending>,
+}
+
+impl TelemetryBlock {
+    /// A block publishing to `topic` of `pubsub` through `block`; starts its writer task (so it
+    /// must be called inside a Tokio runtime).
+    pub fn new(block: Arc<PubSubBlock>, pubsub: String, topic: String) -> Self {
+        let (writer, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write(block, pubsub, topic, rx));
+        TelemetryBlock { writer }
+    }
+
+    /// Stores one reading of `caller` on `stream` (may be empty); returns once it is stored.
+    /// `params` carries the reading's content type and trace context.
+    pub async fn store(
+        &self,
+        caller: &Caller,
+        stream: &str,
+        data: Bytes,
+        params: &Params,
+    ) -> Result<Reply, Error> {
+        self.submit(caller, stream, data, params)?.await?;
+        Ok(Reply::no_content())
+    }
+
+    /// Hands one reading to the writer without waiting: the [`Receipt`] resolves once it is
+    /// stored. What [`Self::store`] does, for a transport that keeps many readings in flight
+    /// without a task for each.
+    pub fn submit(
+        &self,
+        caller: &Caller,
+        stream: &str,
+        data: Bytes,
+        params: &Params,
+    ) -> Result<Receipt, Error> {
+        let mut metadata = HashMap::with_capacity(2);
+        metadata.insert("cloudevent.type".to_owned(), EVENT_TYPE.to_owned());
+        if !stream.is_empty() {
+            metadata.insert("cloudevent.subject".to_owned(), stream.to_owned());
+        }
+        let event = Event {
+            caller: caller.clone(),
+            data,
+            params: Params {
+                metadata,
+                content_type: params.content_type.clone(),
+                traceparent: params.traceparent.clone(),
+                tracestate: params.tracestate.clone(),
+                ..Params::default()
+            },
+        };
+        let (done, outcome) = oneshot::channel();
+        self.writer.send((event, done)).map_err(|_| stopped())?;
+        Ok(Receipt(outcome))
+    }
+}
+
+fn stopped() -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        codes::PUBSUB_PUBLISH_MESSAGE,
+        "the telemetry writer has stopped (edgecar is shutting down)",
+    )
+}
+
+/// The writer: publishes what has gathered as one batch, answers each reading, repeats.
+async fn write(
+    block: Arc<PubSubBlock>,
+    pubsub: String,
+    topic: String,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (events, waiters): (Vec<Event>, Vec<_>) = batch.drain(..).unzip();
+        let results = block.publish_batch(&pubsub, &topic, events).await;
+        for (waiter, result) in waiters.into_iter().zip(results) {
+            // The device may have gone meanwhile; its reading is stored all the same.
+            let _ = waiter.send(result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::components::PubSubComponent;
+    use crate::components::pubsub::{
+        Consumer, Handler, OutMessage, PubSub, PubSubError, Stop, SubscribeRequest,
+    };
+    use std::sync::Mutex;
+
+    /// A pub/sub that records what is published, in order.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<OutMessage>>);
+
+    #[async_trait::async_trait]
+    impl PubSub for Recorder {
+        fn features(&self) -> &'static [&'static str] {
+            &[]
+        }
+        async fn publish(&self, msg: OutMessage) -> Result<(), PubSubError> {
+            if msg.data.windows(4).any(|w| w == b"fail") {
+                return Err(PubSubError::Backend("refused by the test".into()));
+            }
+            self.0.lock().unwrap().push(msg);
+            Ok(())
+        }
+        async fn subscribe(
+            &self,
+            _: SubscribeRequest,
+            _: Arc<dyn Handler>,
+            _: Stop,
+        ) -> Result<Consumer, PubSubError> {
+            Err(PubSubError::Backend("not used".into()))
+        }
+    }
+
+    fn device(id: &str) -> Caller {
+        Caller::Device { id: id.into() }
+    }
+
+    fn telemetry(rec: &Arc<Recorder>) -> TelemetryBlock {
+        let mut buses = HashMap::new();
+        let bus = PubSubComponent {
+            bus: rec.clone(),
+            type_name: "test".into(),
+            concurrency: 1,
+        };
+        buses.insert("pubsub".to_owned(), bus);
+        let block = Arc::new(PubSubBlock::new("gw".into(), buses));
+        TelemetryBlock::new(block, "pubsub".into(), "telemetry".into())
+    }
+
+    #[tokio::test]
+    async fn readings_become_device_events_in_arrival_order_each_with_its_outcome() {
+        let rec = Arc::new(Recorder::default());
+        let telemetry = telemetry(&rec);
+        let json = Params {
+            content_type: Some("application/json".into()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            ..Params::default()
+        };
+        let stores = (0..50).map(|i| {
+            let (t, p) = (&telemetry, &json);
+            let body = if i == 7 {
+                "\"fail\"".to_owned()
+            } else {
+                format!("{{\"n\":{i}}}")
+            };
+            async move {
+                t.store(&device("d1"), "line3/temp", Bytes::from(body), p)
+                    .await
+            }
+        });
+        let results = futures_util::future::join_all(stores).await;
+        for (i, r) in results.iter().enumerate() {
+            match r {
+                Err(e) if i == 7 => assert_eq!(e.code, codes::PUBSUB_PUBLISH_MESSAGE, "{e:?}"),
+                Ok(reply) if i != 7 => assert_eq!(reply.status, 204),
+                other => panic!("reading {i}: {other:?}"),
+            }
+        }
+        let published = rec.0.lock().unwrap();
+        let ns: Vec<u64> = published
+            .iter()
+            .map(|m| {
+                let v: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
+                assert_eq!(v["source"], "d1");
+                assert_eq!(v["subject"], "line3/temp");
+                assert_eq!(v["type"], EVENT_TYPE);
+                assert_eq!(v["topic"], "telemetry");
+                assert_eq!(v["datacontenttype"], "application/json");
+                let tp = v["traceparent"].as_str().unwrap();
+                assert!(
+                    tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+                    "{tp}"
+                );
+                v["data"]["n"].as_u64().unwrap()
+            })
+            .collect();
+        let want: Vec<u64> = (0..50).filter(|i| *i != 7).collect();
+        assert_eq!(ns, want, "stored in arrival order, the failed one missing");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_component_fails_each_reading_with_dapr_s_error() {
+        let block = Arc::new(PubSubBlock::new("gw".into(), HashMap::new()));
+        let telemetry = TelemetryBlock::new(block, "nope".into(), "telemetry".into());
+        let e = telemetry
+            .store(
+                &device("d1"),
+                "",
+                Bytes::from_static(b"1"),
+                &Params::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, codes::PUBSUB_NOT_CONFIGURED);
+    }
+}
