@@ -153,6 +153,8 @@ pub struct DevicesConfig {
     pub telemetry_pubsub: String,
     /// The topic device telemetry is published to.
     pub telemetry_topic: String,
+    /// How long the telemetry writer waits for more readings before storing a batch.
+    pub telemetry_linger: Dur,
     /// The pub/sub component device connect/disconnect events go to.
     pub presence_pubsub: String,
     /// The topic device connect/disconnect events go to; empty: none are published.
@@ -425,6 +427,7 @@ impl Default for DevicesConfig {
             command_timeout: Dur(Duration::from_secs(10)),
             telemetry_pubsub: "pubsub".into(),
             telemetry_topic: "telemetry".into(),
+            telemetry_linger: Dur(Duration::from_millis(2)),
             presence_pubsub: "pubsub".into(),
             presence_topic: String::new(),
             outbox: OutboxConfig::default(),
@@ -746,6 +749,12 @@ pub fn validate(cfg: &Config, file: &Path) -> Vec<ConfigError> {
             err(&format!("apps.{id}"), m);
         }
     }
+    if cfg.devices.telemetry_linger.0 > Duration::from_secs(1) {
+        err(
+            "devices.telemetryLinger",
+            "must be at most 1s (devices wait that much longer for each PUBACK)".into(),
+        );
+    }
     if cfg.devices.command_timeout.0 < Duration::from_millis(10) {
         err("devices.commandTimeout", "must be at least 10ms".into());
     }
@@ -1053,10 +1062,18 @@ mod tests {
                 max_bulk_items: 0,
                 ..Limits::default()
             },
+            devices: DevicesConfig {
+                telemetry_linger: Dur(Duration::from_secs(2)),
+                ..DevicesConfig::default()
+            },
             ..Config::default()
         };
         let errs = validate(&cfg, Path::new("f.yaml"));
-        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_eq!(errs.len(), 3, "{errs:?}");
         assert_eq!(errs[0].field, "appId");
+        assert!(
+            errs.iter().any(|e| e.field == "devices.telemetryLinger"),
+            "{errs:?}"
+        );
     }
 }

@@ -22,7 +22,8 @@
 //! - [`devices`]: the device registry (hashed credentials, hot-reloaded) and presence.
 //! - [`policy`]: what a caller may do.
 //! - [`blocks`]: Dapr semantics (state, pub/sub, invocation, bindings, secrets, configuration,
-//!   locks, capabilities, metadata, device commands), written once for all transports.
+//!   locks, capabilities, metadata, device commands and telemetry), written once for all
+//!   transports.
 //! - [`setup`]: resource documents (components, subscriptions, access control, resiliency,
 //!   capabilities) checked and prepared.
 //! - [`resilience`]: Dapr resiliency policies applied around the gateway's own calls.
@@ -280,6 +281,7 @@ pub async fn run(
             pubsub.clone(),
             cfg.devices.telemetry_pubsub.clone(),
             cfg.devices.telemetry_topic.clone(),
+            cfg.devices.telemetry_linger.0,
         ),
     });
     let mut tasks = JoinSet::new();

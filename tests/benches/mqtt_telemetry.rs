@@ -28,7 +28,8 @@
 //!
 //! Knobs: BENCH_DEVICES (default `1000,10000`), BENCH_SECONDS (10), BENCH_PERIOD_MS (1000),
 //! BENCH_WINDOW (1, at most `mqtt.maxInflight` = 16), BENCH_PAYLOAD (bytes, 64),
-//! BENCH_PBKDF2_ITERATIONS (1000). Needs `ulimit -n` ≥ N + 500 (`scripts/bench.sh` raises it).
+//! BENCH_PBKDF2_ITERATIONS (1000), BENCH_LINGER (edgecar's `devices.telemetryLinger`, e.g. `0`
+//! or `5ms`; its default when unset). Needs `ulimit -n` ≥ N + 500 (`scripts/bench.sh` raises it).
 //! Run with `scripts/bench.sh mqtt_telemetry`.
 
 use std::collections::VecDeque;
@@ -462,6 +463,8 @@ struct Knobs {
     window: usize,
     payload: usize,
     iterations: u32,
+    /// `devices.telemetryLinger` for edgecar; its default when unset.
+    linger: Option<String>,
 }
 
 fn row(server: &str, n: usize, what: &str, p: &Phase) {
@@ -556,11 +559,11 @@ fn run_size(rt: &tokio::runtime::Runtime, n: usize, k: &Knobs, env: &[(String, S
         &[("maxMessages", "100000000"), ("maxBytes", "64Gi")],
     );
     let cfg = state.join("edgecar.yaml");
-    std::fs::write(
-        &cfg,
-        "mqtt:\n  maxConnections: 100000\n  rateLimit:\n    messagesPerSecond: 1000000\n    burst: 1000000\n",
-    )
-    .expect("write config");
+    let mut yaml = "mqtt:\n  maxConnections: 100000\n  rateLimit:\n    messagesPerSecond: 1000000\n    burst: 1000000\n".to_owned();
+    if let Some(linger) = &k.linger {
+        yaml.push_str(&format!("devices:\n  telemetryLinger: {linger}\n"));
+    }
+    std::fs::write(&cfg, yaml).expect("write config");
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut ec = Edgecar::start_with_env(
         state,
@@ -667,6 +670,7 @@ fn main() {
         window: env("BENCH_WINDOW", 1).clamp(1, 16) as usize,
         payload: env("BENCH_PAYLOAD", 64) as usize,
         iterations: env("BENCH_PBKDF2_ITERATIONS", 1000).max(1) as u32,
+        linger: std::env::var("BENCH_LINGER").ok().filter(|v| !v.is_empty()),
     };
     let most = k.sizes.iter().copied().max().unwrap_or(0) as u64;
     let limit = open_files_limit();
@@ -684,6 +688,10 @@ fn main() {
     println!(
         "MQTT telemetry ingest: QoS 1, {} byte JSON readings, {} s per phase; steady = 1 reading per device per {} ms; saturate = {} unacknowledged per device; PBKDF2 {} iterations for the bulk",
         k.payload, k.secs, k.period_ms, k.window, k.iterations
+    );
+    println!(
+        "edgecar devices.telemetryLinger: {}",
+        k.linger.as_deref().unwrap_or("default")
     );
     let env = if std::env::var_os("BENCH_PLAIN_ENV").is_some() {
         Vec::new()

@@ -5,8 +5,14 @@
 //! commands come back the same way. This file owns the listener and the I/O of each connection:
 //! it reads packets ([`codec`]), feeds them to the pure [`session`] state machine, performs its
 //! actions, runs requests through the [`Runtime`] (decoded and encoded by [`protocol`]), and
-//! delivers what the [`hub`] routes to it. Each connection is one task owned by [`serve`], which
-//! ends them all on shutdown.
+//! delivers what the [`hub`] routes to it. Telemetry readings go to the telemetry block without a
+//! task each (see [`crate::blocks::telemetry`]); other requests run as tasks of the connection.
+//!
+//! A connection is two tasks in turn, both owned by [`serve`], which ends them all on shutdown:
+//! the handshake (CONNECT, authentication) and then the session. Two tasks, not one, because a
+//! task is as large as the largest state its future can be in: the session's task, the one that
+//! lives as long as the device stays connected, then does not carry the handshake's state (with
+//! ten thousand devices connected, 7 MB — docs/benchmarks.md).
 
 pub mod codec;
 pub mod hub;
