@@ -40,9 +40,9 @@ pub struct Credential {
 /// How a device proved who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Proof {
-    /// Its password: the stored hash text it matched (compared, never logged). Replacing or
-    /// removing the password ends the session.
-    Password(Arc<str>),
+    /// Its password: the stored hash it matched (compared, never logged). Replacing or removing
+    /// the password ends the session.
+    Password(Arc<PasswordHash>),
     /// A client certificate the TLS layer verified against `mqtt.tls.clientCaFile`. The session
     /// holds while the device stays registered (a new password does not change the certificate).
     Certificate,
@@ -147,21 +147,17 @@ impl Registry {
     /// certificate-only devices (no password), cost the same as wrong passwords.
     pub async fn authenticate(&self, id: &str, password: &[u8]) -> Option<Credential> {
         let _slot = self.auth_slots.acquire().await.ok()?;
-        let found = self.snapshot().get(id).and_then(|d| {
-            Some((
-                d.hash.clone()?,
-                Arc::<str>::from(d.entry.password_hash.as_deref()?),
-            ))
-        });
+        let found = self.snapshot().get(id).and_then(|d| d.hash.clone());
         let password = password.to_vec();
         let known = found.is_some();
-        let (hash, tag) = found.unwrap_or_else(|| (PasswordHash::decoy(), Arc::from("")));
-        let ok = tokio::task::spawn_blocking(move || hash.verify(&password))
+        let hash = found.unwrap_or_else(|| Arc::new(PasswordHash::decoy()));
+        let checked = hash.clone();
+        let ok = tokio::task::spawn_blocking(move || checked.verify(&password))
             .await
             .unwrap_or(false);
         (ok && known).then(|| Credential {
             id: id.to_owned(),
-            proof: Proof::Password(tag),
+            proof: Proof::Password(hash),
         })
     }
 
@@ -178,7 +174,7 @@ impl Registry {
     /// same password hash.
     pub fn still_valid(&self, c: &Credential) -> bool {
         self.snapshot().get(&c.id).is_some_and(|d| match &c.proof {
-            Proof::Password(tag) => d.entry.password_hash.as_deref() == Some(&**tag),
+            Proof::Password(matched) => d.hash.as_deref() == Some(&**matched),
             Proof::Certificate => true,
         })
     }

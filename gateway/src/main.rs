@@ -426,11 +426,11 @@ fn device(cmd: DeviceCommand) -> ExitCode {
         }
         DeviceCommand::List { .. } => match file::load(&path) {
             Ok(devices) => {
-                for d in devices.values() {
+                for (id, d) in &devices {
                     println!(
                         "{}\t{}\t{}",
-                        d.entry.id,
-                        d.entry.added_at.as_deref().unwrap_or("-"),
+                        id,
+                        d.added_at.as_deref().unwrap_or("-"),
                         if d.hash.is_some() {
                             "password"
                         } else {

@@ -331,12 +331,14 @@ fn a_certificate_from_the_device_ca_identifies_a_registered_device() {
         "",
     );
     assert!(not_authorized(&o), "{}", text(&o));
-    assert!(
+    // The log is read from edgecar's output by another thread: wait for the line.
+    eventually(Duration::from_secs(5), "the refusal logged", || {
         ec.log
             .lock()
             .unwrap()
             .contains("no such device in the registry")
-    );
+            .then_some(())
+    });
 
     // A certificate without a CN names nobody.
     let anon = ca.device_cert(pki.path(), "anon", None, 13);

@@ -486,14 +486,8 @@ impl DevicesBlock {
     pub fn list(&self) -> Result<Reply, Error> {
         let devices = self.registry.snapshot();
         let list: Vec<_> = devices
-            .values()
-            .map(|d| {
-                status_json(
-                    &d.entry.id,
-                    &self.presence.get(&d.entry.id),
-                    d.entry.added_at.as_deref(),
-                )
-            })
+            .iter()
+            .map(|(id, d)| status_json(id, &self.presence.get(id), d.added_at.as_deref()))
             .collect();
         Ok(Reply::json(
             serde_json::to_vec(&json!({ "devices": list })).unwrap_or_default(),
@@ -510,7 +504,7 @@ impl DevicesBlock {
                 format!("no device {id:?} is registered"),
             )
         })?;
-        let mut body = status_json(id, &self.presence.get(id), d.entry.added_at.as_deref());
+        let mut body = status_json(id, &self.presence.get(id), d.added_at.as_deref());
         if let Some(q) = &self.queued {
             let subs: Vec<_> = q
                 .subs

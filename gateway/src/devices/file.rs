@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -47,13 +48,14 @@ struct RegistryFile {
     devices: Vec<DeviceEntry>,
 }
 
-/// A validated device.
+/// A validated device, as the running gateway keeps it (its id is the registry's key). Small on
+/// purpose: a registry of ten thousand devices is held in memory (docs/benchmarks.md).
 #[derive(Debug, Clone)]
 pub struct Device {
-    /// The entry as stored.
-    pub entry: DeviceEntry,
-    /// Its parsed hash; `None` for a certificate-only device.
-    pub hash: Option<PasswordHash>,
+    /// Its parsed hash, shared with the sessions it proved; `None` for a certificate-only device.
+    pub hash: Option<Arc<PasswordHash>>,
+    /// When it was added (RFC 3339, UTC), as stored.
+    pub added_at: Option<Box<str>>,
 }
 
 /// Why an edit of the registry failed.
@@ -113,21 +115,33 @@ pub fn load(path: &Path) -> Result<BTreeMap<String, Device>, Vec<ConfigError>> {
     parse(&text, path)
 }
 
+/// Reads registry text into its entries, as stored (not yet validated).
+fn entries(text: &str, path: &Path) -> Result<Vec<DeviceEntry>, Vec<ConfigError>> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let de = serde_norway::Deserializer::from_str(text);
+    let file: RegistryFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        vec![ConfigError::new(path, field, e.into_inner().to_string())]
+    })?;
+    Ok(file.devices)
+}
+
 /// Validates registry text (see [`load`]).
 pub fn parse(text: &str, path: &Path) -> Result<BTreeMap<String, Device>, Vec<ConfigError>> {
-    let file: RegistryFile = if text.trim().is_empty() {
-        RegistryFile::default()
-    } else {
-        let de = serde_norway::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            let field = if field == "." { String::new() } else { field };
-            vec![ConfigError::new(path, field, e.into_inner().to_string())]
-        })?
-    };
+    validate(entries(text, path)?, path)
+}
+
+/// Checks every entry, collecting every problem.
+fn validate(
+    entries: Vec<DeviceEntry>,
+    path: &Path,
+) -> Result<BTreeMap<String, Device>, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut devices = BTreeMap::new();
-    for (i, entry) in file.devices.into_iter().enumerate() {
+    for (i, entry) in entries.into_iter().enumerate() {
         let field = format!("devices[{i}]");
         if let Err(m) = validate_id(&entry.id) {
             errors.push(ConfigError::new(path, format!("{field}.id"), m));
@@ -153,7 +167,11 @@ pub fn parse(text: &str, path: &Path) -> Result<BTreeMap<String, Device>, Vec<Co
             ));
             continue;
         }
-        devices.insert(entry.id.clone(), Device { entry, hash });
+        let device = Device {
+            hash: hash.map(Arc::new),
+            added_at: entry.added_at.map(String::into_boxed_str),
+        };
+        devices.insert(entry.id, device);
     }
     if errors.is_empty() {
         Ok(devices)
@@ -179,8 +197,15 @@ fn edit<T>(
         .map_err(io_err(&lock_path))?;
     give_to_directory_owner(&lock_path);
     fs2::FileExt::lock_exclusive(&lock).map_err(io_err(&lock_path))?;
-    let devices = load(path).map_err(EditError::Invalid)?;
-    let mut entries: Vec<DeviceEntry> = devices.into_values().map(|d| d.entry).collect();
+    // The entries as stored (other devices' lines are written back unchanged), once they are
+    // known to be valid.
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let mut entries = entries(&text, path).map_err(EditError::Invalid)?;
+    validate(entries.clone(), path).map_err(EditError::Invalid)?;
     let out = edit(&mut entries)?;
     entries.sort_by(|a, b| a.id.cmp(&b.id));
     let yaml = serde_norway::to_string(&RegistryFile { devices: entries })
@@ -337,7 +362,7 @@ mod tests {
         assert_eq!(devs.len(), 2);
         assert!(devs["dev1"].hash.as_ref().unwrap().verify(b"a"));
         assert_eq!(
-            devs["dev2"].entry.added_at.as_deref(),
+            devs["dev2"].added_at.as_deref(),
             Some("1971-01-01T00:00:00Z")
         );
         add(&path, "dev1", &hash("c"), true, 0).unwrap();

@@ -44,8 +44,8 @@ pub enum PasswordError {
 #[derive(Clone, PartialEq, Eq)]
 pub struct PasswordHash {
     iterations: NonZeroU32,
-    salt: Vec<u8>,
-    hash: Vec<u8>,
+    salt: Box<[u8]>,
+    hash: [u8; HASH_LEN],
 }
 
 impl std::fmt::Debug for PasswordHash {
@@ -68,7 +68,7 @@ impl PasswordHash {
         SystemRandom::new()
             .fill(&mut salt)
             .map_err(|_| PasswordError::Random)?;
-        let mut hash = vec![0u8; HASH_LEN];
+        let mut hash = [0u8; HASH_LEN];
         pbkdf2::derive(
             pbkdf2::PBKDF2_HMAC_SHA256,
             iterations,
@@ -78,7 +78,7 @@ impl PasswordHash {
         );
         Ok(PasswordHash {
             iterations,
-            salt,
+            salt: salt.into_boxed_slice(),
             hash,
         })
     }
@@ -106,12 +106,15 @@ impl PasswordHash {
         let hash = STANDARD_NO_PAD
             .decode(hash)
             .map_err(|_| PasswordError::Format("hash"))?;
-        if salt.len() < 8 || hash.len() != HASH_LEN {
+        let hash: [u8; HASH_LEN] = hash
+            .try_into()
+            .map_err(|_| PasswordError::Format("salt or hash length"))?;
+        if salt.len() < 8 {
             return Err(PasswordError::Format("salt or hash length"));
         }
         Ok(PasswordHash {
             iterations,
-            salt,
+            salt: salt.into_boxed_slice(),
             hash,
         })
     }
@@ -133,8 +136,8 @@ impl PasswordHash {
     pub fn decoy() -> Self {
         PasswordHash {
             iterations: NonZeroU32::MIN.saturating_add(ITERATIONS - 1),
-            salt: vec![0x5a; SALT_LEN],
-            hash: vec![0; HASH_LEN],
+            salt: Box::new([0x5a; SALT_LEN]),
+            hash: [0; HASH_LEN],
         }
     }
 }
@@ -146,7 +149,7 @@ impl std::fmt::Display for PasswordHash {
             "{PREFIX}{}${}${}",
             self.iterations,
             STANDARD_NO_PAD.encode(&self.salt),
-            STANDARD_NO_PAD.encode(&self.hash)
+            STANDARD_NO_PAD.encode(self.hash)
         )
     }
 }

@@ -27,7 +27,7 @@ const ONE_HEADER: usize = 9;
 /// Header of each message in a several-message record: expiry and length.
 const ITEM_HEADER: usize = 12;
 /// Most payload bytes a several-message record collects.
-pub const MAX_RECORD_BYTES: usize = 64 << 10;
+pub const MAX_RECORD_BYTES: usize = 4 << 10;
 
 /// A record holding one message.
 pub fn encode_one(expires_at_ms: Option<u64>, payload: &[u8]) -> Vec<u8> {
