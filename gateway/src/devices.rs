@@ -281,13 +281,6 @@ pub struct PresenceEvent {
 /// Events waiting to be published; beyond this they are dropped (and logged).
 const PRESENCE_BACKLOG: usize = 1024;
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Presence {
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Status>) -> T) -> T {
         match self.devices.lock() {

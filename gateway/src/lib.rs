@@ -17,6 +17,7 @@
 //!   that reports every error with file and field.
 //! - [`call`]: the request path's vocabulary ([`Call`], [`Caller`], [`Op`], [`Reply`]).
 //! - [`error`]: the one error type; [`api`] alone maps it to HTTP statuses.
+//! - [`clock`]: Unix milliseconds and RFC 3339 text.
 //! - [`transport`]: wire formats to calls: HTTP (apps), MQTT (the device endpoint, or the same
 //!   protocol through an external broker).
 //! - [`devices`]: the device registry (hashed credentials, hot-reloaded) and presence.
@@ -41,6 +42,7 @@
 pub mod api;
 pub mod blocks;
 pub mod call;
+pub mod clock;
 pub mod components;
 pub mod config;
 pub mod devices;
@@ -445,12 +447,12 @@ async fn publish_presence(
         let (kind, body) = if e.connected {
             (
                 "io.edgecar.device.connected",
-                serde_json::json!({"device": e.device, "connected": true, "protocol": e.protocol, "at": devices::file::rfc3339(e.at_ms / 1000)}),
+                serde_json::json!({"device": e.device, "connected": true, "protocol": e.protocol, "at": clock::rfc3339(e.at_ms / 1000)}),
             )
         } else {
             (
                 "io.edgecar.device.disconnected",
-                serde_json::json!({"device": e.device, "connected": false, "reason": e.reason, "at": devices::file::rfc3339(e.at_ms / 1000)}),
+                serde_json::json!({"device": e.device, "connected": false, "reason": e.reason, "at": clock::rfc3339(e.at_ms / 1000)}),
             )
         };
         let mut params = call::Params {

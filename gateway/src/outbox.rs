@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-use crate::queue::{Grant, Limits, Queue, QueueError, unix_ms};
+use crate::clock::unix_ms;
+use crate::queue::{Grant, Limits, Queue, QueueError};
 use crate::storage::Storage;
 
 /// Messages handed to a device and not yet confirmed, per device.

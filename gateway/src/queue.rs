@@ -22,13 +22,14 @@ pub mod book;
 pub mod record;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::warn;
 
+use crate::clock::unix_ms;
 use crate::storage::Storage;
 use book::{Book, Refused, Stale};
 pub use book::{Grant, Limits};
@@ -123,14 +124,6 @@ struct Inner {
 struct Locked {
     book: Book,
     groups: Groups,
-}
-
-/// Milliseconds since the Unix epoch, the clock message expiry is kept in.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 fn seq_of(key: &[u8]) -> Option<u64> {

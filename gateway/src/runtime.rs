@@ -65,10 +65,10 @@ impl Runtime {
     /// task each; [`Runtime::handle`] runs the same call to completion.
     pub fn submit_telemetry(&self, call: Call) -> Result<Receipt, Error> {
         policy::authorize(&call.caller, &call.op)?;
-        match &call.op {
+        match call.op {
             Op::Telemetry { stream } => {
                 self.telemetry
-                    .submit(&call.caller, stream, call.body, &call.params)
+                    .submit(call.caller, stream, call.body, call.params)
             }
             other => Err(Error::new(
                 crate::error::ErrorKind::Internal,

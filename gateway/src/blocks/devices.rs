@@ -25,7 +25,8 @@ use serde_json::json;
 
 use crate::blocks::pubsub::devices::{DeviceSubscriptions, delivery_topic};
 use crate::call::{Caller, Reply};
-use crate::devices::{Presence, Registry, Status, file::rfc3339};
+use crate::clock::rfc3339;
+use crate::devices::{Presence, Registry, Status};
 use crate::error::{Error, ErrorKind, codes};
 use crate::outbox::{OutMessage, Outbox, Record, RecordReply};
 
@@ -281,7 +282,7 @@ impl DevicesBlock {
         let id = q.outbox.new_id();
         let msg = crate::transport::mqtt::protocol::command_message(device, &id, cmd)
             .map_err(|e| invoke_error(ErrorKind::BadRequest, device, e))?;
-        let now = crate::queue::unix_ms();
+        let now = crate::clock::unix_ms();
         let expires = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         let record = Record {
             id: id.clone(),
@@ -334,7 +335,7 @@ impl DevicesBlock {
                 status: reply.status,
                 content_type: reply.content_type.clone(),
                 body: reply.body.clone(),
-                at_ms: crate::queue::unix_ms(),
+                at_ms: crate::clock::unix_ms(),
             },
         )
     }
@@ -364,7 +365,7 @@ impl DevicesBlock {
             }
             return Ok(out);
         }
-        if rec.delivered_at_ms.is_none() && rec.expires_at_ms <= crate::queue::unix_ms() {
+        if rec.delivered_at_ms.is_none() && rec.expires_at_ms <= crate::clock::unix_ms() {
             return Err(invoke_error(
                 ErrorKind::Timeout,
                 device,

@@ -19,6 +19,7 @@ pub mod devices;
 pub mod rules;
 pub mod subscription;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -27,10 +28,10 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::call::{Caller, Params, Reply};
+use crate::clock::unix_ms;
 use crate::components::PubSubComponent;
 use crate::components::pubsub::{OutMessage, PubSubError};
 use crate::error::{Error, ErrorKind, codes};
-use crate::queue::unix_ms;
 use crate::resilience::ComponentCalls;
 use cloudevent::{Attributes, Envelope};
 
@@ -128,6 +129,11 @@ pub struct Event {
     pub data: Bytes,
     /// Content type, publish metadata and trace context, as for [`PubSubBlock::publish`].
     pub params: Params,
+    /// The CloudEvent `type` unless `cloudevent.type` metadata says otherwise (empty: Dapr's
+    /// `com.dapr.event.sent`).
+    pub event_type: &'static str,
+    /// The CloudEvent `subject` unless `cloudevent.subject` metadata says otherwise.
+    pub subject: Option<String>,
 }
 
 /// What one event needs to be enveloped.
@@ -135,6 +141,10 @@ struct EventIn<'a> {
     data: &'a [u8],
     content_type: &'a str,
     metadata: &'a HashMap<String, String>,
+    /// The CloudEvent type unless `cloudevent.type` metadata says otherwise (empty: Dapr's).
+    event_type: &'a str,
+    /// The subject unless `cloudevent.subject` metadata says otherwise.
+    subject: Option<&'a str>,
 }
 
 impl PubSubBlock {
@@ -248,33 +258,35 @@ impl PubSubBlock {
                 .map(|t| now.saturating_add(t.saturating_mul(1000)));
             return Ok((Bytes::copy_from_slice(ev.data), expires));
         }
-        let over = |k: &str| meta_ci(ev.metadata, k).map(str::to_owned);
-        let traceparent = over("cloudevent.traceparent")
-            .or_else(|| over("cloudevent.traceid"))
-            .unwrap_or_else(|| cloudevent::child_traceparent(params.traceparent.as_deref()));
+        let over = |k: &str| meta_ci(ev.metadata, k);
+        let traceparent: Cow<'_, str> =
+            match over("cloudevent.traceparent").or_else(|| over("cloudevent.traceid")) {
+                Some(tp) => Cow::Borrowed(tp),
+                None => Cow::Owned(cloudevent::child_traceparent(params.traceparent.as_deref())),
+            };
         let tracestate = over("cloudevent.tracestate")
-            .or_else(|| params.tracestate.clone())
+            .or(params.tracestate.as_deref())
             .unwrap_or_default();
         // A device's identity comes from authentication, never from what it sent.
         let device = match caller {
             Caller::Device { id } => Some(id.as_str()),
             Caller::LocalApp { .. } => None,
         };
+        let subject = over("cloudevent.subject").or(ev.subject);
         if !cloudevent::is_cloudevent(ev.content_type) {
             let bytes = cloudevent::new_envelope(
-                Attributes {
+                &Attributes {
                     id: over("cloudevent.id").unwrap_or_default(),
                     source: device
-                        .map(str::to_owned)
                         .or_else(|| over("cloudevent.source"))
-                        .unwrap_or_else(|| self.app_id.clone()),
-                    event_type: over("cloudevent.type").unwrap_or_default(),
-                    data_content_type: ev.content_type.to_owned(),
-                    topic: topic.to_owned(),
-                    pubsub: pubsub.to_owned(),
-                    traceparent,
+                        .unwrap_or(&self.app_id),
+                    event_type: over("cloudevent.type").unwrap_or(ev.event_type),
+                    data_content_type: ev.content_type,
+                    topic,
+                    pubsub,
+                    traceparent: &traceparent,
                     tracestate,
-                    subject: over("cloudevent.subject"),
+                    subject,
                     // The expiry rides in the envelope; the subscriber side drops (or
                     // dead-letters) the expired event, as Dapr does, so the component keeps it
                     // until then.
@@ -286,7 +298,7 @@ impl PubSubBlock {
             return Ok((Bytes::from(bytes), None));
         }
         let mut ce: Envelope =
-            cloudevent::from_cloudevent(ev.data, topic, pubsub, &traceparent, &tracestate, now)
+            cloudevent::from_cloudevent(ev.data, topic, pubsub, &traceparent, tracestate, now)
                 .map_err(|m| {
                     // Dapr answers 500 for an unreadable CloudEvent.
                     Error::new(
@@ -300,8 +312,8 @@ impl PubSubBlock {
         {
             ce.insert("source".into(), v);
         }
-        if let Some(subject) = over("cloudevent.subject")
-            && let Ok(v) = serde_json::value::to_raw_value(&subject)
+        if let Some(subject) = subject
+            && let Ok(v) = serde_json::value::to_raw_value(subject)
         {
             ce.insert("subject".into(), v);
         }
@@ -326,6 +338,8 @@ impl PubSubBlock {
             data: body,
             content_type: params.content_type.as_deref().unwrap_or_default(),
             metadata: &params.metadata,
+            event_type: "",
+            subject: None,
         };
         let (data, expires_at_ms) = self.envelope(caller, pubsub, topic, &ev, &meta, params)?;
         let msg = OutMessage {
@@ -367,6 +381,8 @@ impl PubSubBlock {
                     data: &e.data,
                     content_type: e.params.content_type.as_deref().unwrap_or_default(),
                     metadata: &e.params.metadata,
+                    event_type: e.event_type,
+                    subject: e.subject.as_deref(),
                 };
                 self.envelope(&e.caller, pubsub, topic, &ev, &meta, &e.params)
             });
@@ -445,6 +461,8 @@ impl PubSubBlock {
                 data: &e.data,
                 content_type: &e.content_type,
                 metadata,
+                event_type: "",
+                subject: None,
             };
             // Each entry may carry its own ttlInSeconds; rawPayload is per request (Dapr's rule).
             let entry_meta = PublishMeta {

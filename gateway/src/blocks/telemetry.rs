@@ -20,7 +20,6 @@
 //! waiting on, and each connection has at most `mqtt.maxInflight` requests running (the broker
 //! bridge bounds its own), so the connections bound it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -87,35 +86,32 @@ impl TelemetryBlock {
         data: Bytes,
         params: &Params,
     ) -> Result<Reply, Error> {
-        self.submit(caller, stream, data, params)?.await?;
+        self.submit(caller.clone(), stream.to_owned(), data, params.clone())?
+            .await?;
         Ok(Reply::no_content())
     }
 
     /// Hands one reading to the writer without waiting: the [`Receipt`] resolves once it is
     /// stored. What [`Self::store`] does, for a transport that keeps many readings in flight
-    /// without a task for each.
+    /// without a task for each. `params` carries the reading's content type and trace context.
     pub fn submit(
         &self,
-        caller: &Caller,
-        stream: &str,
+        caller: Caller,
+        stream: String,
         data: Bytes,
-        params: &Params,
+        params: Params,
     ) -> Result<Receipt, Error> {
-        let mut metadata = HashMap::with_capacity(2);
-        metadata.insert("cloudevent.type".to_owned(), EVENT_TYPE.to_owned());
-        if !stream.is_empty() {
-            metadata.insert("cloudevent.subject".to_owned(), stream.to_owned());
-        }
         let event = Event {
-            caller: caller.clone(),
+            caller,
             data,
             params: Params {
-                metadata,
-                content_type: params.content_type.clone(),
-                traceparent: params.traceparent.clone(),
-                tracestate: params.tracestate.clone(),
+                content_type: params.content_type,
+                traceparent: params.traceparent,
+                tracestate: params.tracestate,
                 ..Params::default()
             },
+            event_type: EVENT_TYPE,
+            subject: (!stream.is_empty()).then_some(stream),
         };
         let (done, outcome) = oneshot::channel();
         self.writer.send((event, done)).map_err(|_| stopped())?;
@@ -169,6 +165,7 @@ mod tests {
     use crate::components::pubsub::{
         Consumer, Handler, OutMessage, PubSub, PubSubError, Stop, SubscribeRequest,
     };
+    use std::collections::HashMap;
     use std::sync::Mutex;
 
     /// A pub/sub that records what is published, in order, and the size of each batch.
@@ -209,7 +206,7 @@ mod tests {
         Caller::Device { id: id.into() }
     }
 
-    fn telemetry(rec: &Arc<Recorder>) -> TelemetryBlock {
+    fn telemetry(rec: &Arc<Recorder>, linger: Duration) -> TelemetryBlock {
         let mut buses = HashMap::new();
         let bus = PubSubComponent {
             bus: rec.clone(),
@@ -218,13 +215,13 @@ mod tests {
         };
         buses.insert("pubsub".to_owned(), bus);
         let block = Arc::new(PubSubBlock::new("gw".into(), buses));
-        TelemetryBlock::new(block, "pubsub".into(), "telemetry".into(), Duration::ZERO)
+        TelemetryBlock::new(block, "pubsub".into(), "telemetry".into(), linger)
     }
 
     #[tokio::test]
     async fn readings_become_device_events_in_arrival_order_each_with_its_outcome() {
         let rec = Arc::new(Recorder::default());
-        let telemetry = telemetry(&rec);
+        let telemetry = telemetry(&rec, Duration::ZERO);
         let json = Params {
             content_type: Some("application/json".into()),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
@@ -275,21 +272,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn readings_within_the_linger_share_one_batch() {
         let rec = Arc::new(Recorder::default());
-        let mut buses = HashMap::new();
-        let bus = PubSubComponent {
-            bus: rec.clone(),
-            type_name: "test".into(),
-            concurrency: 1,
-        };
-        buses.insert("pubsub".to_owned(), bus);
-        let block = Arc::new(PubSubBlock::new("gw".into(), buses));
-        let linger = Duration::from_millis(5);
-        let t = Arc::new(TelemetryBlock::new(
-            block,
-            "pubsub".into(),
-            "telemetry".into(),
-            linger,
-        ));
+        let t = Arc::new(telemetry(&rec, Duration::from_millis(5)));
         let reading = |n: u32| {
             let t = t.clone();
             tokio::spawn(async move {

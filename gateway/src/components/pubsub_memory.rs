@@ -16,8 +16,8 @@ use super::pubsub::{
     Consumer, FieldErrors, Handler, InMessage, OutMessage, Outcome, PubSub, PubSubError, Stop,
     SubscribeRequest, Workers, concurrency, stopped,
 };
+use crate::clock::unix_ms;
 use crate::config::resources::Component;
-use crate::queue::unix_ms;
 
 /// Settings from the component's metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -41,8 +41,9 @@ use super::mqtt::protocol::{self, Inbound, ReplyTo};
 use super::mqtt::topics::ROOT;
 use crate::blocks::devices::{Command, CommandReply, DeviceLink, LinkError};
 use crate::call::{Call, Reply};
+use crate::clock::unix_ms;
 use crate::config::Config;
-use crate::devices::{Presence, Registry, unix_ms};
+use crate::devices::{Presence, Registry};
 use crate::error::{Error, ErrorKind, codes};
 use crate::runtime::Runtime;
 

@@ -36,8 +36,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::blocks::telemetry::Receipt;
+use crate::clock::unix_ms;
 use crate::config::MqttConfig;
-use crate::devices::{Presence, Registry, unix_ms};
+use crate::devices::{Presence, Registry};
 use crate::runtime::Runtime;
 use codec::{ConnectCode, DecodeError, DisconnectCode, Incoming, Message, Outgoing, Version};
 use hub::{Hub, HubLimits};

@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use serde_json::value::RawValue;
 
+use crate::clock::{parse_rfc3339_ms, rfc3339, write_rfc3339};
+
 /// An envelope: attribute → raw JSON value.
 pub type Envelope = BTreeMap<String, Box<RawValue>>;
 
@@ -99,34 +101,62 @@ pub fn child_traceparent(parent: Option<&str>) -> String {
             && trace.bytes().any(|b| b != b'0')
             && hex(flags, 2)
         {
-            return format!("00-{trace}-{span_id:016x}-{flags}");
+            return traceparent(trace, span_id, flags);
         }
     }
-    let trace_id = fastrand::u128(1..);
-    format!("00-{trace_id:032x}-{span_id:016x}-00")
+    let mut trace = [0u8; 32];
+    hex(&mut trace, fastrand::u128(1..));
+    traceparent(
+        std::str::from_utf8(&trace).unwrap_or_default(),
+        span_id,
+        "00",
+    )
 }
 
-/// What [`new_envelope`] needs besides the data.
-#[derive(Debug, Clone, Default)]
-pub struct Attributes {
+/// Writes `v` as lower-case hex filling `out` (most significant digit first).
+fn hex(out: &mut [u8], mut v: u128) {
+    for b in out.iter_mut().rev() {
+        *b = b"0123456789abcdef"[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
+/// `00-<trace>-<span>-<flags>` in one allocation.
+fn traceparent(trace: &str, span_id: u64, flags: &str) -> String {
+    let mut span = [0u8; 16];
+    hex(&mut span, u128::from(span_id));
+    let mut s = String::with_capacity(55);
+    s.push_str("00-");
+    s.push_str(trace);
+    s.push('-');
+    s.push_str(std::str::from_utf8(&span).unwrap_or_default());
+    s.push('-');
+    s.push_str(flags);
+    s
+}
+
+/// What [`new_envelope`] needs besides the data. Borrowed: building an event allocates only
+/// its bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Attributes<'a> {
     /// `id`; a new UUID when empty.
-    pub id: String,
+    pub id: &'a str,
     /// `source`; `Dapr` when empty (the publish API passes the app id).
-    pub source: String,
+    pub source: &'a str,
     /// `type`; `com.dapr.event.sent` when empty.
-    pub event_type: String,
+    pub event_type: &'a str,
     /// `datacontenttype`; `text/plain` when empty.
-    pub data_content_type: String,
+    pub data_content_type: &'a str,
     /// `topic`.
-    pub topic: String,
+    pub topic: &'a str,
     /// `pubsub`.
-    pub pubsub: String,
+    pub pubsub: &'a str,
     /// `traceparent` (and `traceid`, its older name).
-    pub traceparent: String,
+    pub traceparent: &'a str,
     /// `tracestate`.
-    pub tracestate: String,
+    pub tracestate: &'a str,
     /// `subject` (`cloudevent.subject` metadata); absent when `None`.
-    pub subject: Option<String>,
+    pub subject: Option<&'a str>,
     /// `expiration` in Unix seconds (from `ttlInSeconds`); absent when `None`.
     pub expires_at_secs: Option<u64>,
 }
@@ -137,6 +167,14 @@ fn member_str(out: &mut Vec<u8>, name: &str, value: &str) {
     member_name(out, name);
     // Writing a &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// Appends `"name":` and a time as an RFC 3339 JSON string (nothing in it needs escaping).
+fn member_time(out: &mut Vec<u8>, name: &str, unix_secs: u64) {
+    member_name(out, name);
+    out.push(b'"');
+    write_rfc3339(out, unix_secs);
+    out.push(b'"');
 }
 
 fn member_name(out: &mut Vec<u8>, name: &str) {
@@ -152,11 +190,11 @@ fn member_name(out: &mut Vec<u8>, name: &str) {
 /// serialises it: the same bytes [`to_bytes`] gives for the equivalent [`Envelope`] (keys in
 /// byte order, as Go's `json.Marshal` writes a map; `data` verbatim when it is JSON), written
 /// directly because every publish and every device reading takes this path.
-pub fn new_envelope(attrs: Attributes, data: &[u8], now_unix_ms: u64) -> Vec<u8> {
+pub fn new_envelope(attrs: &Attributes<'_>, data: &[u8], now_unix_ms: u64) -> Vec<u8> {
     fn or<'a>(s: &'a str, default: &'static str) -> &'a str {
         if s.is_empty() { default } else { s }
     }
-    let content_type = or(&attrs.data_content_type, DEFAULT_DATA_CONTENT_TYPE);
+    let content_type = or(attrs.data_content_type, DEFAULT_DATA_CONTENT_TYPE);
     let mut out = Vec::with_capacity(data.len() + 400);
     out.push(b'{');
     if is_binary(content_type) {
@@ -180,7 +218,7 @@ pub fn new_envelope(attrs: Attributes, data: &[u8], now_unix_ms: u64) -> Vec<u8>
     }
     member_str(&mut out, "datacontenttype", content_type);
     if let Some(at) = attrs.expires_at_secs {
-        member_str(&mut out, "expiration", &rfc3339(at));
+        member_time(&mut out, "expiration", at);
     }
     if attrs.id.is_empty() {
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
@@ -190,20 +228,20 @@ pub fn new_envelope(attrs: Attributes, data: &[u8], now_unix_ms: u64) -> Vec<u8>
             random_uuid().hyphenated().encode_lower(&mut buf),
         );
     } else {
-        member_str(&mut out, "id", &attrs.id);
+        member_str(&mut out, "id", attrs.id);
     }
-    member_str(&mut out, "pubsubname", &attrs.pubsub);
-    member_str(&mut out, "source", or(&attrs.source, DEFAULT_SOURCE));
+    member_str(&mut out, "pubsubname", attrs.pubsub);
+    member_str(&mut out, "source", or(attrs.source, DEFAULT_SOURCE));
     member_str(&mut out, "specversion", SPEC_VERSION);
-    if let Some(subject) = &attrs.subject {
+    if let Some(subject) = attrs.subject {
         member_str(&mut out, "subject", subject);
     }
-    member_str(&mut out, "time", &rfc3339(now_unix_ms / 1000));
-    member_str(&mut out, "topic", &attrs.topic);
-    member_str(&mut out, "traceid", &attrs.traceparent);
-    member_str(&mut out, "traceparent", &attrs.traceparent);
-    member_str(&mut out, "tracestate", &attrs.tracestate);
-    member_str(&mut out, "type", or(&attrs.event_type, DEFAULT_TYPE));
+    member_time(&mut out, "time", now_unix_ms / 1000);
+    member_str(&mut out, "topic", attrs.topic);
+    member_str(&mut out, "traceid", attrs.traceparent);
+    member_str(&mut out, "traceparent", attrs.traceparent);
+    member_str(&mut out, "tracestate", attrs.tracestate);
+    member_str(&mut out, "type", or(attrs.event_type, DEFAULT_TYPE));
     out.push(b'}');
     out
 }
@@ -281,88 +319,6 @@ pub fn to_bytes(ce: &Envelope) -> Vec<u8> {
     serde_json::to_vec(ce).unwrap_or_default()
 }
 
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Unix seconds as RFC 3339 in UTC (`2024-05-01T12:00:00Z`).
-pub fn rfc3339(unix_secs: u64) -> String {
-    let secs = i64::try_from(unix_secs).unwrap_or(i64::MAX / 2);
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Parses RFC 3339 (`Z` or `±hh:mm`, optional fraction) to Unix milliseconds.
-pub fn parse_rfc3339_ms(s: &str) -> Option<i128> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut millis = 0i128;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        let frac = s.get(start..i)?;
-        if frac.is_empty() {
-            return None;
-        }
-        let ms = format!("{frac:0<3}");
-        millis = ms.get(..3)?.parse().ok()?;
-    }
-    let offset_secs: i64 = match b.get(i)? {
-        b'Z' | b'z' if i + 1 == b.len() => 0,
-        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-            let oh = num(i + 1..i + 3)?;
-            let om = num(i + 4..i + 6)?;
-            let o = oh * 3600 + om * 60;
-            if *sign == b'+' { o } else { -o }
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(y, mo as u32, d as u32);
-    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_secs;
-    Some(i128::from(secs) * 1000 + millis)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,13 +332,13 @@ mod tests {
         serde_json::from_slice(bytes).unwrap()
     }
 
-    fn attrs(ct: &str) -> Attributes {
+    fn attrs(ct: &str) -> Attributes<'_> {
         Attributes {
-            source: "checkout".into(),
-            data_content_type: ct.into(),
-            topic: "orders".into(),
-            pubsub: "pubsub".into(),
-            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            source: "checkout",
+            data_content_type: ct,
+            topic: "orders",
+            pubsub: "pubsub",
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             ..Attributes::default()
         }
     }
@@ -390,7 +346,7 @@ mod tests {
     #[test]
     fn json_data_is_embedded_with_every_dapr_attribute() {
         let ce = new_envelope(
-            attrs("application/json"),
+            &attrs("application/json"),
             br#" {"n": 12345678901234567890, "f": 1.10}"#,
             1_700_000_000_123,
         );
@@ -418,25 +374,25 @@ mod tests {
 
     #[test]
     fn text_binary_default_and_invalid_json_data() {
-        let v = parsed(&new_envelope(attrs(""), b"hello", 0));
+        let v = parsed(&new_envelope(&attrs(""), b"hello", 0));
         assert_eq!(
             (v["datacontenttype"].clone(), v["data"].clone()),
             (json!("text/plain"), json!("hello"))
         );
         let v = parsed(&new_envelope(
-            attrs("application/octet-stream"),
+            &attrs("application/octet-stream"),
             &[0, 255, 1],
             0,
         ));
         assert_eq!(v["data_base64"], "AP8B");
         assert!(v.get("data").is_none());
         let v = parsed(&new_envelope(
-            attrs("application/json; charset=utf-8"),
+            &attrs("application/json; charset=utf-8"),
             b"{not json",
             0,
         ));
         assert_eq!(v["data"], "{not json");
-        let v = parsed(&new_envelope(attrs("application/xml"), b"<a/>", 0));
+        let v = parsed(&new_envelope(&attrs("application/xml"), b"<a/>", 0));
         assert_eq!(v["data"], "<a/>");
     }
 
@@ -474,7 +430,7 @@ mod tests {
     #[test]
     fn ttl_sets_an_expiration_that_expires() {
         let v = parsed(&new_envelope(
-            Attributes {
+            &Attributes {
                 expires_at_secs: Some(1_000 + 10),
                 ..attrs("text/plain")
             },
@@ -490,26 +446,12 @@ mod tests {
         assert!(!has_expired(&json!({"expiration": "soon"}), u64::MAX));
     }
 
-    #[test]
-    fn rfc3339_round_trips_and_reads_offsets() {
-        for secs in [0u64, 951_782_400, 1_700_000_000, 4_102_444_800] {
-            let s = rfc3339(secs);
-            assert_eq!(parse_rfc3339_ms(&s), Some(i128::from(secs) * 1000), "{s}");
-        }
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(
-            parse_rfc3339_ms("2000-02-29T02:00:00.5+02:00"),
-            Some(951_782_400_500)
-        );
-        assert_eq!(parse_rfc3339_ms("2000-02-29"), None);
-    }
-
     /// The envelope as a sorted map of raw values, the way the writer must serialise it.
     fn reference(attrs: &Attributes, data: &[u8], now_ms: u64) -> Vec<u8> {
         let ct = if attrs.data_content_type.is_empty() {
             DEFAULT_DATA_CONTENT_TYPE
         } else {
-            &attrs.data_content_type
+            attrs.data_content_type
         };
         let mut ce = Envelope::new();
         if is_binary(ct) {
@@ -524,31 +466,31 @@ mod tests {
         }
         let mut put = |k: &str, v: &str| ce.insert(k.into(), raw_string(v));
         put("datacontenttype", ct);
-        put("id", &attrs.id);
-        put("pubsubname", &attrs.pubsub);
+        put("id", attrs.id);
+        put("pubsubname", attrs.pubsub);
         put(
             "source",
             if attrs.source.is_empty() {
                 DEFAULT_SOURCE
             } else {
-                &attrs.source
+                attrs.source
             },
         );
         put("specversion", SPEC_VERSION);
         put("time", &rfc3339(now_ms / 1000));
-        put("topic", &attrs.topic);
-        put("traceid", &attrs.traceparent);
-        put("traceparent", &attrs.traceparent);
-        put("tracestate", &attrs.tracestate);
+        put("topic", attrs.topic);
+        put("traceid", attrs.traceparent);
+        put("traceparent", attrs.traceparent);
+        put("tracestate", attrs.tracestate);
         put(
             "type",
             if attrs.event_type.is_empty() {
                 DEFAULT_TYPE
             } else {
-                &attrs.event_type
+                attrs.event_type
             },
         );
-        if let Some(s) = &attrs.subject {
+        if let Some(s) = attrs.subject {
             put("subject", s);
         }
         if let Some(at) = attrs.expires_at_secs {
@@ -578,24 +520,17 @@ mod tests {
         for data in datas {
             for ct in types {
                 for extra in [false, true] {
+                    let pick = |s: &'static str| if extra { s } else { "" };
                     let a = Attributes {
-                        id: "e-1".into(),
-                        source: if extra {
-                            "dev\"ice".into()
-                        } else {
-                            String::new()
-                        },
-                        event_type: if extra {
-                            "io.edgecar.telemetry".into()
-                        } else {
-                            String::new()
-                        },
-                        subject: extra.then(|| "line3/temp".into()),
+                        id: "e-1",
+                        source: pick("dev\"ice"),
+                        event_type: pick("io.edgecar.telemetry"),
+                        subject: extra.then_some("line3/temp"),
                         expires_at_secs: extra.then_some(1_700_000_060),
-                        tracestate: if extra { "k=v".into() } else { String::new() },
+                        tracestate: pick("k=v"),
                         ..attrs(ct)
                     };
-                    let got = new_envelope(a.clone(), data, 1_700_000_000_999);
+                    let got = new_envelope(&a, data, 1_700_000_000_999);
                     let want = reference(&a, data, 1_700_000_000_999);
                     assert_eq!(
                         String::from_utf8_lossy(&got),
@@ -614,7 +549,7 @@ mod tests {
         assert_eq!(a.get_version_num(), 4);
         assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
         assert_ne!(a, b);
-        let v = parsed(&new_envelope(attrs("text/plain"), b"x", 0));
+        let v = parsed(&new_envelope(&attrs("text/plain"), b"x", 0));
         let id = uuid::Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
         assert_eq!(id.get_version_num(), 4);
     }

@@ -49,9 +49,9 @@ use super::PubSubBlock;
 use super::cloudevent;
 use super::devices::{DeviceSubscriptions, TopicHandler, TopicKey};
 use super::subscription::{Subscription, parse_programmatic};
+use crate::clock::unix_ms;
 use crate::components::pubsub::{Handler, InMessage, Outcome, Stop, SubscribeRequest, stopped};
 use crate::outbox::Outbox;
-use crate::queue::unix_ms;
 
 /// The subscriptions really running, shared with the metadata block.
 pub type ActiveSubscriptions = Arc<RwLock<Vec<Subscription>>>;

@@ -26,10 +26,10 @@ use tracing::{debug, warn};
 
 use super::cloudevent;
 use super::delivery::Deliverer;
+use crate::clock::unix_ms;
 use crate::components::pubsub::{Handler, InMessage, Outcome};
 use crate::error::{Error, ErrorKind, codes};
 use crate::outbox::{OutMessage, Outbox};
-use crate::queue::unix_ms;
 use crate::storage::Storage;
 
 /// A (pub/sub component, topic) pair.

@@ -125,7 +125,7 @@ pub struct Hub {
 impl Hub {
     /// An empty hub.
     pub fn new(limits: HubLimits) -> Self {
-        let start = crate::devices::unix_ms();
+        let start = crate::clock::unix_ms();
         Hub {
             table: Mutex::default(),
             limits,
