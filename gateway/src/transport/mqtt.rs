@@ -198,13 +198,30 @@ async fn flush<S: Stream>(wr: &mut WriteHalf<S>, out: &mut BytesMut) -> std::io:
     if out.is_empty() {
         return Ok(());
     }
-    let r = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(out)).await;
+    // Nearly always the socket takes everything at once: one write attempt, no timer. Only
+    // what is left (the device reads slowly) waits, under the write timeout; that future is
+    // boxed so that it does not size every connection's task.
+    let written = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::pin::Pin::new(&mut *wr).poll_write(cx, out))
+    })
+    .await;
+    let r = match written {
+        std::task::Poll::Ready(Ok(n)) if n == out.len() => Ok(()),
+        std::task::Poll::Ready(Err(e)) => Err(e),
+        std::task::Poll::Ready(Ok(n)) => finish_write(wr, &out[n..]).await,
+        std::task::Poll::Pending => finish_write(wr, out).await,
+    };
     if out.capacity() > KEEP_BUF {
         *out = BytesMut::new();
     } else {
         out.clear();
     }
-    match r {
+    r
+}
+
+/// The rest of a write the socket did not take at once, within [`WRITE_TIMEOUT`].
+async fn finish_write<S: Stream>(wr: &mut WriteHalf<S>, rest: &[u8]) -> std::io::Result<()> {
+    match Box::pin(tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(rest))).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -564,6 +581,12 @@ impl Conn {
         let mut throttled: Option<Instant> = None;
         let mut paused = false;
         let mut presence_at = Instant::now();
+        // One timer for both (a second would size every connection's task): the end of a
+        // rate-limit pause, or, while reading, the session's keep-alive deadline. Kept across
+        // iterations: moving a deadline later costs tokio an atomic store, while a new timer per
+        // packet would take the timer wheel's lock twice.
+        let timer = tokio::time::sleep_until(self.session.deadline());
+        tokio::pin!(timer);
         loop {
             if let Err(e) = flush(wr, &mut self.out).await {
                 debug!(device = %self.device, error = %e, "write failed");
@@ -596,15 +619,16 @@ impl Conn {
                 // Its table would otherwise stay allocated for the connection's life.
                 self.reply_to.shrink_to_fit();
             }
-            // One timer for both (a second would size every connection's task): the end of a
-            // rate-limit pause, or, while reading, the session's keep-alive deadline.
             let wake = throttled.unwrap_or_else(|| self.session.deadline());
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 r = rd.read_buf(&mut buf), if reading => match r {
                     Ok(0) | Err(_) => return Close::ByClient { publish_will: true },
                     Ok(_) => {}
                 },
-                () = tokio::time::sleep_until(wake), if throttled.is_some() || reading => {
+                () = &mut timer, if throttled.is_some() || reading => {
                     if throttled.take().is_none()
                         && let Some(Action::Close(c)) = self.session.on_timer(Instant::now())
                     {
@@ -856,5 +880,58 @@ impl Conn {
                 self.ep.hub.route(&self.device, &reply, None);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn flush_writes_everything_to_a_device_that_reads_slowly() {
+        // A 64-byte pipe: the first write attempt takes part, the rest waits for the reader.
+        let (ours, mut device) = tokio::io::duplex(64);
+        let (_rd, mut wr) = tokio::io::split(ours);
+        let sent: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let mut out = BytesMut::from(&sent[..]);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 100];
+            while got.len() < 5000 {
+                let n = device.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the pipe closed early");
+                got.extend_from_slice(&chunk[..n]);
+                tokio::task::yield_now().await;
+            }
+            got
+        });
+        flush(&mut wr, &mut out).await.unwrap();
+        assert!(out.is_empty());
+        let got = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("the device never got all the bytes")
+            .unwrap();
+        assert_eq!(got, sent);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flush_gives_up_on_a_device_that_stops_reading() {
+        let (ours, _device) = tokio::io::duplex(64);
+        let (_rd, mut wr) = tokio::io::split(ours);
+        let mut out = BytesMut::from(&[7u8; 1000][..]);
+        let started = Instant::now();
+        let e = flush(&mut wr, &mut out).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= WRITE_TIMEOUT);
+        assert!(out.is_empty(), "the buffer is given back either way");
+    }
+
+    #[tokio::test]
+    async fn flush_reports_a_closed_device() {
+        let (ours, device) = tokio::io::duplex(64);
+        drop(device);
+        let (_rd, mut wr) = tokio::io::split(ours);
+        let mut out = BytesMut::from(&[7u8; 10][..]);
+        assert!(flush(&mut wr, &mut out).await.is_err());
     }
 }

@@ -14,6 +14,8 @@
 //! edgecar/v1/<id>/sub/<pubsub>/<topic...>     edgecar -> device   events of subscribed pub/sub topics
 //! ```
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::Method;
 
@@ -40,10 +42,11 @@ pub const DEFAULT_PUBSUB: &str = "pubsub";
 /// Where a reply goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyTo {
-    /// The operation as the device named it (`-` if it named none).
-    pub op: String,
+    /// The operation as the device named it (`-` if it named none). Borrowed for the names
+    /// edgecar knows, so a telemetry reading allocates nothing for it.
+    pub op: Cow<'static, str>,
     /// The request id (`-` if it gave none).
-    pub rid: String,
+    pub rid: Cow<'static, str>,
     /// MQTT 5 response topic, already checked to be in the device's tree.
     pub response_topic: Option<String>,
     /// MQTT 5 correlation data, returned unchanged.
@@ -94,21 +97,39 @@ pub fn classify(device: &str, msg: &Message) -> Inbound {
         Some((p, q)) => (p, Some(q)),
         None => (rest, None),
     };
-    let levels: Vec<&str> = path.split('/').collect();
     let mut reply_to = ReplyTo {
-        op: "-".into(),
-        rid: "-".into(),
+        op: Cow::Borrowed("-"),
+        rid: Cow::Borrowed("-"),
         response_topic: None,
         correlation: msg.props.correlation_data.clone(),
     };
+    // Telemetry first and without splitting the topic: it is most of what devices send.
+    if let Some(stream) = path
+        .strip_prefix("telemetry")
+        .filter(|s| s.is_empty() || s.starts_with('/'))
+    {
+        reply_to.op = Cow::Borrowed("telemetry");
+        let call = telemetry_call(
+            device,
+            stream.strip_prefix('/').unwrap_or_default().to_owned(),
+            msg.payload.clone(),
+            msg.props.content_type.clone(),
+            msg.props.user("traceparent").map(str::to_owned),
+        );
+        return Inbound::Telemetry {
+            call: Box::new(call),
+            reply_to,
+        };
+    }
+    let levels: Vec<&str> = path.split('/').collect();
     let invalid = |error: Error, reply_to: ReplyTo| Inbound::Invalid { error, reply_to };
     match levels[..] {
         ["req", ref more @ ..] => {
             if let Some(op) = more.first().filter(|o| !o.is_empty()) {
-                reply_to.op = (*op).to_owned();
+                reply_to.op = Cow::Owned((*op).to_owned());
             }
             if let Some(rid) = more.get(1).filter(|r| valid_rid(r)) {
-                reply_to.rid = (*rid).to_owned();
+                reply_to.rid = Cow::Owned((*rid).to_owned());
             }
             if let Some(rt) = &msg.props.response_topic {
                 if topics::in_tree(device, rt).is_none() {
@@ -166,8 +187,8 @@ pub fn classify(device: &str, msg: &Message) -> Inbound {
                 Some(s) => s.parse::<u16>().ok().filter(|s| (100..600).contains(s)),
             };
             let Some(status) = status else {
-                reply_to.op = "cmdres".into();
-                reply_to.rid = rid.to_owned();
+                reply_to.op = Cow::Borrowed("cmdres");
+                reply_to.rid = Cow::Owned(rid.to_owned());
                 return invalid(
                     Error::malformed("a command reply's status must be a number from 100 to 599"),
                     reply_to,
@@ -187,28 +208,17 @@ pub fn classify(device: &str, msg: &Message) -> Inbound {
             }
         }
         ["cmdres", ..] => {
-            reply_to.op = "cmdres".into();
+            reply_to.op = Cow::Borrowed("cmdres");
             invalid(
                 Error::malformed("a command reply goes to cmdres/<request-id>[/<status>]"),
                 reply_to,
             )
         }
-        ["telemetry", ref stream @ ..] => {
-            reply_to.op = "telemetry".into();
-            let call = telemetry_call(
-                device,
-                stream.join("/"),
-                msg.payload.clone(),
-                msg.props.content_type.clone(),
-                msg.props.user("traceparent").map(str::to_owned),
-            );
-            Inbound::Telemetry {
-                call: Box::new(call),
-                reply_to,
-            }
-        }
         [kind, ..] => {
-            reply_to.op = if kind.is_empty() { "-" } else { kind }.to_owned();
+            reply_to.op = match kind {
+                "" => Cow::Borrowed("-"),
+                kind => Cow::Owned(kind.to_owned()),
+            };
             invalid(
                 Error::new(
                     ErrorKind::NotFound,
@@ -592,6 +602,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        match classify("d1", &msg("edgecar/v1/d1/telemetry/a?x=1", "1")) {
+            Inbound::Telemetry { call, .. } => {
+                assert_eq!(call.op, Op::Telemetry { stream: "a".into() })
+            }
+            other => panic!("{other:?}"),
+        }
+        let (e, to) = error(classify("d1", &msg("edgecar/v1/d1/telemetryx", "1")));
+        assert_eq!(
+            (e.kind, &*to.op),
+            (ErrorKind::NotFound, "telemetryx"),
+            "only the telemetry level itself is telemetry"
+        );
         let (c, _) = call(classify(
             "d1",
             &msg("edgecar/v1/d1/req/publish/7?topic=orders", "{}"),
@@ -640,7 +662,7 @@ mod tests {
             }
         );
         assert_eq!(c.params.metadata["x"], "1");
-        assert_eq!((to.op.as_str(), to.rid.as_str()), ("state.get", "42"));
+        assert_eq!((&*to.op, &*to.rid), ("state.get", "42"));
         let (c, _) = call(classify(
             "d1",
             &msg(
@@ -732,11 +754,7 @@ mod tests {
         ];
         for (topic, kind, op, rid) in cases {
             let (e, to) = error(classify("d1", &msg(topic, "")));
-            assert_eq!(
-                (e.kind, to.op.as_str(), to.rid.as_str()),
-                (kind, op, rid),
-                "{topic}"
-            );
+            assert_eq!((e.kind, &*to.op, &*to.rid), (kind, op, rid), "{topic}");
             let r = reply("d1", &to, Err(e));
             assert!(topics::valid_name(&r.topic), "{}", r.topic);
             assert!(topics::in_tree("d1", &r.topic).is_some());
