@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -201,15 +202,11 @@ async fn flush<S: Stream>(wr: &mut WriteHalf<S>, out: &mut BytesMut) -> std::io:
     // Nearly always the socket takes everything at once: one write attempt, no timer. Only
     // what is left (the device reads slowly) waits, under the write timeout; that future is
     // boxed so that it does not size every connection's task.
-    let written = std::future::poll_fn(|cx| {
-        std::task::Poll::Ready(std::pin::Pin::new(&mut *wr).poll_write(cx, out))
-    })
-    .await;
-    let r = match written {
-        std::task::Poll::Ready(Ok(n)) if n == out.len() => Ok(()),
-        std::task::Poll::Ready(Err(e)) => Err(e),
-        std::task::Poll::Ready(Ok(n)) => finish_write(wr, &out[n..]).await,
-        std::task::Poll::Pending => finish_write(wr, out).await,
+    let r = match wr.write(out).now_or_never() {
+        Some(Ok(n)) if n == out.len() => Ok(()),
+        Some(Err(e)) => Err(e),
+        Some(Ok(n)) => finish_write(wr, &out[n..]).await,
+        None => finish_write(wr, out).await,
     };
     if out.capacity() > KEEP_BUF {
         *out = BytesMut::new();
