@@ -34,6 +34,7 @@ pub fn status(kind: ErrorKind) -> StatusCode {
         ErrorKind::Upstream | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
         ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
     }
 }

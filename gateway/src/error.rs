@@ -28,6 +28,9 @@ pub enum ErrorKind {
     Unavailable,
     /// Everything that was tried timed out.
     Timeout,
+    /// The disk under the state directory is (nearly) full: writes are refused until space
+    /// frees; reads still work.
+    InsufficientStorage,
     /// The operation is known but this build does not serve it yet.
     NotImplemented,
     /// A bug or an unexpected state inside edgecar.

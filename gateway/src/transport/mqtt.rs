@@ -41,7 +41,9 @@ use crate::clock::unix_ms;
 use crate::config::MqttConfig;
 use crate::devices::{Presence, Registry};
 use crate::runtime::Runtime;
-use codec::{ConnectCode, DecodeError, DisconnectCode, Incoming, Message, Outgoing, Version};
+use codec::{
+    ConnectCode, DecodeError, DisconnectCode, Incoming, Message, Outgoing, PubAckCode, Version,
+};
 use hub::{Hub, HubLimits};
 use protocol::{Inbound, ReplyTo};
 use session::{Action, Close, Limits, Session};
@@ -719,14 +721,28 @@ impl Conn {
     /// go.
     fn stored_one(&mut self, outcome: Result<(), crate::Error>) -> Option<Close> {
         let (token, to, _) = self.stored.pop_front()?;
-        if let Err(e) = outcome {
-            self.send_reply(protocol::reply(&self.device, &to, Err(e)));
-        }
         if self.stored.is_empty() && self.stored.capacity() > 0 {
             self.stored = VecDeque::new();
         }
-        let actions = self.session.done(token);
+        let actions = match outcome {
+            Ok(()) => self.session.done(token),
+            Err(e) => self.not_stored(token, &to, e),
+        };
         self.perform(actions)
+    }
+
+    /// A telemetry reading was not stored: the device hears why on its reply topic, and its
+    /// PUBACK says so (MQTT 5) or never comes (3.1.1: the connection closes, the device resends).
+    fn not_stored(&mut self, token: u64, to: &ReplyTo, e: crate::Error) -> Vec<Action> {
+        debug!(device = %self.device, code = e.code, error = %e.message, "telemetry reading not stored; not acknowledged");
+        let code = match e.kind {
+            crate::ErrorKind::Unavailable | crate::ErrorKind::InsufficientStorage => {
+                PubAckCode::QuotaExceeded
+            }
+            _ => PubAckCode::UnspecifiedError,
+        };
+        self.send_reply(protocol::reply(&self.device, to, Err(e)));
+        self.session.failed(token, code)
     }
 
     /// The reply of a finished request task (an internal error reply if the task failed).
@@ -817,10 +833,7 @@ impl Conn {
                         // is also answered with an error reply.
                         match self.ep.runtime.submit_telemetry(*call) {
                             Ok(receipt) => self.stored.push_back((token, reply_to, receipt)),
-                            Err(e) => {
-                                self.send_reply(protocol::reply(&self.device, &reply_to, Err(e)));
-                                pending.extend(self.session.done(token));
-                            }
+                            Err(e) => pending.extend(self.not_stored(token, &reply_to, e)),
                         }
                     }
                     Inbound::Invalid { error, reply_to } => {

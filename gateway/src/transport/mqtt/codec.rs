@@ -197,6 +197,10 @@ pub enum PubAckCode {
     Success,
     /// The topic is outside the device's tree.
     NotAuthorized,
+    /// Not stored: a queue or the disk is full (MQTT 5 reason 0x97).
+    QuotaExceeded,
+    /// Not stored for another reason, e.g. a disk error (MQTT 5 reason 0x80).
+    UnspecifiedError,
 }
 
 /// Why edgecar ends a connection (sent as an MQTT 5 DISCONNECT; 3.1.1 just closes).
@@ -224,6 +228,9 @@ pub enum DisconnectCode {
     PacketTooLarge,
     /// A QoS 2 publish.
     QoSNotSupported,
+    /// A telemetry reading could not be stored, and MQTT 3.1.1 has no PUBACK that can say so:
+    /// the connection closes unacknowledged and the device sends the reading again.
+    NotStored,
 }
 
 impl DisconnectCode {
@@ -241,6 +248,7 @@ impl DisconnectCode {
             DisconnectCode::TopicNameInvalid => "invalid topic name",
             DisconnectCode::PacketTooLarge => "packet too large",
             DisconnectCode::QoSNotSupported => "QoS 2 publish",
+            DisconnectCode::NotStored => "a reading could not be stored",
         }
     }
 }
@@ -779,6 +787,8 @@ pub fn encode(out: Outgoing, version: Version, buf: &mut BytesMut) -> Result<(),
                         reason: match code {
                             PubAckCode::Success => v5::PubAckReason::Success,
                             PubAckCode::NotAuthorized => v5::PubAckReason::NotAuthorized,
+                            PubAckCode::QuotaExceeded => v5::PubAckReason::QuotaExceeded,
+                            PubAckCode::UnspecifiedError => v5::PubAckReason::UnspecifiedError,
                         },
                         properties: reason_string.map(|r| v5::PubAckProperties {
                             reason_string: Some(r),
@@ -831,6 +841,7 @@ pub fn encode(out: Outgoing, version: Version, buf: &mut BytesMut) -> Result<(),
                         DisconnectCode::TopicNameInvalid => R::TopicNameInvalid,
                         DisconnectCode::PacketTooLarge => R::PacketTooLarge,
                         DisconnectCode::QoSNotSupported => R::QoSNotSupported,
+                        DisconnectCode::NotStored => R::UnspecifiedError,
                     }))
                 }
             };

@@ -153,6 +153,9 @@ struct Pending {
     /// QoS 1 packet id to acknowledge once done (and all before it are).
     pkid: Option<u16>,
     done: bool,
+    /// Set when the publish could not be dealt with (telemetry not stored): its acknowledgement
+    /// says so instead of confirming it.
+    failed: Option<PubAckCode>,
 }
 
 /// The state of one connected device session.
@@ -401,6 +404,7 @@ impl Session {
             token,
             pkid: qos1.then_some(pkid),
             done: false,
+            failed: None,
         });
         vec![Action::Handle { token, msg }]
     }
@@ -426,20 +430,43 @@ impl Session {
     /// Reports that the publish `token` has been dealt with. QoS 1 publishes are acknowledged in
     /// the order they arrived, so a PUBACK also means every earlier publish was handled.
     pub fn done(&mut self, token: u64) -> Vec<Action> {
+        self.settle(token, None)
+    }
+
+    /// Reports that the publish `token` could not be dealt with: a telemetry reading that was not
+    /// stored. It must not be confirmed: MQTT 5 devices get a PUBACK with the failure `code`;
+    /// 3.1.1 has no failed PUBACK, so the connection closes without acknowledging it and the
+    /// device sends it again when it reconnects (docs/device-protocol.md).
+    pub fn failed(&mut self, token: u64, code: PubAckCode) -> Vec<Action> {
+        self.settle(token, Some(code))
+    }
+
+    fn settle(&mut self, token: u64, failed: Option<PubAckCode>) -> Vec<Action> {
         if let Some(p) = self.pending.iter_mut().find(|p| p.token == token) {
             p.done = true;
+            p.failed = failed;
         }
         let mut out = Vec::new();
         while self.pending.front().is_some_and(|p| p.done) {
-            if let Some(Pending {
-                pkid: Some(pkid), ..
-            }) = self.pending.pop_front()
-            {
-                out.push(Action::Send(Outgoing::PubAck {
+            let Some(Pending { pkid, failed, .. }) = self.pending.pop_front() else {
+                break;
+            };
+            match (pkid, failed, self.version) {
+                (Some(pkid), None, _) => out.push(Action::Send(Outgoing::PubAck {
                     pkid,
                     code: PubAckCode::Success,
                     reason: None,
-                }));
+                })),
+                (Some(pkid), Some(code), Version::V5) => out.push(Action::Send(Outgoing::PubAck {
+                    pkid,
+                    code,
+                    reason: Some("the reading was not stored; send it again later".into()),
+                })),
+                (Some(_), Some(_), Version::V311) => {
+                    out.push(Action::Close(Close::ByServer(DisconnectCode::NotStored)));
+                    return out;
+                }
+                (None, _, _) => {}
             }
         }
         out
@@ -651,6 +678,55 @@ mod tests {
         assert!(
             s.on_packet(publish("edgecar/v1/d1/req/a/4", 1, 20), now)
                 .is_empty()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readings_not_stored_are_never_confirmed() {
+        let now = Instant::now();
+        let t = |a: Vec<Action>| match &a[..] {
+            [Action::Handle { token, .. }] => *token,
+            other => panic!("{other:?}"),
+        };
+        // MQTT 5: the failed reading gets a failure PUBACK, in arrival order with the others.
+        let mut v5 = session(Version::V5, 10);
+        let first = t(v5.on_packet(publish("edgecar/v1/d1/telemetry/a", 1, 1), now));
+        let second = t(v5.on_packet(publish("edgecar/v1/d1/telemetry/a", 1, 2), now));
+        assert!(v5.failed(second, PubAckCode::QuotaExceeded).is_empty());
+        let acks: Vec<(u16, PubAckCode)> = v5
+            .done(first)
+            .into_iter()
+            .map(|a| match a {
+                Action::Send(Outgoing::PubAck { pkid, code, .. }) => (pkid, code),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            acks,
+            [(1, PubAckCode::Success), (2, PubAckCode::QuotaExceeded)]
+        );
+        // MQTT 3.1.1 cannot say "failed" in a PUBACK: the readings before it are confirmed,
+        // then the connection closes so that the device sends the failed one again.
+        let mut v4 = session(Version::V311, 10);
+        let first = t(v4.on_packet(publish("edgecar/v1/d1/telemetry/a", 1, 7), now));
+        let second = t(v4.on_packet(publish("edgecar/v1/d1/telemetry/a", 1, 8), now));
+        let third = t(v4.on_packet(publish("edgecar/v1/d1/telemetry/a", 1, 9), now));
+        assert!(v4.done(third).is_empty());
+        assert!(v4.failed(second, PubAckCode::UnspecifiedError).is_empty());
+        let a = v4.done(first);
+        assert!(
+            matches!(
+                &a[..],
+                [
+                    Action::Send(Outgoing::PubAck {
+                        pkid: 7,
+                        code: PubAckCode::Success,
+                        ..
+                    }),
+                    Action::Close(Close::ByServer(DisconnectCode::NotStored))
+                ]
+            ),
+            "{a:?}"
         );
     }
 
