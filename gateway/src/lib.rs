@@ -223,9 +223,25 @@ pub async fn run(
         },
     )
     .map_err(|e| StartError::Components(vec![e]))?;
-    let device_subs =
-        blocks::pubsub::devices::DeviceSubscriptions::open(&storage, cfg.devices.max_subscriptions)
-            .map_err(|e| StartError::Components(vec![e]))?;
+    let subscription_policy = Arc::new(policy::SubscriptionPolicy::new(
+        device_registry.clone(),
+        vec![
+            (
+                cfg.devices.telemetry_pubsub.clone(),
+                cfg.devices.telemetry_topic.clone(),
+            ),
+            (
+                cfg.devices.presence_pubsub.clone(),
+                cfg.devices.presence_topic.clone(),
+            ),
+        ],
+    ));
+    let device_subs = blocks::pubsub::devices::DeviceSubscriptions::open(
+        &storage,
+        cfg.devices.max_subscriptions,
+        subscription_policy,
+    )
+    .map_err(|e| StartError::Components(vec![e]))?;
     let devices_block = DevicesBlock::new(
         device_registry.clone(),
         presence.clone(),

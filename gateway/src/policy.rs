@@ -6,11 +6,18 @@
 //! or change the sidecar's metadata or the device list, and may not invoke other devices (the
 //! devices block refuses that, as only it knows a target is a device).
 //!
+//! Devices' pub/sub subscriptions are confined by [`SubscriptionPolicy`]: a device may subscribe
+//! to topics apps publish on, never to the topics that carry devices' own data (telemetry,
+//! presence) and never receives an event another device published, unless the operator grants
+//! the topic to that device in the registry (`subscribe:`). Every subscribe path and the fan-out
+//! of every event to devices ask it.
+//!
 //! Service invocation is also guarded on the callee side by Dapr's `accessControl` (from a
 //! `kind: Configuration` resource): [`AccessControl`] decides which caller ids may call which
 //! method paths with which verbs, following Dapr's documented precedence rules.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use http::Method;
 use serde_norway::Value;
@@ -241,6 +248,90 @@ pub fn authorize(caller: &Caller, op: &Op) -> Result<(), Error> {
     }
 }
 
+/// Which pub/sub topics a device may subscribe to, and which events of them it may receive.
+///
+/// - Topics that carry every device's data (the telemetry and presence topics of `devices:` in
+///   `edgecar.yaml`) are refused (403) unless granted.
+/// - An event another device published (its CloudEvent `source` is that device's id) is not
+///   delivered unless the topic is granted; an app's events, and the device's own, are.
+/// - A grant is a `subscribe:` entry of the device in the registry: `<pubsub>/<topic>` or
+///   `<pubsub>/*`.
+///
+/// Revoking a grant (or the device) takes effect for events fanned out after the registry
+/// reload, for subscriptions made earlier too.
+pub struct SubscriptionPolicy {
+    /// Grants, per device.
+    registry: Arc<crate::devices::Registry>,
+    /// (pubsub, topic) pairs that carry all devices' data.
+    device_data: Vec<(String, String)>,
+}
+
+impl SubscriptionPolicy {
+    /// The policy over `registry`; `device_data` lists the topics that carry every device's data.
+    pub fn new(
+        registry: Arc<crate::devices::Registry>,
+        device_data: Vec<(String, String)>,
+    ) -> Self {
+        SubscriptionPolicy {
+            registry,
+            device_data: device_data
+                .into_iter()
+                .filter(|(p, t)| !p.is_empty() && !t.is_empty())
+                .collect(),
+        }
+    }
+
+    /// Whether the registry grants `device` the topic.
+    pub fn granted(&self, device: &str, pubsub: &str, topic: &str) -> bool {
+        self.registry.snapshot().get(device).is_some_and(|d| {
+            d.subscribe.iter().any(|g| match g.split_once('/') {
+                Some((p, "*")) => p == pubsub,
+                Some((p, t)) => p == pubsub && t == topic,
+                None => false,
+            })
+        })
+    }
+
+    /// Whether `device` may subscribe to `topic` of `pubsub`: 403 if not.
+    pub fn check_subscribe(&self, device: &str, pubsub: &str, topic: &str) -> Result<(), Error> {
+        let carries_devices = self
+            .device_data
+            .iter()
+            .any(|(p, t)| p == pubsub && t == topic);
+        if carries_devices && !self.granted(device, pubsub, topic) {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                codes::PERMISSION_DENIED,
+                format!(
+                    "topic {topic:?} of pubsub {pubsub:?} carries other devices' data; a device \
+                     may subscribe to it only when the operator grants it (subscribe: \
+                     [{pubsub}/{topic}] in the device registry)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether an event whose CloudEvent `source` is `source` may reach `device`.
+    pub fn may_receive(
+        &self,
+        device: &str,
+        pubsub: &str,
+        topic: &str,
+        source: Option<&str>,
+    ) -> bool {
+        if self.check_subscribe(device, pubsub, topic).is_err() {
+            return false;
+        }
+        match source {
+            Some(s) if s != device && self.registry.contains(s) => {
+                self.granted(device, pubsub, topic)
+            }
+            _ => true,
+        }
+    }
+}
+
 /// Dapr's secret scopes (`Configuration` → `spec.secrets.scopes`): which secrets of a store the
 /// app may read through the secrets API.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -388,6 +479,38 @@ mod tests {
                 "spec.accessControl.policies[0].appId"
             ]
         );
+    }
+
+    #[test]
+    fn devices_receive_other_devices_data_only_when_granted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.yaml");
+        std::fs::write(
+            &path,
+            "devices:\n- id: a\n- id: b\n- id: hub\n  subscribe: [pubsub/telemetry, alarms/*]\n",
+        )
+        .unwrap();
+        let registry = crate::devices::Registry::open(path, Default::default()).unwrap();
+        let p = SubscriptionPolicy::new(
+            Arc::new(registry),
+            vec![
+                ("pubsub".into(), "telemetry".into()),
+                ("pubsub".into(), "presence".into()),
+            ],
+        );
+        let e = p.check_subscribe("a", "pubsub", "telemetry").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Forbidden);
+        assert!(p.check_subscribe("a", "pubsub", "presence").is_err());
+        assert!(p.check_subscribe("a", "pubsub", "orders").is_ok());
+        assert!(p.check_subscribe("hub", "pubsub", "telemetry").is_ok());
+        assert!(p.check_subscribe("hub", "pubsub", "presence").is_err());
+        // An app's events and the device's own reach it; another device's do not.
+        assert!(p.may_receive("a", "pubsub", "orders", Some("myapp")));
+        assert!(p.may_receive("a", "pubsub", "orders", Some("a")));
+        assert!(!p.may_receive("a", "pubsub", "orders", Some("b")));
+        assert!(p.may_receive("hub", "alarms", "fire", Some("b")));
+        assert!(!p.may_receive("hub", "pubsub", "orders", Some("b")));
+        assert!(!p.may_receive("a", "pubsub", "telemetry", Some("myapp")));
     }
 
     #[test]

@@ -422,3 +422,45 @@ impl RawMqtt {
         false
     }
 }
+
+/// The status of a reply: the last level of its topic (`.../res/<op>/<rid>/<status>`).
+pub fn reply_status(m: &serde_json::Value) -> String {
+    let t = topic(m);
+    let t = t.split('?').next().unwrap_or(t);
+    t.rsplit('/').next().unwrap_or_default().to_owned()
+}
+
+/// Sends one device request (`edgecar/v1/<user>/req/<op_rid_query>`) with `mosquitto_pub` and
+/// returns its reply's status and JSON body, heard by a `mosquitto_sub` on the device's replies.
+pub fn device_request(
+    port: u16,
+    user: &str,
+    pw: &str,
+    op_rid_query: &str,
+    body: &str,
+) -> (String, serde_json::Value) {
+    let wait = std::time::Duration::from_secs(15);
+    let replies = MosquittoSub::start(
+        port,
+        user,
+        pw,
+        &[&format!("edgecar/v1/{user}/res/#")],
+        &["-q", "1"],
+    );
+    let out = mosquitto_pub(
+        port,
+        user,
+        pw,
+        &format!("edgecar/v1/{user}/req/{op_rid_query}"),
+        body,
+        &["-q", "1"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = replies.wait_for(1, wait).remove(0);
+    let json = serde_json::from_str(&payload(&m)).unwrap_or(serde_json::Value::Null);
+    (reply_status(&m), json)
+}

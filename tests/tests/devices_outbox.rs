@@ -7,7 +7,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use edgecar_tests::mqtt::{MosquittoSub, add_device, json_payload, mosquitto_pub, topic};
+use edgecar_tests::mqtt::{
+    MosquittoSub, add_device, device_request as request, json_payload, mosquitto_pub, topic,
+};
 use edgecar_tests::{Edgecar, SubscriberApp, write_component};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -19,40 +21,6 @@ fn publish(port: u16, user: &str, pw: &str, t: &str, body: &str) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn status_of(m: &serde_json::Value) -> String {
-    let t = topic(m);
-    let t = t.split('?').next().unwrap_or(t);
-    t.rsplit('/').next().unwrap_or_default().to_owned()
-}
-
-/// Sends a request and returns its reply, with a `mosquitto_sub` on the device's replies.
-fn request(
-    port: u16,
-    user: &str,
-    pw: &str,
-    op_rid_query: &str,
-    body: &str,
-) -> (String, serde_json::Value) {
-    let replies = MosquittoSub::start(
-        port,
-        user,
-        pw,
-        &[&format!("edgecar/v1/{user}/res/#")],
-        &["-q", "1"],
-    );
-    publish(
-        port,
-        user,
-        pw,
-        &format!("edgecar/v1/{user}/req/{op_rid_query}"),
-        body,
-    );
-    let m = replies.wait_for(1, WAIT).remove(0);
-    let payload = edgecar_tests::mqtt::payload(&m);
-    let json = serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null);
-    (status_of(&m), json)
 }
 
 fn config(dir: &Path, text: &str) -> String {

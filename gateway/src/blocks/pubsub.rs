@@ -252,6 +252,15 @@ impl PubSubBlock {
         params: &Params,
     ) -> Result<(Bytes, Option<u64>), Error> {
         let now = unix_ms();
+        if meta.raw && matches!(caller, Caller::Device { .. }) {
+            // A raw event carries no source: devices subscribed to the topic could not be kept
+            // from another device's data (policy::SubscriptionPolicy).
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                codes::PERMISSION_DENIED,
+                "devices publish CloudEvents (their id is the source); rawPayload is for apps",
+            ));
+        }
         if meta.raw {
             let expires = meta
                 .ttl_secs

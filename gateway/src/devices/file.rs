@@ -40,6 +40,11 @@ pub struct DeviceEntry {
     /// When it was added (RFC 3339, UTC), for operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub added_at: Option<String>,
+    /// Pub/sub topics the operator lets this device receive *other devices'* data on, as
+    /// `<pubsub>/<topic>` or `<pubsub>/*` (see `policy::SubscriptionPolicy`). Empty: the device
+    /// may subscribe to apps' topics only and never sees another device's events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribe: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -57,6 +62,8 @@ pub struct Device {
     pub hash: Option<Arc<PasswordHash>>,
     /// When it was added (RFC 3339, UTC), as stored.
     pub added_at: Option<Box<str>>,
+    /// Topics granted for other devices' data (`subscribe` in the file), usually none.
+    pub subscribe: Box<[Box<str>]>,
 }
 
 /// Why an edit of the registry failed.
@@ -97,6 +104,20 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EditError + '_ {
 /// A device id: what fits one MQTT topic level, a state key prefix and an app-id position.
 pub fn validate_id(id: &str) -> Result<(), String> {
     validate_name(id)
+}
+
+/// A subscription grant: `<pubsub>/<topic>` or `<pubsub>/*`.
+fn validate_grant(g: &str) -> Result<(), String> {
+    let Some((pubsub, topic)) = g.split_once('/') else {
+        return Err(format!(
+            "{g:?} must be <pubsub>/<topic> or <pubsub>/* (e.g. pubsub/telemetry)"
+        ));
+    };
+    validate_name(pubsub).map_err(|m| format!("{g:?}: pub/sub name {m}"))?;
+    if topic.is_empty() {
+        return Err(format!("{g:?}: the topic is empty"));
+    }
+    Ok(())
 }
 
 /// Reads and validates the registry; a missing file is an empty registry. Every problem is
@@ -168,9 +189,24 @@ fn validate(
             ));
             continue;
         }
+        let mut bad_grant = false;
+        for (j, g) in entry.subscribe.iter().enumerate() {
+            if let Err(m) = validate_grant(g) {
+                errors.push(ConfigError::new(path, format!("{field}.subscribe[{j}]"), m));
+                bad_grant = true;
+            }
+        }
+        if bad_grant {
+            continue;
+        }
         let device = Device {
             hash: hash.map(Arc::new),
             added_at: entry.added_at.map(String::into_boxed_str),
+            subscribe: entry
+                .subscribe
+                .into_iter()
+                .map(String::into_boxed_str)
+                .collect(),
         };
         devices.insert(entry.id, device);
     }
@@ -290,11 +326,14 @@ fn add_entry(
             id: id.to_owned(),
             password_hash: hash.map(ToString::to_string),
             added_at: Some(rfc3339(now_unix)),
+            subscribe: Vec::new(),
         };
         match entries.iter_mut().find(|e| e.id == id) {
             Some(_) if !replace => Err(EditError::Exists(id.to_owned())),
             Some(e) => {
-                *e = entry;
+                // New credentials; what the operator granted stays.
+                let subscribe = std::mem::take(&mut e.subscribe);
+                *e = DeviceEntry { subscribe, ..entry };
                 Ok(())
             }
             None => {

@@ -9,6 +9,10 @@
 //! `edgecar/v1/<device>/sub/<pubsub>/<topic>`, and delivered from there while the device is
 //! connected: a sleeping device finds its events when it wakes, until they expire.
 //!
+//! What a device may subscribe to and receive is [`crate::policy::SubscriptionPolicy`]'s call,
+//! asked when it subscribes and again for every event fanned out (so a revoked grant or a
+//! subscription stored before a policy change cannot leak another device's data).
+//!
 //! The app (if it subscribes to the same topic) and the devices share one consumer of the topic,
 //! so they never compete for messages: [`TopicHandler`] appends the event to the device
 //! outboxes, then delivers it to the app. A redelivered message (the app asked for RETRY across
@@ -30,6 +34,7 @@ use crate::clock::unix_ms;
 use crate::components::pubsub::{Handler, InMessage, Outcome};
 use crate::error::{Error, ErrorKind, codes};
 use crate::outbox::{OutMessage, Outbox};
+use crate::policy::SubscriptionPolicy;
 use crate::storage::Storage;
 
 /// A (pub/sub component, topic) pair.
@@ -41,6 +46,8 @@ pub struct DeviceSubscriptions {
     tree: sled::Tree,
     index: RwLock<HashMap<TopicKey, BTreeSet<String>>>,
     max_per_device: usize,
+    /// Who may subscribe to what and receive which events.
+    policy: Arc<SubscriptionPolicy>,
     /// Tells the subscription manager about topics it must start consuming.
     new_topics: mpsc::UnboundedSender<TopicKey>,
     new_topics_rx: Mutex<Option<mpsc::UnboundedReceiver<TopicKey>>>,
@@ -56,8 +63,12 @@ pub fn delivery_topic(device: &str, pubsub: &str, topic: &str) -> String {
 }
 
 impl DeviceSubscriptions {
-    /// Loads the stored subscriptions; a device may hold `max_per_device`.
-    pub fn open(storage: &Storage, max_per_device: usize) -> Result<Arc<Self>, String> {
+    /// Loads the stored subscriptions; a device may hold `max_per_device`, as `policy` allows.
+    pub fn open(
+        storage: &Storage,
+        max_per_device: usize,
+        policy: Arc<SubscriptionPolicy>,
+    ) -> Result<Arc<Self>, String> {
         let tree = storage
             .db()
             .open_tree("devices.subscriptions")
@@ -84,6 +95,7 @@ impl DeviceSubscriptions {
             tree,
             index: RwLock::new(index),
             max_per_device,
+            policy,
             new_topics: tx,
             new_topics_rx: Mutex::new(Some(rx)),
         }))
@@ -135,6 +147,7 @@ impl DeviceSubscriptions {
     /// Subscribes `device` (on disk when this returns). `Ok(false)` if it already was.
     pub async fn subscribe(&self, device: &str, pubsub: &str, topic: &str) -> Result<bool, Error> {
         check_topic(topic)?;
+        self.policy.check_subscribe(device, pubsub, topic)?;
         let fresh_topic = {
             let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
             let held = index.values().filter(|d| d.contains(device)).count();
@@ -279,7 +292,20 @@ impl TopicHandler {
         }
         let ttl = u64::try_from(self.event_ttl.as_millis()).unwrap_or(u64::MAX);
         let expires = now.saturating_add(ttl);
+        // Whose data this is: the CloudEvent's source (a device's id when a device published).
+        let source = parsed
+            .as_ref()
+            .and_then(|ev| ev.get("source"))
+            .and_then(Json::as_str);
         for device in devices {
+            if !self
+                .devices
+                .policy
+                .may_receive(&device, &self.pubsub, &self.topic, source)
+            {
+                debug!(device = %device, pubsub = %self.pubsub, topic = %self.topic, "event withheld from this device by the subscription policy");
+                continue;
+            }
             let m = OutMessage {
                 topic: delivery_topic(&device, &self.pubsub, &self.topic),
                 payload: Bytes::clone(&msg.data),
@@ -308,11 +334,20 @@ impl Handler for TopicHandler {
 mod tests {
     use super::*;
 
+    fn open_policy(dir: &std::path::Path) -> Arc<SubscriptionPolicy> {
+        let registry =
+            crate::devices::Registry::open(dir.join("devices.yaml"), Default::default()).unwrap();
+        Arc::new(SubscriptionPolicy::new(
+            Arc::new(registry),
+            vec![("pubsub".into(), "telemetry".into())],
+        ))
+    }
+
     #[tokio::test]
     async fn subscriptions_are_stored_bounded_and_reloaded() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(dir.path(), 1 << 20).await.unwrap();
-        let subs = DeviceSubscriptions::open(&storage, 2).unwrap();
+        let subs = DeviceSubscriptions::open(&storage, 2, open_policy(dir.path())).unwrap();
         let mut rx = subs.take_new_topics().unwrap();
         assert!(subs.subscribe("a", "pubsub", "alerts").await.unwrap());
         assert!(!subs.subscribe("a", "pubsub", "alerts").await.unwrap());
@@ -323,11 +358,20 @@ mod tests {
         let e = subs.subscribe("a", "pubsub", "z").await.unwrap_err();
         assert_eq!(e.code, codes::MALFORMED_REQUEST);
         assert!(subs.subscribe("a", "pubsub", "a+b").await.is_err());
+        let e = subs
+            .subscribe("b", "pubsub", "telemetry")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.kind, e.code),
+            (ErrorKind::Forbidden, codes::PERMISSION_DENIED),
+            "all devices' readings are not for a device to read"
+        );
         assert_eq!(subs.devices("pubsub", "alerts"), ["a", "b"]);
         assert!(subs.unsubscribe("b", "pubsub", "alerts").await.unwrap());
         assert!(!subs.unsubscribe("b", "pubsub", "alerts").await.unwrap());
         drop(subs);
-        let again = DeviceSubscriptions::open(&storage, 2).unwrap();
+        let again = DeviceSubscriptions::open(&storage, 2, open_policy(dir.path())).unwrap();
         assert_eq!(
             again.of("a"),
             [
@@ -341,7 +385,7 @@ mod tests {
         assert!(again.of("a").is_empty());
         assert!(again.topics().is_empty());
         drop(again);
-        let third = DeviceSubscriptions::open(&storage, 2).unwrap();
+        let third = DeviceSubscriptions::open(&storage, 2, open_policy(dir.path())).unwrap();
         assert!(third.of("a").is_empty());
     }
 }
