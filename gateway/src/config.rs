@@ -129,6 +129,9 @@ pub struct StorageConfig {
     pub cache_capacity: Size,
     /// How often expired keys are removed from disk.
     pub sweep_interval: Dur,
+    /// Writes are refused (507) while less than this is free on the state directory's disk, so
+    /// that the database never meets a full disk; 0 turns the guard off.
+    pub min_free_space: Size,
 }
 
 /// Input limits, so that no request can make edgecar allocate without bound.
@@ -407,6 +410,7 @@ impl Default for StorageConfig {
         StorageConfig {
             cache_capacity: Size(8 << 20),
             sweep_interval: Dur(Duration::from_secs(5)),
+            min_free_space: Size(64 << 20),
         }
     }
 }

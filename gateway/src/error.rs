@@ -28,6 +28,9 @@ pub enum ErrorKind {
     Unavailable,
     /// Everything that was tried timed out.
     Timeout,
+    /// A bounded queue is full: the message was not taken (HTTP 500, as Dapr answers any
+    /// publish failure; an MQTT 5 PUBACK says "quota exceeded").
+    QueueFull,
     /// The disk under the state directory is (nearly) full: writes are refused until space
     /// frees; reads still work.
     InsufficientStorage,
@@ -74,6 +77,8 @@ impl std::error::Error for Error {}
 
 /// Dapr's error codes, spelled as Dapr spells them, plus the few edgecar adds.
 pub mod codes {
+    /// The sidecar is not healthy (`/v1.0/healthz` answers 500).
+    pub const HEALTH_NOT_READY: &str = "ERR_HEALTH_NOT_READY";
     /// The request could not be decoded.
     pub const MALFORMED_REQUEST: &str = "ERR_MALFORMED_REQUEST";
     /// No state store is configured at all.

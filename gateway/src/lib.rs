@@ -158,6 +158,7 @@ pub async fn run(
     // gateway starts is noticed rather than lost.
     let resources_seen = blocks::capabilities::newest_change(&cfg.resources_paths);
     let storage = storage::Storage::open(&cfg.state_dir, cfg.storage.cache_capacity.0).await?;
+    storage.guard_disk(cfg.storage.min_free_space.0);
     let mut setup = setup;
     components::apply_runtime_defaults(&mut setup.components, &cfg.app_id);
     let registry = components::build(&setup.components, &storage)
@@ -301,6 +302,7 @@ pub async fn run(
             cfg.devices.telemetry_topic.clone(),
             cfg.devices.telemetry_linger.0,
         ),
+        storage: storage.clone(),
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(devices::watch(device_registry.clone(), RELOAD_POLL));

@@ -73,6 +73,14 @@ pub enum QueueError {
         /// The message's sequence number.
         seq: u64,
     },
+    /// The disk is full: nothing was appended (see `storage::DiskGuard`).
+    #[error("queue {queue:?}: {message}")]
+    DiskFull {
+        /// The queue's name.
+        queue: String,
+        /// What the disk guard said.
+        message: String,
+    },
     /// The database failed.
     #[error("queue {queue:?}: {message}")]
     Storage {
@@ -229,6 +237,13 @@ impl Queue {
     /// and indexing under one lock keeps the FIFO order the order of the sequence numbers; a sled
     /// insert is a memory operation, the disk comes with the sync.
     fn append_unsynced(&self, items: &[(&[u8], Option<u64>)]) -> Vec<Result<u64, QueueError>> {
+        if let Err(full) = self.inner.storage.writable() {
+            let refused = QueueError::DiskFull {
+                queue: self.inner.name.clone(),
+                message: full.to_string(),
+            };
+            return vec![Err(refused); items.len()];
+        }
         let mut guard = self.book();
         let Locked { book, groups } = &mut *guard;
         let mut results = Vec::with_capacity(items.len());

@@ -48,9 +48,24 @@ pub struct Runtime {
     pub devices: DevicesBlock,
     /// Device telemetry, stored in batches.
     pub telemetry: TelemetryBlock,
+    /// The embedded database, whose disk health the health routes report.
+    pub storage: crate::storage::Storage,
 }
 
 impl Runtime {
+    /// Whether the sidecar is healthy: `Err` names what is wrong (today: a full disk, which
+    /// refuses writes while reads still work). `/v1.0/healthz` and `/v1.0/healthz/outbound`
+    /// answer 500 with it.
+    pub fn health(&self) -> Result<(), Error> {
+        self.storage.writable().map_err(|e| {
+            Error::new(
+                crate::error::ErrorKind::Upstream,
+                crate::error::codes::HEALTH_NOT_READY,
+                e.to_string(),
+            )
+        })
+    }
+
     /// Prometheus text exposition of every counter the runtime keeps.
     pub fn metrics(&self) -> String {
         let mut out = String::new();

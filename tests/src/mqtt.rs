@@ -322,6 +322,18 @@ pub fn publish_packet(topic: &str, payload: &[u8], qos: u8, pkid: u16) -> Vec<u8
     packet(0x30 | (qos << 1), &body)
 }
 
+/// An MQTT 5 PUBLISH packet without properties.
+pub fn publish_packet_v5(topic: &str, payload: &[u8], qos: u8, pkid: u16) -> Vec<u8> {
+    let mut body = Vec::new();
+    string(topic.as_bytes(), &mut body);
+    if qos > 0 {
+        body.extend_from_slice(&pkid.to_be_bytes());
+    }
+    body.push(0);
+    body.extend_from_slice(payload);
+    packet(0x30 | (qos << 1), &body)
+}
+
 impl RawMqtt {
     /// Connects and sends CONNECT; returns the client and the CONNACK return code.
     pub fn connect(port: u16, user: &str, password: &str, keep_alive: u16) -> (RawMqtt, u8) {
@@ -333,6 +345,28 @@ impl RawMqtt {
         body.push(4);
         body.push(0b1100_0010); // username, password, clean session
         body.extend_from_slice(&keep_alive.to_be_bytes());
+        string(b"", &mut body);
+        string(user.as_bytes(), &mut body);
+        string(password.as_bytes(), &mut body);
+        c.send(&packet(0x10, &body)).expect("send CONNECT");
+        let code = match c.read_packet() {
+            Some((0x20, b)) => b[1],
+            other => panic!("expected CONNACK, got {other:?}"),
+        };
+        (c, code)
+    }
+
+    /// Connects with MQTT 5 (no properties); returns the client and the CONNACK reason code.
+    pub fn connect_v5(port: u16, user: &str, password: &str, keep_alive: u16) -> (RawMqtt, u8) {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut c = RawMqtt { s };
+        let mut body = Vec::new();
+        string(b"MQTT", &mut body);
+        body.push(5);
+        body.push(0b1100_0010); // username, password, clean start
+        body.extend_from_slice(&keep_alive.to_be_bytes());
+        body.push(0); // no properties
         string(b"", &mut body);
         string(user.as_bytes(), &mut body);
         string(password.as_bytes(), &mut body);

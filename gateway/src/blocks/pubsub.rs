@@ -105,8 +105,13 @@ fn read_meta(pubsub: &str, meta: &HashMap<String, String>) -> Result<PublishMeta
 
 /// Dapr's `ERR_PUBSUB_PUBLISH_MESSAGE` for a component failure.
 fn publish_error(pubsub: &str, topic: &str, e: &PubSubError) -> Error {
+    let kind = match e {
+        PubSubError::Rejected(_) => ErrorKind::QueueFull,
+        PubSubError::DiskFull(_) => ErrorKind::InsufficientStorage,
+        PubSubError::Backend(_) => ErrorKind::Upstream,
+    };
     Error::new(
-        ErrorKind::Upstream,
+        kind,
         codes::PUBSUB_PUBLISH_MESSAGE,
         format!("error when publishing to topic {topic} in pubsub {pubsub}: {e}"),
     )

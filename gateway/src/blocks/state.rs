@@ -180,6 +180,7 @@ fn store_error(code: &'static str, context: String, e: StoreError) -> Error {
         StoreError::EtagMismatch => ErrorKind::Conflict,
         StoreError::EtagInvalid(_) => ErrorKind::BadRequest,
         StoreError::NotSupported(_) | StoreError::Backend(_) => ErrorKind::Upstream,
+        StoreError::DiskFull(_) => ErrorKind::InsufficientStorage,
     };
     Error::new(kind, code, format!("{context}: {e}"))
 }

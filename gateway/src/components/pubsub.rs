@@ -82,6 +82,10 @@ pub enum PubSubError {
     /// The backend failed (connection, I/O).
     #[error("{0}")]
     Backend(String),
+    /// The disk under the state directory is full; nothing was written. Passes once space
+    /// frees.
+    #[error("{0}")]
+    DiskFull(String),
 }
 
 /// Flips to `true` when edgecar stops; consumer loops watch it.

@@ -155,6 +155,7 @@ fn queue_error(e: QueueError) -> PubSubError {
         QueueError::Full { .. } | QueueError::TooLarge { .. } => {
             PubSubError::Rejected(e.to_string())
         }
+        QueueError::DiskFull { .. } => PubSubError::DiskFull(e.to_string()),
         QueueError::LeaseLost { .. } | QueueError::Storage { .. } => {
             PubSubError::Backend(e.to_string())
         }

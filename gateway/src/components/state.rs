@@ -100,6 +100,9 @@ pub enum StoreError {
     /// The backend failed (I/O, connection, protocol).
     #[error("{0}")]
     Backend(String),
+    /// The disk is full: nothing was written (507). Passes once space frees.
+    #[error("{0}")]
+    DiskFull(String),
 }
 
 /// Dapr's feature names a store advertises in `/v1.0/metadata`.

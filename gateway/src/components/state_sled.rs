@@ -230,6 +230,10 @@ impl SledStore {
     }
 }
 
+fn disk_full(e: crate::storage::DiskFull) -> StoreError {
+    StoreError::DiskFull(e.to_string())
+}
+
 fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(e)
 }
@@ -253,6 +257,7 @@ impl StateStore for SledStore {
     }
 
     async fn set_many(&self, reqs: Vec<SetRequest>) -> Result<(), StoreError> {
+        self.storage.writable().map_err(disk_full)?;
         let now = unix_now();
         let mut result = Ok(());
         for req in &reqs {
@@ -272,6 +277,10 @@ impl StateStore for SledStore {
     }
 
     async fn transact(&self, ops: Vec<TxOp>) -> Result<(), StoreError> {
+        // Deleting frees space: a transaction of deletes only may run on a full disk.
+        if ops.iter().any(|op| matches!(op, TxOp::Upsert(_))) {
+            self.storage.writable().map_err(disk_full)?;
+        }
         let this = self.clone();
         let now = unix_now();
         // sled transactions may retry on conflict; keep that loop off the runtime threads.

@@ -99,7 +99,10 @@ impl HttpApi {
             None => api::route(req.method(), req.uri().path(), req.uri().query())?,
         };
         let op = match route {
-            Route::Healthz | Route::HealthzOutbound => return Ok(Reply::no_content()),
+            Route::Healthz | Route::HealthzOutbound => {
+                self.runtime.health()?;
+                return Ok(Reply::no_content());
+            }
             Route::Metrics => {
                 let mut r = Reply::json(self.runtime.metrics());
                 r.content_type = Some("text/plain; version=0.0.4");

@@ -736,7 +736,7 @@ impl Conn {
     fn not_stored(&mut self, token: u64, to: &ReplyTo, e: crate::Error) -> Vec<Action> {
         debug!(device = %self.device, code = e.code, error = %e.message, "telemetry reading not stored; not acknowledged");
         let code = match e.kind {
-            crate::ErrorKind::Unavailable | crate::ErrorKind::InsufficientStorage => {
+            crate::ErrorKind::QueueFull | crate::ErrorKind::InsufficientStorage => {
                 PubAckCode::QuotaExceeded
             }
             _ => PubAckCode::UnspecifiedError,

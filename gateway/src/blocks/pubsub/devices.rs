@@ -148,6 +148,13 @@ impl DeviceSubscriptions {
     pub async fn subscribe(&self, device: &str, pubsub: &str, topic: &str) -> Result<bool, Error> {
         check_topic(topic)?;
         self.policy.check_subscribe(device, pubsub, topic)?;
+        self.storage.writable().map_err(|e| {
+            Error::new(
+                ErrorKind::InsufficientStorage,
+                codes::INTERNAL,
+                e.to_string(),
+            )
+        })?;
         let fresh_topic = {
             let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
             let held = index.values().filter(|d| d.contains(device)).count();
