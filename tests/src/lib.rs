@@ -240,6 +240,8 @@ pub struct RedisServer {
     child: Child,
     /// Its port.
     pub port: u16,
+    /// The extra arguments it was started with (kept for [`RedisServer::restart`]).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -253,29 +255,70 @@ impl RedisServer {
         Self::start_with(&["--requirepass", password])
     }
 
+    /// As [`RedisServer::start`], with an append-only file in `dir` (fsync always), so that a
+    /// restart keeps what was written.
+    pub fn start_persistent(dir: &Path) -> RedisServer {
+        let dir = dir.to_str().expect("utf-8 path");
+        Self::start_with(&[
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            dir,
+        ])
+    }
+
+    fn spawn(port: u16, extra: &[String]) -> Child {
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: install it (scripts/test.sh does: apt-get install redis-server)")
+    }
+
+    fn answers(&self) -> bool {
+        (0..250).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            self.command(&["PING"])
+                .is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
+        })
+    }
+
     fn start_with(extra: &[&str]) -> RedisServer {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         for _ in 0..5 {
             let port = free_port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server not found: install it (scripts/test.sh does: apt-get install redis-server)");
-            let mut server = RedisServer { child, port };
-            let up = (0..250).any(|_| {
-                std::thread::sleep(Duration::from_millis(20));
-                server
-                    .command(&["PING"])
-                    .is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
-            });
-            if up {
+            let child = Self::spawn(port, &extra);
+            let mut server = RedisServer {
+                child,
+                port,
+                extra: extra.clone(),
+            };
+            if server.answers() {
                 return server;
             }
             let _ = server.child.kill();
         }
         panic!("could not start redis-server");
+    }
+
+    /// Kills the server (`kill -9`) and starts it again on the same port with the same
+    /// arguments: without persistence it comes back empty.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for _ in 0..50 {
+            self.child = Self::spawn(self.port, &self.extra);
+            if self.answers() {
+                return;
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        panic!("could not restart redis-server on port {}", self.port);
     }
 
     /// Sends one command and returns the raw reply (enough for simple assertions).

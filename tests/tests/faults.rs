@@ -344,3 +344,89 @@ fn a_full_disk_gives_prompt_errors_keeps_acknowledged_data_and_recovers() {
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// Fault 5: after Redis restarted empty, the consumer looped on `NOGROUP` (logged at debug) while
+/// publishes kept answering 204, and no event reached the app again. Proves: with and without
+/// persistence, every event acknowledged after the restart reaches the subscribed app.
+#[test]
+fn redis_subscriptions_recover_when_redis_restarts() {
+    for persistent in [false, true] {
+        let data = tempfile::tempdir().unwrap();
+        let mut redis = if persistent {
+            edgecar_tests::RedisServer::start_persistent(data.path())
+        } else {
+            edgecar_tests::RedisServer::start()
+        };
+        let res = tempfile::tempdir().unwrap();
+        let host = format!("127.0.0.1:{}", redis.port);
+        edgecar_tests::write_component(
+            res.path(),
+            "pubsub",
+            "pubsub.redis",
+            &[("redisHost", &host), ("consumerID", "shop-group")],
+        );
+        let app = edgecar_tests::SubscriberApp::start(
+            r#"[{"pubsubname":"pubsub","topic":"orders","route":"/orders"}]"#,
+            |_| (200, String::new()),
+        );
+        let state = tempfile::tempdir().unwrap();
+        let ec = Edgecar::start(
+            state.path(),
+            &[
+                "--app-id",
+                "shop",
+                "--app-port",
+                &app.port.to_string(),
+                "--resources-path",
+                res.path().to_str().unwrap(),
+            ],
+        );
+        eventually(WAIT, "the consumer group", || {
+            redis
+                .command(&["XINFO", "GROUPS", "orders"])
+                .filter(|r| r.contains("shop-group"))
+        });
+        let publish = |n: usize| {
+            eventually(WAIT, "a publish to be accepted", || {
+                let r = ec.req(
+                    "POST",
+                    "/v1.0/publish/pubsub/orders",
+                    format!(r#"{{"n":{n}}}"#).as_bytes(),
+                    &[("content-type", "application/json")],
+                );
+                (r.status == 204).then_some(())
+            })
+        };
+        for n in 0..3 {
+            publish(n);
+        }
+        app.wait_for("/orders", 3, WAIT);
+        redis.restart();
+        for n in 100..120 {
+            publish(n);
+        }
+        let seen = |app: &edgecar_tests::SubscriberApp| {
+            let mut ns: Vec<i64> = app
+                .on("/orders")
+                .iter()
+                .filter_map(|r| r.json()["data"]["n"].as_i64())
+                .filter(|n| *n >= 100)
+                .collect();
+            ns.sort_unstable();
+            ns.dedup();
+            ns
+        };
+        eventually(
+            Duration::from_secs(30),
+            "every event after the restart",
+            || (seen(&app).len() == 20).then_some(()),
+        );
+        let log = ec.log.lock().unwrap().clone();
+        if !persistent {
+            assert!(
+                log.contains("consumer group is gone"),
+                "the recovery is not said at warn: {log}"
+            );
+        }
+    }
+}

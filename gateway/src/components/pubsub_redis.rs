@@ -276,21 +276,9 @@ impl PubSub for RedisPubSub {
             id => id.to_owned(),
         };
         let mut conn = self.conn.clone();
-        // From the start of the stream, as Dapr creates it: messages published before the first
-        // subscription are delivered too.
-        let created: Result<Value, _> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&req.topic)
-            .arg(&group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = created
-            && !e.to_string().contains("BUSYGROUP")
-        {
-            return Err(backend(e));
-        }
+        create_group(&mut conn, &req.topic, &group)
+            .await
+            .map_err(backend)?;
         // Blocking reads get their own connection so they never hold up acks and publishes.
         let reader = connect_manager(
             &self.settings.redis,
@@ -312,6 +300,9 @@ impl PubSub for RedisPubSub {
             let redeliver = settings.redeliver_interval;
             // Claim right away at start: a previous run may have left messages pending.
             let mut next_claim = tokio::time::Instant::now();
+            // Whether the last read failed: the first failure of an outage is a warning, the
+            // repeats are not, and the recovery is said.
+            let mut failing = false;
             loop {
                 tokio::select! {
                     biased;
@@ -355,12 +346,33 @@ impl PubSub for RedisPubSub {
                 };
                 match read {
                     Ok(v) => {
+                        if std::mem::take(&mut failing) {
+                            info!(topic = %sub.topic, "reading the stream works again");
+                        }
                         for e in read_reply(&v) {
                             sub.start(&mut workers, e);
                         }
                     }
+                    Err(e) if e.to_string().contains("NOGROUP") => {
+                        // Redis lost the stream or the group (restarted without persistence, or
+                        // someone deleted the key): make them again, from the start of whatever the
+                        // stream holds now, so that events published since are delivered.
+                        warn!(topic = %sub.topic, group = %sub.group, "the consumer group is gone from Redis (restarted empty?); creating it again");
+                        let mut conn = sub.conn.clone();
+                        if let Err(e) = create_group(&mut conn, &sub.topic, &sub.group).await {
+                            warn!(topic = %sub.topic, error = %e, "could not create the consumer group; retrying");
+                            tokio::select! {
+                                () = stopped(&mut stop) => break,
+                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                        }
+                    }
                     Err(e) => {
-                        debug!(topic = %sub.topic, error = %e, "XREADGROUP failed; retrying");
+                        if std::mem::replace(&mut failing, true) {
+                            debug!(topic = %sub.topic, error = %e, "XREADGROUP failed; retrying");
+                        } else {
+                            warn!(topic = %sub.topic, error = %e, "reading the stream failed; retrying every second");
+                        }
                         tokio::select! {
                             () = stopped(&mut stop) => break,
                             () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -370,6 +382,27 @@ impl PubSub for RedisPubSub {
             }
             workers.drain().await;
         }))
+    }
+}
+
+/// Creates the consumer group (and the stream) unless it exists. From the start of the stream,
+/// as Dapr creates it: messages published before the first subscription are delivered too.
+async fn create_group(
+    conn: &mut redis::aio::ConnectionManager,
+    topic: &str,
+    group: &str,
+) -> Result<(), redis::RedisError> {
+    let created: Result<Value, _> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(topic)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Err(e) if !e.to_string().contains("BUSYGROUP") => Err(e),
+        _ => Ok(()),
     }
 }
 
