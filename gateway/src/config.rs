@@ -211,6 +211,12 @@ pub struct MqttConfig {
     pub max_keep_alive: Dur,
     /// How long a new connection may take to send its CONNECT.
     pub connect_timeout: Dur,
+    /// Connections that have not finished their CONNECT (and password check) at once, from
+    /// everywhere; beyond it new connections are closed at once.
+    pub max_handshakes: usize,
+    /// Of those, idle ones (no CONNECT yet) from one source address: a flood of idle sockets from
+    /// one host cannot take the rest.
+    pub max_handshakes_per_address: usize,
     /// Requests one connection may have in progress (and QoS 1 messages unacknowledged) at once.
     pub max_inflight: u16,
     /// Open connections in total.
@@ -450,6 +456,8 @@ impl Default for MqttConfig {
             max_packet_size: Size(256 << 10),
             max_keep_alive: Dur(Duration::from_secs(20 * 60)),
             connect_timeout: Dur(Duration::from_secs(10)),
+            max_handshakes: 256,
+            max_handshakes_per_address: 64,
             max_inflight: 16,
             max_connections: 10_000,
             max_connections_per_device: 4,
@@ -805,6 +813,12 @@ pub fn validate(cfg: &Config, file: &Path) -> Vec<ConfigError> {
     }
     if m.max_connections == 0 {
         err("mqtt.maxConnections", "must be at least 1".into());
+    }
+    if m.max_handshakes == 0 {
+        err("mqtt.maxHandshakes", "must be at least 1".into());
+    }
+    if m.max_handshakes_per_address == 0 {
+        err("mqtt.maxHandshakesPerAddress", "must be at least 1".into());
     }
     if m.max_connections_per_device == 0 {
         err("mqtt.maxConnectionsPerDevice", "must be at least 1".into());

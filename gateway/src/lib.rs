@@ -387,6 +387,10 @@ pub async fn run(
             presence: presence.clone(),
             limits: transport::mqtt::Endpoint::session_limits(&cfg.mqtt),
             connect_timeout: cfg.mqtt.connect_timeout.0,
+            handshakes: transport::mqtt::Handshakes::new(
+                cfg.mqtt.max_handshakes,
+                cfg.mqtt.max_handshakes_per_address,
+            ),
             tls: mqtt_tls.clone(),
         });
         tokio::spawn(transport::mqtt::serve(

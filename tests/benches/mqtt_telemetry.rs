@@ -34,13 +34,10 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
 use bytes::{Buf, BytesMut};
 use edgecar_tests::bench::{cpu_seconds, open_files_limit, proc_kib};
 use edgecar_tests::mqtt::{add_device, packet, publish_packet};
@@ -65,23 +62,6 @@ fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A password hash in the registry's format (`$pbkdf2-sha256$i=<n>$<salt>$<hash>`).
-fn phc_hash(password: &str, iterations: u32, salt: &[u8]) -> String {
-    let mut out = [0u8; 32];
-    ring::pbkdf2::derive(
-        ring::pbkdf2::PBKDF2_HMAC_SHA256,
-        NonZeroU32::new(iterations).expect("iterations > 0"),
-        salt,
-        password.as_bytes(),
-        &mut out,
-    );
-    format!(
-        "$pbkdf2-sha256$i={iterations}${}${}",
-        STANDARD_NO_PAD.encode(salt),
-        STANDARD_NO_PAD.encode(out)
-    )
 }
 
 fn string(s: &str, out: &mut Vec<u8>) {
@@ -531,7 +511,7 @@ fn run_size(rt: &tokio::runtime::Runtime, n: usize, k: &Knobs, env: &[(String, S
         .to_owned();
     let password = "bench-password-0123456789abcdef";
     let salt = format!("{:016x}", std::process::id() as u64 * 7919 + n as u64);
-    let hash = phc_hash(password, k.iterations, salt.as_bytes());
+    let hash = edgecar_tests::mqtt::registry_hash(password, k.iterations, salt.as_bytes());
     let ids: Vec<String> = (0..n).map(|i| format!("d{i}")).collect();
     let sample: Vec<String> = (0..LOGIN_SAMPLE).map(|i| format!("s{i}")).collect();
     let mut yaml = String::with_capacity(n * 120);

@@ -26,6 +26,45 @@ pub fn add_device(state_dir: &Path, id: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// A password hash in the device registry's format (`$pbkdf2-sha256$i=<n>$<salt>$<hash>`), for
+/// tests that register many devices at a cost below edgecar's default (the iteration count is
+/// stored per hash).
+pub fn registry_hash(password: &str, iterations: u32, salt: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let mut out = [0u8; 32];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(iterations).expect("iterations > 0"),
+        salt,
+        password.as_bytes(),
+        &mut out,
+    );
+    format!(
+        "$pbkdf2-sha256$i={iterations}${}${}",
+        b64.encode(salt),
+        b64.encode(out)
+    )
+}
+
+/// Registers devices `ids` by writing the registry file directly, with cheap hashes (1,000
+/// iterations), and returns their passwords: for tests that log in many devices at once.
+pub fn register_cheaply(state_dir: &Path, ids: &[String]) -> Vec<String> {
+    let mut yaml = String::from("devices:\n");
+    let passwords: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let pw = format!("pw-{id}");
+            let hash = registry_hash(&pw, 1000, format!("salt-{id}").as_bytes());
+            yaml.push_str(&format!("- id: {id}\n  passwordHash: '{hash}'\n"));
+            pw
+        })
+        .collect();
+    std::fs::create_dir_all(state_dir).expect("state dir");
+    std::fs::write(state_dir.join("devices.yaml"), yaml).expect("write devices.yaml");
+    passwords
+}
+
 /// Adds `user` with `password` to a mosquitto password file with `mosquitto_passwd -b`
 /// (creating the file when it does not exist yet).
 pub fn mosquitto_passwd(file: &Path, user: &str, password: &str) {

@@ -9,8 +9,6 @@
 //!
 //! The disk cases mount a small tmpfs and so need root; without it they say so and pass.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -429,4 +427,103 @@ fn redis_subscriptions_recover_when_redis_restarts() {
             );
         }
     }
+}
+
+/// Fault 2: one process holding 256 idle sockets before CONNECT let 1 of 50 healthy logins
+/// through. Proves: with 2,000 idle sockets held from one address (127.0.0.2), 50 registered
+/// devices on another address (127.0.0.1) all log in, and the flood's sockets beyond its
+/// per-address share are closed at once instead of being held.
+#[test]
+fn an_idle_connection_flood_from_one_address_does_not_lock_devices_out() {
+    // 2,000 sockets and more: lift this process's descriptor limit to its hard limit.
+    let pid = std::process::id().to_string();
+    let _ = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=20000:"])
+        .status();
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (0..50).map(|i| format!("dev{i}")).collect();
+    let pws = edgecar_tests::mqtt::register_cheaply(dir.path(), &ids);
+    let passwords: Vec<(String, String)> = ids.into_iter().zip(pws).collect();
+    let ec = Edgecar::start(dir.path(), &[]);
+    let port = ec.mqtt_port;
+
+    // The flood: 2,000 idle sockets from 127.0.0.2, topped up whenever the gateway closes one,
+    // held until the logins are done.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = stop.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let flood = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let connect = || async move {
+                let s = tokio::net::TcpSocket::new_v4().ok()?;
+                s.bind("127.0.0.2:0".parse().ok()?).ok()?;
+                s.connect(([127, 0, 0, 1], port).into()).await.ok()
+            };
+            let mut held: Vec<tokio::net::TcpStream> = Vec::new();
+            let mut closed_by_gateway = 0usize;
+            let mut ready = Some(ready_tx);
+            while !flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut set = tokio::task::JoinSet::new();
+                for _ in held.len()..2000 {
+                    set.spawn(connect());
+                }
+                while let Some(r) = set.join_next().await {
+                    if let Ok(Some(c)) = r {
+                        held.push(c);
+                    }
+                }
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(held.len());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let before = held.len();
+                held.retain(|c| {
+                    let mut b = [0u8; 1];
+                    !matches!(c.try_read(&mut b), Ok(0))
+                });
+                closed_by_gateway += before - held.len();
+            }
+            closed_by_gateway
+        })
+    });
+    let opened = ready_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(opened >= 1900, "only {opened} flood sockets connected");
+
+    // Healthy devices log in while the flood is held, all of them, promptly.
+    let started = Instant::now();
+    let handles: Vec<_> = passwords
+        .into_iter()
+        .map(|(id, pw)| {
+            std::thread::spawn(move || {
+                let (_c, code) = edgecar_tests::mqtt::RawMqtt::connect(port, &id, &pw, 30);
+                code
+            })
+        })
+        .collect();
+    let codes: Vec<u8> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or(99))
+        .collect();
+    if codes.iter().any(|c| *c != 0) {
+        eprintln!("{}", ec.log.lock().unwrap());
+    }
+    assert_eq!(codes, vec![0u8; 50], "CONNACK codes");
+    assert!(
+        started.elapsed() < WAIT,
+        "logins took {:?}",
+        started.elapsed()
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let closed = flood.join().unwrap();
+    // The gateway closed the flood's sockets beyond its share instead of holding them.
+    assert!(
+        closed >= 1000,
+        "the gateway closed only {closed} flood sockets"
+    );
+    assert_eq!(ec.req("GET", "/v1.0/healthz", b"", &[]).status, 204);
 }

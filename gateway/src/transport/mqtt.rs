@@ -52,10 +52,9 @@ use session::{Action, Close, Limits, Session};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Presence "last seen" is updated at most this often per connection.
 const PRESENCE_EVERY: Duration = Duration::from_secs(1);
-/// Connections that have not finished their CONNECT (and password check) at once. Limits on
-/// connections count authenticated devices; this bounds the sockets and the queue for password
-/// checks that anyone who can reach the port can make edgecar hold.
-const MAX_HANDSHAKES: usize = 256;
+/// The CONNECT window a new connection gets while more than half of the handshake slots are
+/// taken (if `mqtt.connectTimeout` is longer): under a flood, idle sockets are let go sooner.
+const PRESSED_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connection's read buffer to start with: a CONNECT or a small publish fits. It grows for
 /// larger packets (up to `mqtt.maxPacketSize`).
 const READ_BUF: usize = 256;
@@ -78,6 +77,8 @@ pub struct Endpoint {
     pub limits: Limits,
     /// How long a new connection may take to send CONNECT (and finish its TLS handshake).
     pub connect_timeout: Duration,
+    /// Bounds on connections that have not finished their CONNECT.
+    pub handshakes: Arc<Handshakes>,
     /// TLS, when configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -104,6 +105,99 @@ impl Endpoint {
     }
 }
 
+/// Connections before their CONNECT: bounded in total and per source address, because anyone
+/// who can reach the port can open them, and each holds a socket (and, once its CONNECT is in, a
+/// place in the queue for password checks). Limits on connections count authenticated devices,
+/// so a flood of idle sockets cannot keep registered devices out.
+#[derive(Debug)]
+pub struct Handshakes {
+    /// Slots in total.
+    total: Arc<tokio::sync::Semaphore>,
+    /// How many `total` started with.
+    max: usize,
+    /// Slots taken per source address.
+    per_address: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// Most slots one address may take.
+    max_per_address: usize,
+}
+
+/// One connection's handshake slot, given back when dropped. Its address's share is given back
+/// as soon as the CONNECT is read ([`HandshakeSlot::spoke`]): the per-address bound is about
+/// idle sockets, so a burst of real devices behind one address is not held to it while their
+/// passwords are checked.
+pub struct HandshakeSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    from: Arc<Handshakes>,
+    addr: Option<std::net::IpAddr>,
+}
+
+impl Handshakes {
+    /// At most `max` connections before CONNECT, `max_per_address` of them from one address.
+    pub fn new(max: usize, max_per_address: usize) -> Arc<Self> {
+        Arc::new(Handshakes {
+            total: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            per_address: std::sync::Mutex::new(HashMap::new()),
+            max_per_address,
+        })
+    }
+
+    /// A slot for a connection from `addr`, or `None` if the address or everyone is at the
+    /// bound.
+    pub fn try_take(self: &Arc<Self>, addr: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let mut per = self
+            .per_address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = per.entry(addr).or_insert(0);
+        if *n >= self.max_per_address {
+            return None;
+        }
+        let permit = self.total.clone().try_acquire_owned().ok()?;
+        *n += 1;
+        Some(HandshakeSlot {
+            _permit: permit,
+            from: self.clone(),
+            addr: Some(addr),
+        })
+    }
+
+    /// Whether more than half the slots are taken.
+    fn pressed(&self) -> bool {
+        self.total.available_permits() < self.max / 2
+    }
+}
+
+impl HandshakeSlot {
+    /// The connection sent its CONNECT: it no longer counts against its address.
+    fn spoke(&mut self) {
+        self.release_address();
+    }
+
+    fn release_address(&mut self) {
+        let Some(addr) = self.addr.take() else {
+            return;
+        };
+        let mut per = self
+            .from
+            .per_address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = per.get_mut(&addr) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per.remove(&addr);
+            }
+        }
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.release_address();
+    }
+}
+
 /// Serves devices on `listener` until `stop` turns true; then tells every connection to end
 /// (MQTT 5 clients hear "server shutting down"), waits up to `drain` and aborts the rest.
 pub async fn serve(
@@ -114,7 +208,6 @@ pub async fn serve(
 ) {
     let mut conns = JoinSet::new();
     let mut background = JoinSet::new();
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     {
         // Removed devices and replaced passwords end the sessions that used them.
         let (hub, registry) = (ep.hub.clone(), ep.registry.clone());
@@ -136,26 +229,33 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                    debug!(%peer, "too many connections still handshaking; dropped");
+                let Some(permit) = ep.handshakes.try_take(peer.ip()) else {
+                    // Closed at once: holding it would let a flood grow.
+                    debug!(%peer, "too many connections still before their CONNECT (from this address or in all); closed");
                     continue;
+                };
+                // Under pressure, idle sockets get a shorter window.
+                let window = if ep.handshakes.pressed() {
+                    ep.connect_timeout.min(PRESSED_CONNECT_TIMEOUT)
+                } else {
+                    ep.connect_timeout
                 };
                 let _ = stream.set_nodelay(true);
                 let ep = ep.clone();
                 match ep.tls.clone() {
                     None => {
                         conns.spawn(async move {
-                            handshake(stream, peer, ep, permit, tls::ClientCert::None)
+                            handshake(stream, peer, ep, permit, window, tls::ClientCert::None)
                                 .await
                                 .map(Handshaken::Tcp)
                         });
                     }
                     Some(tls) => {
                         conns.spawn(async move {
-                            match tokio::time::timeout(ep.connect_timeout, tls.accept(stream)).await {
+                            match tokio::time::timeout(window, tls.accept(stream)).await {
                                 Ok(Ok(s)) => {
                                     let cert = tls::client_identity(s.get_ref().1);
-                                    return handshake(s, peer, ep, permit, cert)
+                                    return handshake(s, peer, ep, permit, window, cert)
                                         .await
                                         .map(Handshaken::Tls);
                                 }
@@ -342,14 +442,18 @@ async fn handshake<S: Stream>(
     mut stream: S,
     peer: SocketAddr,
     ep: Arc<Endpoint>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    mut permit: HandshakeSlot,
+    window: Duration,
     cert: tls::ClientCert,
 ) -> Option<Box<Accepted<S>>> {
     let max = ep.limits.max_packet_size;
     let mut buf = BytesMut::with_capacity(READ_BUF);
-    let first = tokio::time::timeout(ep.connect_timeout, read_connect(&mut stream, &mut buf, max));
+    let first = tokio::time::timeout(window, read_connect(&mut stream, &mut buf, max));
     let (connect, version) = match first.await {
-        Ok(Ok((Incoming::Connect(c), v))) => (c, v),
+        Ok(Ok((Incoming::Connect(c), v))) => {
+            permit.spoke();
+            (c, v)
+        }
         Ok(Err(DecodeError::UnsupportedVersion(level))) => {
             debug!(%peer, level, "MQTT protocol level not supported");
             // A 3.1.1-format CONNACK is what MQTT 3.1 clients understand too.
