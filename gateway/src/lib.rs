@@ -397,6 +397,8 @@ pub async fn run(
         runtime,
         api_token: Some(cfg.http.api_token.clone()).filter(|t| !t.is_empty()),
         max_body: cfg.http.max_body_size.0,
+        read_timeout: cfg.http.read_timeout.0,
+        max_connections: cfg.http.max_connections,
     });
     if let Ok(addr) = listeners.http.local_addr() {
         info!(%addr, app_id = %cfg.app_id, "Dapr HTTP API listening");

