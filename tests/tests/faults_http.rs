@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use edgecar_tests::{Edgecar, eventually, read_response, try_http};
+use edgecar_tests::{Edgecar, SubscriberApp, eventually, read_response, try_http, write_component};
 
 /// Starts edgecar with `yaml` as its config file (kept in `dir`).
 fn start_with_config(dir: &Path, yaml: &str, args: &[&str]) -> Edgecar {
@@ -125,6 +125,85 @@ fn connections_beyond_max_connections_get_a_prompt_503_and_the_daemon_stays_heal
     drop(held);
     let r = ec.req("GET", "/v1.0/metadata", b"", &[]);
     assert_eq!(r.status, 200);
+}
+
+/// `[[[...1...]]]`, `depth` levels deep.
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+/// A value nested 128 levels or more comes back byte for byte on every read path: single get,
+/// bulk get (which once answered `"data": null`), after a transaction, and to a subscriber.
+#[test]
+fn deeply_nested_json_values_come_back_the_same_on_every_read_path() {
+    let deep = nested(200);
+    let app = SubscriberApp::start(
+        r#"[{"pubsubname":"pubsub","topic":"deep","route":"/deep"}]"#,
+        |_| (200, String::new()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let res = tempfile::tempdir().unwrap();
+    write_component(res.path(), "statestore", "state.sled", &[]);
+    write_component(res.path(), "pubsub", "pubsub.sled", &[]);
+    let ec = Edgecar::start(
+        dir.path(),
+        &[
+            "--app-port",
+            &app.port.to_string(),
+            "--resources-path",
+            res.path().to_str().unwrap(),
+        ],
+    );
+    let save = format!(r#"[{{"key":"deep","value":{deep}}}]"#);
+    assert_eq!(
+        ec.req("POST", "/v1.0/state/statestore", save.as_bytes(), &[])
+            .status,
+        204
+    );
+    let tx = format!(
+        r#"{{"operations":[{{"operation":"upsert","request":{{"key":"deep-tx","value":{deep}}}}}]}}"#
+    );
+    let r = ec.req(
+        "POST",
+        "/v1.0/state/statestore/transaction",
+        tx.as_bytes(),
+        &[],
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    for key in ["deep", "deep-tx"] {
+        let r = ec.req("GET", &format!("/v1.0/state/statestore/{key}"), b"", &[]);
+        assert_eq!((r.status, r.text()), (200, deep.clone()));
+    }
+    let r = ec.req(
+        "POST",
+        "/v1.0/state/statestore/bulk",
+        br#"{"keys":["deep","deep-tx"]}"#,
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    let body = r.text();
+    assert!(!body.contains("null"), "bulk get lost the value: {body}");
+    assert_eq!(
+        body.matches(&format!(r#""data":{deep}"#)).count(),
+        2,
+        "{body}"
+    );
+
+    // Pub/sub: published as JSON, delivered inside the CloudEvent unchanged.
+    eventually(Duration::from_secs(20), "the subscription to start", || {
+        let m = ec.req("GET", "/v1.0/metadata", b"", &[]).json();
+        (m["subscriptions"].as_array().map_or(0, Vec::len) >= 1).then_some(())
+    });
+    let r = ec.req(
+        "POST",
+        "/v1.0/publish/pubsub/deep",
+        deep.as_bytes(),
+        &[("content-type", "application/json")],
+    );
+    assert_eq!(r.status, 204);
+    let got = app.wait_for("/deep", 1, Duration::from_secs(10));
+    let event = String::from_utf8_lossy(&got[0].body).into_owned();
+    assert!(event.contains(&format!(r#""data":{deep}"#)), "{event}");
 }
 
 /// With an API token, every request except the two health endpoints is refused with 401 before
