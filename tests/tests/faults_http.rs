@@ -9,7 +9,10 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use edgecar_tests::{Edgecar, SubscriberApp, eventually, read_response, try_http, write_component};
+use edgecar_tests::{
+    AppResponse, Edgecar, SubscriberApp, TestApp, eventually, read_response, try_http,
+    write_component,
+};
 
 /// Starts edgecar with `yaml` as its config file (kept in `dir`).
 fn start_with_config(dir: &Path, yaml: &str, args: &[&str]) -> Edgecar {
@@ -204,6 +207,63 @@ fn deeply_nested_json_values_come_back_the_same_on_every_read_path() {
     let got = app.wait_for("/deep", 1, Duration::from_secs(10));
     let event = String::from_utf8_lossy(&got[0].body).into_owned();
     assert!(event.contains(&format!(r#""data":{deep}"#)), "{event}");
+}
+
+/// Percent-encoded `..` segments in a capability's method path (`%2e%2e/admin`, `..%2Fadmin`,
+/// `.%2e/admin`, ...) are refused with 400 and never reach the offer's server; a normal path
+/// still does.
+#[test]
+fn percent_encoded_traversal_in_capability_paths_never_reaches_the_cloud() {
+    let cloud = TestApp::start(|_| AppResponse::new(200, "{}"));
+    let dir = tempfile::tempdir().unwrap();
+    let res = tempfile::tempdir().unwrap();
+    std::fs::write(
+        res.path().join("cap.yaml"),
+        format!(
+            "apiVersion: edgecar.io/v1alpha1\nkind: Capability\nmetadata:\n  name: detect\nspec:\n  offers:\n  - name: cloud\n    type: http\n    url: http://127.0.0.1:{}/v1\n",
+            cloud.port
+        ),
+    )
+    .unwrap();
+    let ec = Edgecar::start(
+        dir.path(),
+        &["--resources-path", res.path().to_str().unwrap()],
+    );
+    let traversals = [
+        "%2e%2e/admin",
+        "%2E%2E/admin",
+        "..%2Fadmin",
+        "..%2fadmin",
+        ".%2e/admin",
+        "%2e./admin",
+        "x/%2e%2e/%2e%2e/admin",
+        "x%2F..%2F..%2Fadmin",
+        "%2e/admin",
+        "..%5cadmin",
+        "%2e%2e",
+    ];
+    for t in traversals {
+        let r = ec.req("GET", &format!("/v1.0/capabilities/detect/{t}"), b"", &[]);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (400, "ERR_MALFORMED_REQUEST"),
+            "{t}: {}",
+            r.text()
+        );
+    }
+    assert!(
+        cloud.received().is_empty(),
+        "the cloud received {:?}",
+        cloud
+            .received()
+            .iter()
+            .map(|r| r.path.clone())
+            .collect::<Vec<_>>()
+    );
+    let r = ec.req("GET", "/v1.0/capabilities/detect/objects/a%20b", b"", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let paths: Vec<String> = cloud.received().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/v1/objects/a%20b"]);
 }
 
 /// With an API token, every request except the two health endpoints is refused with 401 before
