@@ -300,3 +300,17 @@ fn without_the_token_unknown_routes_answer_401_not_404() {
     assert_eq!(ec.req("GET", "/v1.0/nope", b"", &token).status, 404);
     assert_eq!(ec.req("GET", "/v1.0/metadata", b"", &token).status, 200);
 }
+
+/// The state directory is created 0700, and the database directory under it is not readable by
+/// other users (sled creates its files 0644).
+#[test]
+fn the_state_directory_and_database_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("new").join("state");
+    let _ec = Edgecar::start(&state, &[]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "{}", state.display());
+    let db = state.join("edgecar.sled");
+    assert_eq!(mode(&db) & 0o077, 0, "{}", db.display());
+}
