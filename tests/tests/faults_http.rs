@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use edgecar_tests::{
-    AppResponse, Edgecar, SubscriberApp, TestApp, eventually, read_response, try_http,
-    write_component,
+    AppResponse, Edgecar, HttpResponse, SubscriberApp, TestApp, eventually, read_response,
+    try_http, write_component,
 };
 
 /// Starts edgecar with `yaml` as its config file (kept in `dir`).
@@ -313,4 +313,41 @@ fn the_state_directory_and_database_are_private() {
     assert_eq!(mode(&state), 0o700, "{}", state.display());
     let db = state.join("edgecar.sled");
     assert_eq!(mode(&db) & 0o077, 0, "{}", db.display());
+}
+
+/// Metadata attribute names are bounded like values and the number of attributes, each refused
+/// with 400 and a message naming the limit; a 16 MB `/v1.0/metadata` cannot be built.
+#[test]
+fn metadata_attribute_names_values_and_count_are_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = Edgecar::start(dir.path(), &[]);
+    let long_name = "n".repeat(60_000);
+    let r: HttpResponse = ec.req("PUT", &format!("/v1.0/metadata/{long_name}"), b"v", &[]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("name is 60000 bytes; the limit is 256"),
+        "{}",
+        r.text()
+    );
+    let r = ec.req("PUT", "/v1.0/metadata/big", &vec![b'x'; 60_000], &[]);
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("the limit is 4096"), "{}", r.text());
+    let ok = ec.req(
+        "PUT",
+        &format!("/v1.0/metadata/{}", "n".repeat(256)),
+        b"v",
+        &[],
+    );
+    assert_eq!(ok.status, 204);
+    for i in 1..256 {
+        let r = ec.req("PUT", &format!("/v1.0/metadata/a{i}"), b"v", &[]);
+        assert_eq!(r.status, 204);
+    }
+    let r = ec.req("PUT", "/v1.0/metadata/one-too-many", b"v", &[]);
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("at most 256"), "{}", r.text());
+    assert!(ec.req("GET", "/v1.0/metadata", b"", &[]).body.len() < 64 * 1024);
 }
