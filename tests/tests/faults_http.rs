@@ -9,6 +9,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use edgecar_tests::mqtt::{RawMqtt, add_device, packet};
 use edgecar_tests::{
     AppResponse, Edgecar, HttpResponse, SubscriberApp, TestApp, eventually, read_response,
     try_http, write_component,
@@ -350,4 +351,39 @@ fn metadata_attribute_names_values_and_count_are_limited() {
     assert_eq!(r.status, 400);
     assert!(r.text().contains("at most 256"), "{}", r.text());
     assert!(ec.req("GET", "/v1.0/metadata", b"", &[]).body.len() < 64 * 1024);
+}
+
+/// A SUBSCRIBE whose fixed-header flags are not 0b0010, or whose subscription options set a
+/// reserved bit, is malformed (MQTT 3.1.1 §3.8.1, §3.8.3.1): the connection is closed. A
+/// well-formed SUBSCRIBE on another connection still gets its SUBACK.
+#[test]
+fn subscribe_with_reserved_bits_set_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = add_device(dir.path(), "dev1");
+    let ec = Edgecar::start(dir.path(), &[]);
+    let filter = b"edgecar/v1/dev1/res/#";
+    let body = |options: u8| {
+        let mut b = vec![0, 1, 0, filter.len() as u8];
+        b.extend_from_slice(filter);
+        b.push(options);
+        b
+    };
+    for (first, options) in [
+        (0x80u8, 0u8),
+        (0x83, 0),
+        (0x8a, 0),
+        (0x82, 0b0000_0100),
+        (0x82, 0b1000_0001),
+    ] {
+        let (mut c, code) = RawMqtt::connect(ec.mqtt_port, "dev1", &password, 30);
+        assert_eq!(code, 0);
+        c.send(&packet(first, &body(options))).unwrap();
+        assert!(
+            c.closed_within(Duration::from_secs(3)),
+            "SUBSCRIBE {first:#04x} with options {options:#010b} was not refused"
+        );
+    }
+    let (mut c, _) = RawMqtt::connect(ec.mqtt_port, "dev1", &password, 30);
+    assert_eq!(c.subscribe("edgecar/v1/dev1/res/#", 1, 1), [1]);
+    assert_eq!(ec.req("GET", "/v1.0/healthz", b"", &[]).status, 204);
 }
