@@ -139,17 +139,18 @@ struct TransactionOperation {
     request: SaveItem,
 }
 
-/// One key's answer in a bulk get: `{"key", "data", "etag"}`, `{"key"}` alone when missing, or
-/// `{"key", "error"}`. `data` stays the stored bytes, never re-parsed.
+/// One key's answer in a bulk get: `{"data", "etag", "key"}`, `{"key"}` alone when missing, or
+/// `{"error", "key"}`. `data` stays the stored bytes, never re-parsed. Fields in sorted order, as
+/// this reply has always been written (and as the README prints it).
 #[derive(Serialize)]
 struct BulkGetItem<'a> {
-    key: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    etag: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
+    key: &'a str,
 }
 
 /// The state building block.
@@ -377,10 +378,10 @@ impl StateBlock {
                 )
                 .await;
             let mut entry = BulkGetItem {
-                key,
                 data: None,
-                etag: None,
                 error: None,
+                etag: None,
+                key,
             };
             match got.unwrap_or_else(|stopped| Err(StoreError::Backend(stopped.to_string()))) {
                 Ok(Some(item)) => {
@@ -571,7 +572,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             std::str::from_utf8(&r.body).unwrap(),
-            format!(r#"[{{"key":"k","data":{deep},"etag":"1"}},{{"key":"missing"}}]"#)
+            format!(r#"[{{"data":{deep},"etag":"1","key":"k"}},{{"key":"missing"}}]"#)
         );
     }
 
