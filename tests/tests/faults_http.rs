@@ -131,6 +131,49 @@ fn connections_beyond_max_connections_get_a_prompt_503_and_the_daemon_stays_heal
     assert_eq!(r.status, 200);
 }
 
+/// The scenario: with edgecar held to 1,024 descriptors, 1,100 slow-body connections
+/// (default `http.maxConnections`, a short `http.readTimeout`) no longer starve the daemon:
+/// healthz answers at once throughout (503 while every slot is held, never a timeout), and 204
+/// again once the slow connections are closed.
+#[test]
+fn eleven_hundred_slow_bodies_under_a_1024_descriptor_limit_never_make_healthz_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = start_with_config(dir.path(), "http:\n  readTimeout: 3s\n", &[]);
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &ec.pid().to_string(), "--nofile=1024:1024"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(limited.success());
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..1100 {
+        // Connections over the limit may be answered and closed before the body is written.
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", ec.port)) {
+            let _ = s.write_all(
+                b"POST /v1.0/state/statestore HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n[",
+            );
+            held.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    while started.elapsed() < Duration::from_secs(2) {
+        let status = healthz(ec.port, Duration::from_secs(1));
+        assert!(
+            matches!(status, Some(204 | 503)),
+            "healthz answered {status:?} after {:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eventually(
+        Duration::from_secs(10),
+        "healthz 204 after the timeout",
+        || (healthz(ec.port, Duration::from_secs(1)) == Some(204)).then_some(()),
+    );
+    drop(held);
+    assert_eq!(ec.req("GET", "/v1.0/healthz", b"", &[]).status, 204);
+}
+
 /// `[[[...1...]]]`, `depth` levels deep.
 fn nested(depth: usize) -> String {
     format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
