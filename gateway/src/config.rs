@@ -110,8 +110,9 @@ pub struct HttpConfig {
     /// Largest request body accepted.
     pub max_body_size: Size,
     /// Time a client has to send its request headers, and then the whole body; also how long an
-    /// idle keep-alive connection stays open. A body not in by then gets 408 and the connection
-    /// is closed, so slow or stalled clients cannot hold sockets.
+    /// idle keep-alive connection stays open and how long a reply may wait for the client to read
+    /// it. A body not in by then gets 408; the connection is closed in every case, so slow or
+    /// stalled clients cannot hold sockets.
     pub read_timeout: Dur,
     /// Most HTTP connections open at once. Beyond it a connection gets a quick 503 and is closed;
     /// kept below the usual 1,024-descriptor limit so MQTT devices and outbound calls keep theirs.

@@ -174,6 +174,38 @@ fn eleven_hundred_slow_bodies_under_a_1024_descriptor_limit_never_make_healthz_t
     assert_eq!(ec.req("GET", "/v1.0/healthz", b"", &[]).status, 204);
 }
 
+/// A client that asks for large replies and then stops reading them loses its connection (and
+/// its `http.maxConnections` slot) once a write has waited `http.readTimeout`, instead of holding
+/// it forever.
+#[test]
+fn a_client_that_stops_reading_replies_loses_its_slot_after_the_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = start_with_config(
+        dir.path(),
+        "http:\n  readTimeout: 1s\n  maxConnections: 1\n",
+        &[],
+    );
+    let big = format!(r#"[{{"key":"big","value":"{}"}}]"#, "x".repeat(3 << 20));
+    let r = ec.req("POST", "/v1.0/state/statestore", big.as_bytes(), &[]);
+    assert_eq!(r.status, 204, "{}", r.text());
+    // The save's connection gives its one slot back just after the client sees it close.
+    std::thread::sleep(Duration::from_millis(300));
+    // 30 pipelined GETs of 3 MiB each, never read: far more than the socket buffers hold.
+    let mut stalled = TcpStream::connect(("127.0.0.1", ec.port)).unwrap();
+    let get = "GET /v1.0/state/statestore/big HTTP/1.1\r\nhost: x\r\n\r\n".repeat(30);
+    stalled.write_all(get.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(healthz(ec.port, Duration::from_secs(1)), Some(503));
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the stalled connection to be closed",
+        || (healthz(ec.port, Duration::from_secs(1)) == Some(204)).then_some(()),
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(stalled);
+}
+
 /// `[[[...1...]]]`, `depth` levels deep.
 fn nested(depth: usize) -> String {
     format!("{}1{}", "[".repeat(depth), "]".repeat(depth))

@@ -9,8 +9,12 @@
 //! connections are served at once (one semaphore permit each; beyond it a connection gets a canned
 //! 503 and is closed); `http.readTimeout` bounds the request headers and, separately, the whole
 //! body (408 + `Connection: close`); hyper's header timer also runs while a keep-alive connection
-//! waits for its next request, so idle connections give their permit back after the same time.
-//! The body size is checked against `Content-Length` before reading and enforced while reading.
+//! waits for its next request, so idle connections give their permit back after the same time;
+//! and a write the client does not read for that long ends the connection ([`stall`]), so a
+//! client that stops reading its replies cannot keep its slot either. The body size is checked
+//! against `Content-Length` before reading and enforced while reading.
+
+mod stall;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -294,6 +298,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(api.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let busy = busy_response();
+    let read_timeout = api.read_timeout;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -320,7 +325,10 @@ pub async fn serve(
                     let api = api.clone();
                     async move { Ok::<_, Infallible>(api.handle(req).await) }
                 });
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                let conn = graceful.watch(builder.serve_connection(
+                    TokioIo::new(stall::StallGuard::new(stream, read_timeout)),
+                    svc,
+                ));
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         debug!(%peer, error = %e, "connection ended with an error");
