@@ -2,7 +2,8 @@
 //! version-neutral vocabulary for the session.
 //!
 //! Framing is checked here before any codec runs, so a packet larger than the limit is refused
-//! from its fixed header, before its body is read. The protocol version is taken from the
+//! from its fixed header, before its body is read; so are the reserved bits the codecs let
+//! through (fixed-header flags, SUBSCRIBE option bits), which make a packet malformed. The protocol version is taken from the
 //! CONNECT's protocol level and fixed for the connection. Two quirks of the codecs are handled
 //! here: an MQTT 5 DISCONNECT with no body (valid, and what most clients send) and reason codes
 //! that only exist in one version.
