@@ -397,7 +397,7 @@ impl Engine {
         if method.len() > 2048 || !manifest::is_valid_path(method) {
             return Err(CapabilityError::MalformedRequest {
                 reason: format!(
-                    "method path {:?} has characters a URL path cannot carry, or a '.'/'..' segment",
+                    "method path {:?} has characters a URL path cannot carry, or a '.'/'..' segment (percent-encoded or not)",
                     req.method
                 ),
             });

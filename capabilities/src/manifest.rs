@@ -785,7 +785,7 @@ fn check_url(url: &str) -> Result<(), String> {
 
 /// Whether `path` can be appended to a URL as is: URI path characters only (RFC 3986 `pchar`
 /// and `/`, with `%` escapes), and no `.` or `..` segments that would walk out of the offer's base
-/// path.
+/// path — percent-encoded ones included ([`has_dot_segment`]).
 pub(crate) fn is_valid_path(path: &str) -> bool {
     let bytes = path.as_bytes();
     let mut i = 0;
@@ -825,7 +825,51 @@ pub(crate) fn is_valid_path(path: &str) -> bool {
         }
         i += 1;
     }
-    !path.split('/').any(|seg| seg == ".." || seg == ".")
+    !has_dot_segment(path)
+}
+
+/// Whether `path` has a `.` or `..` segment as a server may read it: percent-escapes decoded
+/// (repeatedly, for servers or proxies that decode twice) and `\` taken as a separator too, so
+/// `%2e%2e/admin`, `..%2Fadmin`, `.%2e/admin` and `..%5cadmin` all count.
+pub fn has_dot_segment(path: &str) -> bool {
+    let mut cur = path.as_bytes().to_vec();
+    for _ in 0..4 {
+        if cur
+            .split(|b| *b == b'/' || *b == b'\\')
+            .any(|seg| seg == b"." || seg == b"..")
+        {
+            return true;
+        }
+        let next = percent_decode(&cur);
+        if next == cur {
+            return false;
+        }
+        cur = next;
+    }
+    // Still changing after four decodings: nobody means that honestly.
+    true
+}
+
+/// `%XX` escapes decoded; a `%` not followed by two hex digits is kept as it is.
+fn percent_decode(b: &[u8]) -> Vec<u8> {
+    let hex = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h << 4) | l);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
 }
 
 /// Whether `query` can be appended after `?`: path characters plus `?`.
@@ -1019,6 +1063,20 @@ spec:
         assert!(!is_valid_path("a b"));
         assert!(!is_valid_path("a/../b"));
         assert!(!is_valid_path("a%2"));
+        for t in [
+            "%2e%2e/admin",
+            "%2E%2E/admin",
+            "..%2Fadmin",
+            ".%2e/admin",
+            "%2e./admin",
+            "%2e",
+            "x%2F..%2Fadmin",
+            "..%5cadmin",
+            "%252e%252e/admin",
+        ] {
+            assert!(!is_valid_path(t), "{t}");
+        }
+        assert!(is_valid_path("v1/..a/b..%2Fc/%2e%2ex/.well-known"));
         assert!(!is_valid_path("a?b"));
         assert!(is_valid_query("a=1&b=%20?x/y"));
         assert!(!is_valid_query("a=1 2"));

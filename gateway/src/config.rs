@@ -109,6 +109,14 @@ pub struct HttpConfig {
     pub api_token: String,
     /// Largest request body accepted.
     pub max_body_size: Size,
+    /// Time a client has to send its request headers, and then the whole body; also how long an
+    /// idle keep-alive connection stays open and how long a reply may wait for the client to read
+    /// it. A body not in by then gets 408; the connection is closed in every case, so slow or
+    /// stalled clients cannot hold sockets.
+    pub read_timeout: Dur,
+    /// Most HTTP connections open at once. Beyond it a connection gets a quick 503 and is closed;
+    /// kept below the usual 1,024-descriptor limit so MQTT devices and outbound calls keep theirs.
+    pub max_connections: usize,
 }
 
 /// The local app.
@@ -398,6 +406,8 @@ impl Default for HttpConfig {
             port: 3500,
             api_token: String::new(),
             max_body_size: Size(4 << 20),
+            read_timeout: Dur(Duration::from_secs(30)),
+            max_connections: 256,
         }
     }
 }
@@ -737,6 +747,15 @@ pub fn validate(cfg: &Config, file: &Path) -> Vec<ConfigError> {
     }
     if cfg.http.max_body_size.0 > 1 << 30 {
         err("http.maxBodySize", "must be at most 1Gi".into());
+    }
+    if cfg.http.read_timeout.0 < Duration::from_millis(100) {
+        err("http.readTimeout", "must be at least 100ms".into());
+    }
+    if cfg.http.read_timeout.0 > Duration::from_secs(3600) {
+        err("http.readTimeout", "must be at most 1h".into());
+    }
+    if cfg.http.max_connections == 0 {
+        err("http.maxConnections", "must be at least 1".into());
     }
     if cfg.storage.cache_capacity.0 < 1 << 20 {
         err("storage.cacheCapacity", "must be at least 1Mi".into());

@@ -22,6 +22,8 @@ pub enum ErrorKind {
     Conflict,
     /// The request body is larger than the configured limit.
     TooLarge,
+    /// The client did not send its request in time (`http.readTimeout`); the connection is closed.
+    RequestTimeout,
     /// A backend (component, upstream) failed; the request may succeed later.
     Upstream,
     /// Nothing could serve the request right now (every offer down, nothing cached).
@@ -107,6 +109,10 @@ pub mod codes {
     pub const METHOD_NOT_ALLOWED: &str = "ERR_METHOD_NOT_ALLOWED";
     /// The request body is larger than `http.maxBodySize`.
     pub const BODY_TOO_LARGE: &str = "ERR_BODY_TOO_LARGE";
+    /// The request body did not arrive within `http.readTimeout` (edgecar's own code).
+    pub const REQUEST_TIMEOUT: &str = "ERR_REQUEST_TIMEOUT";
+    /// The HTTP API already serves `http.maxConnections` connections (edgecar's own code).
+    pub const TOO_MANY_CONNECTIONS: &str = "ERR_TOO_MANY_CONNECTIONS";
     /// Service invocation failed: unknown or unreachable app, timeout, open breaker, or a policy
     /// denied it.
     pub const DIRECT_INVOKE: &str = "ERR_DIRECT_INVOKE";

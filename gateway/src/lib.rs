@@ -142,6 +142,30 @@ async fn sweep(stores: Vec<SledStore>, every: Duration) {
     }
 }
 
+/// Creates `path` (and missing parents) readable by its owner only (0700); an existing directory
+/// keeps its mode, as the operator chose it.
+pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// Makes the state directory private before the database opens: the directory is created 0700
+/// when missing, and the database directory under it is always 0700, since sled creates its files
+/// world-readable (0644) and they hold every app's and device's state.
+fn private_state_dir(dir: &std::path::Path) -> Result<(), storage::OpenError> {
+    use std::os::unix::fs::PermissionsExt;
+    let db = dir.join("edgecar.sled");
+    create_private_dir(&db)
+        .and_then(|()| std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| storage::OpenError {
+            dir: dir.to_path_buf(),
+            message: format!("cannot create {} (mode 0700): {e}", db.display()),
+        })
+}
+
 /// Runs the gateway until `shutdown` resolves: builds components, serves the HTTP API and the MQTT
 /// device endpoint on `listeners`, then ends device sessions, drains in-flight requests and
 /// flushes the database.
@@ -157,6 +181,7 @@ pub async fn run(
     // Baseline for the capability watcher, taken before anything slow: an edit made while the
     // gateway starts is noticed rather than lost.
     let resources_seen = blocks::capabilities::newest_change(&cfg.resources_paths);
+    private_state_dir(&cfg.state_dir)?;
     let storage = storage::Storage::open(&cfg.state_dir, cfg.storage.cache_capacity.0).await?;
     storage.guard_disk(cfg.storage.min_free_space.0);
     let mut setup = setup;
@@ -419,6 +444,8 @@ pub async fn run(
         runtime,
         api_token: Some(cfg.http.api_token.clone()).filter(|t| !t.is_empty()),
         max_body: cfg.http.max_body_size.0,
+        read_timeout: cfg.http.read_timeout.0,
+        max_connections: cfg.http.max_connections,
     });
     if let Ok(addr) = listeners.http.local_addr() {
         info!(%addr, app_id = %cfg.app_id, "Dapr HTTP API listening");

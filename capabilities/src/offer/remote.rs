@@ -2,7 +2,8 @@
 //! provider, the system's root certificates) for `https://`, plain for `http://`.
 //!
 //! The request URL is the offer's `url` + `/` + the method path, with the caller's query appended
-//! to any query the URL has. Configured headers override forwarded ones; `secretKeyRef` values are
+//! to any query the URL has; a method path with a `.`/`..` segment, even percent-encoded, is never
+//! sent. Configured headers override forwarded ones; `secretKeyRef` values are
 //! resolved on each call and never logged.
 
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::{Deps, Offer, OfferRequest, UpstreamError, UpstreamReply, is_hop_by_hop};
-use crate::manifest::{HeaderSource, HeaderSpec};
+use crate::manifest::{HeaderSource, HeaderSpec, has_dot_segment};
 
 /// The shared HTTP(S) client of all http offers.
 pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -88,9 +89,15 @@ impl HttpOffer {
         })
     }
 
-    fn url(&self, req: &OfferRequest) -> String {
+    /// The request URL; `None` when the method path could walk out of the offer's base path.
+    /// The engine refuses such paths before any offer runs; this is the last line, right where
+    /// the URL is built, for every way a method path can arrive (including `{method}` overrides).
+    fn url(&self, req: &OfferRequest) -> Option<String> {
         let mut url = self.base.clone();
         let method = req.method.trim_start_matches('/');
+        if has_dot_segment(method) {
+            return None;
+        }
         if !method.is_empty() {
             url.push('/');
             url.push_str(method);
@@ -104,14 +111,19 @@ impl HttpOffer {
             url.push('?');
             url.push_str(&queries.join("&"));
         }
-        url
+        Some(url)
     }
 }
 
 #[async_trait]
 impl Offer for HttpOffer {
     async fn call(&self, req: &OfferRequest) -> Result<UpstreamReply, UpstreamError> {
-        let url = self.url(req);
+        let Some(url) = self.url(req) else {
+            return Err(UpstreamError::Other(format!(
+                "method path {:?} has a '.' or '..' segment (perhaps percent-encoded); not sent",
+                req.method
+            )));
+        };
         let mut request = Request::builder()
             .method(req.http_method.clone())
             .uri(&url)

@@ -3,6 +3,8 @@
 //!
 //! Dapr SDKs poll this endpoint before their first call, so the reply keeps Dapr's shape
 //! (`id`, `runtimeVersion`, `components`, `extended`, ...) even for the parts edgecar does not use.
+//! Attributes are bounded (name length, value length, how many), so no caller can make the reply
+//! grow without limit.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -14,9 +16,11 @@ use crate::call::Reply;
 use crate::components::ComponentInfo;
 use crate::error::{Error, ErrorKind, codes};
 
-/// Longest extended attribute value accepted.
+/// Longest extended attribute name accepted, in bytes.
+const MAX_ATTRIBUTE_NAME_BYTES: usize = 256;
+/// Longest extended attribute value accepted, in bytes.
 const MAX_ATTRIBUTE_BYTES: usize = 4096;
-/// Most extended attributes kept.
+/// Most extended attributes kept. With the two limits above, `extended` stays under ~1.1 MiB.
 const MAX_ATTRIBUTES: usize = 256;
 
 /// The metadata building block.
@@ -137,6 +141,12 @@ impl MetadataBlock {
             return Err(Error::malformed(
                 "metadata attribute name must not be empty",
             ));
+        }
+        if name.len() > MAX_ATTRIBUTE_NAME_BYTES {
+            return Err(Error::malformed(format!(
+                "metadata attribute name is {} bytes; the limit is {MAX_ATTRIBUTE_NAME_BYTES}",
+                name.len()
+            )));
         }
         if body.len() > MAX_ATTRIBUTE_BYTES {
             return Err(Error::malformed(format!(

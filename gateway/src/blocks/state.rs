@@ -3,13 +3,15 @@
 //! It owns key namespacing (`<owner>||<key>` and Dapr's `keyPrefix` strategies), request parsing
 //! (save items, bulk get, transactions), limits (key length, item counts), and the mapping of store
 //! failures to Dapr's error codes. Every request is fully parsed and validated before the first
-//! write, so a malformed request changes nothing.
+//! write, so a malformed request changes nothing. Values are kept as the raw JSON the caller sent
+//! (`RawValue`) and answered as stored, never re-parsed into a `serde_json::Value`, whose
+//! recursion limit would turn a value nested 128 levels or more into `null`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::call::{Caller, Params, Reply};
@@ -135,6 +137,20 @@ struct TransactionRequest {
 struct TransactionOperation {
     operation: String,
     request: SaveItem,
+}
+
+/// One key's answer in a bulk get: `{"data", "etag", "key"}`, `{"key"}` alone when missing, or
+/// `{"error", "key"}`. `data` stays the stored bytes, never re-parsed. Fields in sorted order, as
+/// this reply has always been written (and as the README prints it).
+#[derive(Serialize)]
+struct BulkGetItem<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
+    key: &'a str,
 }
 
 /// The state building block.
@@ -354,8 +370,6 @@ impl StateBlock {
             .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(req.keys.len());
         for (key, full) in req.keys.iter().zip(full) {
-            let mut entry = serde_json::Map::new();
-            entry.insert("key".into(), key.clone().into());
             let got = self
                 .calls
                 .run(
@@ -364,19 +378,24 @@ impl StateBlock {
                     |r| matches!(r, Err(StoreError::Backend(_))),
                 )
                 .await;
+            let mut entry = BulkGetItem {
+                data: None,
+                error: None,
+                etag: None,
+                key,
+            };
             match got.unwrap_or_else(|stopped| Err(StoreError::Backend(stopped.to_string()))) {
                 Ok(Some(item)) => {
-                    let data = serde_json::to_value(json_data(&item.value)).unwrap_or_default();
-                    entry.insert("data".into(), data);
-                    entry.insert("etag".into(), item.etag.into());
+                    entry.data = Some(json_data(&item.value));
+                    entry.etag = Some(item.etag);
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    entry.insert("error".into(), e.to_string().into());
-                }
+                Err(e) => entry.error = Some(e.to_string()),
             }
-            out.push(serde_json::Value::Object(entry));
+            out.push(entry);
         }
+        // Serialised straight from the raw values: going through `serde_json::Value` would
+        // re-parse them, and a value nested 128 levels or more would come back `null`.
         Ok(Reply::json(serde_json::to_vec(&out).unwrap_or_default()))
     }
 
@@ -526,6 +545,36 @@ mod tests {
         let e = block.get(&dev, "shared", "k").await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Forbidden);
         assert!(block.get(&app, "shared", "k").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn deeply_nested_values_come_back_from_bulk_get_unchanged() {
+        let block = StateBlock::new(
+            HashMap::from([(
+                "s".to_string(),
+                StateComponent {
+                    store: Arc::new(crate::components::state_memory::MemoryStore::default()),
+                    key_prefix: KeyPrefix::Owner,
+                },
+            )]),
+            Limits::default(),
+            Arc::default(),
+        );
+        let app = Caller::LocalApp { app_id: "a".into() };
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        let save = format!(r#"[{{"key":"k","value":{deep}}}]"#);
+        block
+            .save(&app, "s", save.as_bytes(), &Params::default())
+            .await
+            .unwrap();
+        let r = block
+            .bulk_get(&app, "s", br#"{"keys":["k","missing"]}"#)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&r.body).unwrap(),
+            format!(r#"[{{"data":{deep},"etag":"1","key":"k"}},{{"key":"missing"}}]"#)
+        );
     }
 
     #[test]

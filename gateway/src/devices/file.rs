@@ -223,7 +223,7 @@ fn edit<T>(
     edit: impl FnOnce(&mut Vec<DeviceEntry>) -> Result<T, EditError>,
 ) -> Result<T, EditError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        crate::create_private_dir(dir).map_err(io_err(dir))?;
     }
     let lock_path = path.with_extension("yaml.lock");
     let lock = std::fs::OpenOptions::new()

@@ -1,9 +1,20 @@
 //! The HTTP transport: a hyper 1 server speaking the Dapr HTTP API v1.0.
 //!
-//! It owns the listener loop, per-connection settings (keep-alive, header timeout, `TCP_NODELAY`),
-//! the API token check, the body size limit (checked against `Content-Length` before reading and
-//! enforced while reading), and graceful shutdown: stop accepting, let in-flight requests finish
-//! within the drain timeout, then close.
+//! It owns the listener loop and its limits, per-connection settings (keep-alive, `TCP_NODELAY`),
+//! the API token check (before routing, so routes cannot be enumerated without the token), the
+//! body limits, and graceful shutdown: stop accepting, let in-flight requests finish within the
+//! drain timeout, then close.
+//!
+//! Limits, so that no client can hold the daemon's sockets: at most `http.maxConnections`
+//! connections are served at once (one semaphore permit each; beyond it a connection gets a canned
+//! 503 and is closed); `http.readTimeout` bounds the request headers and, separately, the whole
+//! body (408 + `Connection: close`); hyper's header timer also runs while a keep-alive connection
+//! waits for its next request, so idle connections give their permit back after the same time;
+//! and a write the client does not read for that long ends the connection ([`stall`]), so a
+//! client that stops reading its replies cannot keep its slot either. The body size is checked
+//! against `Content-Length` before reading and enforced while reading.
+
+mod stall;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,7 +28,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::api::{self, Route};
@@ -25,8 +37,12 @@ use crate::call::{Call, Caller, Params, Reply};
 use crate::error::{Error, ErrorKind, codes};
 use crate::runtime::Runtime;
 
-/// How long a client may take to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Refused connections being closed politely at once (each lingers briefly so that the client
+/// reads the 503 rather than a reset); beyond this, refused connections are dropped at once.
+const MAX_REFUSING: usize = 64;
+
+/// How long a refused connection may linger while its request is read and discarded.
+const REFUSE_LINGER: Duration = Duration::from_millis(500);
 
 /// Settings and shared state of the HTTP API.
 pub struct HttpApi {
@@ -36,6 +52,10 @@ pub struct HttpApi {
     pub api_token: Option<String>,
     /// Largest body accepted, in bytes.
     pub max_body: u64,
+    /// Time allowed for the request headers, and then for the whole body (`http.readTimeout`).
+    pub read_timeout: Duration,
+    /// Connections served at once (`http.maxConnections`).
+    pub max_connections: usize,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -47,6 +67,11 @@ fn error_response(e: &Error) -> Resp {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if e.kind == ErrorKind::RequestTimeout {
+        // The rest of the body may still be on its way: the connection cannot be reused.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     r
 }
 
@@ -86,7 +111,38 @@ impl HttpApi {
         }
     }
 
+    /// The API token, checked before routing: without it, only the two health endpoints answer
+    /// (and `/metrics`, for scrapers), and every other path — known or not — gets 401.
+    fn check_token(&self, req: &Request<Incoming>) -> Result<(), Error> {
+        let Some(want) = &self.api_token else {
+            return Ok(());
+        };
+        let path = req.uri().path();
+        let exempt = *req.method() == http::Method::GET
+            && matches!(
+                path,
+                "/v1.0/healthz"
+                    | "/v1.0/healthz/"
+                    | "/v1.0/healthz/outbound"
+                    | "/v1.0/healthz/outbound/"
+                    | "/metrics"
+            );
+        let given = req
+            .headers()
+            .get("dapr-api-token")
+            .map(HeaderValue::as_bytes);
+        if exempt || given.is_some_and(|g| token_matches(g, want.as_bytes())) {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Unauthorized,
+            codes::UNAUTHORIZED,
+            "invalid api token",
+        ))
+    }
+
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Reply, Error> {
+        self.check_token(&req)?;
         let by_header = req
             .headers()
             .get("dapr-app-id")
@@ -110,19 +166,6 @@ impl HttpApi {
             }
             Route::Call(op) => op,
         };
-        if let Some(want) = &self.api_token {
-            let given = req
-                .headers()
-                .get("dapr-api-token")
-                .map(HeaderValue::as_bytes);
-            if !given.is_some_and(|g| token_matches(g, want.as_bytes())) {
-                return Err(Error::new(
-                    ErrorKind::Unauthorized,
-                    codes::UNAUTHORIZED,
-                    "invalid api token",
-                ));
-            }
-        }
         let mut params = Params::default();
         api::parse_query(req.uri().query(), &mut params)?;
         let header_str = |name: &str| {
@@ -178,7 +221,21 @@ impl HttpApi {
             return Err(too_large());
         }
         let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
-        match Limited::new(req.into_body(), limit).collect().await {
+        let read = tokio::time::timeout(
+            self.read_timeout,
+            Limited::new(req.into_body(), limit).collect(),
+        );
+        let Ok(collected) = read.await else {
+            return Err(Error::new(
+                ErrorKind::RequestTimeout,
+                codes::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {:?} (http.readTimeout)",
+                    self.read_timeout
+                ),
+            ));
+        };
+        match collected {
             Ok(c) => Ok(c.to_bytes()),
             Err(e)
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -193,6 +250,40 @@ impl HttpApi {
     }
 }
 
+/// The canned answer to a connection over `http.maxConnections`: 503 and `Connection: close`.
+fn busy_response() -> Bytes {
+    let e = Error::new(
+        ErrorKind::Unavailable,
+        codes::TOO_MANY_CONNECTIONS,
+        "too many open connections to the HTTP API (http.maxConnections); retry shortly",
+    );
+    let body = api::error_body(&e);
+    let status = api::status(e.kind);
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or_default(),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    Bytes::from(out)
+}
+
+/// Answers a connection over the limit and closes it. The request is read and discarded for a
+/// moment first, so the client gets the 503 and an orderly close rather than a reset.
+async fn refuse(mut stream: TcpStream, busy: Bytes, _slot: OwnedSemaphorePermit) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(REFUSE_LINGER, async {
+        stream.write_all(&busy).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then drains for at most `drain`.
 pub async fn serve(
     listener: TcpListener,
@@ -202,9 +293,15 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // hyper runs this timer for every request's headers, including the wait for the next request
+    // on a keep-alive connection, so an idle connection is closed after it too.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(api.read_timeout);
+    let slots = Arc::new(Semaphore::new(api.max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let busy = busy_response();
+    let read_timeout = api.read_timeout;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -218,17 +315,28 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    debug!(%peer, limit = api.max_connections, "connection refused: http.maxConnections reached");
+                    if let Ok(r) = refusing.clone().try_acquire_owned() {
+                        tokio::spawn(refuse(stream, busy.clone(), r));
+                    }
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let api = api.clone();
                 let svc = service_fn(move |req| {
                     let api = api.clone();
                     async move { Ok::<_, Infallible>(api.handle(req).await) }
                 });
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                let conn = graceful.watch(builder.serve_connection(
+                    TokioIo::new(stall::StallGuard::new(stream, read_timeout)),
+                    svc,
+                ));
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         debug!(%peer, error = %e, "connection ended with an error");
                     }
+                    drop(slot);
                 });
             }
             () = &mut shutdown => break,

@@ -12,6 +12,8 @@
 //!   topic, pubsubname and trace context set and missing source/type/specversion/time filled.
 //! - [`from_raw_payload`]: what a `rawPayload` subscription receives: the bytes as `data_base64`.
 //! - [`apply_ttl`] and [`has_expired`]: the `expiration` attribute behind `ttlInSeconds`.
+//! - [`attributes`]: an event read back for routing and expiry without ever failing on deeply
+//!   nested `data` (which is forwarded as the publisher's bytes, never re-parsed).
 
 use std::collections::BTreeMap;
 
@@ -313,6 +315,23 @@ pub fn has_expired(event: &serde_json::Value, now_unix_ms: u64) -> bool {
         .is_some_and(|at| at < i128::from(now_unix_ms))
 }
 
+/// An event's attributes as JSON values, for routing rules and expiry, each attribute parsed on
+/// its own: one nested too deep for `serde_json::Value` (128 levels, in practice `data`) reads as
+/// `null` here, while the event itself is forwarded as its original bytes. An error when `bytes`
+/// are not a JSON object (`is_data()` when they are JSON of another type).
+pub fn attributes(bytes: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
+    let envelope: Envelope = serde_json::from_slice(bytes)?;
+    Ok(serde_json::Value::Object(
+        envelope
+            .into_iter()
+            .map(|(k, raw)| {
+                let v = serde_json::from_str(raw.get()).unwrap_or(serde_json::Value::Null);
+                (k, v)
+            })
+            .collect(),
+    ))
+}
+
 /// Serialises an envelope (sorted keys, raw values verbatim).
 pub fn to_bytes(ce: &Envelope) -> Vec<u8> {
     // A map of strings to already-valid JSON cannot fail to serialise.
@@ -330,6 +349,17 @@ mod tests {
 
     fn parsed(bytes: &[u8]) -> Value {
         serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn attributes_survive_deeply_nested_data() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let event = format!(r#"{{"id":"e1","expiration":"","data":{deep}}}"#);
+        let v = attributes(event.as_bytes()).unwrap();
+        assert_eq!(v["id"], "e1");
+        assert!(v["data"].is_null());
+        assert!(attributes(b"[1]").unwrap_err().is_data());
+        assert!(!attributes(b"{").unwrap_err().is_data());
     }
 
     fn attrs(ct: &str) -> Attributes<'_> {

@@ -427,9 +427,10 @@ impl Deliverer {
             let value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
             return Ok((bytes, value));
         }
-        match serde_json::from_slice::<Json>(&msg.data) {
-            Ok(v) if v.is_object() => Ok((msg.data.clone(), v)),
-            Ok(_) => Err("the message is JSON but not a CloudEvent object (published with rawPayload? subscribe with rawPayload too)".into()),
+        // Attribute by attribute, so that `data` nested 128 levels or more is still delivered.
+        match cloudevent::attributes(&msg.data) {
+            Ok(v) => Ok((msg.data.clone(), v)),
+            Err(e) if e.is_data() => Err("the message is JSON but not a CloudEvent object (published with rawPayload? subscribe with rawPayload too)".into()),
             Err(e) => Err(format!("the message is not a CloudEvent (published with rawPayload? subscribe with rawPayload too): {e}")),
         }
     }

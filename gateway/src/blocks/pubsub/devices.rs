@@ -289,7 +289,9 @@ impl TopicHandler {
             return;
         }
         let now = unix_ms();
-        let parsed: Option<Json> = serde_json::from_slice(&msg.data).ok();
+        // Attribute by attribute: data nested too deep for a `Value` must not hide the event's
+        // source or expiry.
+        let parsed: Option<Json> = cloudevent::attributes(&msg.data).ok();
         let is_event = parsed.as_ref().is_some_and(Json::is_object);
         if let Some(ev) = parsed.as_ref().filter(|_| is_event)
             && cloudevent::has_expired(ev, now)

@@ -2,7 +2,8 @@
 //! version-neutral vocabulary for the session.
 //!
 //! Framing is checked here before any codec runs, so a packet larger than the limit is refused
-//! from its fixed header, before its body is read. The protocol version is taken from the
+//! from its fixed header, before its body is read; so are the reserved bits the codecs let
+//! through (fixed-header flags, SUBSCRIBE option bits), which make a packet malformed. The protocol version is taken from the
 //! CONNECT's protocol level and fixed for the connection. Two quirks of the codecs are handled
 //! here: an MQTT 5 DISCONNECT with no body (valid, and what most clients send) and reason codes
 //! that only exist in one version.
@@ -413,6 +414,7 @@ pub fn decode(
             }
         }
     };
+    check_reserved(buf[0], &buf[header_len..size], version)?;
     // The codecs size-check against the remaining length; ours is already done on the whole.
     let limit = size.max(16);
     let incoming = match version {
@@ -433,6 +435,65 @@ pub fn decode(
         }
     };
     Ok(Some((incoming, version)))
+}
+
+/// The reserved bits the codecs do not check, which the spec says make a packet malformed (the
+/// connection is closed): the fixed-header flags of every packet but PUBLISH (`0b0010` for PUBREL,
+/// SUBSCRIBE and UNSUBSCRIBE, 0 for the rest; 3.1.1 §2.2.2, 5 §2.1.3), and each SUBSCRIBE
+/// subscription's options byte (3.1.1 §3.8.3.1: only the QoS bits; 5 §3.8.3.1: bits 6 and 7 clear,
+/// retain handling 0–2). QoS 3 is malformed in both. A body too short to walk is left to the codec,
+/// which refuses it.
+fn check_reserved(first: u8, body: &[u8], version: Version) -> Result<(), DecodeError> {
+    let (kind, flags) = (first >> 4, first & 0x0f);
+    let want = match kind {
+        3 => return Ok(()),
+        6 | 8 | 10 => 0b0010,
+        _ => 0,
+    };
+    if flags != want {
+        return Err(DecodeError::Malformed(format!(
+            "packet type {kind} with fixed-header flags {flags:#06b} (must be {want:#06b})"
+        )));
+    }
+    if kind != 8 {
+        return Ok(());
+    }
+    let mut rest = body.get(2..).unwrap_or_default();
+    if version == Version::V5 {
+        // Properties: a variable byte integer length, then that many bytes.
+        let mut len = 0usize;
+        let mut used = 0;
+        loop {
+            let Some(&b) = rest.get(used) else {
+                return Ok(());
+            };
+            len |= usize::from(b & 0x7f) << (7 * used);
+            used += 1;
+            if b & 0x80 == 0 || used == 4 {
+                break;
+            }
+        }
+        rest = rest.get(used + len..).unwrap_or_default();
+    }
+    while rest.len() >= 2 {
+        let filter_len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        let Some(&options) = rest.get(2 + filter_len) else {
+            return Ok(());
+        };
+        let reserved = match version {
+            Version::V311 => options & 0b1111_1100,
+            Version::V5 => options & 0b1100_0000,
+        };
+        let retain_handling = (options >> 4) & 0b11;
+        if reserved != 0 || options & 0b11 == 3 || (version == Version::V5 && retain_handling == 3)
+        {
+            return Err(DecodeError::Malformed(format!(
+                "SUBSCRIBE options {options:#010b} set reserved bits"
+            )));
+        }
+        rest = &rest[3 + filter_len..];
+    }
+    Ok(())
 }
 
 fn malformed4(e: mb4::Error) -> DecodeError {
@@ -969,6 +1030,51 @@ mod tests {
                 let _ = decode(&mut c, v, 1024);
             }
         }
+    }
+
+    #[test]
+    fn reserved_bits_make_a_packet_malformed() {
+        let malformed = |bytes: &[u8], v: Version| {
+            let mut b = BytesMut::from(bytes);
+            matches!(
+                decode(&mut b, Some(v), 1024),
+                Err(DecodeError::Malformed(_))
+            )
+        };
+        // SUBSCRIBE pkid 1, filter "a/b", options byte last.
+        let sub = |first: u8, options: u8| vec![first, 8, 0, 1, 0, 3, b'a', b'/', b'b', options];
+        let sub5 = |options: u8| vec![0x82, 9, 0, 1, 0, 0, 3, b'a', b'/', b'b', options];
+        for v in [Version::V311, Version::V5] {
+            let s = |o| {
+                if v == Version::V5 {
+                    sub5(o)
+                } else {
+                    sub(0x82, o)
+                }
+            };
+            assert!(!malformed(&s(1), v), "{v:?} a well-formed SUBSCRIBE");
+            assert!(malformed(&s(3), v), "{v:?} QoS 3");
+            assert!(malformed(&s(0b0100_0001), v), "{v:?} reserved bit 6");
+            assert!(malformed(&s(0b1000_0000), v), "{v:?} reserved bit 7");
+            for first in [0x80, 0x83, 0x8a] {
+                assert!(malformed(&sub(first, 0), v), "{v:?} flags {first:#x}");
+            }
+            assert!(malformed(&[0xc1, 0], v), "{v:?} PINGREQ with flags");
+            assert!(
+                malformed(&[0xa0, 5, 0, 1, 0, 1, b'a'], v),
+                "{v:?} UNSUBSCRIBE 0xa0"
+            );
+        }
+        // No Local and Retain As Published are MQTT 5 options, reserved bits in 3.1.1.
+        assert!(malformed(&sub(0x82, 0b0000_0100), Version::V311));
+        assert!(!malformed(&sub5(0b0010_1101), Version::V5));
+        assert!(
+            malformed(&sub5(0b0011_0000), Version::V5),
+            "retain handling 3"
+        );
+        // Two subscriptions: the second one's options are checked too.
+        let two = [0x82u8, 10, 0, 1, 0, 1, b'a', 1, 0, 1, b'b', 0b0001_0000];
+        assert!(malformed(&two, Version::V311));
     }
 
     #[test]
