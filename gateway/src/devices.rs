@@ -8,6 +8,7 @@
 //! target, so it may not equal an app id the gateway serves.
 
 pub mod file;
+pub mod link;
 pub mod password;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

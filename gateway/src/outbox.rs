@@ -63,7 +63,8 @@ pub struct OutMessage {
     pub user: Vec<(String, String)>,
 }
 
-mod b64 {
+/// Bytes as base64 text in stored JSON.
+pub(crate) mod b64 {
     use base64::Engine;
     use bytes::Bytes;
     use serde::{Deserialize, Deserializer, Serializer};

@@ -18,34 +18,15 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use http::Method;
 use serde_json::json;
 
 use crate::blocks::pubsub::devices::{DeviceSubscriptions, delivery_topic};
 use crate::call::{Caller, Reply};
 use crate::clock::rfc3339;
+pub use crate::devices::link::{Command, CommandReply, DeviceLink, LinkError};
 use crate::devices::{Presence, Registry, Status};
 use crate::error::{Error, ErrorKind, codes};
 use crate::outbox::{OutMessage, Outbox, Record, RecordReply};
-
-/// A command for a device: what an app's invoke call carried.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Command {
-    /// The method path, with a leading `/` and the query, as in service invocation.
-    pub method: String,
-    /// The HTTP verb the app used.
-    pub verb: Method,
-    /// Content type of the body, if the app gave one.
-    pub content_type: Option<String>,
-    /// W3C trace context.
-    pub traceparent: Option<String>,
-    /// The body, passed to the device unchanged.
-    pub body: Bytes,
-    /// Queue in the mailbox for this long if the device cannot take the command now.
-    pub mailbox_ttl: Option<Duration>,
-}
 
 /// The header an app sets to have a command queued for a sleeping device.
 pub const MAILBOX_HEADER: &str = "x-edgecar-mailbox-ttl";
@@ -68,50 +49,6 @@ pub fn mailbox_ttl(value: &str, max: Duration) -> Result<Duration, Error> {
         )));
     }
     Ok(ttl)
-}
-
-/// A device's answer to a command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandReply {
-    /// Status the device gave (200 if it gave none).
-    pub status: u16,
-    /// The body, passed to the app unchanged.
-    pub body: Bytes,
-    /// Content type of the body.
-    pub content_type: Option<String>,
-}
-
-/// Why a command could not be delivered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LinkError {
-    /// The device has no open connection.
-    #[error("device {0:?} is not connected")]
-    NotConnected(String),
-    /// The device is connected but no connection subscribes to its command topic.
-    #[error("device {device:?} is connected but not subscribed to {topic}")]
-    NotListening {
-        /// The device.
-        device: String,
-        /// The filter it should subscribe.
-        topic: String,
-    },
-    /// The command cannot be expressed for the device (e.g. a method path MQTT cannot carry).
-    #[error("{0}")]
-    Invalid(String),
-    /// The device's connection is gone before it answered.
-    #[error("device {0:?} disconnected before answering")]
-    Disconnected(String),
-    /// The command could not reach the device now (external broker: the broker is unreachable,
-    /// or no client subscribes to the command topic); the message says which.
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-/// A transport that can deliver commands to connected devices.
-#[async_trait]
-pub trait DeviceLink: Send + Sync {
-    /// Delivers `cmd` to `device` and waits for its reply (the caller bounds the wait).
-    async fn command(&self, device: &str, cmd: Command) -> Result<CommandReply, LinkError>;
 }
 
 /// The devices building block.

@@ -43,8 +43,10 @@ use crate::blocks::devices::{Command, CommandReply, DeviceLink, LinkError};
 use crate::call::{Call, Reply};
 use crate::clock::unix_ms;
 use crate::config::Config;
+use crate::devices::link::DeviceMessage;
 use crate::devices::{Presence, Registry};
 use crate::error::{Error, ErrorKind, codes};
+use crate::outbox::Receipt;
 use crate::runtime::Runtime;
 
 /// What edgecar subscribes to: everything devices send it.
@@ -485,6 +487,19 @@ impl Drop for PendingCommand<'_> {
 
 #[async_trait]
 impl DeviceLink for BrokerLink {
+    fn kind(&self) -> &'static str {
+        "mqtt-broker"
+    }
+
+    fn connected(&self, _device: &str) -> bool {
+        // Only the broker knows who is connected; commands find out from its PUBACK.
+        false
+    }
+
+    fn deliver(&self, _device: &str, _msg: DeviceMessage, _receipt: Arc<Receipt>) -> bool {
+        false
+    }
+
     async fn command(&self, device: &str, cmd: Command) -> Result<CommandReply, LinkError> {
         if !self.connected.load(Ordering::Relaxed) {
             return Err(LinkError::Unavailable(format!(

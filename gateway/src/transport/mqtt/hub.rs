@@ -21,6 +21,7 @@ use super::protocol;
 use super::ratelimit::TokenBucket;
 use super::topics;
 use crate::blocks::devices::{Command, CommandReply, DeviceLink, LinkError};
+use crate::devices::link::DeviceMessage;
 use crate::devices::{Credential, Registry};
 use crate::outbox::{OutMessage, Outbox, Receipt, Sink};
 
@@ -409,6 +410,26 @@ impl Drop for PendingGuard<'_> {
 
 #[async_trait]
 impl DeviceLink for Hub {
+    fn kind(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn connected(&self, device: &str) -> bool {
+        Sink::connected(self, device)
+    }
+
+    fn deliver(&self, device: &str, msg: DeviceMessage, receipt: Arc<Receipt>) -> bool {
+        match protocol::device_message(device, msg) {
+            Ok(m) => self.route_with(device, &m, Some(&receipt), None) > 0,
+            Err(e) => {
+                // Cannot be expressed as MQTT: confirmed, so that it does not block the rest.
+                tracing::warn!(device = %device, error = %e, "a stored message cannot be delivered over MQTT; dropped");
+                receipt.confirm();
+                true
+            }
+        }
+    }
+
     async fn command(&self, device: &str, cmd: Command) -> Result<CommandReply, LinkError> {
         let rid = format!(
             "{}{:04x}",

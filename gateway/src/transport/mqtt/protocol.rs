@@ -24,6 +24,7 @@ use super::topics::{self, ROOT};
 use crate::api;
 use crate::blocks::devices::{Command, CommandReply};
 use crate::call::{Call, Caller, Op, Params, Reply};
+use crate::devices::link::DeviceMessage;
 use crate::error::{Error, ErrorKind, codes};
 
 /// The state store a request names when it names none (Dapr's conventional name, and the
@@ -564,6 +565,48 @@ pub fn command_message(device: &str, rid: &str, cmd: &Command) -> Result<Message
             topic_alias: None,
         },
     })
+}
+
+/// The MQTT message that delivers a stored [`DeviceMessage`] to `device`: a mailbox command on
+/// its command topic (the mailbox id as request id), an event on its subscription topic.
+pub fn device_message(device: &str, msg: DeviceMessage) -> Result<Message, String> {
+    match msg {
+        DeviceMessage::Command {
+            id,
+            method,
+            verb,
+            content_type,
+            traceparent,
+            body,
+        } => {
+            let verb = Method::from_bytes(verb.as_bytes())
+                .map_err(|_| format!("{verb:?} is not an HTTP verb"))?;
+            let cmd = Command {
+                method,
+                verb,
+                content_type,
+                traceparent,
+                body,
+                mailbox_ttl: None,
+            };
+            command_message(device, &id, &cmd)
+        }
+        DeviceMessage::Event {
+            pubsub,
+            topic,
+            content_type,
+            body,
+        } => {
+            let mut m = Message::new(subscription_topic(device, &pubsub, &topic), body);
+            m.props.content_type = content_type;
+            Ok(m)
+        }
+    }
+}
+
+/// The topic a device receives a pub/sub topic's events on.
+pub fn subscription_topic(device: &str, pubsub: &str, topic: &str) -> String {
+    format!("{ROOT}/{device}/sub/{pubsub}/{topic}")
 }
 
 #[cfg(test)]
