@@ -268,26 +268,24 @@ pub async fn run(
         subscription_policy,
     )
     .map_err(|e| StartError::Components(vec![e]))?;
+    // The device layer's links: each transport that serves devices joins it, and a device is
+    // reached (commands, mailbox, subscribed events) on the one it is on.
+    let links = Arc::new(devices::link::Links::default());
+    outbox.set_links(&links);
     let devices_block = DevicesBlock::new(
         device_registry.clone(),
         presence.clone(),
+        links.clone(),
         cfg.devices.command_timeout.0,
+    )
+    .with_outbox(
+        outbox.clone(),
+        device_subs.clone(),
+        outbox_cfg.max_command_ttl.0,
     );
-    // Outboxes are delivered by the embedded endpoint, which knows who is connected and what
-    // each connection subscribes to; through an external broker edgecar knows neither.
-    let devices_block = if cfg.external_broker() {
-        devices_block
-    } else {
-        devices_block.with_outbox(
-            outbox.clone(),
-            device_subs.clone(),
-            outbox_cfg.max_command_ttl.0,
-        )
-    };
     let hub = Arc::new(Hub::new(transport::mqtt::Endpoint::hub_limits(&cfg.mqtt)));
     if listeners.mqtt.is_some() {
-        devices_block.set_link(hub.clone());
-        hub.set_outbox(outbox.clone());
+        hub.join(outbox.clone(), &links);
     }
     let presence_events = (!cfg.devices.presence_topic.is_empty())
         .then(|| presence.events())
@@ -297,7 +295,7 @@ pub async fn run(
         let settings =
             transport::broker::BrokerSettings::from_config(&cfg).map_err(StartError::Broker)?;
         let (link, events) = transport::broker::connect(&settings);
-        devices_block.set_link(link.clone());
+        links.add(link.clone());
         Some((settings, link, events))
     } else {
         None
@@ -378,9 +376,9 @@ pub async fn run(
         app,
         setup.resiliency,
         subscriptions,
-        (!cfg.external_broker()).then(|| delivery::DeviceFeed {
+        Some(delivery::DeviceFeed {
             subs: device_subs,
-            outbox,
+            outbox: outbox.clone(),
             event_ttl: cfg.devices.outbox.event_ttl.0,
         }),
         stop_rx.clone(),
@@ -431,6 +429,8 @@ pub async fn run(
             runtime: runtime.clone(),
             registry: device_registry.clone(),
             presence: presence.clone(),
+            links: links.clone(),
+            outbox: outbox.clone(),
         };
         tokio::spawn(transport::broker::serve(
             link,

@@ -447,6 +447,10 @@ fn encode_param(s: &str) -> String {
 /// status), on the device's response topic or `res/<op>/<rid>/<status>[?etag=...]`.
 pub fn reply(device: &str, to: &ReplyTo, result: Result<Reply, Error>) -> Message {
     let (status, body, meta, content_type) = match result {
+        Ok(r) if to.op == "subscribe" => {
+            let body = with_delivery_topic(device, &r.body).unwrap_or(r.body);
+            (r.status, body, r.meta, r.content_type.map(str::to_owned))
+        }
         Ok(r) => (r.status, r.body, r.meta, r.content_type.map(str::to_owned)),
         Err(e) => (
             api::status(e.kind).as_u16(),
@@ -535,15 +539,8 @@ pub fn command_message(device: &str, rid: &str, cmd: &Command) -> Result<Message
         Some((p, q)) => (p, Some(q)),
         None => (cmd.method.as_str(), None),
     };
+    crate::devices::link::check_method(&cmd.method)?;
     let path = path.trim_start_matches('/');
-    if path.is_empty() {
-        return Err("a device method must not be empty".into());
-    }
-    if path.contains(['+', '#', '\0']) {
-        return Err(format!(
-            "method {path:?}: a device method cannot contain '+', '#' or NUL (MQTT topic rules)"
-        ));
-    }
     let topic = format!("{ROOT}/{device}/cmd/{path}/{rid}");
     let mut user = vec![("verb".to_owned(), cmd.verb.to_string())];
     if let Some(q) = query.filter(|q| !q.is_empty()) {
@@ -602,6 +599,17 @@ pub fn device_message(device: &str, msg: DeviceMessage) -> Result<Message, Strin
             Ok(m)
         }
     }
+}
+
+/// A `subscribe` reply (`{"pubsub","topic","created"}`) with the MQTT topic the events arrive on
+/// (`deliveredTo`): where they arrive is this transport's business.
+fn with_delivery_topic(device: &str, body: &[u8]) -> Option<Bytes> {
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    let pubsub = v.get("pubsub")?.as_str()?;
+    let topic = v.get("topic")?.as_str()?;
+    let at = subscription_topic(device, pubsub, topic);
+    v.insert("deliveredTo".into(), at.into());
+    serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
 /// The topic a device receives a pub/sub topic's events on.
