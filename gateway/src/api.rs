@@ -304,6 +304,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             name: name.to_string(),
         },
         (["metadata"], &Method::GET) => Op::MetadataGet,
+        (["shutdown"], &Method::POST) => Op::Shutdown,
         (["devices"], &Method::GET) => Op::DevicesList,
         (["devices", id], &Method::GET) => Op::DeviceGet { id: id.to_string() },
         (["devices", device, "mailbox", id], &Method::GET) => Op::MailboxGet {

@@ -151,6 +151,8 @@ pub enum Op {
     },
     /// Describe the sidecar (`GET /v1.0/metadata`).
     MetadataGet,
+    /// Stop the sidecar gracefully (`POST /v1.0/shutdown`, gRPC `Shutdown`).
+    Shutdown,
     /// Set an extended metadata attribute; body is the value.
     MetadataSet {
         /// Attribute name.
@@ -229,6 +231,7 @@ impl Op {
             Op::Binding { .. } => "bindings.invoke",
             Op::MetadataGet => "metadata.get",
             Op::MetadataSet { .. } => "metadata.set",
+            Op::Shutdown => "shutdown",
             Op::Publish { .. } => "pubsub.publish",
             Op::BulkPublish { .. } => "pubsub.bulk_publish",
             Op::Telemetry { .. } => "devices.telemetry",
@@ -259,6 +262,9 @@ pub struct Params {
     pub tracestate: Option<String>,
     /// Media type of the body (`Content-Type` in HTTP), for operations whose body is opaque data.
     pub content_type: Option<String>,
+    /// State values in the body (save, transaction, bulk get replies) are opaque bytes carried
+    /// as base64 strings, not JSON: gRPC's `bytes` values, stored and returned unchanged.
+    pub binary_values: bool,
 }
 
 /// One request on the path: transport → policy → building block → component.

@@ -91,6 +91,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// The MQTT device endpoint, when enabled.
     pub mqtt: Option<TcpListener>,
+    /// The Dapr gRPC API, when enabled.
+    pub grpc: Option<TcpListener>,
 }
 
 /// Why the gateway could not start.
@@ -285,6 +287,7 @@ pub async fn run(
             cfg.devices.telemetry_topic.clone(),
             cfg.devices.telemetry_linger.0,
         ),
+        shutdown: tokio::sync::Notify::new(),
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(devices::watch(device_registry.clone(), RELOAD_POLL));
@@ -393,6 +396,19 @@ pub async fn run(
             cfg.shutdown_timeout.0,
         ))
     });
+    let grpc = listeners.grpc.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "Dapr gRPC API listening");
+        }
+        tokio::spawn(transport::grpc::serve(
+            listener,
+            runtime.clone(),
+            Some(cfg.http.api_token.clone()).filter(|t| !t.is_empty()),
+            stop_rx.clone(),
+            cfg.shutdown_timeout.0,
+        ))
+    });
+    let requested = runtime.clone();
     let api = Arc::new(HttpApi {
         runtime,
         api_token: Some(cfg.http.api_token.clone()).filter(|t| !t.is_empty()),
@@ -411,7 +427,10 @@ pub async fn run(
         cfg.shutdown_timeout.0,
     );
     tokio::join!(http, async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = requested.shutdown.notified() => {}
+        }
         let _ = stop_tx.send(true);
     });
     if let Some(m) = mqtt {
@@ -419,6 +438,9 @@ pub async fn run(
     }
     if let Some(b) = broker {
         let _ = b.await;
+    }
+    if let Some(g) = grpc {
+        let _ = g.await;
     }
     let abort = subscriber.abort_handle();
     if tokio::time::timeout(cfg.shutdown_timeout.0, subscriber)

@@ -48,6 +48,8 @@ pub struct Runtime {
     pub devices: DevicesBlock,
     /// Device telemetry, stored in batches.
     pub telemetry: TelemetryBlock,
+    /// Fired by [`Op::Shutdown`]; `run` treats it as its shutdown signal.
+    pub shutdown: tokio::sync::Notify,
 }
 
 impl Runtime {
@@ -84,7 +86,11 @@ impl Runtime {
         let caller = &call.caller;
         let result = match &call.op {
             Op::StateGet { store, key } => self.state.get(caller, store, key).await,
-            Op::StateBulkGet { store } => self.state.bulk_get(caller, store, &call.body).await,
+            Op::StateBulkGet { store } => {
+                self.state
+                    .bulk_get(caller, store, &call.body, &call.params)
+                    .await
+            }
             Op::StateSave { store } => {
                 self.state
                     .save(caller, store, &call.body, &call.params)
@@ -175,6 +181,11 @@ impl Runtime {
                 ),
             ]),
             Op::MetadataSet { attribute } => self.metadata.set(attribute, &call.body),
+            Op::Shutdown => {
+                tracing::info!(caller = %call.caller, "shutdown requested through the API");
+                self.shutdown.notify_one();
+                Ok(Reply::no_content())
+            }
             Op::Publish { pubsub, topic } => {
                 self.pubsub
                     .publish(caller, pubsub, topic, &call.body, &call.params)

@@ -51,3 +51,136 @@ fn dapr_python_sdk_http_invocation_works_unchanged() {
         ec.log.lock().unwrap()
     );
 }
+
+/// The resources the gRPC client script uses: state, pub/sub, a bindings.http to the app, a
+/// secret store, a file configuration store and a lock store. Returns the configuration file.
+fn sdk_resources(res: &Path, data: &Path, app_port: u16) -> PathBuf {
+    use edgecar_tests::write_component;
+    write_component(res, "statestore", "state.sled", &[]);
+    write_component(res, "pubsub", "pubsub.sled", &[]);
+    write_component(res, "lockstore", "lock.in-memory", &[]);
+    let erp = format!("http://127.0.0.1:{app_port}/erp");
+    write_component(res, "erp", "bindings.http", &[("url", &erp)]);
+    let secrets = data.join("secrets.json");
+    std::fs::write(&secrets, r#"{"db-password": "s3cret"}"#).unwrap();
+    write_component(
+        res,
+        "secrets",
+        "secretstores.local.file",
+        &[("secretsFile", secrets.to_str().unwrap())],
+    );
+    let items = data.join("settings.yml");
+    std::fs::write(&items, "threshold: 21.5\n").unwrap();
+    write_component(
+        res,
+        "settings",
+        "configuration.file",
+        &[("path", items.to_str().unwrap())],
+    );
+    items
+}
+
+/// An app that subscribes to `orders`, echoes `/echo` and answers the binding's `/erp`.
+fn sdk_app() -> TestApp {
+    TestApp::start(|r| match r.path.as_str() {
+        "/dapr/subscribe" => AppResponse::new(
+            200,
+            r#"[{"pubsubname":"pubsub","topic":"orders","route":"/orders"}]"#,
+        )
+        .header("content-type", "application/json"),
+        "/echo" => AppResponse::new(200, r.body.clone()),
+        "/erp" => AppResponse::new(200, "binding-ok"),
+        _ => AppResponse::new(200, ""),
+    })
+}
+
+#[test]
+fn dapr_python_sdk_grpc_client_works_unchanged() {
+    let app = sdk_app();
+    let (dir, res, data) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let items = sdk_resources(res.path(), data.path(), app.port);
+    let mut ec = Edgecar::start(
+        dir.path(),
+        &[
+            "--app-id",
+            "orders",
+            "--app-port",
+            &app.port.to_string(),
+            "--resources-path",
+            res.path().to_str().unwrap(),
+        ],
+    );
+    assert_ne!(
+        ec.grpc_port,
+        0,
+        "no gRPC listener:\n{}",
+        ec.log.lock().unwrap()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/grpc_client.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg("orders")
+        .arg(&items)
+        .env("DAPR_HTTP_PORT", ec.port.to_string())
+        .env("DAPR_GRPC_PORT", ec.grpc_port.to_string())
+        .env_remove("DAPR_API_TOKEN")
+        .env_remove("DAPR_API_METHOD_INVOCATION_PROTOCOL")
+        .env_remove("DAPR_HTTP_ENDPOINT")
+        .env_remove("DAPR_GRPC_ENDPOINT")
+        .output()
+        .expect("python not found");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "Dapr Python SDK (gRPC) run failed:\n{stdout}\n{}\nedgecar log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ec.log.lock().unwrap()
+    );
+    // Shutdown over gRPC stops the daemon cleanly.
+    let status = ec.wait_exit(std::time::Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "edgecar did not exit 0 after Shutdown: {status:?}\n{}",
+        ec.log.lock().unwrap()
+    );
+    // The published and bulk-published events reached the subscriber.
+    let ids: Vec<i64> = app
+        .received()
+        .iter()
+        .filter(|r| r.path == "/orders")
+        .filter_map(|r| {
+            let ev: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+            ev["data"]["id"].as_i64()
+        })
+        .collect();
+    for id in [1, 2, 3] {
+        assert!(ids.contains(&id), "event {id} not delivered; got {ids:?}");
+    }
+}
+
+#[test]
+fn dapr_python_sdk_grpc_client_sends_the_api_token_and_a_missing_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = Edgecar::start(dir.path(), &["--dapr-api-token", "tok-123"]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/grpc_client.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg("--token")
+        .env("DAPR_HTTP_PORT", ec.port.to_string())
+        .env("DAPR_GRPC_PORT", ec.grpc_port.to_string())
+        .env("DAPR_API_TOKEN", "tok-123")
+        .env_remove("DAPR_HTTP_ENDPOINT")
+        .env_remove("DAPR_GRPC_ENDPOINT")
+        .output()
+        .expect("python not found");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "token run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

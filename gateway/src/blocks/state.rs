@@ -300,8 +300,9 @@ impl StateBlock {
         store: &StateComponent,
         caller: &Caller,
         item: SaveItem,
-        call_metadata: &HashMap<String, String>,
+        params: &Params,
     ) -> Result<SetRequest, Error> {
+        let call_metadata = &params.metadata;
         let key = self.key(store, caller, &item.key)?;
         let value = item
             .value
@@ -309,9 +310,21 @@ impl StateBlock {
         let mut metadata: HashMap<String, String> = call_metadata.clone();
         metadata.extend(item.metadata.into_iter().map(|(k, v)| (k, v.into_string())));
         let options = item.options.unwrap_or_default();
+        let value = if params.binary_values {
+            let b64: String = serde_json::from_str(value.get()).map_err(|_| {
+                Error::malformed(format!("state item {:?}: value must be base64", item.key))
+            })?;
+            Bytes::from(
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).map_err(
+                    |e| Error::malformed(format!("state item {:?}: value: {e}", item.key)),
+                )?,
+            )
+        } else {
+            Bytes::from(value.get().to_owned())
+        };
         Ok(SetRequest {
             key,
-            value: Bytes::from(value.get().to_owned()),
+            value,
             etag: item.etag.map(Stringish::into_string),
             concurrency: parse_concurrency(options.concurrency.as_deref())?,
             ttl: parse_ttl(&metadata)?,
@@ -342,6 +355,7 @@ impl StateBlock {
         caller: &Caller,
         store_name: &str,
         body: &[u8],
+        params: &Params,
     ) -> Result<Reply, Error> {
         let store = self.store(store_name)?;
         let req: BulkGetRequest = parse_json(body)?;
@@ -365,7 +379,15 @@ impl StateBlock {
                 .await;
             match got.unwrap_or_else(|stopped| Err(StoreError::Backend(stopped.to_string()))) {
                 Ok(Some(item)) => {
-                    let data = serde_json::to_value(json_data(&item.value)).unwrap_or_default();
+                    let data = if params.binary_values {
+                        base64::Engine::encode(
+                            &base64::engine::general_purpose::STANDARD,
+                            &item.value,
+                        )
+                        .into()
+                    } else {
+                        serde_json::to_value(json_data(&item.value)).unwrap_or_default()
+                    };
                     entry.insert("data".into(), data);
                     entry.insert("etag".into(), item.etag.into());
                 }
@@ -392,7 +414,7 @@ impl StateBlock {
         self.check_count(items.len(), "items")?;
         let reqs = items
             .into_iter()
-            .map(|i| self.set_request(store, caller, i, &params.metadata))
+            .map(|i| self.set_request(store, caller, i, params))
             .collect::<Result<Vec<_>, _>>()?;
         self.guarded(
             store_name,
@@ -443,12 +465,9 @@ impl StateBlock {
         let mut ops = Vec::with_capacity(req.operations.len());
         for op in req.operations {
             match op.operation.as_str() {
-                "upsert" => ops.push(TxOp::Upsert(self.set_request(
-                    store,
-                    caller,
-                    op.request,
-                    &params.metadata,
-                )?)),
+                "upsert" => ops.push(TxOp::Upsert(
+                    self.set_request(store, caller, op.request, params)?,
+                )),
                 "delete" => {
                     let key = self.key(store, caller, &op.request.key)?;
                     ops.push(TxOp::Delete(DeleteRequest {
