@@ -119,6 +119,26 @@ impl Edgecar {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn(cmd)
+    }
+
+    /// Starts `edgecar <args>` exactly as given (no ports or state dir added) in directory
+    /// `cwd`, as the Dapr CLI starts daprd, and waits until it serves.
+    pub fn start_exact(cwd: &Path, args: &[&str]) -> Edgecar {
+        let mut cmd = Command::new(edgecar_bin());
+        cmd.args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "info")
+            .env_remove("DAPR_API_TOKEN")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("DAPR_GRPC_PORT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Edgecar {
         let mut child = cmd.spawn().expect("spawn edgecar");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
