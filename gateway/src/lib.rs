@@ -288,6 +288,7 @@ pub async fn run(
             cfg.devices.telemetry_linger.0,
         ),
         shutdown: tokio::sync::Notify::new(),
+        ready: Arc::new(std::sync::atomic::AtomicBool::new(cfg.app.port == 0)),
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(devices::watch(device_registry.clone(), RELOAD_POLL));
@@ -344,6 +345,7 @@ pub async fn run(
             event_ttl: cfg.devices.outbox.event_ttl.0,
         }),
         stop_rx.clone(),
+        runtime.ready.clone(),
     ));
     let mqtt_tls = if cfg.mqtt.tls.enabled() {
         Some(transport::mqtt::tls::acceptor(&cfg.mqtt.tls).map_err(StartError::Tls)?)

@@ -50,6 +50,9 @@ pub struct Runtime {
     pub telemetry: TelemetryBlock,
     /// Fired by [`Op::Shutdown`]; `run` treats it as its shutdown signal.
     pub shutdown: tokio::sync::Notify,
+    /// Components are loaded and the app's subscriptions are running (or there is no app):
+    /// daprd's readiness, answered on `/v1.0/healthz`.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Runtime {

@@ -630,6 +630,7 @@ async fn app_subscriptions(
 }
 
 /// Runs every subscription until `stop` fires, then waits for in-flight deliveries to settle.
+/// `ready` turns true once the app's subscriptions are running (daprd's `/v1.0/healthz`).
 ///
 /// Topics devices subscribe to are consumed at once (devices do not wait for the app); the
 /// app's subscriptions join once the app is up. Until then local components keep every message,
@@ -642,6 +643,7 @@ pub async fn run(
     active: ActiveSubscriptions,
     devices: Option<DeviceFeed>,
     mut stop: Stop,
+    ready: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut new_topics = devices.as_ref().and_then(|f| f.subs.take_new_topics());
     let device_topics = devices
@@ -691,6 +693,7 @@ pub async fn run(
                     .unwrap_or_else(PoisonError::into_inner)
                     .extend(running.iter().cloned());
                 app_known = Some(running);
+                ready.store(true, std::sync::atomic::Ordering::Release);
             }
             Some((pubsub, topic)) = recv(&mut new_topics) => {
                 if consumers.ensure(&pubsub, &topic, None).await {
