@@ -135,6 +135,8 @@ pub struct AppChannel {
     base: String,
     /// `<address>:<port>`, for the readiness probe.
     authority: String,
+    /// The app's gRPC callbacks, when it speaks gRPC: subscriptions and events go there.
+    grpc: Option<Arc<dyn crate::blocks::invoke::AppCallbacks>>,
 }
 
 /// An app's answer.
@@ -157,7 +159,14 @@ impl AppChannel {
             client: Client::builder(TokioExecutor::new()).build(connector),
             base: format!("http://{host}:{port}"),
             authority: format!("{host}:{port}"),
+            grpc: None,
         }
+    }
+
+    /// The same app, spoken to over gRPC (`ListTopicSubscriptions`, `OnTopicEvent`).
+    pub fn with_grpc(mut self, callbacks: Arc<dyn crate::blocks::invoke::AppCallbacks>) -> Self {
+        self.grpc = Some(callbacks);
+        self
     }
 
     async fn send(
@@ -168,6 +177,28 @@ impl AppChannel {
         headers: &[(&'static str, String)],
         timeout: Option<Duration>,
     ) -> Result<Answer, String> {
+        if let Some(cb) = &self.grpc {
+            let exchange = async {
+                if path == "/dapr/subscribe" {
+                    let body = cb.subscriptions().await?;
+                    return Ok(Answer {
+                        status: StatusCode::OK,
+                        body,
+                    });
+                }
+                let r = cb.topic_event(path, body).await?;
+                Ok(Answer {
+                    status: r.status,
+                    body: r.body,
+                })
+            };
+            return match timeout {
+                Some(t) => tokio::time::timeout(t, exchange)
+                    .await
+                    .map_err(|_| format!("the app did not answer within {t:?}"))?,
+                None => exchange.await,
+            };
+        }
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
