@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod mqtt;
+pub mod sdk;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
