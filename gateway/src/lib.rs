@@ -356,7 +356,8 @@ pub async fn run(
     let app = match (app, &grpc_app) {
         (Some(channel), Some(cb)) => Some(channel.with_grpc(cb.clone())),
         (channel, _) => channel,
-    };
+    }
+    .map(|channel| channel.with_ready(runtime.ready.clone()));
     let subscriber = tokio::spawn(delivery::run(
         pubsub,
         setup.subscriptions,
@@ -369,7 +370,6 @@ pub async fn run(
             event_ttl: cfg.devices.outbox.event_ttl.0,
         }),
         stop_rx.clone(),
-        runtime.ready.clone(),
     ));
     let mqtt_tls = if cfg.mqtt.tls.enabled() {
         Some(transport::mqtt::tls::acceptor(&cfg.mqtt.tls).map_err(StartError::Tls)?)

@@ -31,7 +31,7 @@ use crate::resilience::ComponentCalls;
 /// A loaded output binding.
 pub enum OutputBinding {
     /// `bindings.http`.
-    Http(HttpBinding),
+    Http(Box<HttpBinding>),
     /// `bindings.mqtt3`: publishes to `topic` (request metadata `topic` overrides it).
     Mqtt {
         /// The broker connection (shared with the binding's input side).

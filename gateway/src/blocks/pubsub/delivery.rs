@@ -137,6 +137,8 @@ pub struct AppChannel {
     authority: String,
     /// The app's gRPC callbacks, when it speaks gRPC: subscriptions and events go there.
     grpc: Option<Arc<dyn crate::blocks::invoke::AppCallbacks>>,
+    /// Set once the app's subscriptions run: the sidecar's readiness (`/v1.0/healthz`).
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// An app's answer.
@@ -160,7 +162,14 @@ impl AppChannel {
             base: format!("http://{host}:{port}"),
             authority: format!("{host}:{port}"),
             grpc: None,
+            ready: Arc::default(),
         }
+    }
+
+    /// Sets `flag` once the app's subscriptions are running.
+    pub fn with_ready(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.ready = flag;
+        self
     }
 
     /// The same app, spoken to over gRPC (`ListTopicSubscriptions`, `OnTopicEvent`).
@@ -661,7 +670,8 @@ async fn app_subscriptions(
 }
 
 /// Runs every subscription until `stop` fires, then waits for in-flight deliveries to settle.
-/// `ready` turns true once the app's subscriptions are running (daprd's `/v1.0/healthz`).
+/// The app channel's readiness flag turns true once the app's subscriptions are running
+/// (daprd's `/v1.0/healthz`).
 ///
 /// Topics devices subscribe to are consumed at once (devices do not wait for the app); the
 /// app's subscriptions join once the app is up. Until then local components keep every message,
@@ -674,7 +684,6 @@ pub async fn run(
     active: ActiveSubscriptions,
     devices: Option<DeviceFeed>,
     mut stop: Stop,
-    ready: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut new_topics = devices.as_ref().and_then(|f| f.subs.take_new_topics());
     let device_topics = devices
@@ -703,6 +712,7 @@ pub async fn run(
             r = &mut app_subs, if app_known.is_none() => {
                 let Some((subs, app)) = r else { break };
                 let mut running = Vec::new();
+                let ready = app.as_ref().map(|a| a.ready.clone());
                 if let Some(app) = app {
                     for sub in subs {
                         let deliverer = Arc::new(Deliverer::new(
@@ -724,7 +734,9 @@ pub async fn run(
                     .unwrap_or_else(PoisonError::into_inner)
                     .extend(running.iter().cloned());
                 app_known = Some(running);
-                ready.store(true, std::sync::atomic::Ordering::Release);
+                if let Some(ready) = ready {
+                    ready.store(true, std::sync::atomic::Ordering::Release);
+                }
             }
             Some((pubsub, topic)) = recv(&mut new_topics) => {
                 if consumers.ensure(&pubsub, &topic, None).await {
