@@ -148,6 +148,8 @@ pub mod codes {
     pub const PUBSUB_FORBIDDEN: &str = "ERR_PUBSUB_FORBIDDEN";
     /// A reserved operation this build does not serve yet (edgecar's own code).
     pub const NOT_IMPLEMENTED: &str = "ERR_NOT_IMPLEMENTED";
+    /// A streaming subscription could not start (gRPC `SubscribeTopicEventsAlpha1`).
+    pub const PUBSUB_SUBSCRIBE: &str = "ERR_PUBSUB_SUBSCRIBE";
     /// `/v1.0/healthz` before the sidecar is ready (Dapr answers 500).
     pub const HEALTH_NOT_READY: &str = "ERR_HEALTH_NOT_READY";
     /// Something failed inside edgecar (edgecar's own code).

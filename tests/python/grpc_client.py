@@ -6,6 +6,8 @@ DAPR_API_TOKEN. Prints "all checks passed" when every call behaved as daprd's wo
 checks what the app received and that edgecar stopped after Shutdown.
 """
 
+import json
+import signal
 import sys
 import threading
 import time
@@ -19,6 +21,7 @@ from dapr.clients.grpc._state import Concurrency, StateItem, StateOptions
 from dapr.conf import settings
 from dapr.proto import api_service_v1, api_v1
 
+signal.alarm(120)  # a hung stream fails the test instead of hanging it
 APP_ID = sys.argv[1]
 CONFIG_FILE = sys.argv[2] if len(sys.argv) > 2 else ''
 
@@ -105,6 +108,19 @@ with DaprClient() as d:
     resp = d.publish_events('pubsub', 'orders', data=['{"id": 2}', '{"id": 3}'],
                             data_content_type='application/json')
     check(len(resp.failed_entries) == 0, 'bulk publish: no failed entries')
+
+    # --- a streaming subscription (SubscribeTopicEventsAlpha1, bidirectional)
+    sub = d.subscribe('pubsub', 'stream-topic')
+    d.publish_event('pubsub', 'stream-topic', data='{"s": 1}', data_content_type='application/json')
+    msg = sub.next_message()
+    check(msg is not None and json.loads(msg.raw_data()) == {'s': 1},
+          f'the streaming subscription receives the event ({msg and msg.raw_data()!r})')
+    check(msg.topic() == 'stream-topic' and msg.pubsub_name() == 'pubsub', 'with its topic')
+    sub.respond_retry(msg)
+    again = sub.next_message()
+    check(again is not None and again.id() == msg.id(), 'RETRY redelivers the same event')
+    sub.respond_success(again)
+    sub.close()
 
     # --- invocation, HTTP protocol (the SDK's default) then gRPC's InvokeService
     r = d.invoke_method(APP_ID, 'echo', data=b'over-http', http_verb='POST')

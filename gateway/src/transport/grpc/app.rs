@@ -127,6 +127,45 @@ fn or_root(path: String) -> String {
     }
 }
 
+/// A stored CloudEvent as `TopicEventRequest`, as daprd builds it for gRPC subscribers.
+pub(super) fn topic_event_request(path: &str, event: &[u8]) -> rt::TopicEventRequest {
+    let ev: Value = serde_json::from_slice(event).unwrap_or(Value::Null);
+    let known = [
+        "id",
+        "source",
+        "type",
+        "specversion",
+        "datacontenttype",
+        "data",
+        "data_base64",
+        "topic",
+        "pubsubname",
+    ];
+    let extensions = ev.as_object().map(|o| prost_types::Struct {
+        fields: o
+            .iter()
+            .filter(|(k, _)| !known.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), pb_value(v)))
+            .collect(),
+    });
+    rt::TopicEventRequest {
+        id: field(&ev, "id"),
+        source: field(&ev, "source"),
+        r#type: field(&ev, "type"),
+        spec_version: field(&ev, "specversion"),
+        data_content_type: field(&ev, "datacontenttype"),
+        data: event_data(&ev),
+        topic: field(&ev, "topic"),
+        pubsub_name: field(&ev, "pubsubname"),
+        path: if path == "/" {
+            String::new()
+        } else {
+            path.to_owned()
+        },
+        extensions,
+    }
+}
+
 #[async_trait::async_trait]
 impl AppCallbacks for GrpcApp {
     async fn invoke(
@@ -208,41 +247,7 @@ impl AppCallbacks for GrpcApp {
     }
 
     async fn topic_event(&self, path: &str, event: Bytes) -> Result<AppReply, String> {
-        let ev: Value = serde_json::from_slice(&event).unwrap_or(Value::Null);
-        let known = [
-            "id",
-            "source",
-            "type",
-            "specversion",
-            "datacontenttype",
-            "data",
-            "data_base64",
-            "topic",
-            "pubsubname",
-        ];
-        let extensions = ev.as_object().map(|o| prost_types::Struct {
-            fields: o
-                .iter()
-                .filter(|(k, _)| !known.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), pb_value(v)))
-                .collect(),
-        });
-        let req = rt::TopicEventRequest {
-            id: field(&ev, "id"),
-            source: field(&ev, "source"),
-            r#type: field(&ev, "type"),
-            spec_version: field(&ev, "specversion"),
-            data_content_type: field(&ev, "datacontenttype"),
-            data: event_data(&ev),
-            topic: field(&ev, "topic"),
-            pubsub_name: field(&ev, "pubsubname"),
-            path: if path == "/" {
-                String::new()
-            } else {
-                path.to_owned()
-            },
-            extensions,
-        };
+        let req = topic_event_request(path, &event);
         match self.client.clone().on_topic_event(req).await {
             Ok(r) => {
                 use rt::topic_event_response::TopicEventResponseStatus as S;

@@ -449,6 +449,82 @@ impl rt::dapr_server::Dapr for DaprApi {
         self.bulk_publish_event(req).await
     }
 
+    async fn subscribe_topic_events_alpha1(
+        &self,
+        req: Request<tonic::Streaming<rt::SubscribeTopicEventsRequestAlpha1>>,
+    ) -> GrpcResult<BoxStream<rt::SubscribeTopicEventsResponseAlpha1>> {
+        use rt::subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType as In;
+        use rt::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType as Out;
+        let mut inbound = req.into_inner();
+        let initial = match inbound.message().await? {
+            Some(rt::SubscribeTopicEventsRequestAlpha1 {
+                subscribe_topic_events_request_type: Some(In::InitialRequest(i)),
+            }) => i,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be an initial request naming the pubsub and topic",
+                ));
+            }
+        };
+        // One stop per stream: the consumer ends with the stream or with edgecar.
+        let (stream_stop_tx, stream_stop) = watch::channel(false);
+        let (events_tx, mut events) = tokio::sync::mpsc::channel(1);
+        let consumer = self
+            .runtime
+            .pubsub
+            .stream_subscribe(&initial.pubsub_name, &initial.topic, events_tx, stream_stop)
+            .await
+            .map_err(|e| status(&e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let first = rt::SubscribeTopicEventsResponseAlpha1 {
+            subscribe_topic_events_response_type: Some(Out::InitialResponse(
+                rt::SubscribeTopicEventsResponseInitialAlpha1 {},
+            )),
+        };
+        let stop = stopped(self.stop.clone());
+        tokio::spawn(async move {
+            let consuming = tokio::spawn(consumer);
+            tokio::pin!(stop);
+            let mut pending: HashMap<String, tokio::sync::oneshot::Sender<bool>> = HashMap::new();
+            if tx.send(Ok(first)).await.is_ok() {
+                loop {
+                    tokio::select! {
+                        ev = events.recv() => {
+                            let Some(ev) = ev else { break };
+                            let msg = super::app::topic_event_request("", &ev.data);
+                            let id = msg.id.clone();
+                            pending.insert(id, ev.done);
+                            let out = rt::SubscribeTopicEventsResponseAlpha1 {
+                                subscribe_topic_events_response_type: Some(Out::EventMessage(msg)),
+                            };
+                            if tx.send(Ok(out)).await.is_err() {
+                                break;
+                            }
+                        }
+                        answer = inbound.message() => {
+                            let Ok(Some(m)) = answer else { break };
+                            if let Some(In::EventProcessed(p)) = m.subscribe_topic_events_request_type {
+                                use rt::topic_event_response::TopicEventResponseStatus as S;
+                                let retry = p.status.is_some_and(|s| s.status() == S::Retry);
+                                if let Some(done) = pending.remove(&p.id) {
+                                    let _ = done.send(!retry);
+                                }
+                            }
+                        }
+                        () = &mut stop => break,
+                    }
+                }
+            }
+            // Unanswered events are redelivered (their senders drop); then the consumer stops.
+            drop(pending);
+            let _ = stream_stop_tx.send(true);
+            let _ = consuming.await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn invoke_service(
         &self,
         req: Request<rt::InvokeServiceRequest>,
