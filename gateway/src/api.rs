@@ -202,6 +202,9 @@ fn alpha_route(
             topic: topic.join("/"),
         })),
         (["publish", "bulk", ..], _) => Err(method_not_allowed(method, path)),
+        (["state", store, "query"], _) if write => Ok(Route::Call(Op::StateQuery {
+            store: store.to_string(),
+        })),
         (["lock", store], &Method::POST) => Ok(Route::Call(Op::Lock {
             store: store.to_string(),
         })),

@@ -73,6 +73,11 @@ pub enum Op {
         /// The key as the caller sees it.
         key: String,
     },
+    /// Query JSON values (`/v1.0-alpha1/state/<store>/query`); body is Dapr's query.
+    StateQuery {
+        /// State store component name.
+        store: String,
+    },
     /// Run upserts and deletes all-or-nothing; body `{"operations": [...]}`.
     StateTransaction {
         /// State store component name.
@@ -218,6 +223,7 @@ impl Op {
             Op::StateSave { .. } => "state.save",
             Op::StateDelete { .. } => "state.delete",
             Op::StateTransaction { .. } => "state.transaction",
+            Op::StateQuery { .. } => "state.query",
             Op::Invoke { .. } => "invoke",
             Op::Capability { .. } => "capability.call",
             Op::CapabilityList => "capability.list",

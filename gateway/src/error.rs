@@ -148,6 +148,8 @@ pub mod codes {
     pub const PUBSUB_FORBIDDEN: &str = "ERR_PUBSUB_FORBIDDEN";
     /// A reserved operation this build does not serve yet (edgecar's own code).
     pub const NOT_IMPLEMENTED: &str = "ERR_NOT_IMPLEMENTED";
+    /// A state query failed (bad query, or a store that cannot list its keys).
+    pub const STATE_QUERY: &str = "ERR_STATE_QUERY";
     /// A streaming subscription could not start (gRPC `SubscribeTopicEventsAlpha1`).
     pub const PUBSUB_SUBSCRIBE: &str = "ERR_PUBSUB_SUBSCRIBE";
     /// `/v1.0/healthz` before the sidecar is ready (Dapr answers 500).

@@ -102,6 +102,7 @@ impl Runtime {
             Op::StateDelete { store, key } => {
                 self.state.delete(caller, store, key, &call.params).await
             }
+            Op::StateQuery { store } => self.state.query(caller, store, &call.body).await,
             Op::StateTransaction { store } => {
                 self.state
                     .transaction(caller, store, &call.body, &call.params)

@@ -103,6 +103,18 @@ with DaprClient() as d:
     check(d.get_state('statestore', 't1').data == b'tx', 'transaction upserts')
     check(d.get_state('statestore', 'b1').data == b'', 'transaction deletes')
 
+    # --- query (alpha): filter, sort, page
+    for i, (state, n) in enumerate([('CA', 3), ('WA', 1), ('CA', 2), ('CA', 1)]):
+        d.save_state('statestore', f'q{i}', json.dumps({'state': state, 'n': n}))
+    q = {'filter': {'EQ': {'state': 'CA'}}, 'sort': [{'key': 'n', 'order': 'DESC'}],
+         'page': {'limit': 2}}
+    r = d.query_state('statestore', json.dumps(q))
+    check([x.key for x in r.results] == ['q0', 'q2'] and r.token, f'query page 1 ({r.results})')
+    q['page']['token'] = r.token
+    r = d.query_state('statestore', json.dumps(q))
+    check([x.key for x in r.results] == ['q3'] and json.loads(r.results[0].value) == {'state': 'CA', 'n': 1},
+          'query page 2')
+
     # --- publish and bulk publish (the app subscribes to "orders")
     d.publish_event('pubsub', 'orders', data='{"id": 1}', data_content_type='application/json')
     resp = d.publish_events('pubsub', 'orders', data=['{"id": 2}', '{"id": 3}'],

@@ -388,6 +388,44 @@ impl rt::dapr_server::Dapr for DaprApi {
         Ok(Response::new(()))
     }
 
+    async fn query_state_alpha1(
+        &self,
+        req: Request<rt::QueryStateRequest>,
+    ) -> GrpcResult<rt::QueryStateResponse> {
+        let p = params(&req, HashMap::new());
+        let r = req.into_inner();
+        let op = Op::StateQuery {
+            store: r.store_name,
+        };
+        let p = Params {
+            metadata: r.metadata,
+            ..p
+        };
+        let v = json_reply(&self.run(op, r.query, p).await?)?;
+        let results = v
+            .get("results")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|i| rt::QueryStateItem {
+                        key: str_of(i, "key"),
+                        data: i
+                            .get("data")
+                            .map(|d| d.to_string().into_bytes())
+                            .unwrap_or_default(),
+                        etag: str_of(i, "etag"),
+                        error: String::new(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Response::new(rt::QueryStateResponse {
+            results,
+            token: str_of(&v, "token"),
+            metadata: HashMap::new(),
+        }))
+    }
+
     async fn publish_event(&self, req: Request<rt::PublishEventRequest>) -> GrpcResult<()> {
         let p = params(&req, HashMap::new());
         let r = req.into_inner();
