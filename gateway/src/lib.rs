@@ -91,6 +91,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// The MQTT device endpoint, when enabled.
     pub mqtt: Option<TcpListener>,
+    /// The Dapr gRPC API, when enabled.
+    pub grpc: Option<TcpListener>,
 }
 
 /// Why the gateway could not start.
@@ -108,6 +110,9 @@ pub enum StartError {
     /// The device registry is invalid.
     #[error("device registry:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     Devices(Vec<config::ConfigError>),
+    /// The app channel cannot be set up (a bad app address).
+    #[error("app: {0}")]
+    App(String),
     /// The external broker settings cannot be used (e.g. the password file went missing).
     #[error("mqtt.broker: {0}")]
     Broker(String),
@@ -199,12 +204,25 @@ pub async fn run(
     }
     let policies = setup::merged_policies(&setup.resiliency);
     let component_calls = Arc::new(resilience::ComponentCalls::new(setup.resiliency.clone()));
+    // A gRPC app (--app-protocol grpc): invocations, events and binding events go to its
+    // AppCallback service instead of HTTP.
+    let grpc_app: Option<Arc<dyn blocks::invoke::AppCallbacks>> =
+        if cfg.app.port != 0 && cfg.app.protocol == config::AppProtocol::Grpc {
+            let app = transport::grpc::app::GrpcApp::new(&cfg.app.address, cfg.app.port)
+                .map_err(StartError::App)?;
+            Some(Arc::new(app))
+        } else {
+            None
+        };
     let invoke = Arc::new(InvokeBlock::new(
         apps,
         setup.access_control,
         setup.resiliency.clone(),
         usize::try_from(cfg.http.max_body_size.0).unwrap_or(usize::MAX),
     ));
+    if let Some(cb) = &grpc_app {
+        invoke.set_grpc_app(&cfg.app_id, cb.clone());
+    }
     let secrets = Arc::new(SecretsBlock::new(setup.secret_stores, setup.secret_scopes));
     let engine = edgecar_capabilities::Engine::new(
         edgecar_capabilities::EngineOptions::default()
@@ -228,7 +246,11 @@ pub async fn run(
         registry.infos.clone(),
         invoke.apps(),
     )
-    .with_subscriptions(subscriptions.clone());
+    .with_subscriptions(subscriptions.clone())
+    .with_app_protocol(match cfg.app.protocol {
+        config::AppProtocol::Http => "http",
+        config::AppProtocol::Grpc => "grpc",
+    });
     let pubsub = Arc::new(
         PubSubBlock::new(cfg.app_id.clone(), registry.pubsub)
             .with_resilience(component_calls.clone())
@@ -326,6 +348,8 @@ pub async fn run(
             cfg.devices.telemetry_linger.0,
         ),
         storage: storage.clone(),
+        shutdown: tokio::sync::Notify::new(),
+        ready: Arc::new(std::sync::atomic::AtomicBool::new(cfg.app.port == 0)),
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(devices::watch(device_registry.clone(), RELOAD_POLL));
@@ -370,6 +394,11 @@ pub async fn run(
     // Subscriptions run until shutdown begins, then settle what is in flight.
     let app =
         (cfg.app.port != 0).then(|| delivery::AppChannel::new(&cfg.app.address, cfg.app.port));
+    let app = match (app, &grpc_app) {
+        (Some(channel), Some(cb)) => Some(channel.with_grpc(cb.clone())),
+        (channel, _) => channel,
+    }
+    .map(|channel| channel.with_ready(runtime.ready.clone()));
     let subscriber = tokio::spawn(delivery::run(
         pubsub,
         setup.subscriptions,
@@ -440,6 +469,19 @@ pub async fn run(
             cfg.shutdown_timeout.0,
         ))
     });
+    let grpc = listeners.grpc.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "Dapr gRPC API listening");
+        }
+        tokio::spawn(transport::grpc::serve(
+            listener,
+            runtime.clone(),
+            Some(cfg.http.api_token.clone()).filter(|t| !t.is_empty()),
+            stop_rx.clone(),
+            cfg.shutdown_timeout.0,
+        ))
+    });
+    let requested = runtime.clone();
     let api = Arc::new(HttpApi {
         runtime,
         api_token: Some(cfg.http.api_token.clone()).filter(|t| !t.is_empty()),
@@ -460,7 +502,10 @@ pub async fn run(
         cfg.shutdown_timeout.0,
     );
     tokio::join!(http, async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = requested.shutdown.notified() => {}
+        }
         let _ = stop_tx.send(true);
     });
     if let Some(m) = mqtt {
@@ -468,6 +513,9 @@ pub async fn run(
     }
     if let Some(b) = broker {
         let _ = b.await;
+    }
+    if let Some(g) = grpc {
+        let _ = g.await;
     }
     let abort = subscriber.abort_handle();
     if tokio::time::timeout(cfg.shutdown_timeout.0, subscriber)

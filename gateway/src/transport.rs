@@ -1,10 +1,11 @@
 //! Transports: bytes in, [`Call`](crate::Call) out, and back.
 //!
 //! Each transport decodes its wire format into calls on the one request path and encodes the
-//! replies. None of them knows about stores or building blocks. Today: HTTP (the Dapr API for
-//! apps), MQTT (the embedded device endpoint) and the external broker (the same device protocol
+//! replies. None of them knows about stores or building blocks. Today: HTTP and gRPC (the Dapr
+//! APIs for apps), MQTT (the embedded device endpoint) and the external broker (the same device protocol
 //! through another MQTT broker); QUIC joins here.
 
 pub mod broker;
+pub mod grpc;
 pub mod http;
 pub mod mqtt;

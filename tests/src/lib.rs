@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod mqtt;
+pub mod sdk;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -82,13 +83,16 @@ pub struct Edgecar {
     pub port: u16,
     /// The MQTT device endpoint port it bound (0 when the endpoint is disabled).
     pub mqtt_port: u16,
+    /// The Dapr gRPC API port it bound (0 when gRPC is disabled).
+    pub grpc_port: u16,
     /// Everything it has logged so far.
     pub log: Arc<Mutex<String>>,
 }
 
 impl Edgecar {
-    /// Starts `edgecar run --dapr-http-port 0 --mqtt-port 0 --state-dir <state_dir> <args>` and
-    /// waits until it serves (`--mqtt-port` is left out when `args` has its own).
+    /// Starts `edgecar run --dapr-http-port 0 --mqtt-port 0 --dapr-grpc-port 0 --state-dir
+    /// <state_dir> <args>` and waits until it serves (`--mqtt-port` and `--dapr-grpc-port` are
+    /// left out when `args` has its own).
     pub fn start(state_dir: &Path, args: &[&str]) -> Edgecar {
         Self::start_with_env(state_dir, args, &[])
     }
@@ -100,18 +104,42 @@ impl Edgecar {
         if !args.contains(&"--mqtt-port") {
             cmd.arg("--mqtt-port").arg("0");
         }
+        if !args.contains(&"--dapr-grpc-port") {
+            cmd.arg("--dapr-grpc-port").arg("0");
+        }
         cmd.arg("--state-dir")
             .arg(state_dir)
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("DAPR_API_TOKEN")
             .env_remove("STATE_DIRECTORY")
+            .env_remove("DAPR_GRPC_PORT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn(cmd)
+    }
+
+    /// Starts `edgecar <args>` exactly as given (no ports or state dir added) in directory
+    /// `cwd`, as the Dapr CLI starts daprd, and waits until it serves.
+    pub fn start_exact(cwd: &Path, args: &[&str]) -> Edgecar {
+        let mut cmd = Command::new(edgecar_bin());
+        cmd.args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "info")
+            .env_remove("DAPR_API_TOKEN")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("DAPR_GRPC_PORT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Edgecar {
         let mut child = cmd.spawn().expect("spawn edgecar");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
@@ -119,6 +147,8 @@ impl Edgecar {
         let sink = log.clone();
         let mqtt = Arc::new(Mutex::new(0u16));
         let mqtt_seen = mqtt.clone();
+        let grpc = Arc::new(Mutex::new(0u16));
+        let grpc_seen = grpc.clone();
         std::thread::spawn(move || {
             let port_after = |line: &str, marker: &str| {
                 line.split(marker)
@@ -135,6 +165,8 @@ impl Edgecar {
                 // the HTTP line arrives.
                 if let Some(p) = port_after(&line, "MQTT device endpoint listening addr=") {
                     *mqtt_seen.lock().unwrap() = p;
+                } else if let Some(p) = port_after(&line, "Dapr gRPC API listening addr=") {
+                    *grpc_seen.lock().unwrap() = p;
                 } else if let Some(p) = port_after(&line, "Dapr HTTP API listening addr=") {
                     let _ = tx.send(p);
                 }
@@ -148,6 +180,7 @@ impl Edgecar {
                 child: Some(child),
                 port,
                 mqtt_port: *mqtt.lock().unwrap(),
+                grpc_port: *grpc.lock().unwrap(),
                 log,
             },
             Err(_) => {
@@ -206,6 +239,22 @@ impl Edgecar {
                 Instant::now() < deadline,
                 "edgecar did not exit after SIGTERM"
             );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself (e.g. after an API shutdown).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let c = self.child.as_mut()?;
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
