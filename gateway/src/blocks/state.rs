@@ -587,7 +587,12 @@ mod tests {
             .await
             .unwrap();
         let r = block
-            .bulk_get(&app, "s", br#"{"keys":["k","missing"]}"#)
+            .bulk_get(
+                &app,
+                "s",
+                br#"{"keys":["k","missing"]}"#,
+                &Params::default(),
+            )
             .await
             .unwrap();
         assert_eq!(
