@@ -112,7 +112,13 @@ fn build() -> Harness {
         include_str!("../../../configs/capabilities/detect-objects.yaml"),
     ]
     .iter()
-    .filter_map(|t| edgecar_capabilities::parse_manifest_str(t).ok())
+    // Offers that would leave the machine go nowhere instead.
+    .map(|t| {
+        t.replace("https://images.example.com/thumb", NOWHERE)
+            .replace("https://vision.example.com/v1", NOWHERE)
+            .replace("appId: detector", "appId: app")
+    })
+    .map(|t| edgecar_capabilities::parse_manifest_str(&t).expect("example manifest"))
     .collect();
     let runtime = rt.block_on(async {
         let (secret_stores, errs) = edgecar::components::secret_stores(&components);
@@ -140,7 +146,9 @@ fn build() -> Harness {
                 .with_invoker(Arc::new(blocks::capabilities::AppInvoker(invoke.clone())))
                 .with_secrets(secrets.clone()),
         );
-        let _ = engine.replace_manifests(manifests);
+        engine
+            .replace_manifests(manifests)
+            .expect("example manifests load");
         let pubsub = Arc::new(
             blocks::pubsub::PubSubBlock::new(APP_ID.into(), registry.pubsub)
                 .with_resilience(calls.clone())
