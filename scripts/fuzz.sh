@@ -27,8 +27,8 @@ fi
 
 # One build of every target. With `--sanitizer none` cargo-fuzz passes only stable codegen flags
 # (coverage passes through -Cllvm-args), so no nightly toolchain is needed.
-cargo fuzz build --fuzz-dir "$fuzz_dir" --target-dir "$target_dir" --sanitizer none \
-  --codegen-units 16 2>&1 | grep -v '^ *Compiling ' || true
+cargo fuzz build --fuzz-dir "$fuzz_dir" --target-dir "$target_dir" --sanitizer none 2>&1 |
+  grep -v '^ *Compiling ' || true
 for t in "${targets[@]}"; do
   [ -x "$bin_dir/$t" ] || { echo "fuzz target $t did not build" >&2; exit 1; }
 done
