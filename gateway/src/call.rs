@@ -259,6 +259,32 @@ pub struct Params {
     pub tracestate: Option<String>,
     /// Media type of the body (`Content-Type` in HTTP), for operations whose body is opaque data.
     pub content_type: Option<String>,
+    /// Which transport decoded the call: the `transport` label of the request metrics.
+    pub transport: Transport,
+}
+
+/// The transport a call arrived on (metrics and traces label calls with it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Made inside the gateway (presence events, subscription plumbing), or by a transport
+    /// that does not say.
+    #[default]
+    Internal,
+    /// The Dapr HTTP API.
+    Http,
+    /// MQTT: the embedded device endpoint or the external broker.
+    Mqtt,
+}
+
+impl Transport {
+    /// The label value: `internal`, `http`, `mqtt`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Internal => "internal",
+            Transport::Http => "http",
+            Transport::Mqtt => "mqtt",
+        }
+    }
 }
 
 /// One request on the path: transport → policy → building block → component.

@@ -95,6 +95,31 @@ pub struct Config {
     pub shutdown_timeout: Dur,
     /// Logging.
     pub log: LogConfig,
+    /// The admin listener: `/metrics` and the status page.
+    pub metrics: MetricsConfig,
+}
+
+/// The admin listener (daprd's metrics port): `/metrics` and the status page. It asks for no
+/// token, so it binds loopback unless told otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Whether to serve it (`--enable-metrics`).
+    pub enabled: bool,
+    /// Address to bind.
+    pub address: IpAddr,
+    /// Port to bind (daprd's 9090, `--metrics-port`). 0 picks a free port.
+    pub port: u16,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: 9090,
+        }
+    }
 }
 
 /// The Dapr HTTP API listener.
@@ -378,6 +403,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             shutdown_timeout: Dur(Duration::from_secs(10)),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -584,6 +610,7 @@ fn parse_lenient(base: Config, text: &str, file: &Path) -> (Config, Vec<ConfigEr
             "mqtt" => section(v, &key, file, e).map(|x| cfg.mqtt = x),
             "shutdownTimeout" => section(v, &key, file, e).map(|x| cfg.shutdown_timeout = x),
             "log" => section(v, &key, file, e).map(|x| cfg.log = x),
+            "metrics" => section(v, &key, file, e).map(|x| cfg.metrics = x),
             other => {
                 e.push(ConfigError::new(
                     file,
@@ -622,6 +649,10 @@ pub struct Overrides {
     pub log_level: Option<String>,
     /// `--mqtt-port`.
     pub mqtt_port: Option<u16>,
+    /// `--metrics-port`.
+    pub metrics_port: Option<u16>,
+    /// `--enable-metrics`.
+    pub enable_metrics: Option<bool>,
 }
 
 /// Builds the effective configuration: defaults, then the file, then the environment
@@ -702,6 +733,12 @@ pub fn assemble(
     }
     if let Some(v) = o.mqtt_port {
         cfg.mqtt.port = v;
+    }
+    if let Some(v) = o.metrics_port {
+        cfg.metrics.port = v;
+    }
+    if let Some(v) = o.enable_metrics {
+        cfg.metrics.enabled = v;
     }
     errors.extend(validate(&cfg, file.unwrap_or(cli)));
     (cfg, errors)

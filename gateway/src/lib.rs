@@ -37,7 +37,7 @@
 //!   delivery while the device is connected.
 //! - [`watch`]: noticing edited files (capability manifests, the device registry).
 //! - [`runtime`]: wires the path together; [`run`] starts and stops the whole gateway.
-//! - [`observability`]: logging set-up.
+//! - [`observability`]: logging, `/metrics`, the status page and the admin listener serving them.
 
 pub mod api;
 pub mod blocks;
@@ -91,6 +91,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// The MQTT device endpoint, when enabled.
     pub mqtt: Option<TcpListener>,
+    /// The admin listener (`/metrics`, the status page), when enabled.
+    pub admin: Option<TcpListener>,
 }
 
 /// Why the gateway could not start.
@@ -157,6 +159,7 @@ pub async fn run(
     // Baseline for the capability watcher, taken before anything slow: an edit made while the
     // gateway starts is noticed rather than lost.
     let resources_seen = blocks::capabilities::newest_change(&cfg.resources_paths);
+    let started = std::time::Instant::now();
     let storage = storage::Storage::open(&cfg.state_dir, cfg.storage.cache_capacity.0).await?;
     let mut setup = setup;
     components::apply_runtime_defaults(&mut setup.components, &cfg.app_id);
@@ -285,6 +288,7 @@ pub async fn run(
             cfg.devices.telemetry_topic.clone(),
             cfg.devices.telemetry_linger.0,
         ),
+        metrics: Arc::new(observability::metrics::CallMetrics::new(&cfg.app_id)),
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(devices::watch(device_registry.clone(), RELOAD_POLL));
@@ -393,6 +397,26 @@ pub async fn run(
             cfg.shutdown_timeout.0,
         ))
     });
+    let admin = listeners.admin.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "admin listener (/metrics, status page) listening");
+        }
+        let admin = Arc::new(observability::admin::Admin {
+            runtime: runtime.clone(),
+            site: cfg.site.clone(),
+            components: registry.infos.clone(),
+            started,
+        });
+        let mut stop = stop_rx.clone();
+        tokio::spawn(observability::admin::serve(
+            listener,
+            admin,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+            cfg.shutdown_timeout.0,
+        ))
+    });
     let api = Arc::new(HttpApi {
         runtime,
         api_token: Some(cfg.http.api_token.clone()).filter(|t| !t.is_empty()),
@@ -419,6 +443,9 @@ pub async fn run(
     }
     if let Some(b) = broker {
         let _ = b.await;
+    }
+    if let Some(a) = admin {
+        let _ = a.await;
     }
     let abort = subscriber.abort_handle();
     if tokio::time::timeout(cfg.shutdown_timeout.0, subscriber)

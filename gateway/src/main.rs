@@ -126,6 +126,13 @@ struct RunArgs {
     /// Port of the MQTT device endpoint (default 1883; 0 picks a free port).
     #[arg(long, value_name = "PORT")]
     mqtt_port: Option<u16>,
+    /// Port of the admin listener: /metrics and the status page (default 9090 on 127.0.0.1;
+    /// 0 picks a free port).
+    #[arg(long, value_name = "PORT")]
+    metrics_port: Option<u16>,
+    /// Serve the admin listener (default true; --enable-metrics=false turns it off).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    enable_metrics: Option<bool>,
 }
 
 impl RunArgs {
@@ -142,6 +149,8 @@ impl RunArgs {
             max_body_size: self.max_body_size.clone(),
             log_level: self.log_level.clone(),
             mqtt_port: self.mqtt_port,
+            metrics_port: self.metrics_port,
+            enable_metrics: self.enable_metrics,
         }
     }
 }
@@ -273,7 +282,22 @@ fn run(args: &RunArgs) -> ExitCode {
         } else {
             None
         };
-        let listeners = edgecar::Listeners { http, mqtt };
+        let admin = if cfg.metrics.enabled {
+            let addr = SocketAddr::new(cfg.metrics.address, cfg.metrics.port);
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!(
+                        "edgecar: cannot listen on {addr} (metrics): {e} \
+                         (set metrics.port or --metrics-port, or --enable-metrics=false)"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
+        let listeners = edgecar::Listeners { http, mqtt, admin };
         match edgecar::run(cfg, setup, listeners, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -1,8 +1,15 @@
-//! Observability: logging set-up.
+//! Observability: logging set-up, and (in its modules) what the operator reads.
+//!
+//! - [`metrics`]: call counters and latency histograms recorded once on the request path, the
+//!   gauges read when scraped, the OpenMetrics text.
+//! - [`admin`]: the admin listener (`--metrics-port`): `/metrics`, the status page and its data.
 //!
 //! Logs go to stderr through `tracing`, structured fields first. Under systemd (`JOURNAL_STREAM`
 //! set) timestamps are left to journald and colours are off, so `journalctl -u edgecar` reads
 //! cleanly. `RUST_LOG` overrides the configured level.
+
+pub mod admin;
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

@@ -4,8 +4,9 @@
 //! an `Arc<Runtime>` and call [`Runtime::handle`]; nothing here knows which transport asked.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::blocks::bindings::BindingsBlock;
 use crate::blocks::capabilities::{self, CapabilitiesBlock};
@@ -20,6 +21,7 @@ use crate::blocks::state::StateBlock;
 use crate::blocks::telemetry::{Receipt, TelemetryBlock};
 use crate::call::{Call, Op, Reply};
 use crate::error::Error;
+use crate::observability::metrics::{self, CallMetrics};
 use crate::policy;
 
 /// Everything a request may need, built once at start-up.
@@ -48,15 +50,20 @@ pub struct Runtime {
     pub devices: DevicesBlock,
     /// Device telemetry, stored in batches.
     pub telemetry: TelemetryBlock,
+    /// Counters and latency histograms every call feeds (`/metrics` on the admin listener).
+    pub metrics: Arc<CallMetrics>,
 }
 
 impl Runtime {
-    /// Prometheus text exposition of every counter the runtime keeps.
-    pub fn metrics(&self) -> String {
-        let mut out = String::new();
-        self.capabilities.metrics(&mut out);
-        self.devices.metrics(&mut out);
-        out
+    /// The `/metrics` exposition: call metrics and the gauges read now.
+    pub async fn metrics_text(&self) -> String {
+        let snap = metrics::Snapshot {
+            devices_registered: self.devices.registered_count(),
+            devices_connected: self.devices.connected_count(),
+            outbox_messages: self.devices.outbox_backlogs().await.values().sum(),
+            capabilities: self.capabilities.status().await,
+        };
+        metrics::encode(&self.metrics, &snap)
     }
 
     /// Starts a device telemetry call ([`Op::Telemetry`]) on the request path without waiting:
@@ -64,6 +71,24 @@ impl Runtime {
     /// once the reading is stored. For transports that keep many readings in flight without a
     /// task each; [`Runtime::handle`] runs the same call to completion.
     pub fn submit_telemetry(&self, call: Call) -> Result<Receipt, Error> {
+        let started = Instant::now();
+        let transport = call.params.transport;
+        let op = call.op.name();
+        let result = self.submit_telemetry_inner(call);
+        // Counted when queued for storage: the receipt resolves later, on the transport's side.
+        self.metrics.record(
+            transport,
+            op,
+            &result
+                .as_ref()
+                .map(|_| Reply::no_content())
+                .map_err(Clone::clone),
+            started.elapsed(),
+        );
+        result
+    }
+
+    fn submit_telemetry_inner(&self, call: Call) -> Result<Receipt, Error> {
         policy::authorize(&call.caller, &call.op)?;
         match call.op {
             Op::Telemetry { stream } => {
@@ -78,8 +103,24 @@ impl Runtime {
         }
     }
 
-    /// Runs one call along the request path.
+    /// Runs one call along the request path; every call is counted and timed here, once.
     pub async fn handle(&self, call: Call) -> Result<Reply, Error> {
+        let started = Instant::now();
+        let transport = call.params.transport;
+        let op = call.op.name();
+        let span = tracing::debug_span!(
+            "call",
+            transport = transport.as_str(),
+            op,
+            traceparent = call.params.traceparent.as_deref()
+        );
+        let result = self.dispatch(call).instrument(span).await;
+        self.metrics
+            .record(transport, op, &result, started.elapsed());
+        result
+    }
+
+    async fn dispatch(&self, call: Call) -> Result<Reply, Error> {
         policy::authorize(&call.caller, &call.op)?;
         let caller = &call.caller;
         let result = match &call.op {

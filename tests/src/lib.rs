@@ -82,13 +82,16 @@ pub struct Edgecar {
     pub port: u16,
     /// The MQTT device endpoint port it bound (0 when the endpoint is disabled).
     pub mqtt_port: u16,
+    /// The admin listener's port (`/metrics`, the status page); 0 when it is disabled.
+    pub admin_port: u16,
     /// Everything it has logged so far.
     pub log: Arc<Mutex<String>>,
 }
 
 impl Edgecar {
-    /// Starts `edgecar run --dapr-http-port 0 --mqtt-port 0 --state-dir <state_dir> <args>` and
-    /// waits until it serves (`--mqtt-port` is left out when `args` has its own).
+    /// Starts `edgecar run --dapr-http-port 0 --mqtt-port 0 --metrics-port 0 --state-dir
+    /// <state_dir> <args>` and waits until it serves (`--mqtt-port` and `--metrics-port` are left
+    /// out when `args` has its own).
     pub fn start(state_dir: &Path, args: &[&str]) -> Edgecar {
         Self::start_with_env(state_dir, args, &[])
     }
@@ -99,6 +102,9 @@ impl Edgecar {
         cmd.arg("run").arg("--dapr-http-port").arg("0");
         if !args.contains(&"--mqtt-port") {
             cmd.arg("--mqtt-port").arg("0");
+        }
+        if !args.contains(&"--metrics-port") {
+            cmd.arg("--metrics-port").arg("0");
         }
         cmd.arg("--state-dir")
             .arg(state_dir)
@@ -119,6 +125,8 @@ impl Edgecar {
         let sink = log.clone();
         let mqtt = Arc::new(Mutex::new(0u16));
         let mqtt_seen = mqtt.clone();
+        let admin = Arc::new(Mutex::new(0u16));
+        let admin_seen = admin.clone();
         std::thread::spawn(move || {
             let port_after = |line: &str, marker: &str| {
                 line.split(marker)
@@ -131,10 +139,12 @@ impl Edgecar {
                     .ok()
             };
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                // The MQTT endpoint is announced before the HTTP API, so both are known once
-                // the HTTP line arrives.
+                // The MQTT endpoint and the admin listener are announced before the HTTP API,
+                // so all are known once the HTTP line arrives.
                 if let Some(p) = port_after(&line, "MQTT device endpoint listening addr=") {
                     *mqtt_seen.lock().unwrap() = p;
+                } else if let Some(p) = port_after(&line, "status page) listening addr=") {
+                    *admin_seen.lock().unwrap() = p;
                 } else if let Some(p) = port_after(&line, "Dapr HTTP API listening addr=") {
                     let _ = tx.send(p);
                 }
@@ -148,6 +158,7 @@ impl Edgecar {
                 child: Some(child),
                 port,
                 mqtt_port: *mqtt.lock().unwrap(),
+                admin_port: *admin.lock().unwrap(),
                 log,
             },
             Err(_) => {
@@ -173,6 +184,12 @@ impl Edgecar {
         headers: &[(&str, &str)],
     ) -> HttpResponse {
         http(self.port, method, path, body, headers)
+    }
+
+    /// Sends a GET to the admin listener (`/metrics`, `/`, `/status.json`).
+    pub fn admin(&self, path: &str) -> HttpResponse {
+        assert_ne!(self.admin_port, 0, "the admin listener is disabled");
+        http(self.admin_port, "GET", path, b"", &[])
     }
 
     /// The process id.

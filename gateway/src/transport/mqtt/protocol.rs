@@ -371,6 +371,7 @@ fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result
         }
     };
     params.traceparent = msg.props.user("traceparent").map(str::to_owned);
+    params.transport = crate::call::Transport::Mqtt;
     Ok(Call {
         caller: Caller::Device {
             id: device.to_owned(),
@@ -405,6 +406,7 @@ pub fn telemetry_call(
         params: Params {
             content_type,
             traceparent,
+            transport: crate::call::Transport::Mqtt,
             ..Default::default()
         },
     }
