@@ -37,6 +37,7 @@
 //!   delivery while the device is connected.
 //! - [`watch`]: noticing edited files (capability manifests, the device registry).
 //! - [`runtime`]: wires the path together; [`run`] starts and stops the whole gateway.
+//! - [`sdnotify`]: readiness and watchdog notifications to systemd (`Type=notify`).
 //! - [`observability`]: logging, `/metrics`, the status page and the admin listener serving them.
 
 pub mod api;
@@ -53,6 +54,7 @@ pub mod policy;
 pub mod queue;
 pub mod resilience;
 pub mod runtime;
+pub mod sdnotify;
 pub mod setup;
 pub mod storage;
 pub mod transport;
@@ -434,8 +436,14 @@ pub async fn run(
         },
         cfg.shutdown_timeout.0,
     );
+    // Every listener is open and every component built: tell systemd (Type=notify).
+    sdnotify::notify("READY=1");
+    if let Some(every) = sdnotify::watchdog_interval() {
+        tasks.spawn(sdnotify::watchdog(every));
+    }
     tokio::join!(http, async move {
         shutdown.await;
+        sdnotify::notify("STOPPING=1");
         let _ = stop_tx.send(true);
     });
     if let Some(m) = mqtt {
