@@ -172,6 +172,9 @@ pub struct Limits {
 pub struct DevicesConfig {
     /// The registry file; empty means `<stateDir>/devices.yaml`.
     pub registry: PathBuf,
+    /// Where verified logins are kept across restarts (a tmpfs: see `devices::logins`); empty
+    /// means `$RUNTIME_DIRECTORY` under systemd, memory only otherwise.
+    pub login_cache_dir: PathBuf,
     /// How long an app's call to a device waits for the device's reply.
     pub command_timeout: Dur,
     /// The pub/sub component device telemetry is published to.
@@ -450,6 +453,7 @@ impl Default for DevicesConfig {
     fn default() -> Self {
         DevicesConfig {
             registry: PathBuf::new(),
+            login_cache_dir: PathBuf::new(),
             command_timeout: Dur(Duration::from_secs(10)),
             telemetry_pubsub: "pubsub".into(),
             telemetry_topic: "telemetry".into(),
@@ -688,6 +692,12 @@ pub fn assemble(
         },
     };
     let cli = Path::new("<command line>");
+    if cfg.devices.login_cache_dir.as_os_str().is_empty()
+        && let Some(dir) =
+            env("RUNTIME_DIRECTORY").and_then(|d| d.split(':').next().map(PathBuf::from))
+    {
+        cfg.devices.login_cache_dir = dir;
+    }
     if let Some(t) = env("DAPR_API_TOKEN").filter(|t| !t.is_empty()) {
         cfg.http.api_token = t;
     }

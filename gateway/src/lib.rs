@@ -216,7 +216,11 @@ pub async fn run(
     );
     let device_registry = Arc::new(
         devices::Registry::open(cfg.device_registry(), cfg.app_ids())
-            .map_err(StartError::Devices)?,
+            .map_err(StartError::Devices)
+            .map(|r| match &cfg.devices.login_cache_dir {
+                d if d.as_os_str().is_empty() => r,
+                d => r.with_login_cache_in(d),
+            })?,
     );
     let presence = Arc::new(devices::Presence::default());
     let outbox_cfg = &cfg.devices.outbox;

@@ -28,6 +28,30 @@ enum Command {
     /// Manage the device registry (works whether or not the daemon runs; it picks up changes).
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Write the man pages (edgecar.1, edgecar-run.1, ...) into DIR; the package build runs it.
+    #[command(hide = true)]
+    Man {
+        /// Directory to write the pages into (created if missing).
+        dir: PathBuf,
+    },
+}
+
+/// Writes `edgecar.1` and one page per visible subcommand (`edgecar-run.1`, ...) into `dir`.
+fn man_pages(dir: &Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let write = |name: &str, page: clap::Command| -> std::io::Result<()> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        std::fs::write(dir.join(format!("{name}.1")), out)
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        // clap names are &'static str (its "string" feature is off); a few bytes, once.
+        let name: &'static str = Box::leak(format!("edgecar-{}", sub.get_name()).into_boxed_str());
+        write(name, sub.clone().name(name))?;
+    }
+    write("edgecar", cmd)
 }
 
 #[derive(Subcommand)]
@@ -484,5 +508,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Device(cmd)) => device(cmd),
+        Some(Command::Man { dir }) => match man_pages(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("edgecar man: {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
     }
 }
