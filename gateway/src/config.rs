@@ -97,6 +97,18 @@ pub struct Config {
     pub log: LogConfig,
     /// The admin listener: `/metrics` and the status page.
     pub metrics: MetricsConfig,
+    /// Trace export.
+    pub tracing: TracingConfig,
+}
+
+/// Trace export (OTLP over HTTP, protobuf). Off unless an endpoint is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`; empty: off.
+    pub otlp_endpoint: String,
+    /// `service.name` of the spans; empty: the app id.
+    pub service_name: String,
 }
 
 /// The admin listener (daprd's metrics port): `/metrics` and the status page. It asks for no
@@ -407,6 +419,7 @@ impl Default for Config {
             shutdown_timeout: Dur(Duration::from_secs(10)),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -615,6 +628,7 @@ fn parse_lenient(base: Config, text: &str, file: &Path) -> (Config, Vec<ConfigEr
             "shutdownTimeout" => section(v, &key, file, e).map(|x| cfg.shutdown_timeout = x),
             "log" => section(v, &key, file, e).map(|x| cfg.log = x),
             "metrics" => section(v, &key, file, e).map(|x| cfg.metrics = x),
+            "tracing" => section(v, &key, file, e).map(|x| cfg.tracing = x),
             other => {
                 e.push(ConfigError::new(
                     file,

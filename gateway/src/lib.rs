@@ -269,6 +269,22 @@ pub async fn run(
     } else {
         None
     };
+    let tracer = if cfg.tracing.otlp_endpoint.is_empty() {
+        None
+    } else {
+        let service = Some(cfg.tracing.service_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| cfg.app_id.clone());
+        let (tracer, export) =
+            observability::traces::Tracer::new(&cfg.tracing.otlp_endpoint, &service)
+                .map_err(|e| StartError::Components(vec![e]))?;
+        info!(endpoint = %cfg.tracing.otlp_endpoint, service = %service, "exporting traces over OTLP/HTTP");
+        Some((tracer, export))
+    };
+    let (tracer, trace_export) = match tracer {
+        Some((t, e)) => (Some(t), Some(e)),
+        None => (None, None),
+    };
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),
         state: StateBlock::new(registry.state, cfg.limits.clone(), component_calls.clone()),
@@ -294,9 +310,16 @@ pub async fn run(
             cfg.devices.telemetry_topic.clone(),
             cfg.devices.telemetry_linger.0,
         ),
-        metrics: Arc::new(observability::metrics::CallMetrics::new(&cfg.app_id)),
+        metrics: Arc::new(observability::metrics::CallMetrics::new(
+            &cfg.app_id,
+            cfg.metrics.enabled,
+        )),
+        tracer,
     });
     let mut tasks = JoinSet::new();
+    if let Some(export) = trace_export {
+        tasks.spawn(export);
+    }
     tasks.spawn(devices::watch(device_registry.clone(), RELOAD_POLL));
     tasks.spawn(forget_removed_devices(
         device_registry.clone(),

@@ -52,6 +52,8 @@ pub struct Runtime {
     pub telemetry: TelemetryBlock,
     /// Counters and latency histograms every call feeds (`/metrics` on the admin listener).
     pub metrics: Arc<CallMetrics>,
+    /// Spans for every call, when trace export is on.
+    pub tracer: Option<crate::observability::traces::Tracer>,
 }
 
 impl Runtime {
@@ -104,10 +106,22 @@ impl Runtime {
     }
 
     /// Runs one call along the request path; every call is counted and timed here, once.
-    pub async fn handle(&self, call: Call) -> Result<Reply, Error> {
+    pub async fn handle(&self, mut call: Call) -> Result<Reply, Error> {
         let started = Instant::now();
         let transport = call.params.transport;
         let op = call.op.name();
+        // With export on, the call continues as a child of the gateway's span.
+        let trace = self.tracer.as_ref().map(|t| {
+            let s = t.start(call.params.traceparent.as_deref());
+            let tp = s.traceparent();
+            // Forwarded headers (invocation, capabilities) carry it on too.
+            if matches!(call.op, Op::Invoke { .. } | Op::Capability { .. }) {
+                call.params.headers.retain(|(k, _)| k != "traceparent");
+                call.params.headers.push(("traceparent".into(), tp.clone()));
+            }
+            call.params.traceparent = Some(tp);
+            s
+        });
         let span = tracing::debug_span!(
             "call",
             transport = transport.as_str(),
@@ -117,6 +131,9 @@ impl Runtime {
         let result = self.dispatch(call).instrument(span).await;
         self.metrics
             .record(transport, op, &result, started.elapsed());
+        if let (Some(t), Some(s)) = (&self.tracer, trace) {
+            t.finish(s, op, transport, &result);
+        }
         result
     }
 

@@ -73,6 +73,9 @@ fn dapr_buckets() -> Histogram {
 
 /// The counters and histograms calls feed. Cheap to share: every family is reference-counted.
 pub struct CallMetrics {
+    /// Whether anything is recorded (`--enable-metrics=false` turns recording off with the
+    /// admin listener).
+    enabled: bool,
     /// The app id, Dapr's `app_id` label.
     app_id: String,
     calls: Family<CallLabels, Counter>,
@@ -85,9 +88,10 @@ pub struct CallMetrics {
 }
 
 impl CallMetrics {
-    /// Empty metrics for the gateway whose app id is `app_id`.
-    pub fn new(app_id: &str) -> Self {
+    /// Empty metrics for the gateway whose app id is `app_id`; `enabled: false` records nothing.
+    pub fn new(app_id: &str, enabled: bool) -> Self {
         CallMetrics {
+            enabled,
             app_id: app_id.to_owned(),
             calls: Family::default(),
             durations: Family::new_with_constructor(call_buckets),
@@ -114,6 +118,9 @@ impl CallMetrics {
         result: &Result<Reply, Error>,
         took: Duration,
     ) {
+        if !self.enabled {
+            return;
+        }
         self.total.fetch_add(1, Ordering::Relaxed);
         let outcome = match result {
             Ok(_) => "ok",
@@ -137,6 +144,9 @@ impl CallMetrics {
 
     /// Counts one HTTP request as Dapr's HTTP server does.
     pub fn http_served(&self, method: &str, status: u16, took: Duration) {
+        if !self.enabled {
+            return;
+        }
         let labels = DaprHttpLabels {
             app_id: self.app_id.clone(),
             method: method.to_owned(),
@@ -475,7 +485,7 @@ mod tests {
 
     #[test]
     fn calls_are_counted_by_transport_op_and_outcome() {
-        let m = CallMetrics::new("app");
+        let m = CallMetrics::new("app", true);
         m.record(
             Transport::Http,
             "state.get",
