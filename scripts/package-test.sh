@@ -24,7 +24,7 @@ for deb in "${debs[@]}"; do
   listing=$(dpkg-deb --contents "$deb")
   for f in ./usr/bin/edgecar ./usr/lib/systemd/system/edgecar.service ./etc/edgecar/edgecar.yaml \
            ./etc/edgecar/components/statestore.yaml ./etc/edgecar/components/pubsub.yaml \
-           ./usr/share/man/man1/edgecar.1 ./usr/share/man/man1/edgecar-run.1 \
+           ./usr/share/man/man1/edgecar.1.gz ./usr/share/man/man1/edgecar-run.1.gz \
            ./usr/share/doc/edgecar/README.md; do
     grep -q " $f\$" <<<"$listing" || fail "$deb lacks $f"
   done
@@ -51,7 +51,12 @@ echo 'root:x:0:' >"$root/etc/group"
 echo 'root:*:19000:0:99999:7:::' >"$root/etc/shadow"
 echo 'root:*::' >"$root/etc/gshadow"
 chmod 0640 "$root/etc/shadow" "$root/etc/gshadow"
-dpkg_root() { dpkg --root="$root" --force-script-chrootless --force-depends --log=/dev/null "$@"; }
+install -m 0755 /dev/null "$root/usr/sbin/nologin"
+# dpkg's complaints about the unregistered dependencies go to a file, shown if a step fails.
+dpkg_root() {
+  dpkg --root="$root" --force-script-chrootless --force-depends --log=/dev/null "$@" 2>"$root/dpkg.err" \
+    || { cat "$root/dpkg.err"; fail "dpkg $*"; }
+}
 
 dpkg_root -i "$deb" >/dev/null
 status=$(dpkg-query --admindir="$root/var/lib/dpkg" -W -f '${Status}' edgecar)

@@ -64,6 +64,7 @@ impl Runtime {
             devices_connected: self.devices.connected_count(),
             outbox_messages: self.devices.outbox_backlogs().await.values().sum(),
             capabilities: self.capabilities.status().await,
+            queues: self.pubsub.queue_depths().await,
         };
         metrics::encode(&self.metrics, &snap)
     }

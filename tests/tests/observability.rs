@@ -196,6 +196,16 @@ fn status_page_shows_the_running_gateways_figures_in_chromium() {
     for _ in 0..3 {
         ec.req("GET", "/v1.0/state/statestore/k", b"", &[]);
     }
+    // Two readings wait in the durable telemetry queue (kept for its consumer).
+    for _ in 0..2 {
+        let r = ec.req(
+            "POST",
+            "/v1.0/publish/pubsub/telemetry",
+            br#"{"t":21.5}"#,
+            &[("content-type", "application/json")],
+        );
+        assert_eq!(r.status, 204);
+    }
     let status = ec.admin("/status.json").json();
     let calls = status["calls"]["total"].as_u64().unwrap();
     assert!(calls >= 3, "{status}");
@@ -228,6 +238,7 @@ fn status_page_shows_the_running_gateways_figures_in_chromium() {
         "mqtt/3.1.1",
         "statestore",
         "state.sled",
+        "pubsub/telemetry",
     ] {
         assert!(
             dom.contains(needle),
@@ -235,6 +246,12 @@ fn status_page_shows_the_running_gateways_figures_in_chromium() {
         );
     }
     assert_eq!(tile("error"), "", "{dom}");
+    assert!(dom.contains("<td>pubsub/telemetry</td><td>2</td>"), "{dom}");
+    let metrics = ec.admin("/metrics").text();
+    assert!(
+        metrics.contains(r#"edgecar_queue_messages{pubsub="pubsub",topic="telemetry"} 2"#),
+        "{metrics}"
+    );
 
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/status-page.png");
     let _ = std::fs::remove_file(&shot);

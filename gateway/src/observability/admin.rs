@@ -159,6 +159,11 @@ impl Admin {
             "queues": {
                 "outboxes": backlogs.len(),
                 "outboxMessages": backlogs.values().sum::<u64>(),
+                "topics": rt.pubsub.queue_depths().await.into_iter().map(|(pubsub, topic, n)| json!({
+                    "pubsub": pubsub,
+                    "topic": topic,
+                    "depth": n,
+                })).collect::<Vec<_>>(),
             },
             "components": self.components.iter().map(|c| json!({
                 "name": c.name,

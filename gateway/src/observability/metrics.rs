@@ -14,6 +14,7 @@
 //! | `dapr_http_server_latency` | histogram, milliseconds | `app_id`, `method`, `status` (Dapr's name and unit) |
 //! | `edgecar_devices_registered`, `edgecar_devices_connected` | gauge | |
 //! | `edgecar_outbox_messages` | gauge | messages waiting in device outboxes (mailbox commands and events) |
+//! | `edgecar_queue_messages` | gauge | `pubsub`, `topic`: messages waiting in a `pubsub.sled` queue |
 //! | `edgecar_capability_*` | counter/gauge | see [`capability_metrics`] |
 //! | `process_*` | counter/gauge | CPU seconds, resident and virtual memory, open and max fds, start time (Linux `/proc`) |
 
@@ -193,6 +194,14 @@ pub struct Snapshot {
     pub outbox_messages: u64,
     /// The capability engine's status.
     pub capabilities: edgecar_capabilities::EngineStatus,
+    /// Messages waiting per (pub/sub, topic) in this process's queues.
+    pub queues: Vec<(String, String, u64)>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    pubsub: String,
+    topic: String,
 }
 
 fn gauge(registry: &mut Registry, name: &str, help: &str, v: i64) {
@@ -226,6 +235,20 @@ pub fn encode(calls: &CallMetrics, snap: &Snapshot) -> String {
         "edgecar_outbox_messages",
         "Messages waiting in device outboxes (mailbox commands and subscribed events)",
         i64::try_from(snap.outbox_messages).unwrap_or(i64::MAX),
+    );
+    let queues = Family::<QueueLabels, Gauge>::default();
+    for (pubsub, topic, n) in &snap.queues {
+        queues
+            .get_or_create(&QueueLabels {
+                pubsub: pubsub.clone(),
+                topic: topic.clone(),
+            })
+            .set(i64::try_from(*n).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "edgecar_queue_messages",
+        "Messages waiting in a durable pub/sub queue (pubsub.sled), by pub/sub and topic",
+        queues,
     );
     capability_metrics(&mut registry, &snap.capabilities);
     process_metrics(&mut registry);
@@ -508,6 +531,7 @@ mod tests {
                 capabilities: edgecar_capabilities::EngineStatus {
                     capabilities: vec![],
                 },
+                queues: vec![("pubsub".into(), "orders".into(), 3)],
             },
         );
         assert!(
@@ -528,6 +552,10 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("edgecar_devices_connected 1"), "{out}");
+        assert!(
+            out.contains(r#"edgecar_queue_messages{pubsub="pubsub",topic="orders"} 3"#),
+            "{out}"
+        );
         assert!(out.ends_with("# EOF\n"), "{out}");
     }
 
