@@ -88,7 +88,7 @@ fn main() {
         .unwrap_or(10_000);
     let limit = open_files_limit();
     assert!(
-        limit >= n as u64 * 2 + 256,
+        limit >= n as u64 + 256,
         "open files limit {limit} is too low for {n} devices: run through scripts/bench.sh (it raises it)"
     );
     let dir = tempfile::tempdir().expect("tempdir");
