@@ -41,8 +41,8 @@ if ((${#need[@]})); then
 fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
-# --- appliance: cargo-deb builds the packages (a minute to compile once, then cached in ~/.cargo/bin).
-command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
+# --- appliance: cargo-deb builds the packages (a few minutes to compile once, then ~/.cargo/bin).
+command -v cargo-deb >/dev/null || cargo install --locked cargo-deb --version 3.8.0
 # --- end appliance
 installed_targets=$(rustup target list --installed)
 for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
