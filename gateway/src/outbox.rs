@@ -286,6 +286,11 @@ impl Outbox {
         }
     }
 
+    /// Whether `device` has an outbox on disk (opened this run or not).
+    pub fn has_outbox(&self, device: &str) -> bool {
+        lock(&self.known).contains(device)
+    }
+
     /// Messages held per device, for the outboxes opened since start (devices never connected
     /// nor sent anything this run are not read from disk for this).
     pub async fn open_backlogs(&self) -> HashMap<String, u64> {

@@ -247,6 +247,13 @@ fn status_page_shows_the_running_gateways_figures_in_chromium() {
     }
     assert_eq!(tile("error"), "", "{dom}");
     assert!(dom.contains("<td>pubsub/telemetry</td><td>2</td>"), "{dom}");
+    // No outbox yet: a backlog of 0 rather than unknown.
+    assert!(
+        dom.contains(
+            "<td>pump-7</td><td class=\"bad\">no</td><td>–</td><td>0</td><td>–</td><td>0</td>"
+        ),
+        "{dom}"
+    );
     let metrics = ec.admin("/metrics").text();
     assert!(
         metrics.contains(r#"edgecar_queue_messages{pubsub="pubsub",topic="telemetry"} 2"#),

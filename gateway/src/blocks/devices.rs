@@ -400,7 +400,8 @@ impl DevicesBlock {
     }
 
     /// Up to `limit` devices for the status page, connected ones first, each with presence and
-    /// its outbox backlog (`null` when its outbox has not been opened since start).
+    /// its outbox backlog (0 without an outbox; `null` when its outbox is on disk but has not
+    /// been opened since start, so it is not read just to be shown).
     pub async fn status_rows(&self, limit: usize) -> Vec<serde_json::Value> {
         let devices = self.registry.snapshot();
         let backlogs = self.outbox_backlogs().await;
@@ -409,7 +410,11 @@ impl DevicesBlock {
             .map(|(id, d)| {
                 let s = self.presence.get(id);
                 let mut row = status_json(id, &s, d.added_at.as_deref());
-                row["backlog"] = json!(backlogs.get(id));
+                let backlog = backlogs.get(id).copied().or_else(|| {
+                    let q = self.queued.as_ref()?;
+                    (!q.outbox.has_outbox(id)).then_some(0)
+                });
+                row["backlog"] = json!(backlog);
                 (s.connections > 0, row)
             })
             .collect();
