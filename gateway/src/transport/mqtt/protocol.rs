@@ -372,6 +372,7 @@ fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result
         }
     };
     params.traceparent = msg.props.user("traceparent").map(str::to_owned);
+    params.transport = crate::call::Transport::Mqtt;
     Ok(Call {
         caller: Caller::Device {
             id: device.to_owned(),
@@ -406,6 +407,7 @@ pub fn telemetry_call(
         params: Params {
             content_type,
             traceparent,
+            transport: crate::call::Transport::Mqtt,
             ..Default::default()
         },
     }
