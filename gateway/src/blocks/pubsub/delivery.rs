@@ -243,10 +243,13 @@ impl AppChannel {
     pub async fn wait_until_up(&self, stop: &mut Stop) -> bool {
         let mut logged = false;
         loop {
-            if tokio::net::TcpStream::connect(&self.authority)
-                .await
-                .is_ok()
-            {
+            let up = match &self.grpc {
+                Some(cb) => cb.healthy().await,
+                None => tokio::net::TcpStream::connect(&self.authority)
+                    .await
+                    .is_ok(),
+            };
+            if up {
                 return true;
             }
             if !logged {
