@@ -3,7 +3,7 @@
 #   1. installs the test peers and cross toolchains that are missing (apt),
 #   2. quality gates: rustfmt and clippy with -D warnings,
 #   3. unit and end-to-end tests (real edgecar, real redis-server, the official Dapr JavaScript
-#      and Python SDKs),
+#      and Python SDKs over HTTP and gRPC, and an app written with the Python SDK's dapr.ext.grpc),
 #   4. the appliance guard: ARM cross-builds, a qemu smoke test, and the TLS-provider check,
 #   5. the packages: .deb for amd64, arm64 and armhf from those release builds, installed,
 #      removed and purged in a scratch root (the unit verified there by systemd-analyze),
@@ -59,6 +59,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "Dapr JS SDK for the SDK tests"
 npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 
+# --- issue 13 (gRPC): tests/python/requirements.txt pins dapr[grpc] (DaprClient over gRPC and
+# dapr.ext.grpc for the gRPC app test); tests/js's @dapr/dapr runs in GRPC mode too. A venv made
+# from an older requirements file is updated by the comparison below.
 step "Dapr Python SDK for the SDK tests"
 if [ ! -x target/python-sdk/bin/python ] || ! cmp -s tests/python/requirements.txt target/python-sdk/requirements.txt; then
   python3 -m venv target/python-sdk 2>/dev/null || {

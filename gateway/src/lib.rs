@@ -8,7 +8,7 @@
 //! Every request takes one path, whatever transport brought it:
 //!
 //! ```text
-//! transport (http, mqtt) --> Call{caller, op, body} --> policy::authorize --> block (state, ...) --> component
+//! transport (http, grpc, mqtt) --> Call{caller, op, body} --> policy::authorize --> block (state, ...) --> component
 //!        ^                                                                                          |
 //!        +----------------------------------- Reply / Error <---------------------------------------+
 //! ```
@@ -18,8 +18,8 @@
 //! - [`call`]: the request path's vocabulary ([`Call`], [`Caller`], [`Op`], [`Reply`]).
 //! - [`error`]: the one error type; [`api`] alone maps it to HTTP statuses.
 //! - [`clock`]: Unix milliseconds and RFC 3339 text.
-//! - [`transport`]: wire formats to calls: HTTP (apps), MQTT (the device endpoint, or the same
-//!   protocol through an external broker).
+//! - [`transport`]: wire formats to calls: HTTP and gRPC (apps, and gRPC apps' callbacks), MQTT
+//!   (the device endpoint, or the same protocol through an external broker).
 //! - [`devices`]: the device registry (hashed credentials, hot-reloaded) and presence.
 //! - [`policy`]: what a caller may do.
 //! - [`blocks`]: Dapr semantics (state, pub/sub, invocation, bindings, secrets, configuration,

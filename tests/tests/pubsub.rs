@@ -744,3 +744,101 @@ fn bulk_publish_is_bounded_by_max_bulk_items() {
     );
     assert!(r.text().contains("maxBulkItems"), "{}", r.text());
 }
+
+#[test]
+fn bulk_subscriptions_deliver_batches_and_honour_each_entrys_status() {
+    use edgecar_tests::{AppResponse, TestApp};
+    // The app subscribes with bulkSubscribe and answers every entry SUCCESS except the
+    // event with n == 3, which it drops.
+    let app = TestApp::start(|r| match r.path.as_str() {
+        "/dapr/subscribe" => AppResponse::new(
+            200,
+            r#"[{"pubsubname":"pubsub","topic":"batched","route":"/batched",
+                "bulkSubscribe":{"enabled":true,"maxMessagesCount":10,"maxAwaitDurationMs":500}}]"#,
+        )
+        .header("content-type", "application/json"),
+        "/batched" => {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            let statuses: Vec<_> = v["entries"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|e| {
+                    let status = if e["event"]["data"]["n"] == 3 {
+                        "DROP"
+                    } else {
+                        "SUCCESS"
+                    };
+                    serde_json::json!({"entryId": e["entryId"], "status": status})
+                })
+                .collect();
+            AppResponse::new(200, serde_json::json!({ "statuses": statuses }).to_string())
+                .header("content-type", "application/json")
+        }
+        _ => AppResponse::new(404, ""),
+    });
+    let (dir, res) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_component(res.path(), "pubsub", "pubsub.sled", &[]);
+    let ec = Edgecar::start(
+        dir.path(),
+        &[
+            "--app-port",
+            &app.port.to_string(),
+            "--resources-path",
+            res.path().to_str().unwrap(),
+        ],
+    );
+    eventually(Duration::from_secs(20), "healthz ready", || {
+        (ec.req("GET", "/v1.0/healthz", b"", &[]).status == 204).then_some(())
+    });
+    let entries: Vec<_> = (1..=6)
+        .map(|n| serde_json::json!({"entryId": n.to_string(), "event": {"n": n}, "contentType": "application/json"}))
+        .collect();
+    let r = ec.req(
+        "POST",
+        "/v1.0-alpha1/publish/bulk/pubsub/batched",
+        serde_json::Value::from(entries).to_string().as_bytes(),
+        &[("content-type", "application/json")],
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let batches = eventually(Duration::from_secs(20), "six events in batches", || {
+        let got: Vec<serde_json::Value> = app
+            .received()
+            .iter()
+            .filter(|r| r.path == "/batched")
+            .map(|r| serde_json::from_slice(&r.body).unwrap())
+            .collect();
+        let n: usize = got
+            .iter()
+            .map(|b| b["entries"].as_array().unwrap().len())
+            .sum();
+        (n >= 6).then_some(got)
+    });
+    assert!(
+        batches.len() < 6,
+        "events came one per request, not in batches: {} requests",
+        batches.len()
+    );
+    for b in &batches {
+        assert_eq!(b["type"], "com.dapr.event.sent.bulk");
+        assert_eq!(b["pubsubname"], "pubsub");
+        assert_eq!(b["topic"], "batched");
+        assert_eq!(b["entries"][0]["event"]["specversion"], "1.0");
+    }
+    // Every entry was answered (SUCCESS or DROP): nothing comes back after the redelivery
+    // interval (5 s for pubsub.sled).
+    std::thread::sleep(Duration::from_secs(6));
+    let again: usize = app
+        .received()
+        .iter()
+        .filter(|r| r.path == "/batched")
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["entries"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(again, 6, "answered entries were redelivered");
+}

@@ -97,6 +97,9 @@ pub trait AppCallbacks: Send + Sync {
     /// One topic event (`OnTopicEvent`): the CloudEvent JSON and the route it matched; the
     /// answer as an HTTP app gives it (`{"status": "SUCCESS" | "RETRY" | "DROP"}`).
     async fn topic_event(&self, path: &str, event: Bytes) -> Result<AppReply, String>;
+    /// Whether the app answers its health check (`AppCallbackHealthCheck`); an app without
+    /// one counts as healthy once it answers at all.
+    async fn healthy(&self) -> bool;
     /// An input binding event (`OnBindingEvent`).
     async fn binding_event(
         &self,

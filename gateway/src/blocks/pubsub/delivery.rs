@@ -243,10 +243,13 @@ impl AppChannel {
     pub async fn wait_until_up(&self, stop: &mut Stop) -> bool {
         let mut logged = false;
         loop {
-            if tokio::net::TcpStream::connect(&self.authority)
-                .await
-                .is_ok()
-            {
+            let up = match &self.grpc {
+                Some(cb) => cb.healthy().await,
+                None => tokio::net::TcpStream::connect(&self.authority)
+                    .await
+                    .is_ok(),
+            };
+            if up {
                 return true;
             }
             if !logged {
@@ -322,6 +325,111 @@ pub struct Deliverer {
     pub breaker: Option<Mutex<CircuitBreaker>>,
     /// Edgecar is stopping: give up waiting and leave the message to the broker.
     pub stop: Stop,
+    /// The batcher of a bulk subscription (HTTP apps), fed one event per message.
+    batch: Option<tokio::sync::mpsc::Sender<BatchEntry>>,
+}
+
+/// What the app said about one entry of a bulk delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BulkStatus {
+    Success,
+    Retry,
+    Drop,
+}
+
+/// One event waiting for its batch.
+struct BatchEntry {
+    path: String,
+    event: Json,
+    done: tokio::sync::oneshot::Sender<BulkStatus>,
+}
+
+/// Collects a bulk subscription's events into batches (up to `maxMessagesCount`, waiting at most
+/// `maxAwaitDurationMs` after the first) and POSTs each batch to its route as daprd does:
+/// `{"entries": [{"entryId", "event", "metadata", "contentType"}], "id", "pubsubname", "topic",
+/// "type": "com.dapr.event.sent.bulk", "metadata"}`, reading `{"statuses": [{"entryId",
+/// "status"}]}` back. Ends when its deliverer is dropped.
+async fn batcher(
+    app: AppChannel,
+    sub: Subscription,
+    bulk: super::subscription::Bulk,
+    timeout: Option<Duration>,
+    mut rx: tokio::sync::mpsc::Receiver<BatchEntry>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + bulk.max_await;
+        while batch.len() < bulk.max_messages {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(e)) => batch.push(e),
+                _ => break,
+            }
+        }
+        let mut by_path: HashMap<String, Vec<BatchEntry>> = HashMap::new();
+        for e in batch {
+            by_path.entry(e.path.clone()).or_default().push(e);
+        }
+        for (path, entries) in by_path {
+            let ids: Vec<String> = entries
+                .iter()
+                .map(|_| uuid::Uuid::new_v4().to_string())
+                .collect();
+            let body = serde_json::json!({
+                "entries": entries.iter().zip(&ids).map(|(e, id)| serde_json::json!({
+                    "entryId": id,
+                    "event": e.event,
+                    "metadata": {},
+                    "contentType": "application/cloudevents+json",
+                })).collect::<Vec<_>>(),
+                "id": uuid::Uuid::new_v4().to_string(),
+                "metadata": {},
+                "pubsubname": sub.pubsub,
+                "topic": sub.topic,
+                "type": "com.dapr.event.sent.bulk",
+            });
+            let headers = [("content-type", "application/json".to_owned())];
+            let answer = app
+                .send(
+                    Method::POST,
+                    &path,
+                    Bytes::from(body.to_string()),
+                    &headers,
+                    timeout,
+                )
+                .await;
+            let statuses: HashMap<String, BulkStatus> = match &answer {
+                Ok(a) if a.status.is_success() => serde_json::from_slice::<Json>(&a.body)
+                    .ok()
+                    .and_then(|v| v.get("statuses").and_then(Json::as_array).cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|s| {
+                        let id = s.get("entryId")?.as_str()?.to_owned();
+                        let st = match s.get("status")?.as_str()?.to_ascii_uppercase().as_str() {
+                            "SUCCESS" => BulkStatus::Success,
+                            "DROP" => BulkStatus::Drop,
+                            _ => BulkStatus::Retry,
+                        };
+                        Some((id, st))
+                    })
+                    .collect(),
+                Ok(a) => {
+                    warn!(pubsub = %sub.pubsub, topic = %sub.topic, status = a.status.as_u16(), entries = ids.len(), "the app refused a bulk delivery; its events will be redelivered");
+                    HashMap::new()
+                }
+                Err(e) => {
+                    warn!(pubsub = %sub.pubsub, topic = %sub.topic, error = %e, entries = ids.len(), "bulk delivery failed; its events will be redelivered");
+                    HashMap::new()
+                }
+            };
+            for (e, id) in entries.into_iter().zip(&ids) {
+                // An entry the app did not answer for is retried, as daprd does.
+                let _ = e
+                    .done
+                    .send(statuses.get(id).copied().unwrap_or(BulkStatus::Retry));
+            }
+        }
+    }
 }
 
 impl Deliverer {
@@ -337,6 +445,12 @@ impl Deliverer {
             .circuit_breaker
             .clone()
             .map(|p| Mutex::new(CircuitBreaker::new(p, Instant::now())));
+        // gRPC apps get events one by one (OnBulkTopicEventAlpha1 is not called yet).
+        let batch = sub.bulk.clone().filter(|_| app.grpc.is_none()).map(|bulk| {
+            let (tx, rx) = tokio::sync::mpsc::channel(bulk.max_messages);
+            tokio::spawn(batcher(app.clone(), sub.clone(), bulk, policy.timeout, rx));
+            tx
+        });
         Deliverer {
             block,
             app,
@@ -344,6 +458,7 @@ impl Deliverer {
             policy,
             breaker,
             stop,
+            batch,
         }
     }
 
@@ -507,6 +622,18 @@ impl Handler for Deliverer {
                 return self.dead_letter_or_drop(&msg, "routing failed").await;
             }
         };
+        if let Some(batch) = &self.batch {
+            let (done, status) = tokio::sync::oneshot::channel();
+            if batch.send(BatchEntry { path, event, done }).await.is_err() {
+                return Outcome::Nack;
+            }
+            return match status.await {
+                Ok(BulkStatus::Success) => Outcome::Ack,
+                Ok(BulkStatus::Drop) => self.dead_letter_or_drop(&msg, "app answered DROP").await,
+                // RETRY: the component redelivers it after its redelivery interval.
+                _ => Outcome::Nack,
+            };
+        }
         let mut backoff = self.policy.retry.backoff(Instant::now());
         let mut stop = self.stop.clone();
         loop {
@@ -574,11 +701,15 @@ impl Consumers {
             event_ttl: f.event_ttl,
             app: std::sync::OnceLock::new(),
         });
+        let mut concurrency = 1;
         if let Some(a) = app {
+            concurrency = a.sub.bulk.as_ref().map_or(1, |b| b.max_messages);
             // Set before the consumer starts: no message may pass without the app.
             let _ = handler.app.set(a);
         }
-        let started = self.consume(pubsub, topic, handler.clone()).await;
+        let started = self
+            .consume_at_least(pubsub, topic, handler.clone(), concurrency)
+            .await;
         if started {
             self.handlers.insert(key, handler);
         }
@@ -586,14 +717,21 @@ impl Consumers {
     }
 
     /// Starts a consumer of `topic` of `pubsub` that hands every message to `handler`.
-    async fn consume(&mut self, pubsub: &str, topic: &str, handler: Arc<dyn Handler>) -> bool {
+    /// At least `concurrency` messages are in flight (a bulk subscription needs a batch's worth).
+    async fn consume_at_least(
+        &mut self,
+        pubsub: &str,
+        topic: &str,
+        handler: Arc<dyn Handler>,
+        concurrency: usize,
+    ) -> bool {
         let Some(component) = self.block.component(pubsub) else {
             warn!(%pubsub, %topic, "subscription names an unknown pub/sub component; ignored");
             return false;
         };
         let req = SubscribeRequest {
             topic: topic.to_owned(),
-            max_concurrency: component.concurrency,
+            max_concurrency: component.concurrency.max(concurrency),
             app_id: self.block.app_id().to_owned(),
         };
         match component
@@ -767,7 +905,10 @@ async fn start_app(consumers: &mut Consumers, deliverer: Arc<Deliverer>) -> bool
     if consumers.feed.is_some() {
         return consumers.ensure(&pubsub, &topic, Some(deliverer)).await;
     }
-    consumers.consume(&pubsub, &topic, deliverer).await
+    let concurrency = deliverer.sub.bulk.as_ref().map_or(1, |b| b.max_messages);
+    consumers
+        .consume_at_least(&pubsub, &topic, deliverer, concurrency)
+        .await
 }
 
 #[cfg(test)]

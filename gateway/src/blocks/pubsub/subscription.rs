@@ -68,6 +68,28 @@ pub struct Subscription {
     pub kind: Kind,
     /// Where it was read from, for logs.
     pub source: String,
+    /// Dapr's `bulkSubscribe`: when enabled, events reach the app in batches.
+    pub bulk: Option<Bulk>,
+}
+
+/// Dapr's `bulkSubscribe` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bulk {
+    /// Most events in one batch (`maxMessagesCount`, default 100).
+    pub max_messages: usize,
+    /// Longest a batch waits to fill (`maxAwaitDurationMs`, default 1000).
+    pub max_await: std::time::Duration,
+}
+
+impl Bulk {
+    /// Reads `bulkSubscribe` given as (enabled, maxMessagesCount, maxAwaitDurationMs); `None`
+    /// unless enabled.
+    fn from_fields(enabled: bool, max: Option<u64>, wait_ms: Option<u64>) -> Option<Bulk> {
+        enabled.then(|| Bulk {
+            max_messages: max.filter(|n| *n > 0).unwrap_or(100).min(1000) as usize,
+            max_await: std::time::Duration::from_millis(wait_ms.unwrap_or(1000).min(60_000)),
+        })
+    }
 }
 
 impl Subscription {
@@ -345,6 +367,11 @@ fn parse_declarative(
     if !scopes.is_empty() && !scopes.iter().any(|s| s == app_id) {
         return None;
     }
+    let bulk = spec.get("bulkSubscribe").and_then(|b| {
+        let num = |k: &str| yaml_str(b.get(k)).and_then(|s| s.parse::<u64>().ok());
+        let enabled = yaml_str(b.get("enabled")).is_some_and(|s| s == "true");
+        Bulk::from_fields(enabled, num("maxMessagesCount"), num("maxAwaitDurationMs"))
+    });
     Some(Subscription {
         pubsub: pubsub?,
         topic: topic?,
@@ -353,6 +380,7 @@ fn parse_declarative(
         metadata,
         kind: Kind::Declarative,
         source: source.display().to_string(),
+        bulk,
     })
 }
 
@@ -457,6 +485,12 @@ pub fn parse_programmatic(body: &[u8]) -> (Vec<Subscription>, Vec<String>) {
                 .collect(),
             _ => HashMap::new(),
         };
+        let bulk = f.get("bulksubscribe").and_then(|b| {
+            let b = lower_keys(b);
+            let num = |k: &str| b.get(k).and_then(|v| v.as_u64());
+            let enabled = b.get("enabled").and_then(|v| v.as_bool()) == Some(true);
+            Bulk::from_fields(enabled, num("maxmessagescount"), num("maxawaitdurationms"))
+        });
         subs.push(Subscription {
             pubsub,
             topic,
@@ -465,6 +499,7 @@ pub fn parse_programmatic(body: &[u8]) -> (Vec<Subscription>, Vec<String>) {
             metadata,
             kind: Kind::Programmatic,
             source: "/dapr/subscribe".into(),
+            bulk,
         });
     }
     (subs, errors)

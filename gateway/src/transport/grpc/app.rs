@@ -1,7 +1,7 @@
 //! The app's side of gRPC (`--app-protocol grpc`): edgecar calls the app's `AppCallback`
 //! service, as daprd does, for invocations (`OnInvoke`), its subscriptions
-//! (`ListTopicSubscriptions`), topic events (`OnTopicEvent`) and input binding events
-//! (`OnBindingEvent`).
+//! (`ListTopicSubscriptions`), topic events (`OnTopicEvent`), input binding events
+//! (`OnBindingEvent`), and `AppCallbackHealthCheck` before subscribing.
 //!
 //! It implements the blocks' [`AppCallbacks`] with their neutral shapes (HTTP-style answers,
 //! Dapr's JSON), so the invocation, pub/sub and bindings blocks stay free of gRPC. One lazily
@@ -22,6 +22,8 @@ type Client = rt::app_callback_client::AppCallbackClient<Channel>;
 /// The local app's `AppCallback` service.
 pub struct GrpcApp {
     client: Client,
+    /// The same connection, for `AppCallbackHealthCheck`.
+    channel: Channel,
 }
 
 impl GrpcApp {
@@ -36,8 +38,10 @@ impl GrpcApp {
             .map_err(|e| format!("app address {host}:{port}: {e}"))?
             .connect_timeout(std::time::Duration::from_secs(5))
             .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
         Ok(GrpcApp {
-            client: Client::new(endpoint.connect_lazy()).max_decoding_message_size(16 << 20),
+            client: Client::new(channel.clone()).max_decoding_message_size(16 << 20),
+            channel,
         })
     }
 }
@@ -207,6 +211,14 @@ impl AppCallbacks for GrpcApp {
                 })
             }
             Err(s) => answer(s),
+        }
+    }
+
+    async fn healthy(&self) -> bool {
+        type Health = rt::app_callback_health_check_client::AppCallbackHealthCheckClient<Channel>;
+        match Health::new(self.channel.clone()).health_check(()).await {
+            Ok(_) => true,
+            Err(s) => s.code() == tonic::Code::Unimplemented,
         }
     }
 
