@@ -456,10 +456,22 @@ fn run(args: &RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // On embedded defaults (no edgecar.yaml, no --mqtt-port: e.g. in daprd's place under
+        // `dapr run`), a broker already on 1883 does not stop the Dapr API: the device endpoint
+        // stays off, loudly. A port the operator chose must be free.
+        let default_mqtt = args.mqtt_port.is_none()
+            && args
+                .config
+                .as_deref()
+                .is_none_or(edgecar::config::is_dapr_configuration);
         let mqtt = if cfg.mqtt.enabled && cfg.mqtt.mode == config::MqttMode::Embedded {
             let addr = SocketAddr::new(cfg.mqtt.address, cfg.mqtt.port);
             match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => Some(l),
+                Err(e) if default_mqtt && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tracing::warn!(%addr, "MQTT device endpoint NOT started: the default port is in use (another broker?); set mqtt.port or --mqtt-port to serve devices");
+                    None
+                }
                 Err(e) => {
                     eprintln!(
                         "edgecar: cannot listen on {addr} (mqtt): {e} \

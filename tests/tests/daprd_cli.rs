@@ -69,6 +69,7 @@ fn edgecar_run_takes_the_flag_list_dapr_run_gives_daprd() {
     let ec = Edgecar::start_exact(state.path(), &args);
     assert_eq!(ec.port, http, "the HTTP API is on --dapr-http-port");
     assert_eq!(ec.grpc_port, grpc, "the gRPC API is on --dapr-grpc-port");
+    assert_eq!(ec.admin_port, metrics, "metrics are on --metrics-port");
     assert!(
         TcpStream::connect_timeout(&([127, 0, 0, 1], grpc).into(), Duration::from_secs(2)).is_ok()
     );
@@ -80,7 +81,6 @@ fn edgecar_run_takes_the_flag_list_dapr_run_gives_daprd() {
     for flag in [
         "--placement-host-address",
         "--scheduler-host-address",
-        "--metrics-port",
         "--dapr-internal-grpc-port",
     ] {
         let n = log.matches(&format!("not acted on: {flag}")).count();
@@ -90,6 +90,7 @@ fn edgecar_run_takes_the_flag_list_dapr_run_gives_daprd() {
         "--app-id",
         "--app-port",
         "--dapr-grpc-port",
+        "--metrics-port",
         "--app-max-concurrency",
         "--profile-port",
     ] {
