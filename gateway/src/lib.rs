@@ -91,6 +91,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// The MQTT device endpoint, when enabled.
     pub mqtt: Option<TcpListener>,
+    /// The QUIC device endpoint's UDP socket, when enabled.
+    pub quic: Option<std::net::UdpSocket>,
 }
 
 /// Why the gateway could not start.
@@ -111,6 +113,9 @@ pub enum StartError {
     /// The external broker settings cannot be used (e.g. the password file went missing).
     #[error("mqtt.broker: {0}")]
     Broker(String),
+    /// The QUIC endpoint's certificate could not be made or loaded, or its socket used.
+    #[error("quic: {0}")]
+    Quic(String),
 }
 
 /// How often resource directories are checked for edited capability manifests, and the device
@@ -285,10 +290,16 @@ pub async fn run(
         )
     };
     let hub = Arc::new(Hub::new(transport::mqtt::Endpoint::hub_limits(&cfg.mqtt)));
+    // Every device link, and per device the one it is on (MQTT, QUIC).
+    let links = Arc::new(devices::link::Links::default());
     if listeners.mqtt.is_some() {
-        devices_block.set_link(hub.clone());
+        links.add(hub.clone());
         hub.set_outbox(outbox.clone());
     }
+    let quic_link = listeners
+        .quic
+        .as_ref()
+        .map(|_| transport::quic::Endpoint::new_link(&cfg.quic));
     let presence_events = (!cfg.devices.presence_topic.is_empty())
         .then(|| presence.events())
         .flatten();
@@ -297,11 +308,18 @@ pub async fn run(
         let settings =
             transport::broker::BrokerSettings::from_config(&cfg).map_err(StartError::Broker)?;
         let (link, events) = transport::broker::connect(&settings);
-        devices_block.set_link(link.clone());
+        // Before QUIC's, so that commands to devices not on QUIC go through the broker.
+        links.add(link.clone());
         Some((settings, link, events))
     } else {
         None
     };
+    if let Some(l) = &quic_link {
+        links.add(l.clone());
+    }
+    if !links.is_empty() {
+        devices_block.set_link(Arc::new(CurrentLink(links.clone())));
+    }
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),
         state: StateBlock::new(registry.state, cfg.limits.clone(), component_calls.clone()),
@@ -425,6 +443,34 @@ pub async fn run(
             cfg.shutdown_timeout.0,
         ))
     });
+    let quic = match (listeners.quic, quic_link) {
+        (Some(socket), Some(link)) => {
+            let id = transport::quic::cert::identity(&cfg).map_err(StartError::Quic)?;
+            let crypto = transport::quic::cert::server_crypto(&id.tls).map_err(StartError::Quic)?;
+            let endpoint = transport::quic::endpoint(socket, crypto, &cfg.quic)
+                .map_err(|e| StartError::Quic(e.to_string()))?;
+            if let Ok(addr) = endpoint.local_addr() {
+                info!(%addr, certificate = %id.tls.cert_file.display(), source = ?id.source, fingerprint = %id.fingerprint,
+                      client_certs = id.tls.client_certs(), "QUIC device endpoint listening");
+            }
+            let ep = Arc::new(transport::quic::Endpoint {
+                runtime: runtime.clone(),
+                registry: device_registry.clone(),
+                presence: presence.clone(),
+                links: links.clone(),
+                link,
+                budgets: hub.budgets(),
+                cfg: cfg.quic.clone(),
+            });
+            Some(tokio::spawn(transport::quic::serve(
+                endpoint,
+                ep,
+                stop_rx.clone(),
+                cfg.shutdown_timeout.0,
+            )))
+        }
+        _ => None,
+    };
     let broker = broker.map(|(settings, link, events)| {
         info!(broker = ?settings, devices = device_registry.snapshot().len(), "devices are served through an external MQTT broker");
         let served = transport::broker::Served {
@@ -466,6 +512,9 @@ pub async fn run(
     if let Some(m) = mqtt {
         let _ = m.await;
     }
+    if let Some(q) = quic {
+        let _ = q.await;
+    }
     if let Some(b) = broker {
         let _ = b.await;
     }
@@ -483,6 +532,44 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
+}
+
+/// The device layer's one link, until `DevicesBlock` holds [`devices::link::Links`] itself: each
+/// call goes to the link the device is on now (MQTT or QUIC), or, for a device that is away, to
+/// the first link, whose refusal says why.
+struct CurrentLink(Arc<devices::link::Links>);
+
+#[async_trait::async_trait]
+impl devices::link::DeviceLink for CurrentLink {
+    fn kind(&self) -> &'static str {
+        "any"
+    }
+
+    fn connected(&self, device: &str) -> bool {
+        self.0.of(device).is_some()
+    }
+
+    async fn command(
+        &self,
+        device: &str,
+        cmd: devices::link::Command,
+    ) -> Result<devices::link::CommandReply, devices::link::LinkError> {
+        match self.0.of(device).or_else(|| self.0.any()) {
+            Some(link) => link.command(device, cmd).await,
+            None => Err(devices::link::LinkError::NotConnected(device.to_owned())),
+        }
+    }
+
+    fn deliver(
+        &self,
+        device: &str,
+        msg: devices::link::DeviceMessage,
+        receipt: Arc<outbox::Receipt>,
+    ) -> bool {
+        self.0
+            .of(device)
+            .is_some_and(|link| link.deliver(device, msg, receipt))
+    }
 }
 
 /// Publishes device connect/disconnect events as CloudEvents whose source is the device.

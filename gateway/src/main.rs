@@ -126,6 +126,10 @@ struct RunArgs {
     /// Port of the MQTT device endpoint (default 1883; 0 picks a free port).
     #[arg(long, value_name = "PORT")]
     mqtt_port: Option<u16>,
+    /// UDP port of the QUIC device endpoint; turns it on (default: quic.enabled, port 4433; 0
+    /// picks a free port).
+    #[arg(long, value_name = "PORT")]
+    quic_port: Option<u16>,
 }
 
 impl RunArgs {
@@ -142,6 +146,7 @@ impl RunArgs {
             max_body_size: self.max_body_size.clone(),
             log_level: self.log_level.clone(),
             mqtt_port: self.mqtt_port,
+            quic_port: self.quic_port,
         }
     }
 }
@@ -273,7 +278,22 @@ fn run(args: &RunArgs) -> ExitCode {
         } else {
             None
         };
-        let listeners = edgecar::Listeners { http, mqtt };
+        let quic = if cfg.quic.enabled {
+            let addr = SocketAddr::new(cfg.quic.address, cfg.quic.port);
+            match std::net::UdpSocket::bind(addr) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!(
+                        "edgecar: cannot listen on {addr} (quic, UDP): {e} \
+                         (set quic.port, --quic-port, or quic.enabled: false)"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
+        let listeners = edgecar::Listeners { http, mqtt, quic };
         match edgecar::run(cfg, setup, listeners, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
