@@ -268,34 +268,7 @@ impl Session {
         q: &QuicOptions,
         inbound: Inbound,
     ) -> Result<Session, Error> {
-        let addr: SocketAddr = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| Error::Connection(format!("{host}: {e}")))?
-            .next()
-            .ok_or_else(|| Error::Connection(format!("{host}: no address")))?;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls(q)?)
-            .map_err(|e| Error::Connection(e.to_string()))?;
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .keep_alive_interval(Some(keep_alive.min(Duration::from_secs(10))))
-            .max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(30)).ok())
-            .max_concurrent_bidi_streams(VarInt::from_u32(16))
-            .max_concurrent_uni_streams(VarInt::from_u32(0));
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(transport));
-        let bind: SocketAddr = if addr.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            ([0u16; 8], 0).into()
-        };
-        let endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| Error::Connection(e.to_string()))?;
-        let name = q.server_name.clone().unwrap_or_else(|| host.to_owned());
-        let conn = endpoint
-            .connect_with(config, addr, &name)
-            .map_err(|e| Error::Connection(e.to_string()))?
-            .await
-            .map_err(|e| connection_error(&e))?;
+        let (endpoint, conn) = handshake(host, port, keep_alive, q).await?;
         // The first stream authenticates (with a certificate, the password may be empty).
         let mut params = BTreeMap::new();
         if !device.is_empty() {
@@ -383,6 +356,49 @@ impl Session {
         self.conn.close(VarInt::from_u32(0), b"done");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
+}
+
+/// The TLS and QUIC handshake alone (no `auth` request yet): the endpoint and the connection,
+/// for programs (and tests) that speak the stream protocol themselves.
+pub async fn handshake(
+    host: &str,
+    port: u16,
+    keep_alive: Duration,
+    q: &QuicOptions,
+) -> Result<(quinn::Endpoint, quinn::Connection), Error> {
+    let addr: SocketAddr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| Error::Connection(format!("{host}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Connection(format!("{host}: no address")))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls(q)?)
+        .map_err(|e| Error::Connection(e.to_string()))?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(keep_alive.min(Duration::from_secs(10))))
+        .max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(30)).ok())
+        .max_concurrent_bidi_streams(VarInt::from_u32(16))
+        .max_concurrent_uni_streams(VarInt::from_u32(0));
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    let bind: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let endpoint = quinn::Endpoint::client(bind).map_err(|e| Error::Connection(e.to_string()))?;
+    let name = q.server_name.clone().unwrap_or_else(|| host.to_owned());
+    let conn = endpoint
+        .connect_with(config, addr, &name)
+        .map_err(|e| Error::Connection(e.to_string()))?
+        .await
+        .map_err(|e| connection_error(&e))?;
+    Ok((endpoint, conn))
+}
+
+/// A header frame: the JSON's length as a big-endian u32, then the JSON.
+pub fn encode_frame(header: &serde_json::Value) -> Vec<u8> {
+    frame(header)
 }
 
 /// Sends a header and a body on a new stream and reads the reply.

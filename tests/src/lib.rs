@@ -82,6 +82,10 @@ pub struct Edgecar {
     pub port: u16,
     /// The MQTT device endpoint port it bound (0 when the endpoint is disabled).
     pub mqtt_port: u16,
+    /// The QUIC device endpoint's UDP port (0 unless started with `--quic-port`).
+    pub quic_port: u16,
+    /// The SHA-256 fingerprint of the QUIC endpoint's certificate, as logged (empty without it).
+    pub quic_fingerprint: String,
     /// Everything it has logged so far.
     pub log: Arc<Mutex<String>>,
 }
@@ -119,6 +123,8 @@ impl Edgecar {
         let sink = log.clone();
         let mqtt = Arc::new(Mutex::new(0u16));
         let mqtt_seen = mqtt.clone();
+        let quic = Arc::new(Mutex::new((0u16, String::new())));
+        let quic_seen = quic.clone();
         std::thread::spawn(move || {
             let port_after = |line: &str, marker: &str| {
                 line.split(marker)
@@ -135,6 +141,14 @@ impl Edgecar {
                 // the HTTP line arrives.
                 if let Some(p) = port_after(&line, "MQTT device endpoint listening addr=") {
                     *mqtt_seen.lock().unwrap() = p;
+                } else if let Some(p) = port_after(&line, "QUIC device endpoint listening addr=") {
+                    let fp = line
+                        .split("fingerprint=")
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .unwrap_or_default()
+                        .to_owned();
+                    *quic_seen.lock().unwrap() = (p, fp);
                 } else if let Some(p) = port_after(&line, "Dapr HTTP API listening addr=") {
                     let _ = tx.send(p);
                 }
@@ -144,12 +158,17 @@ impl Edgecar {
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(port) => Edgecar {
-                child: Some(child),
-                port,
-                mqtt_port: *mqtt.lock().unwrap(),
-                log,
-            },
+            Ok(port) => {
+                let (quic_port, quic_fingerprint) = quic.lock().unwrap().clone();
+                Edgecar {
+                    child: Some(child),
+                    port,
+                    mqtt_port: *mqtt.lock().unwrap(),
+                    quic_port,
+                    quic_fingerprint,
+                    log,
+                }
+            }
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -150,13 +150,11 @@ pub async fn serve(
                 }
                 let ep = ep.clone();
                 conns.spawn(async move {
-                    let peer = incoming.remote_address();
-                    let accepted = tokio::time::timeout(ep.cfg.handshake_timeout.0, handshake(incoming, &ep)).await;
+                    let deadline = Instant::now() + ep.cfg.handshake_timeout.0;
+                    let accepted = handshake(incoming, &ep, deadline).await;
                     drop(permit);
-                    match accepted {
-                        Ok(Some((conn, credential))) => session(conn, credential, ep).await,
-                        Ok(None) => {}
-                        Err(_) => debug!(%peer, "QUIC handshake or authentication timed out"),
+                    if let Some((conn, credential)) = accepted {
+                        session(conn, credential, ep).await;
                     }
                 });
             }
@@ -191,12 +189,18 @@ fn refuse(conn: &quinn::Connection, code: u32, reason: &str) {
 async fn handshake(
     incoming: quinn::Incoming,
     ep: &Endpoint,
+    deadline: Instant,
 ) -> Option<(quinn::Connection, Credential)> {
     let peer = incoming.remote_address();
     let conn = match incoming.accept() {
-        Ok(connecting) => match connecting.await {
-            Ok(c) => c,
-            Err(e) => {
+        Ok(connecting) => match tokio::time::timeout_at(deadline, connecting).await {
+            Err(_) => {
+                // Dropping the attempt closes it.
+                debug!(%peer, "QUIC handshake timed out");
+                return None;
+            }
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
                 // A certificate from another CA (or none, with clientAuth: required) fails here.
                 warn!(%peer, error = %e, "QUIC handshake failed");
                 return None;
@@ -212,7 +216,16 @@ async fn handshake(
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol);
     match alpn.as_deref() {
-        Some(frame::DEVICE_ALPN) => authenticate(conn, peer, ep).await,
+        Some(frame::DEVICE_ALPN) => {
+            match tokio::time::timeout_at(deadline, authenticate(conn.clone(), peer, ep)).await {
+                Ok(done) => done,
+                Err(_) => {
+                    debug!(%peer, "no authentication within quic.handshakeTimeout");
+                    refuse(&conn, close::AUTH_TIMEOUT, "authentication timed out");
+                    None
+                }
+            }
+        }
         other => {
             debug!(%peer, alpn = ?other.map(String::from_utf8_lossy), "unknown QUIC application protocol");
             refuse(&conn, close::PROTOCOL, "unknown application protocol");

@@ -320,11 +320,10 @@ pub fn device_call(
         },
         "publish" => {
             // MQTT 3.1.1 carries no content type: a JSON payload is published as JSON.
-            params.content_type = props.content_type.clone().or_else(|| {
-                serde_json::from_slice::<serde::de::IgnoredAny>(&body)
-                    .is_ok()
-                    .then(|| "application/json".to_owned())
-            });
+            params.content_type = props
+                .content_type
+                .clone()
+                .or_else(|| sniffed_content_type(&body));
             Op::Publish {
                 pubsub: params
                     .options
@@ -411,7 +410,7 @@ pub fn device_call(
 
 /// The call storing a device's telemetry reading (on the pub/sub topic the telemetry block is
 /// configured with, as an event whose source is the device). MQTT 3.1.1 carries no content type:
-/// JSON readings are stored as JSON.
+/// JSON readings are stored as JSON, readings that are not UTF-8 as bytes.
 pub fn telemetry_call(
     device: &str,
     stream: String,
@@ -419,11 +418,7 @@ pub fn telemetry_call(
     content_type: Option<String>,
     traceparent: Option<String>,
 ) -> Call {
-    let content_type = content_type.or_else(|| {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&payload)
-            .is_ok()
-            .then(|| "application/json".to_owned())
-    });
+    let content_type = content_type.or_else(|| sniffed_content_type(&payload));
     Call {
         caller: Caller::Device {
             id: device.to_owned(),
@@ -435,6 +430,19 @@ pub fn telemetry_call(
             traceparent,
             ..Default::default()
         },
+    }
+}
+
+/// The type of a payload the device gave none for: JSON is `application/json`; bytes that are
+/// not UTF-8 are `application/octet-stream`, so that they reach subscribers byte for byte (as
+/// `data_base64`) rather than as lossy text; other text stays untyped (`text/plain`).
+fn sniffed_content_type(payload: &[u8]) -> Option<String> {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok() {
+        Some("application/json".to_owned())
+    } else if std::str::from_utf8(payload).is_err() {
+        Some("application/octet-stream".to_owned())
+    } else {
+        None
     }
 }
 
