@@ -188,7 +188,12 @@ fn capability_route(
 }
 
 /// Dapr's alpha APIs under `/v1.0-alpha1/`.
-fn alpha_route(method: &Method, path: &str, rest: &str) -> Result<Route, Error> {
+fn alpha_route(
+    method: &Method,
+    path: &str,
+    rest: &str,
+    query: Option<&str>,
+) -> Result<Route, Error> {
     let segs: Vec<String> = rest
         .split('/')
         .map(|s| percent_decode(s, false))
@@ -201,6 +206,9 @@ fn alpha_route(method: &Method, path: &str, rest: &str) -> Result<Route, Error> 
             topic: topic.join("/"),
         })),
         (["publish", "bulk", ..], _) => Err(method_not_allowed(method, path)),
+        (["state", store, "query"], _) if write => Ok(Route::Call(Op::StateQuery {
+            store: store.to_string(),
+        })),
         (["lock", store], &Method::POST) => Ok(Route::Call(Op::Lock {
             store: store.to_string(),
         })),
@@ -208,6 +216,23 @@ fn alpha_route(method: &Method, path: &str, rest: &str) -> Result<Route, Error> 
             store: store.to_string(),
         })),
         (["lock" | "unlock", _], _) => Err(method_not_allowed(method, path)),
+        // The configuration API's alpha names, which older SDKs call.
+        (["configuration", store], &Method::GET) => Ok(Route::Call(Op::ConfigurationGet {
+            store: store.to_string(),
+            keys: query_values(query, "key")?,
+        })),
+        (["configuration", store, "subscribe"], &Method::GET) => {
+            Ok(Route::Call(Op::ConfigurationSubscribe {
+                store: store.to_string(),
+                keys: query_values(query, "key")?,
+            }))
+        }
+        (["configuration", store, id, "unsubscribe"], &Method::GET) => {
+            Ok(Route::Call(Op::ConfigurationUnsubscribe {
+                store: store.to_string(),
+                id: id.to_string(),
+            }))
+        }
         _ => Err(not_found(method, path)),
     }
 }
@@ -239,7 +264,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
         return r;
     }
     if let Some(alpha) = path.strip_prefix("/v1.0-alpha1/") {
-        return alpha_route(method, path, alpha);
+        return alpha_route(method, path, alpha, query);
     }
     let rest = path
         .strip_prefix("/v1.0/")
@@ -308,6 +333,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             name: name.to_string(),
         },
         (["metadata"], &Method::GET) => Op::MetadataGet,
+        (["shutdown"], &Method::POST) => Op::Shutdown,
         (["devices"], &Method::GET) => Op::DevicesList,
         (["devices", id], &Method::GET) => Op::DeviceGet { id: id.to_string() },
         (["devices", device, "mailbox", id], &Method::GET) => Op::MailboxGet {
@@ -487,6 +513,36 @@ mod tests {
         assert_eq!(
             r(Method::GET, "/v1.0-alpha1/state/s/k").unwrap_err().kind,
             ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn alpha_configuration_aliases_and_shutdown() {
+        assert_eq!(
+            route(
+                &Method::GET,
+                "/v1.0-alpha1/configuration/cfg",
+                Some("key=a&key=b")
+            ),
+            Ok(Route::Call(Op::ConfigurationGet {
+                store: "cfg".into(),
+                keys: vec!["a".into(), "b".into()]
+            }))
+        );
+        assert_eq!(
+            route(
+                &Method::GET,
+                "/v1.0-alpha1/configuration/cfg/id7/unsubscribe",
+                None
+            ),
+            Ok(Route::Call(Op::ConfigurationUnsubscribe {
+                store: "cfg".into(),
+                id: "id7".into()
+            }))
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1.0/shutdown", None),
+            Ok(Route::Call(Op::Shutdown))
         );
     }
 

@@ -73,6 +73,11 @@ pub enum Op {
         /// The key as the caller sees it.
         key: String,
     },
+    /// Query JSON values (`/v1.0-alpha1/state/<store>/query`); body is Dapr's query.
+    StateQuery {
+        /// State store component name.
+        store: String,
+    },
     /// Run upserts and deletes all-or-nothing; body `{"operations": [...]}`.
     StateTransaction {
         /// State store component name.
@@ -151,6 +156,8 @@ pub enum Op {
     },
     /// Describe the sidecar (`GET /v1.0/metadata`).
     MetadataGet,
+    /// Stop the sidecar gracefully (`POST /v1.0/shutdown`, gRPC `Shutdown`).
+    Shutdown,
     /// Set an extended metadata attribute; body is the value.
     MetadataSet {
         /// Attribute name.
@@ -216,6 +223,7 @@ impl Op {
             Op::StateSave { .. } => "state.save",
             Op::StateDelete { .. } => "state.delete",
             Op::StateTransaction { .. } => "state.transaction",
+            Op::StateQuery { .. } => "state.query",
             Op::Invoke { .. } => "invoke",
             Op::Capability { .. } => "capability.call",
             Op::CapabilityList => "capability.list",
@@ -229,6 +237,7 @@ impl Op {
             Op::Binding { .. } => "bindings.invoke",
             Op::MetadataGet => "metadata.get",
             Op::MetadataSet { .. } => "metadata.set",
+            Op::Shutdown => "shutdown",
             Op::Publish { .. } => "pubsub.publish",
             Op::BulkPublish { .. } => "pubsub.bulk_publish",
             Op::Telemetry { .. } => "devices.telemetry",
@@ -259,6 +268,9 @@ pub struct Params {
     pub tracestate: Option<String>,
     /// Media type of the body (`Content-Type` in HTTP), for operations whose body is opaque data.
     pub content_type: Option<String>,
+    /// State values in the body (save, transaction, bulk get replies) are opaque bytes carried
+    /// as base64 strings, not JSON: gRPC's `bytes` values, stored and returned unchanged.
+    pub binary_values: bool,
 }
 
 /// One request on the path: transport → policy → building block → component.

@@ -532,7 +532,7 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
                 .unwrap_or(Duration::from_secs(30));
             HttpBinding::new(c.meta("url").unwrap_or_default(), timeout).map(|b| {
                 reg.output_bindings
-                    .insert(c.name.clone(), OutputBinding::Http(b));
+                    .insert(c.name.clone(), OutputBinding::Http(Box::new(b)));
                 Vec::new()
             })
         } else if c.type_name == "bindings.cron" {

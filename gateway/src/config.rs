@@ -97,6 +97,19 @@ pub struct Config {
     pub shutdown_timeout: Dur,
     /// Logging.
     pub log: LogConfig,
+    /// A Dapr `Configuration` file given with `--config` (as `dapr run` does), read with the
+    /// resource files; not a field of `edgecar.yaml`.
+    #[serde(skip)]
+    pub dapr_config: Option<PathBuf>,
+}
+
+/// Whether `path` holds a Dapr `Configuration` document (`kind: Configuration`), which `dapr run`
+/// passes with `--config`, rather than an `edgecar.yaml`.
+pub fn is_dapr_configuration(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_norway::from_str::<Value>(&t).ok())
+        .is_some_and(|v| v.get("kind").and_then(Value::as_str) == Some("Configuration"))
 }
 
 /// The Dapr HTTP API listener.
@@ -119,6 +132,10 @@ pub struct HttpConfig {
     /// Most HTTP connections open at once. Beyond it a connection gets a quick 503 and is closed;
     /// kept below the usual 1,024-descriptor limit so MQTT devices and outbound calls keep theirs.
     pub max_connections: usize,
+    /// Serve the Dapr gRPC API too (same address and token).
+    pub grpc_enabled: bool,
+    /// Port of the Dapr gRPC API (Dapr's 50001). 0 picks a free port.
+    pub grpc_port: u16,
 }
 
 /// The local app.
@@ -129,6 +146,20 @@ pub struct AppConfig {
     pub port: u16,
     /// The app's address.
     pub address: String,
+    /// How edgecar calls the app: `http` (default) or `grpc` (the app serves Dapr's
+    /// `AppCallback`).
+    pub protocol: AppProtocol,
+}
+
+/// How edgecar talks to the local app (daprd's `--app-protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// Plain HTTP/1.1: Dapr's HTTP app channel.
+    #[default]
+    Http,
+    /// gRPC: the app serves `dapr.proto.runtime.v1.AppCallback`.
+    Grpc,
 }
 
 /// The embedded database.
@@ -445,6 +476,7 @@ impl Default for Config {
             quic: QuicConfig::default(),
             shutdown_timeout: Dur(Duration::from_secs(10)),
             log: LogConfig::default(),
+            dapr_config: None,
         }
     }
 }
@@ -458,6 +490,8 @@ impl Default for HttpConfig {
             max_body_size: Size(4 << 20),
             read_timeout: Dur(Duration::from_secs(30)),
             max_connections: 256,
+            grpc_enabled: true,
+            grpc_port: 50001,
         }
     }
 }
@@ -467,6 +501,7 @@ impl Default for AppConfig {
         AppConfig {
             port: 0,
             address: "127.0.0.1".into(),
+            protocol: AppProtocol::Http,
         }
     }
 }
@@ -683,6 +718,10 @@ pub struct Overrides {
     pub http_port: Option<u16>,
     /// `--dapr-listen-addresses`.
     pub listen_address: Option<String>,
+    /// `--dapr-grpc-port` (also `DAPR_GRPC_PORT`).
+    pub grpc_port: Option<u16>,
+    /// `--app-protocol` (`http` or `grpc`; daprd's `https`, `grpcs` and `h2c` are refused).
+    pub app_protocol: Option<String>,
     /// `--resources-path` / `--components-path` (repeatable).
     pub resources_paths: Vec<PathBuf>,
     /// `--dapr-api-token`.
@@ -697,6 +736,8 @@ pub struct Overrides {
     pub mqtt_port: Option<u16>,
     /// `--quic-port` (turns the QUIC endpoint on).
     pub quic_port: Option<u16>,
+    /// `--config` when it names a Dapr `Configuration` file.
+    pub dapr_config: Option<PathBuf>,
 }
 
 /// Builds the effective configuration: defaults, then the file, then the environment
@@ -747,6 +788,28 @@ pub fn assemble(
     if let Some(v) = o.http_port {
         cfg.http.port = v;
     }
+    match env("DAPR_GRPC_PORT").map(|v| v.trim().parse::<u16>()) {
+        Some(Ok(v)) => cfg.http.grpc_port = v,
+        Some(Err(_)) => errors.push(ConfigError::new(
+            Path::new("<environment>"),
+            "DAPR_GRPC_PORT",
+            "must be a port number".to_owned(),
+        )),
+        None => {}
+    }
+    if let Some(v) = o.grpc_port {
+        cfg.http.grpc_port = v;
+    }
+    match o.app_protocol.as_deref() {
+        None => {}
+        Some("http") => cfg.app.protocol = AppProtocol::Http,
+        Some("grpc") => cfg.app.protocol = AppProtocol::Grpc,
+        Some(other) => errors.push(ConfigError::new(
+            cli,
+            "--app-protocol",
+            format!("{other:?} is not served: edgecar talks to apps over http or grpc (no TLS or h2c app channel)"),
+        )),
+    }
     if let Some(v) = &o.listen_address {
         match v.parse::<IpAddr>() {
             Ok(a) => cfg.http.address = a,
@@ -782,6 +845,7 @@ pub fn assemble(
         cfg.quic.port = v;
         cfg.quic.enabled = true;
     }
+    cfg.dapr_config = o.dapr_config.clone();
     errors.extend(validate(&cfg, file.unwrap_or(cli)));
     (cfg, errors)
 }

@@ -79,7 +79,8 @@ impl std::error::Error for Error {}
 
 /// Dapr's error codes, spelled as Dapr spells them, plus the few edgecar adds.
 pub mod codes {
-    /// The sidecar is not healthy (`/v1.0/healthz` answers 500).
+    /// The sidecar is not ready or not healthy (`/v1.0/healthz` answers 500): before the app's
+    /// subscriptions are loaded, or while the disk is full.
     pub const HEALTH_NOT_READY: &str = "ERR_HEALTH_NOT_READY";
     /// The request could not be decoded.
     pub const MALFORMED_REQUEST: &str = "ERR_MALFORMED_REQUEST";
@@ -162,6 +163,10 @@ pub mod codes {
     pub const PUBSUB_FORBIDDEN: &str = "ERR_PUBSUB_FORBIDDEN";
     /// A reserved operation this build does not serve yet (edgecar's own code).
     pub const NOT_IMPLEMENTED: &str = "ERR_NOT_IMPLEMENTED";
+    /// A state query failed (bad query, or a store that cannot list its keys).
+    pub const STATE_QUERY: &str = "ERR_STATE_QUERY";
+    /// A streaming subscription could not start (gRPC `SubscribeTopicEventsAlpha1`).
+    pub const PUBSUB_SUBSCRIBE: &str = "ERR_PUBSUB_SUBSCRIBE";
     /// Something failed inside edgecar (edgecar's own code).
     pub const INTERNAL: &str = "ERR_INTERNAL";
     /// edgecar is handling as many device messages as it may; send again later (edgecar's own

@@ -91,6 +91,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// The MQTT device endpoint, when enabled.
     pub mqtt: Option<TcpListener>,
+    /// The Dapr gRPC API, when enabled.
+    pub grpc: Option<TcpListener>,
     /// The QUIC device endpoint's UDP socket, when enabled.
     pub quic: Option<std::net::UdpSocket>,
 }
@@ -110,6 +112,9 @@ pub enum StartError {
     /// The device registry is invalid.
     #[error("device registry:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     Devices(Vec<config::ConfigError>),
+    /// The app channel cannot be set up (a bad app address).
+    #[error("app: {0}")]
+    App(String),
     /// The external broker settings cannot be used (e.g. the password file went missing).
     #[error("mqtt.broker: {0}")]
     Broker(String),
@@ -204,12 +209,25 @@ pub async fn run(
     }
     let policies = setup::merged_policies(&setup.resiliency);
     let component_calls = Arc::new(resilience::ComponentCalls::new(setup.resiliency.clone()));
+    // A gRPC app (--app-protocol grpc): invocations, events and binding events go to its
+    // AppCallback service instead of HTTP.
+    let grpc_app: Option<Arc<dyn blocks::invoke::AppCallbacks>> =
+        if cfg.app.port != 0 && cfg.app.protocol == config::AppProtocol::Grpc {
+            let app = transport::grpc::app::GrpcApp::new(&cfg.app.address, cfg.app.port)
+                .map_err(StartError::App)?;
+            Some(Arc::new(app))
+        } else {
+            None
+        };
     let invoke = Arc::new(InvokeBlock::new(
         apps,
         setup.access_control,
         setup.resiliency.clone(),
         usize::try_from(cfg.http.max_body_size.0).unwrap_or(usize::MAX),
     ));
+    if let Some(cb) = &grpc_app {
+        invoke.set_grpc_app(&cfg.app_id, cb.clone());
+    }
     let secrets = Arc::new(SecretsBlock::new(setup.secret_stores, setup.secret_scopes));
     let engine = edgecar_capabilities::Engine::new(
         edgecar_capabilities::EngineOptions::default()
@@ -233,7 +251,11 @@ pub async fn run(
         registry.infos.clone(),
         invoke.apps(),
     )
-    .with_subscriptions(subscriptions.clone());
+    .with_subscriptions(subscriptions.clone())
+    .with_app_protocol(match cfg.app.protocol {
+        config::AppProtocol::Http => "http",
+        config::AppProtocol::Grpc => "grpc",
+    });
     let pubsub = Arc::new(
         PubSubBlock::new(cfg.app_id.clone(), registry.pubsub)
             .with_resilience(component_calls.clone())
@@ -273,28 +295,24 @@ pub async fn run(
         subscription_policy,
     )
     .map_err(|e| StartError::Components(vec![e]))?;
+    // The device layer's links: each transport that serves devices joins it, and a device is
+    // reached (commands, mailbox, subscribed events) on the one it is on.
+    let links = Arc::new(devices::link::Links::default());
+    outbox.set_links(&links);
     let devices_block = DevicesBlock::new(
         device_registry.clone(),
         presence.clone(),
+        links.clone(),
         cfg.devices.command_timeout.0,
+    )
+    .with_outbox(
+        outbox.clone(),
+        device_subs.clone(),
+        outbox_cfg.max_command_ttl.0,
     );
-    // Outboxes are delivered by the embedded endpoint, which knows who is connected and what
-    // each connection subscribes to; through an external broker edgecar knows neither.
-    let devices_block = if cfg.external_broker() {
-        devices_block
-    } else {
-        devices_block.with_outbox(
-            outbox.clone(),
-            device_subs.clone(),
-            outbox_cfg.max_command_ttl.0,
-        )
-    };
     let hub = Arc::new(Hub::new(transport::mqtt::Endpoint::hub_limits(&cfg.mqtt)));
-    // Every device link, and per device the one it is on (MQTT, QUIC).
-    let links = Arc::new(devices::link::Links::default());
     if listeners.mqtt.is_some() {
-        links.add(hub.clone());
-        hub.set_outbox(outbox.clone());
+        hub.join(outbox.clone(), &links);
     }
     let quic_link = listeners
         .quic
@@ -316,9 +334,6 @@ pub async fn run(
     };
     if let Some(l) = &quic_link {
         links.add(l.clone());
-    }
-    if !links.is_empty() {
-        devices_block.set_link(Arc::new(CurrentLink(links.clone())));
     }
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),
@@ -346,6 +361,8 @@ pub async fn run(
             cfg.devices.telemetry_linger.0,
         ),
         storage: storage.clone(),
+        shutdown: tokio::sync::Notify::new(),
+        ready: Arc::new(std::sync::atomic::AtomicBool::new(cfg.app.port == 0)),
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(devices::watch(device_registry.clone(), RELOAD_POLL));
@@ -390,15 +407,20 @@ pub async fn run(
     // Subscriptions run until shutdown begins, then settle what is in flight.
     let app =
         (cfg.app.port != 0).then(|| delivery::AppChannel::new(&cfg.app.address, cfg.app.port));
+    let app = match (app, &grpc_app) {
+        (Some(channel), Some(cb)) => Some(channel.with_grpc(cb.clone())),
+        (channel, _) => channel,
+    }
+    .map(|channel| channel.with_ready(runtime.ready.clone()));
     let subscriber = tokio::spawn(delivery::run(
         pubsub,
         setup.subscriptions,
         app,
         setup.resiliency,
         subscriptions,
-        (!cfg.external_broker()).then(|| delivery::DeviceFeed {
+        Some(delivery::DeviceFeed {
             subs: device_subs,
-            outbox,
+            outbox: outbox.clone(),
             event_ttl: cfg.devices.outbox.event_ttl.0,
         }),
         stop_rx.clone(),
@@ -460,6 +482,7 @@ pub async fn run(
                 links: links.clone(),
                 link,
                 budgets: hub.budgets(),
+                outbox: outbox.clone(),
                 cfg: cfg.quic.clone(),
             });
             Some(tokio::spawn(transport::quic::serve(
@@ -477,6 +500,8 @@ pub async fn run(
             runtime: runtime.clone(),
             registry: device_registry.clone(),
             presence: presence.clone(),
+            links: links.clone(),
+            outbox: outbox.clone(),
         };
         tokio::spawn(transport::broker::serve(
             link,
@@ -486,6 +511,19 @@ pub async fn run(
             cfg.shutdown_timeout.0,
         ))
     });
+    let grpc = listeners.grpc.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "Dapr gRPC API listening");
+        }
+        tokio::spawn(transport::grpc::serve(
+            listener,
+            runtime.clone(),
+            Some(cfg.http.api_token.clone()).filter(|t| !t.is_empty()),
+            stop_rx.clone(),
+            cfg.shutdown_timeout.0,
+        ))
+    });
+    let requested = runtime.clone();
     let api = Arc::new(HttpApi {
         runtime,
         api_token: Some(cfg.http.api_token.clone()).filter(|t| !t.is_empty()),
@@ -506,7 +544,10 @@ pub async fn run(
         cfg.shutdown_timeout.0,
     );
     tokio::join!(http, async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = requested.shutdown.notified() => {}
+        }
         let _ = stop_tx.send(true);
     });
     if let Some(m) = mqtt {
@@ -517,6 +558,9 @@ pub async fn run(
     }
     if let Some(b) = broker {
         let _ = b.await;
+    }
+    if let Some(g) = grpc {
+        let _ = g.await;
     }
     let abort = subscriber.abort_handle();
     if tokio::time::timeout(cfg.shutdown_timeout.0, subscriber)
@@ -532,44 +576,6 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
-}
-
-/// The device layer's one link, until `DevicesBlock` holds [`devices::link::Links`] itself: each
-/// call goes to the link the device is on now (MQTT or QUIC), or, for a device that is away, to
-/// the first link, whose refusal says why.
-struct CurrentLink(Arc<devices::link::Links>);
-
-#[async_trait::async_trait]
-impl devices::link::DeviceLink for CurrentLink {
-    fn kind(&self) -> &'static str {
-        "any"
-    }
-
-    fn connected(&self, device: &str) -> bool {
-        self.0.of(device).is_some()
-    }
-
-    async fn command(
-        &self,
-        device: &str,
-        cmd: devices::link::Command,
-    ) -> Result<devices::link::CommandReply, devices::link::LinkError> {
-        match self.0.of(device).or_else(|| self.0.any()) {
-            Some(link) => link.command(device, cmd).await,
-            None => Err(devices::link::LinkError::NotConnected(device.to_owned())),
-        }
-    }
-
-    fn deliver(
-        &self,
-        device: &str,
-        msg: devices::link::DeviceMessage,
-        receipt: Arc<outbox::Receipt>,
-    ) -> bool {
-        self.0
-            .of(device)
-            .is_some_and(|link| link.deliver(device, msg, receipt))
-    }
 }
 
 /// Publishes device connect/disconnect events as CloudEvents whose source is the device.

@@ -130,6 +130,167 @@ struct RunArgs {
     /// picks a free port).
     #[arg(long, value_name = "PORT")]
     quic_port: Option<u16>,
+    /// Port of the Dapr gRPC API (default 50001; 0 picks a free port; also DAPR_GRPC_PORT).
+    #[arg(long, value_name = "PORT")]
+    dapr_grpc_port: Option<u16>,
+    /// How edgecar calls the app: http (default) or grpc (the app serves Dapr's AppCallback).
+    #[arg(long, value_name = "PROTOCOL")]
+    app_protocol: Option<String>,
+    #[command(flatten)]
+    daprd: DaprdArgs,
+}
+
+/// The rest of the flags `dapr run` passes to daprd: accepted so edgecar can stand in for daprd
+/// under the Dapr CLI; each one edgecar has no use for is named in one warning at start-up.
+#[derive(Args, Default)]
+struct DaprdArgs {
+    /// daprd's port for sidecar-to-sidecar calls (edgecar has none; ignored).
+    #[arg(long, value_name = "PORT", allow_hyphen_values = true)]
+    dapr_internal_grpc_port: Option<i64>,
+    /// Port of the admin listener (metrics, status page).
+    #[arg(long, value_name = "PORT", allow_hyphen_values = true)]
+    metrics_port: Option<i64>,
+    /// Serve metrics on --metrics-port (true|false).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    enable_metrics: Option<bool>,
+    /// Actor placement service (edgecar has no actors; ignored).
+    #[arg(long, value_name = "ADDR")]
+    placement_host_address: Option<String>,
+    /// Scheduler service for jobs and reminders (edgecar has none; ignored).
+    #[arg(long, value_name = "ADDR")]
+    scheduler_host_address: Option<String>,
+    /// Largest number of concurrent calls to the app (-1: unlimited).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    app_max_concurrency: Option<i64>,
+    /// Log every API call at info level.
+    #[arg(long)]
+    enable_api_logging: bool,
+    /// Go profiling endpoint (ignored).
+    #[arg(long)]
+    enable_profiling: bool,
+    /// Port of the Go profiling endpoint (ignored).
+    #[arg(long, value_name = "PORT", allow_hyphen_values = true)]
+    profile_port: Option<i64>,
+    /// HTTP header read buffer size (edgecar sizes its own; ignored).
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    read_buffer_size: Option<String>,
+    /// Call the app over TLS (not served; ignored).
+    #[arg(long)]
+    app_ssl: bool,
+    /// Probe the app's health (ignored).
+    #[arg(long)]
+    enable_app_health_check: bool,
+    /// Path of the app's health probe (ignored).
+    #[arg(long, value_name = "PATH")]
+    app_health_check_path: Option<String>,
+    /// Seconds between app health probes (ignored).
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
+    app_health_probe_interval: Option<i64>,
+    /// Milliseconds an app health probe may take (ignored).
+    #[arg(long, value_name = "MS", allow_hyphen_values = true)]
+    app_health_probe_timeout: Option<i64>,
+    /// Failed probes before the app is unhealthy (ignored).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    app_health_threshold: Option<i64>,
+    /// Serve the API on a Unix socket in this directory (not served; ignored).
+    #[arg(long, value_name = "DIR")]
+    unix_domain_socket: Option<String>,
+    /// Dapr's mTLS between sidecars (ignored; edgecar's links use their own certificates).
+    #[arg(long)]
+    enable_mtls: bool,
+    /// Dapr's certificate authority (ignored).
+    #[arg(long, value_name = "ADDR")]
+    sentry_address: Option<String>,
+    /// Log as JSON (ignored; edgecar logs for journald).
+    #[arg(long)]
+    log_as_json: bool,
+    /// daprd's mode: standalone (kubernetes is not served).
+    #[arg(long, value_name = "MODE")]
+    mode: Option<String>,
+}
+
+impl DaprdArgs {
+    /// The flags given that edgecar does not act on, each with why.
+    fn unused(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut note = |given: bool, flag: &str, why: &str| {
+            if given {
+                out.push(format!("--{flag}: {why}"));
+            }
+        };
+        note(
+            self.dapr_internal_grpc_port.is_some(),
+            "dapr-internal-grpc-port",
+            "edgecar has no sidecar-to-sidecar gRPC port; peers are reached through links",
+        );
+        note(
+            self.metrics_port.is_some() || self.enable_metrics.is_some(),
+            "metrics-port",
+            "the admin listener is not in this build yet; /metrics is served on the HTTP API port",
+        );
+        note(
+            self.placement_host_address
+                .as_deref()
+                .is_some_and(|a| !a.is_empty()),
+            "placement-host-address",
+            "edgecar has no actors",
+        );
+        note(
+            self.scheduler_host_address
+                .as_deref()
+                .is_some_and(|a| !a.is_empty()),
+            "scheduler-host-address",
+            "edgecar has no jobs or reminders",
+        );
+        note(
+            self.app_max_concurrency.is_some_and(|n| n > 0),
+            "app-max-concurrency",
+            "calls to the app are not limited in this build",
+        );
+        note(
+            self.enable_profiling || self.profile_port.is_some_and(|p| p > 0),
+            "enable-profiling",
+            "no profiling endpoint",
+        );
+        note(
+            self.app_ssl,
+            "app-ssl",
+            "the app channel is plain HTTP or gRPC",
+        );
+        note(
+            self.enable_app_health_check || self.app_health_check_path.is_some(),
+            "enable-app-health-check",
+            "app health probes are not in this build",
+        );
+        note(
+            self.unix_domain_socket
+                .as_deref()
+                .is_some_and(|s| !s.is_empty()),
+            "unix-domain-socket",
+            "the API is served on TCP only",
+        );
+        note(
+            self.enable_mtls || self.sentry_address.is_some(),
+            "enable-mtls",
+            "Dapr's sentry mTLS is not served",
+        );
+        note(
+            self.enable_api_logging,
+            "enable-api-logging",
+            "calls are logged at debug level (--log-level debug)",
+        );
+        note(
+            self.log_as_json,
+            "log-as-json",
+            "edgecar logs text for journald",
+        );
+        note(
+            self.mode.as_deref().is_some_and(|m| m != "standalone"),
+            "mode",
+            "only standalone is served",
+        );
+        out
+    }
 }
 
 impl RunArgs {
@@ -147,6 +308,9 @@ impl RunArgs {
             log_level: self.log_level.clone(),
             mqtt_port: self.mqtt_port,
             quic_port: self.quic_port,
+            grpc_port: self.dapr_grpc_port,
+            app_protocol: self.app_protocol.clone(),
+            dapr_config: None,
         }
     }
 }
@@ -154,7 +318,16 @@ impl RunArgs {
 /// The effective config and what it loads, or every error found on the way.
 fn load(args: &RunArgs) -> Result<(config::Config, Setup), Vec<ConfigError>> {
     let env = |k: &str| std::env::var(k).ok();
-    let (cfg, mut errors) = config::assemble(args.config.as_deref(), &args.overrides(), &env);
+    let mut overrides = args.overrides();
+    // `dapr run` passes a Dapr Configuration with --config; edgecar's own file is edgecar.yaml.
+    let file = match args.config.as_deref() {
+        Some(p) if config::is_dapr_configuration(p) => {
+            overrides.dapr_config = Some(p.to_owned());
+            None
+        }
+        other => other,
+    };
+    let (cfg, mut errors) = config::assemble(file, &overrides, &env);
     let (setup, setup_errors) = setup::prepare(&cfg);
     errors.extend(setup_errors);
     for note in &setup.notes {
@@ -244,6 +417,9 @@ fn run(args: &RunArgs) -> ExitCode {
         }
     };
     edgecar::observability::init_logging(&cfg.log.level);
+    for flag in args.daprd.unused() {
+        tracing::warn!("daprd flag accepted but not acted on: {flag}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -293,7 +469,19 @@ fn run(args: &RunArgs) -> ExitCode {
         } else {
             None
         };
-        let listeners = edgecar::Listeners { http, mqtt, quic };
+        let grpc = if cfg.http.grpc_enabled {
+            let addr = SocketAddr::new(cfg.http.address, cfg.http.grpc_port);
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("edgecar: cannot listen on {addr} (grpc): {e} (set http.grpcPort or --dapr-grpc-port)");
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
+        let listeners = edgecar::Listeners { http, mqtt, grpc, quic };
         match edgecar::run(cfg, setup, listeners, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -1,19 +1,20 @@
 //! The device outbox: what waits, on disk, to be delivered to one device.
 //!
-//! Every device may have one durable [`Queue`] (`queue/devices.outbox/<id>`) of messages for its
-//! own topic tree: commands an app left in its mailbox while it slept, and the events of the
-//! pub/sub topics it subscribed to. Each message carries an expiry; an expired message is
+//! Every device may have one durable [`Queue`] (`queue/devices.outbox/<id>`) of
+//! [`DeviceMessage`]s: commands an app left in its mailbox while it slept, and the events of the
+//! pub/sub topics it subscribed to. They are stored transport-neutral; whichever link the device
+//! is on when they go out (MQTT, MQTT through a broker, QUIC) encodes them. Each message carries an expiry; an expired message is
 //! deleted, not delivered. The queue is bounded (`devices.outbox.maxMessages`,
 //! `devices.outbox.maxBytes`): when full, new messages for that device are refused and the
 //! producer decides (an app's mailbox call gets an error; a pub/sub event is logged and skipped
 //! for that device only).
 //!
-//! Delivery is the **pump**: one task per device that has an outbox *and* an open connection. It
-//! leases the oldest message, hands it to the transport through a [`Sink`] together with a
-//! [`Receipt`], and keeps at most [`WINDOW`] messages unconfirmed. The transport confirms a
-//! receipt when the device acknowledges the message (its QoS 1 PUBACK; at once for QoS 0); a
-//! receipt dropped unconfirmed (the connection closed first, or no subscription of the device
-//! matched) puts the message back at the head of the queue. Delivery is therefore at-least-once
+//! Delivery is the **pump**: one task per device that has an outbox *and* a link it is on
+//! ([`Links::of`]). It leases the oldest message, hands it to that link together with a
+//! [`Receipt`], and keeps at most [`WINDOW`] messages unconfirmed. The link confirms a receipt
+//! when the device acknowledges the message (MQTT: its QoS 1 PUBACK, or at once for QoS 0); a
+//! receipt dropped unconfirmed (the connection closed first, or the device does not listen)
+//! puts the message back at the head of the queue. Delivery is therefore at-least-once
 //! and in order, and survives restarts and `kill -9` like every queue.
 //!
 //! The mailbox's records (which commands were queued and the device's answers, for the app to
@@ -32,6 +33,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use crate::clock::unix_ms;
+use crate::devices::link::{DeviceMessage, Links};
 use crate::queue::{Grant, Limits, Queue, QueueError};
 use crate::storage::Storage;
 
@@ -46,21 +48,67 @@ const QUEUE_PREFIX: &str = "devices.outbox/";
 /// How long an answered or expired mailbox record is kept for the app to fetch.
 pub const RECORD_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
-/// A message for a device's topic tree, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutMessage {
-    /// Full topic, inside the device's tree.
+/// A message stored before messages were transport-neutral: the MQTT topic and properties it
+/// would be published with. Still read (a gateway upgraded with a full mailbox delivers it), never
+/// written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+struct LegacyMessage {
     #[serde(rename = "t")]
-    pub topic: String,
-    /// Payload, base64 in storage.
+    topic: String,
     #[serde(rename = "p", with = "b64")]
-    pub payload: Bytes,
-    /// MQTT 5 content type.
-    #[serde(rename = "ct", default, skip_serializing_if = "Option::is_none")]
-    pub content_type: Option<String>,
-    /// MQTT 5 user properties.
-    #[serde(rename = "u", default, skip_serializing_if = "Vec::is_empty")]
-    pub user: Vec<(String, String)>,
+    payload: Bytes,
+    #[serde(rename = "ct", default)]
+    content_type: Option<String>,
+    #[serde(rename = "u", default)]
+    user: Vec<(String, String)>,
+}
+
+impl LegacyMessage {
+    /// The neutral message: `edgecar/v1/<device>/cmd/<method...>/<id>` is a command,
+    /// `edgecar/v1/<device>/sub/<pubsub>/<topic...>` an event.
+    fn neutral(self) -> Option<DeviceMessage> {
+        let rest = self.topic.strip_prefix("edgecar/v1/")?;
+        let (_, rest) = rest.split_once('/')?;
+        let user = |k: &str| {
+            self.user
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        if let Some(cmd) = rest.strip_prefix("cmd/") {
+            let (path, id) = cmd.rsplit_once('/')?;
+            let method = match user("query") {
+                Some(q) => format!("/{path}?{q}"),
+                None => format!("/{path}"),
+            };
+            return Some(DeviceMessage::Command {
+                id: id.to_owned(),
+                method,
+                verb: user("verb").unwrap_or_else(|| "POST".into()),
+                content_type: self.content_type,
+                traceparent: user("traceparent"),
+                body: self.payload,
+            });
+        }
+        let (pubsub, topic) = rest.strip_prefix("sub/")?.split_once('/')?;
+        Some(DeviceMessage::Event {
+            pubsub: pubsub.to_owned(),
+            topic: topic.to_owned(),
+            content_type: self.content_type,
+            body: self.payload,
+        })
+    }
+}
+
+/// Reads a stored outbox message, in today's form or the one before.
+fn decode(stored: &[u8]) -> Option<DeviceMessage> {
+    serde_json::from_slice::<DeviceMessage>(stored)
+        .ok()
+        .or_else(|| {
+            serde_json::from_slice::<LegacyMessage>(stored)
+                .ok()
+                .and_then(LegacyMessage::neutral)
+        })
 }
 
 /// Bytes as base64 text in stored JSON.
@@ -80,15 +128,6 @@ pub(crate) mod b64 {
             .map(Bytes::from)
             .map_err(serde::de::Error::custom)
     }
-}
-
-/// The transport side of delivery: the MQTT endpoint's hub.
-pub trait Sink: Send + Sync {
-    /// Whether `device` has an open connection.
-    fn connected(&self, device: &str) -> bool;
-    /// Hands `msg` to the connections of `device` whose subscriptions match; `false` if none
-    /// took it (the receipt is then dropped, which puts the message back).
-    fn deliver(&self, device: &str, msg: OutMessage, receipt: Arc<Receipt>) -> bool;
 }
 
 /// One handed-over message: confirming deletes it from the outbox, dropping it unconfirmed puts
@@ -203,8 +242,8 @@ pub struct Outbox {
     queues: tokio::sync::Mutex<HashMap<String, Queue>>,
     /// Running pumps, by device: their wake-up.
     pumps: Mutex<HashMap<String, Arc<Notify>>>,
-    /// Where the pumps deliver.
-    sink: OnceLock<Weak<dyn Sink>>,
+    /// The links the pumps deliver through.
+    links: OnceLock<Weak<Links>>,
     /// Makes mailbox ids unique.
     next_id: AtomicU64,
 }
@@ -246,18 +285,18 @@ impl Outbox {
             known: Mutex::new(known),
             queues: tokio::sync::Mutex::default(),
             pumps: Mutex::default(),
-            sink: OnceLock::new(),
+            links: OnceLock::new(),
             next_id: AtomicU64::new(0),
         }))
     }
 
-    /// Connects the transport the pumps deliver through (once).
-    pub fn set_sink(&self, sink: Weak<dyn Sink>) {
-        let _ = self.sink.set(sink);
+    /// Connects the links the pumps deliver through (once).
+    pub fn set_links(&self, links: &Arc<Links>) {
+        let _ = self.links.set(Arc::downgrade(links));
     }
 
-    fn sink(&self) -> Option<Arc<dyn Sink>> {
-        self.sink.get().and_then(Weak::upgrade)
+    fn links(&self) -> Option<Arc<Links>> {
+        self.links.get().and_then(Weak::upgrade)
     }
 
     async fn queue(&self, device: &str) -> Result<Queue, OutboxError> {
@@ -292,7 +331,7 @@ impl Outbox {
     pub async fn enqueue(
         self: &Arc<Self>,
         device: &str,
-        msgs: &[(OutMessage, u64)],
+        msgs: &[(DeviceMessage, u64)],
     ) -> Vec<Result<(), OutboxError>> {
         let q = match self.queue(device).await {
             Ok(q) => q,
@@ -328,13 +367,13 @@ impl Outbox {
             wake.notify_one();
             return;
         }
-        let Some(sink) = self.sink() else { return };
-        if !sink.connected(device) {
+        let Some(links) = self.links() else { return };
+        if links.of(device).is_none() {
             return;
         }
         let wake = Arc::new(Notify::new());
         pumps.insert(device.to_owned(), wake.clone());
-        tokio::spawn(pump(self.clone(), device.to_owned(), sink, wake));
+        tokio::spawn(pump(self.clone(), device.to_owned(), links, wake));
     }
 
     /// A new mailbox id.
@@ -347,11 +386,11 @@ impl Outbox {
     }
 
     /// Queues a command for a sleeping device and records it for the app to fetch: `msg` is the
-    /// command as the device will receive it, with request id `record.id`.
+    /// command, whose id is `record.id`.
     pub async fn record_command(
         self: &Arc<Self>,
         record: Record,
-        msg: OutMessage,
+        msg: DeviceMessage,
     ) -> Result<(), OutboxError> {
         self.prune(&record.device);
         let key = record_key(&record.device, &record.id);
@@ -431,8 +470,8 @@ impl Outbox {
     }
 }
 
-/// Delivers `device`'s outbox while it is connected.
-async fn pump(outbox: Arc<Outbox>, device: String, sink: Arc<dyn Sink>, wake: Arc<Notify>) {
+/// Delivers `device`'s outbox while it is on a link.
+async fn pump(outbox: Arc<Outbox>, device: String, links: Arc<Links>, wake: Arc<Notify>) {
     let queue = match outbox.queue(&device).await {
         Ok(q) => q,
         Err(e) => {
@@ -443,15 +482,18 @@ async fn pump(outbox: Arc<Outbox>, device: String, sink: Arc<dyn Sink>, wake: Ar
     };
     let window = Arc::new(Semaphore::new(WINDOW));
     loop {
-        {
+        let link = {
             // Checked under the same lock `kick` takes: a connection arriving now finds this
             // pump still registered and wakes it, or finds it gone and starts another.
             let mut pumps = lock(&outbox.pumps);
-            if !sink.connected(&device) {
-                pumps.remove(&device);
-                return;
+            match links.of(&device) {
+                Some(l) => l,
+                None => {
+                    pumps.remove(&device);
+                    return;
+                }
             }
-        }
+        };
         let permit = tokio::select! {
             p = window.clone().acquire_owned() => match p {
                 Ok(p) => p,
@@ -474,23 +516,22 @@ async fn pump(outbox: Arc<Outbox>, device: String, sink: Arc<dyn Sink>, wake: Ar
         let Some(item) = leased.into_iter().next() else {
             continue;
         };
-        let msg: OutMessage = match serde_json::from_slice(&item.payload) {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(device = %device, error = %e, "unreadable message in the device's outbox; removed");
-                let _ = queue.ack(item.grant);
-                continue;
-            }
+        let Some(msg) = decode(&item.payload) else {
+            warn!(device = %device, "unreadable message in the device's outbox; removed");
+            let _ = queue.ack(item.grant);
+            continue;
         };
-        let on_confirm: Option<Box<dyn Fn() + Send + Sync>> =
-            mailbox_id(&device, &msg.topic).map(|id| {
-                let (outbox, device) = (Arc::downgrade(&outbox), device.clone());
-                Box::new(move || {
+        let on_confirm: Option<Box<dyn Fn() + Send + Sync>> = match &msg {
+            DeviceMessage::Command { id, .. } => {
+                let (outbox, device, id) = (Arc::downgrade(&outbox), device.clone(), id.clone());
+                Some(Box::new(move || {
                     if let Some(o) = outbox.upgrade() {
                         o.delivered(&device, &id);
                     }
-                }) as Box<dyn Fn() + Send + Sync>
-            });
+                }))
+            }
+            DeviceMessage::Event { .. } => None,
+        };
         let receipt = Arc::new(Receipt {
             queue: queue.clone(),
             grant: item.grant,
@@ -499,23 +540,14 @@ async fn pump(outbox: Arc<Outbox>, device: String, sink: Arc<dyn Sink>, wake: Ar
             on_confirm,
             _window: permit,
         });
-        let topic = msg.topic.clone();
-        if !sink.deliver(&device, msg, receipt) {
-            debug!(device = %device, %topic, "no connection of the device subscribes to this outbox message yet");
+        if !link.deliver(&device, msg, receipt) {
+            debug!(device = %device, link = link.kind(), "the device does not take this outbox message yet");
             tokio::select! {
                 () = wake.notified() => {}
                 () = tokio::time::sleep(UNROUTABLE_RETRY) => {}
             }
         }
     }
-}
-
-/// The mailbox id of a command message (`edgecar/v1/<id>/cmd/.../<mid>`), if it is one.
-fn mailbox_id(device: &str, topic: &str) -> Option<String> {
-    let rest = crate::transport::mqtt::topics::in_tree(device, topic)?;
-    let cmd = rest.strip_prefix("cmd/")?;
-    let id = cmd.rsplit('/').next()?;
-    id.starts_with('m').then(|| id.to_owned())
 }
 
 /// `data` as base64 (for mailbox bodies shown as JSON).
@@ -529,15 +561,26 @@ mod tests {
 
     struct TestSink {
         connected: AtomicBool,
-        taken: Mutex<Vec<(OutMessage, Arc<Receipt>)>>,
+        taken: Mutex<Vec<(DeviceMessage, Arc<Receipt>)>>,
         accept: AtomicBool,
     }
 
-    impl Sink for TestSink {
+    #[async_trait::async_trait]
+    impl crate::devices::link::DeviceLink for TestSink {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
         fn connected(&self, _: &str) -> bool {
             self.connected.load(Ordering::SeqCst)
         }
-        fn deliver(&self, _: &str, msg: OutMessage, receipt: Arc<Receipt>) -> bool {
+        async fn command(
+            &self,
+            device: &str,
+            _: crate::devices::link::Command,
+        ) -> Result<crate::devices::link::CommandReply, crate::devices::link::LinkError> {
+            Err(crate::devices::link::LinkError::NotConnected(device.into()))
+        }
+        fn deliver(&self, _: &str, msg: DeviceMessage, receipt: Arc<Receipt>) -> bool {
             if !self.accept.load(Ordering::SeqCst) {
                 return false;
             }
@@ -546,16 +589,27 @@ mod tests {
         }
     }
 
-    fn msg(n: u8) -> OutMessage {
-        OutMessage {
-            topic: format!("edgecar/v1/d/sub/pubsub/t{n}"),
-            payload: Bytes::from(vec![n]),
-            content_type: None,
-            user: vec![("k".into(), "v".into())],
+    fn msg(n: u8) -> (DeviceMessage, String) {
+        let topic = format!("t{n}");
+        (
+            DeviceMessage::Event {
+                pubsub: "pubsub".into(),
+                topic: topic.clone(),
+                content_type: None,
+                body: Bytes::from(vec![n]),
+            },
+            topic,
+        )
+    }
+
+    fn topic_of(m: &DeviceMessage) -> String {
+        match m {
+            DeviceMessage::Event { topic, .. } => topic.clone(),
+            DeviceMessage::Command { id, .. } => id.clone(),
         }
     }
 
-    async fn taken(sink: &TestSink, n: usize) -> Vec<(OutMessage, Arc<Receipt>)> {
+    async fn taken(sink: &TestSink, n: usize) -> Vec<(DeviceMessage, Arc<Receipt>)> {
         for _ in 0..200 {
             if lock(&sink.taken).len() >= n {
                 break;
@@ -563,6 +617,33 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         std::mem::take(&mut *lock(&sink.taken))
+    }
+
+    #[test]
+    fn messages_stored_before_they_were_neutral_are_still_read() {
+        let cmd = br#"{"t":"edgecar/v1/d/cmd/valve/open/m1","p":"e30=","ct":"application/json","u":[["verb","PUT"],["query","percent=40"],["traceparent","00-a-b-01"]]}"#;
+        assert_eq!(
+            decode(cmd),
+            Some(DeviceMessage::Command {
+                id: "m1".into(),
+                method: "/valve/open?percent=40".into(),
+                verb: "PUT".into(),
+                content_type: Some("application/json".into()),
+                traceparent: Some("00-a-b-01".into()),
+                body: Bytes::from_static(b"{}"),
+            })
+        );
+        let ev = br#"{"t":"edgecar/v1/d/sub/pubsub/a/b","p":"AQ=="}"#;
+        assert_eq!(
+            decode(ev),
+            Some(DeviceMessage::Event {
+                pubsub: "pubsub".into(),
+                topic: "a/b".into(),
+                content_type: None,
+                body: Bytes::from_static(&[1]),
+            })
+        );
+        assert_eq!(decode(b"{}"), None);
     }
 
     #[tokio::test]
@@ -575,27 +656,22 @@ mod tests {
             taken: Mutex::default(),
             accept: AtomicBool::new(true),
         });
-        let weak: Weak<dyn Sink> = Arc::downgrade(&(sink.clone() as Arc<dyn Sink>));
-        outbox.set_sink(weak);
+        let links = Arc::new(Links::default());
+        links.add(sink.clone());
+        outbox.set_links(&links);
         let far = unix_ms() + 60_000;
-        let items: Vec<_> = (0..3).map(|n| (msg(n), far)).collect();
+        let items: Vec<_> = (0..3).map(|n| (msg(n).0, far)).collect();
         assert!(outbox.enqueue("d", &items).await.iter().all(Result::is_ok));
         let got = taken(&sink, 3).await;
-        let topics: Vec<_> = got.iter().map(|(m, _)| m.topic.clone()).collect();
-        assert_eq!(
-            topics,
-            items
-                .iter()
-                .map(|(m, _)| m.topic.clone())
-                .collect::<Vec<_>>()
-        );
+        let topics: Vec<_> = got.iter().map(|(m, _)| topic_of(m)).collect();
+        assert_eq!(topics, ["t0", "t1", "t2"]);
         assert_eq!(got[0].0, items[0].0, "stored and read back unchanged");
         // Confirm the first; drop the others unconfirmed: they come back, in order.
         got[0].1.confirm();
         drop(got);
         let again = taken(&sink, 2).await;
-        let topics: Vec<_> = again.iter().map(|(m, _)| m.topic.clone()).collect();
-        assert_eq!(topics, [items[1].0.topic.clone(), items[2].0.topic.clone()]);
+        let topics: Vec<_> = again.iter().map(|(m, _)| topic_of(m)).collect();
+        assert_eq!(topics, ["t1", "t2"]);
         for (_, r) in &again {
             r.confirm();
         }
@@ -603,7 +679,7 @@ mod tests {
         assert_eq!(outbox.pending("d").await, 0);
         // Expired messages are never delivered.
         let past = unix_ms() - 1;
-        outbox.enqueue("d", &[(msg(9), past)]).await;
+        outbox.enqueue("d", &[(msg(9).0, past)]).await;
         assert!(taken(&sink, 1).await.is_empty());
     }
 
@@ -623,11 +699,13 @@ mod tests {
             delivered_at_ms: None,
             reply: None,
         };
-        let m = OutMessage {
-            topic: format!("edgecar/v1/d/cmd/reboot/{id}"),
-            payload: Bytes::new(),
+        let m = DeviceMessage::Command {
+            id: id.clone(),
+            method: "/reboot".into(),
+            verb: "POST".into(),
             content_type: None,
-            user: Vec::new(),
+            traceparent: None,
+            body: Bytes::new(),
         };
         outbox.record_command(rec.clone(), m).await.unwrap();
         assert_eq!(outbox.record("d", &id), Some(rec));

@@ -232,6 +232,7 @@ pub fn authorize(caller: &Caller, op: &Op) -> Result<(), Error> {
             Caller::Device { .. },
             Op::MetadataSet { .. }
             | Op::MetadataGet
+            | Op::Shutdown
             | Op::SecretGet { .. }
             | Op::SecretBulk { .. }
             | Op::ConfigurationSubscribe { .. }

@@ -50,6 +50,11 @@ pub struct Runtime {
     pub telemetry: TelemetryBlock,
     /// The embedded database, whose disk health the health routes report.
     pub storage: crate::storage::Storage,
+    /// Fired by [`Op::Shutdown`]; `run` treats it as its shutdown signal.
+    pub shutdown: tokio::sync::Notify,
+    /// Components are loaded and the app's subscriptions are running (or there is no app):
+    /// daprd's readiness, answered on `/v1.0/healthz`.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Runtime {
@@ -99,7 +104,11 @@ impl Runtime {
         let caller = &call.caller;
         let result = match &call.op {
             Op::StateGet { store, key } => self.state.get(caller, store, key).await,
-            Op::StateBulkGet { store } => self.state.bulk_get(caller, store, &call.body).await,
+            Op::StateBulkGet { store } => {
+                self.state
+                    .bulk_get(caller, store, &call.body, &call.params)
+                    .await
+            }
             Op::StateSave { store } => {
                 self.state
                     .save(caller, store, &call.body, &call.params)
@@ -108,6 +117,7 @@ impl Runtime {
             Op::StateDelete { store, key } => {
                 self.state.delete(caller, store, key, &call.params).await
             }
+            Op::StateQuery { store } => self.state.query(caller, store, &call.body).await,
             Op::StateTransaction { store } => {
                 self.state
                     .transaction(caller, store, &call.body, &call.params)
@@ -190,6 +200,11 @@ impl Runtime {
                 ),
             ]),
             Op::MetadataSet { attribute } => self.metadata.set(attribute, &call.body),
+            Op::Shutdown => {
+                tracing::info!(caller = %call.caller, "shutdown requested through the API");
+                self.shutdown.notify_one();
+                Ok(Reply::no_content())
+            }
             Op::Publish { pubsub, topic } => {
                 self.pubsub
                     .publish(caller, pubsub, topic, &call.body, &call.params)

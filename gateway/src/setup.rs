@@ -75,11 +75,18 @@ pub fn prepare(cfg: &Config) -> (Setup, Vec<ConfigError>) {
 
 fn prepare_resources(cfg: &Config) -> (Setup, Vec<ConfigError>) {
     let mut setup = Setup::default();
-    if cfg.resources_paths.is_empty() {
-        setup.components = components::embedded_defaults();
-        return (setup, Vec::new());
+    let (mut res, mut errors) = if cfg.resources_paths.is_empty() {
+        let defaults = Resources {
+            components: components::embedded_defaults(),
+            ..Resources::default()
+        };
+        (defaults, Vec::new())
+    } else {
+        crate::config::resources::load(&cfg.resources_paths, &cfg.app_id)
+    };
+    if let Some(file) = &cfg.dapr_config {
+        crate::config::resources::load_file(file, &cfg.app_id, &mut res, &mut errors);
     }
-    let (res, mut errors) = crate::config::resources::load(&cfg.resources_paths, &cfg.app_id);
     let Resources {
         components: mut comps,
         documents,
@@ -124,6 +131,25 @@ fn prepare_resources(cfg: &Config) -> (Setup, Vec<ConfigError>) {
                 match SecretScopes::from_configuration(&doc.value, &doc.source) {
                     Ok(scopes) => setup.secret_scopes = scopes,
                     Err(e) => errors.extend(e),
+                }
+                let spec = doc.value.get("spec");
+                for (field, what) in [
+                    (
+                        "tracing",
+                        "W3C trace context is carried on every call; span export (samplingRate, zipkin, otel) is not in this build",
+                    ),
+                    (
+                        "features",
+                        "no preview features exist in edgecar; each is ignored",
+                    ),
+                    ("metric", "metrics are always on"),
+                    ("nameResolution", "edgecar resolves app ids itself"),
+                ] {
+                    if spec.and_then(|s| s.get(field)).is_some() {
+                        setup
+                            .notes
+                            .push(format!("{}: spec.{field}: {what}", doc.source.display()));
+                    }
                 }
             }
             "Resiliency" => match parse_resiliency(&doc.value) {

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod mqtt;
+pub mod sdk;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -86,13 +87,16 @@ pub struct Edgecar {
     pub quic_port: u16,
     /// The SHA-256 fingerprint of the QUIC endpoint's certificate, as logged (empty without it).
     pub quic_fingerprint: String,
+    /// The Dapr gRPC API port it bound (0 when gRPC is disabled).
+    pub grpc_port: u16,
     /// Everything it has logged so far.
     pub log: Arc<Mutex<String>>,
 }
 
 impl Edgecar {
-    /// Starts `edgecar run --dapr-http-port 0 --mqtt-port 0 --state-dir <state_dir> <args>` and
-    /// waits until it serves (`--mqtt-port` is left out when `args` has its own).
+    /// Starts `edgecar run --dapr-http-port 0 --mqtt-port 0 --dapr-grpc-port 0 --state-dir
+    /// <state_dir> <args>` and waits until it serves (`--mqtt-port` and `--dapr-grpc-port` are
+    /// left out when `args` has its own).
     pub fn start(state_dir: &Path, args: &[&str]) -> Edgecar {
         Self::start_with_env(state_dir, args, &[])
     }
@@ -104,18 +108,42 @@ impl Edgecar {
         if !args.contains(&"--mqtt-port") {
             cmd.arg("--mqtt-port").arg("0");
         }
+        if !args.contains(&"--dapr-grpc-port") {
+            cmd.arg("--dapr-grpc-port").arg("0");
+        }
         cmd.arg("--state-dir")
             .arg(state_dir)
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("DAPR_API_TOKEN")
             .env_remove("STATE_DIRECTORY")
+            .env_remove("DAPR_GRPC_PORT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn(cmd)
+    }
+
+    /// Starts `edgecar <args>` exactly as given (no ports or state dir added) in directory
+    /// `cwd`, as the Dapr CLI starts daprd, and waits until it serves.
+    pub fn start_exact(cwd: &Path, args: &[&str]) -> Edgecar {
+        let mut cmd = Command::new(edgecar_bin());
+        cmd.args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "info")
+            .env_remove("DAPR_API_TOKEN")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("DAPR_GRPC_PORT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Edgecar {
         let mut child = cmd.spawn().expect("spawn edgecar");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
@@ -125,6 +153,8 @@ impl Edgecar {
         let mqtt_seen = mqtt.clone();
         let quic = Arc::new(Mutex::new((0u16, String::new())));
         let quic_seen = quic.clone();
+        let grpc = Arc::new(Mutex::new(0u16));
+        let grpc_seen = grpc.clone();
         std::thread::spawn(move || {
             let port_after = |line: &str, marker: &str| {
                 line.split(marker)
@@ -149,6 +179,8 @@ impl Edgecar {
                         .unwrap_or_default()
                         .to_owned();
                     *quic_seen.lock().unwrap() = (p, fp);
+                } else if let Some(p) = port_after(&line, "Dapr gRPC API listening addr=") {
+                    *grpc_seen.lock().unwrap() = p;
                 } else if let Some(p) = port_after(&line, "Dapr HTTP API listening addr=") {
                     let _ = tx.send(p);
                 }
@@ -164,6 +196,7 @@ impl Edgecar {
                     child: Some(child),
                     port,
                     mqtt_port: *mqtt.lock().unwrap(),
+                    grpc_port: *grpc.lock().unwrap(),
                     quic_port,
                     quic_fingerprint,
                     log,
@@ -225,6 +258,22 @@ impl Edgecar {
                 Instant::now() < deadline,
                 "edgecar did not exit after SIGTERM"
             );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself (e.g. after an API shutdown).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let c = self.child.as_mut()?;
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -29,7 +29,7 @@ fn metadata_describes_the_sidecar_and_keeps_extended_attributes() {
     assert_eq!(m["components"][0]["type"], "state.sled");
     assert_eq!(
         m["components"][0]["capabilities"],
-        serde_json::json!(["ETAG", "TRANSACTIONAL", "TTL"])
+        serde_json::json!(["ETAG", "TRANSACTIONAL", "TTL", "QUERY_API"])
     );
     assert_eq!(m["appConnectionProperties"]["port"], 6000);
     assert_eq!(

@@ -119,6 +119,8 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_clearly() {
             "run",
             "--dapr-http-port",
             "0",
+            "--dapr-grpc-port",
+            "0",
             "--mqtt-port",
             "0",
             "--state-dir",

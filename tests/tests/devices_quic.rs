@@ -313,20 +313,9 @@ fn error_code(body: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_big_headers_and_stream_floods_get_errors_and_others_keep_service() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("edgecar.yaml");
-    std::fs::write(&cfg, "quic:\n  handshakeTimeout: 1s\n").unwrap();
-    let (ec, p1, p2) = site(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let (ec, p1, p2) = site(dir.path(), &[]);
     let (d2, _) = Client::connect(opts(&ec, "dev2", &p2)).await.unwrap();
     let q = pinned(&ec);
-
-    // A connection that never authenticates: closed with 0x3 after quic.handshakeTimeout.
-    let (_e, idle) = handshake("127.0.0.1", ec.quic_port, WAIT, &q)
-        .await
-        .unwrap();
-    match tokio::time::timeout(WAIT, idle.closed()).await.unwrap() {
-        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code.into_inner(), 3),
-        other => panic!("{other:?}"),
-    }
 
     // A first stream that is not an auth request: closed with 0x2.
     let (_e, conn) = handshake("127.0.0.1", ec.quic_port, WAIT, &q)
@@ -488,4 +477,102 @@ async fn client_certificates_identify_devices_and_wrong_ones_are_refused() {
         (log.contains("no such device in the registry") && log.contains("QUIC handshake failed"))
             .then_some(())
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commanded_while_asleep_on_mqtt_it_wakes_on_quic_and_gets_its_mailbox_and_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ec, p1, _) = site(dir.path(), &[]);
+    // dev1 subscribes (over MQTT, with the CLI), then sleeps.
+    let out = Command::new(device_cli_bin())
+        .args(["--port", &ec.mqtt_port.to_string(), "--id", "dev1"])
+        .args(["subscribe", "alerts", "--count", "0"])
+        .env("EDGECAR_DEVICE_PASSWORD", &p1)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // While it sleeps: a mailbox command and an event.
+    let r = tokio::task::spawn_blocking({
+        let port = ec.port;
+        move || {
+            http(
+                port,
+                "POST",
+                "/v1.0/invoke/dev1/method/valve/open?percent=40",
+                br#"{"by":"scheduler"}"#,
+                &[
+                    ("x-edgecar-mailbox-ttl", "10m"),
+                    ("content-type", "application/json"),
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let r = ec.req(
+        "POST",
+        "/v1.0/publish/pubsub/alerts",
+        br#"{"level":"high"}"#,
+        &[("content-type", "application/json")],
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    // It wakes on QUIC: the command and the event arrive on streams the gateway opens.
+    let (d1, mut commands) = Client::connect(opts(&ec, "dev1", &p1)).await.unwrap();
+    let mut events = d1.events().unwrap();
+    let cmd = tokio::time::timeout(WAIT, commands.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (cmd.method.as_str(), cmd.rid.as_str()),
+        ("valve/open?percent=40", id.as_str())
+    );
+    assert_eq!(&cmd.body[..], br#"{"by":"scheduler"}"#);
+    d1.reply(&cmd, 200, r#"{"opened":40}"#).await.unwrap();
+    let ev = tokio::time::timeout(WAIT, events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ev.pubsub.as_str(), ev.topic.as_str()),
+        ("pubsub", "alerts")
+    );
+    let v: serde_json::Value = serde_json::from_slice(&ev.body).unwrap();
+    assert_eq!(v["data"]["level"], "high");
+    // The app fetches the device's answer from the mailbox.
+    let location = format!("/v1.0/devices/dev1/mailbox/{id}");
+    let r = eventually(WAIT, "the mailbox answer", || {
+        let r = ec.req("GET", &location, b"", &[]);
+        (r.status == 200).then_some(r)
+    });
+    assert_eq!(r.text(), r#"{"opened":40}"#);
+    // Acknowledged: nothing waits any more.
+    let r = ec.req("GET", "/v1.0/devices/dev1", b"", &[]);
+    assert_eq!(r.json()["link"], "quic", "{}", r.text());
+    d1.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_authenticates_is_closed_with_code_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("edgecar.yaml");
+    std::fs::write(&cfg, "quic:\n  handshakeTimeout: 1s\n").unwrap();
+    let ec = Edgecar::start(
+        dir.path(),
+        &["--quic-port", "0", "--config", cfg.to_str().unwrap()],
+    );
+    let (_e, idle) = handshake("127.0.0.1", ec.quic_port, WAIT, &pinned(&ec))
+        .await
+        .unwrap();
+    match tokio::time::timeout(WAIT, idle.closed()).await.unwrap() {
+        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code.into_inner(), 3),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ec.req("GET", "/v1.0/healthz", b"", &[]).status, 204);
 }

@@ -202,16 +202,24 @@ fn requests_telemetry_and_commands_through_the_broker() {
     site.publish("a", "edgecar/v1/a/req/frobnicate/f1", "");
     let m = reply_on(&dev, "edgecar/v1/a/res/frobnicate/f1/404");
     assert_eq!(json_payload(&m)["errorCode"], "ERR_NOT_FOUND");
-    // Device pub/sub subscriptions need the embedded endpoint: a clear 501 through a broker.
+    // Device pub/sub subscriptions work through the broker too: the events come from edgecar's
+    // durable outbox, published into the device's tree.
+    let events = site.listen("a", &["edgecar/v1/a/sub/#"], &["-V", "mqttv5"]);
     site.publish("a", "edgecar/v1/a/req/subscribe/u1?topic=alerts", "");
-    let m = reply_on(&dev, "edgecar/v1/a/res/subscribe/u1/501");
-    assert!(
-        json_payload(&m)["message"]
-            .as_str()
-            .unwrap()
-            .contains("mqtt.mode: embedded"),
-        "{m}"
+    let m = reply_on(&dev, "edgecar/v1/a/res/subscribe/u1/201");
+    assert_eq!(
+        json_payload(&m)["deliveredTo"],
+        "edgecar/v1/a/sub/pubsub/alerts"
     );
+    let r = ec.req(
+        "POST",
+        "/v1.0/publish/pubsub/alerts",
+        br#"{"level":"high"}"#,
+        &[("content-type", "application/json")],
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let m = reply_on(&events, "edgecar/v1/a/sub/pubsub/alerts");
+    assert_eq!(json_payload(&m)["data"]["level"], "high");
 
     // MQTT 5 request/response: the broker carries response topic and correlation data both ways.
     let r = mosquitto_rr(
@@ -668,4 +676,53 @@ fn a_reply_larger_than_the_broker_takes_becomes_an_error_and_the_connection_stay
     site.publish("a", "edgecar/v1/a/req/state.get/g?key=k1", "");
     let m = reply_on(&dev, "edgecar/v1/a/res/state.get/g/200?etag=1");
     assert_eq!(json_payload(&m), serde_json::Value::String(big));
+}
+
+/// The mailbox through the broker: a command left for a device nobody at the broker listens for
+/// is queued (202), goes out when the device is heard again, and its answer is kept for the app.
+#[test]
+fn the_mailbox_reaches_a_device_through_the_broker_when_it_wakes() {
+    let site = Site::new();
+    let ec = site.edgecar(&[]);
+    let r = ec.req(
+        "POST",
+        "/v1.0/invoke/b/method/valve/open?percent=40",
+        b"{}",
+        &[
+            ("x-edgecar-mailbox-ttl", "10m"),
+            ("content-type", "application/json"),
+        ],
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let location = format!("/v1.0/devices/b/mailbox/{id}");
+    assert_eq!(
+        ec.req("GET", &location, b"", &[]).json()["status"],
+        "queued"
+    );
+
+    // b wakes: it listens for commands and sends something, so edgecar hears it.
+    let cmds = site.listen(
+        "b",
+        &["edgecar/v1/b/cmd/#", "edgecar/v1/b/res/#"],
+        &["-V", "mqttv5"],
+    );
+    site.publish("b", "edgecar/v1/b/req/state.get/w1?key=x", "");
+    reply_on(&cmds, "edgecar/v1/b/res/state.get/w1/204");
+    let cmd = eventually(WAIT, "the queued command", || {
+        cmds.messages()
+            .into_iter()
+            .find(|m| topic(m) == format!("edgecar/v1/b/cmd/valve/open/{id}"))
+    });
+    assert_eq!(cmd["properties"]["user-properties"]["query"], "percent=40");
+    site.publish(
+        "b",
+        &format!("edgecar/v1/b/cmdres/{id}/200"),
+        r#"{"opened":true}"#,
+    );
+    let answered = eventually(WAIT, "the answer in the mailbox", || {
+        let r = ec.req("GET", &location, b"", &[]);
+        (r.status == 200).then_some(r)
+    });
+    assert_eq!(answered.json()["opened"], true);
 }

@@ -1,4 +1,5 @@
-//! The official Dapr JavaScript SDK (`@dapr/dapr`, HTTP mode), unchanged, against the real binary.
+//! The official Dapr JavaScript SDK (`@dapr/dapr`, HTTP and GRPC modes), unchanged, against the
+//! real binary.
 //!
 //! Needs `node` and the SDK installed in tests/js (`npm ci --prefix tests/js`; scripts/test.sh does it).
 
@@ -92,5 +93,60 @@ fn dapr_javascript_sdk_pubsub_works_unchanged() {
         "Dapr JS SDK pub/sub run failed:\n{stdout}\n{}\nedgecar log:\n{}",
         String::from_utf8_lossy(&out.stderr),
         ec.log.lock().unwrap()
+    );
+}
+
+#[test]
+fn dapr_javascript_sdk_in_grpc_mode_works_unchanged() {
+    let app = edgecar_tests::sdk::sdk_app();
+    let (dir, res, data) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let items = edgecar_tests::sdk::sdk_resources(res.path(), data.path(), app.port);
+    let mut ec = Edgecar::start(
+        dir.path(),
+        &[
+            "--app-id",
+            "orders",
+            "--app-port",
+            &app.port.to_string(),
+            "--resources-path",
+            res.path().to_str().unwrap(),
+        ],
+    );
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    let out = Command::new("node")
+        .arg("grpc.mjs")
+        .arg("orders")
+        .arg(&items)
+        .current_dir(&js)
+        .env("DAPR_GRPC_PORT", ec.grpc_port.to_string())
+        .env("DAPR_HTTP_PORT", ec.port.to_string())
+        .env_remove("DAPR_API_TOKEN")
+        .output()
+        .expect("node not found: install nodejs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "Dapr JS SDK (GRPC mode) run failed:\n{stdout}\n{}\nedgecar log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ec.log.lock().unwrap()
+    );
+    let status = ec.wait_exit(std::time::Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "no clean exit after Shutdown: {status:?}"
+    );
+    edgecar_tests::eventually(
+        std::time::Duration::from_secs(5),
+        "the published event",
+        || {
+            app.received()
+                .iter()
+                .find(|r| r.path == "/orders")
+                .map(|_| ())
+        },
     );
 }

@@ -85,3 +85,48 @@ fn a_devices_publish_carries_its_own_identity() {
     assert_eq!(ev["source"], "dev1");
     assert_eq!(ev["topic"], "orders");
 }
+
+/// Binary payloads are data: a CBOR reading from an MQTT 3.1.1 device (which cannot say its
+/// content type), published with `mosquitto_pub -V 311 -q 1 -f reading.cbor`, reaches the app as
+/// `application/octet-stream` with `data_base64` that decodes to the very same bytes — never as
+/// text with its invalid bytes replaced. The same holds for a device's `publish` request.
+#[test]
+fn a_binary_reading_reaches_its_subscriber_byte_identical() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = add_device(dir.path(), "sensor-1");
+    let app = SubscriberApp::start(SUBSCRIBE, |_| (200, String::new()));
+    let ec = Edgecar::start(dir.path(), &["--app-port", &app.port.to_string()]);
+    // {"t": 21.5} in CBOR, then bytes no UTF-8 text may hold.
+    let cbor: Vec<u8> = vec![0xa1, 0x61, 0x74, 0xf9, 0x4d, 0x60, 0xff, 0xfe, 0x00, 0x80];
+    let file = dir.path().join("reading.cbor");
+    std::fs::write(&file, &cbor).unwrap();
+    for topic in [
+        "edgecar/v1/sensor-1/telemetry/oven",
+        "edgecar/v1/sensor-1/req/publish/p1?topic=orders",
+    ] {
+        let out = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &ec.mqtt_port.to_string()])
+            .args([
+                "-u", "sensor-1", "-P", &pw, "-V", "311", "-q", "1", "-t", topic,
+            ])
+            .arg("-f")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for route in ["/telemetry", "/orders"] {
+        let ev = app.wait_for(route, 1, Duration::from_secs(15))[0].json();
+        assert_eq!(ev["datacontenttype"], "application/octet-stream", "{ev}");
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(ev["data_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(data, cbor, "{route}");
+        assert_eq!(ev["source"], "sensor-1");
+    }
+}

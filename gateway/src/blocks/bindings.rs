@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::Method;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::{info, warn};
@@ -32,7 +31,7 @@ use crate::resilience::ComponentCalls;
 /// A loaded output binding.
 pub enum OutputBinding {
     /// `bindings.http`.
-    Http(HttpBinding),
+    Http(Box<HttpBinding>),
     /// `bindings.mqtt3`: publishes to `topic` (request metadata `topic` overrides it).
     Mqtt {
         /// The broker connection (shared with the binding's input side).
@@ -73,10 +72,9 @@ impl Handler for ToApp {
             ),
             ("x-edgecar-topic".to_owned(), msg.topic.clone()),
         ];
-        let path = format!("/{}", self.name);
         match self
             .invoke
-            .call(&self.app_id, &path, &Method::POST, &headers, msg.data)
+            .binding_event(&self.app_id, &self.name, &headers, msg.data)
             .await
         {
             Ok(r) if r.status.is_success() => Outcome::Ack,
@@ -258,13 +256,7 @@ pub async fn run_input(
                     ("x-edgecar-cron-time".to_owned(), fired),
                 ];
                 match invoke
-                    .call(
-                        &app_id,
-                        &format!("/{name}"),
-                        &Method::POST,
-                        &headers,
-                        Bytes::new(),
-                    )
+                    .binding_event(&app_id, &name, &headers, Bytes::new())
                     .await
                 {
                     Ok(r) if r.status.is_success() => {}

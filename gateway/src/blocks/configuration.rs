@@ -3,7 +3,7 @@
 //!
 //! Reads go to the store; a subscription is a task that listens to the store's changes and POSTs
 //! each changed item to the app at `/configuration/<store>/<key>` (Dapr's route), through the
-//! invocation block so resiliency policies for the app apply. Subscriptions end on unsubscribe or
+//! invocation block so resiliency policies for the app apply, or sends it on a stream (gRPC). Subscriptions end on unsubscribe or
 //! when the gateway stops (the block aborts its tasks when dropped).
 
 use std::collections::HashMap;
@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::warn;
 
@@ -42,6 +43,36 @@ impl Drop for ConfigurationBlock {
             .unwrap_or_else(|p| p.into_inner());
         for (_, (_, task)) in subs.drain() {
             task.abort();
+        }
+    }
+}
+
+/// Where a subscription's notifications go.
+enum Sink {
+    /// POSTed to the app at `/configuration/<store>/<key>`.
+    App,
+    /// Sent on a stream the caller reads (gRPC).
+    Stream(mpsc::Sender<serde_json::Value>),
+}
+
+async fn deliver_to_app(
+    invoke: &InvokeBlock,
+    app: &str,
+    sid: &str,
+    store: &str,
+    key: &str,
+    note: serde_json::Value,
+) {
+    let path = format!("/configuration/{store}/{key}");
+    let headers = [("content-type".to_owned(), "application/json".to_owned())];
+    let body = Bytes::from(note.to_string());
+    match invoke.call(app, &path, &Method::POST, &headers, body).await {
+        Ok(r) if r.status.is_success() => {}
+        Ok(r) => {
+            warn!(subscription = %sid, %key, status = %r.status, "app refused a configuration notification")
+        }
+        Err(e) => {
+            warn!(subscription = %sid, %key, error = %e, "configuration notification not delivered")
         }
     }
 }
@@ -91,9 +122,10 @@ impl ConfigurationBlock {
         Ok(Reply::json(serde_json::to_vec(&items).unwrap_or_default()))
     }
 
-    /// `GET /v1.0/configuration/<store>/subscribe?key=...`: `{"id": "..."}`.
+    /// `GET /v1.0/configuration/<store>/subscribe?key=...`: `{"id": "..."}`; changes are POSTed
+    /// to the app.
     pub fn subscribe(&self, store_name: &str, keys: Vec<String>) -> Result<Reply, Error> {
-        let store = self.store(store_name)?;
+        self.store(store_name)?;
         if !self.invoke.app_ids().contains(&self.app_id) {
             return Err(Error::new(
                 ErrorKind::BadRequest,
@@ -101,6 +133,25 @@ impl ConfigurationBlock {
                 "no app to notify: start edgecar with --app-port so changes can be delivered",
             ));
         }
+        let id = self.start(store_name, keys, Sink::App)?;
+        Ok(Reply::json(json!({ "id": id }).to_string()))
+    }
+
+    /// A subscription whose notifications (`{"id", "items": {key: item}}`) come on a bounded
+    /// channel instead of going to the app: gRPC's `SubscribeConfiguration` stream. It ends on
+    /// unsubscribe or when the receiver is dropped.
+    pub fn watch(
+        &self,
+        store_name: &str,
+        keys: Vec<String>,
+    ) -> Result<(String, mpsc::Receiver<serde_json::Value>), Error> {
+        let (tx, rx) = mpsc::channel(16);
+        let id = self.start(store_name, keys, Sink::Stream(tx))?;
+        Ok((id, rx))
+    }
+
+    fn start(&self, store_name: &str, keys: Vec<String>, sink: Sink) -> Result<String, Error> {
+        let store = self.store(store_name)?;
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -132,20 +183,16 @@ impl ConfigurationBlock {
                         || json!({"value": "", "version": "", "metadata": {}}),
                         |i| json!(i),
                     );
-                    let body = json!({"id": sid, "items": {key.clone(): item}}).to_string();
-                    let path = format!("/configuration/{sname}/{key}");
-                    let headers = [("content-type".to_owned(), "application/json".to_owned())];
-                    match invoke
-                        .call(&app, &path, &Method::POST, &headers, Bytes::from(body))
-                        .await
-                    {
-                        Ok(r) if r.status.is_success() => {}
-                        Ok(r) => {
-                            warn!(subscription = %sid, %key, status = %r.status, "app refused a configuration notification")
+                    let note = json!({"id": sid, "items": {key.clone(): item}});
+                    let tx = match &sink {
+                        Sink::Stream(tx) => tx,
+                        Sink::App => {
+                            deliver_to_app(&invoke, &app, &sid, &sname, &key, note).await;
+                            continue;
                         }
-                        Err(e) => {
-                            warn!(subscription = %sid, %key, error = %e, "configuration notification not delivered")
-                        }
+                    };
+                    if tx.send(note).await.is_err() {
+                        return;
                     }
                 }
             }
@@ -154,7 +201,7 @@ impl ConfigurationBlock {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), (store_name.to_owned(), task.abort_handle()));
-        Ok(Reply::json(json!({ "id": id }).to_string()))
+        Ok(id)
     }
 
     /// `GET /v1.0/configuration/<store>/<id>/unsubscribe`.

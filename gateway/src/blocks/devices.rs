@@ -1,32 +1,34 @@
 //! The devices building block: commands from apps to devices, and who is connected.
 //!
 //! `POST /v1.0/invoke/<device-id>/method/<m>` reaches here when `<device-id>` is a registered
-//! device and not an app: the block sends the command through whatever transport the device is
-//! connected by (a [`DeviceLink`]: the MQTT endpoint, or the external broker), waits up to
+//! device and not an app: the block sends the command through the link the device is on now
+//! ([`Links::of`]: the MQTT endpoint, the external broker, QUIC), waits up to
 //! `devices.commandTimeout` for the reply and turns it, or the failure, into Dapr's invoke
 //! answers. `GET /v1.0/devices[/<id>]` lists registered devices with their presence.
 //!
 //! A device that is not connected (or not listening for commands) fails the call at once with
 //! 503 — unless the app asked for the **mailbox** with the `x-edgecar-mailbox-ttl` header: then
-//! the command is queued in the device's durable outbox ([`crate::outbox`]) for that long, the
+//! the command is queued, transport-neutral ([`DeviceMessage::Command`]), in the device's durable
+//! outbox ([`crate::outbox`]) for that long, and goes out on whichever link the device wakes on; the
 //! app gets `202 Accepted` with a mailbox id, and fetches the device's answer later from
 //! `GET /v1.0/devices/<id>/mailbox/<mailbox-id>`.
 //!
 //! It also serves devices' own pub/sub subscriptions (`subscribe` / `unsubscribe`), stored by
 //! [`crate::blocks::pubsub::devices`].
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::blocks::pubsub::devices::{DeviceSubscriptions, delivery_topic};
+use crate::blocks::pubsub::devices::DeviceSubscriptions;
 use crate::call::{Caller, Reply};
 use crate::clock::rfc3339;
 pub use crate::devices::link::{Command, CommandReply, DeviceLink, LinkError};
+use crate::devices::link::{DeviceMessage, Links, check_method};
 use crate::devices::{Presence, Registry, Status};
 use crate::error::{Error, ErrorKind, codes};
-use crate::outbox::{OutMessage, Outbox, Record, RecordReply};
+use crate::outbox::{Outbox, Record, RecordReply};
 
 /// The header an app sets to have a command queued for a sleeping device.
 pub const MAILBOX_HEADER: &str = "x-edgecar-mailbox-ttl";
@@ -57,8 +59,8 @@ pub struct DevicesBlock {
     registry: Arc<Registry>,
     /// Who is connected.
     presence: Arc<Presence>,
-    /// The transport commands go through, set once the MQTT endpoint exists.
-    link: OnceLock<Arc<dyn DeviceLink>>,
+    /// The links devices are on.
+    links: Arc<Links>,
     /// How long a command waits for its reply.
     timeout: Duration,
     /// Longest mailbox TTL an app may ask for.
@@ -108,9 +110,15 @@ fn record_json(r: &Record) -> serde_json::Value {
     })
 }
 
-fn status_json(id: &str, s: &Status, added_at: Option<&str>) -> serde_json::Value {
+fn status_json(
+    id: &str,
+    s: &Status,
+    added_at: Option<&str>,
+    link: Option<&'static str>,
+) -> serde_json::Value {
     json!({
         "id": id,
+        "link": link,
         "connected": s.connections > 0,
         "connections": s.connections,
         "protocol": s.protocol,
@@ -122,12 +130,18 @@ fn status_json(id: &str, s: &Status, added_at: Option<&str>) -> serde_json::Valu
 }
 
 impl DevicesBlock {
-    /// The block over a registry and presence table; commands wait `timeout`.
-    pub fn new(registry: Arc<Registry>, presence: Arc<Presence>, timeout: Duration) -> Self {
+    /// The block over a registry, presence table and the gateway's links; commands wait
+    /// `timeout`.
+    pub fn new(
+        registry: Arc<Registry>,
+        presence: Arc<Presence>,
+        links: Arc<Links>,
+        timeout: Duration,
+    ) -> Self {
         DevicesBlock {
             registry,
             presence,
-            link: OnceLock::new(),
+            links,
             timeout,
             max_command_ttl: Duration::from_secs(7 * 24 * 3600),
             queued: None,
@@ -154,11 +168,9 @@ impl DevicesBlock {
     fn queued(&self) -> Result<&Queued, Error> {
         self.queued.as_ref().ok_or_else(|| {
             Error::new(
-                ErrorKind::NotImplemented,
-                codes::NOT_IMPLEMENTED,
-                "the mailbox and devices' pub/sub subscriptions need the embedded MQTT endpoint \
-                 (mqtt.mode: embedded); through an external broker, use the broker's persistent \
-                 sessions",
+                ErrorKind::Internal,
+                codes::INTERNAL,
+                "the device outboxes are not open",
             )
         })
     }
@@ -173,10 +185,10 @@ impl DevicesBlock {
         let id = device_of(caller)?;
         let q = self.queued()?;
         let created = q.subs.subscribe(id, pubsub, topic).await?;
+        // Where the events arrive is the link's business (MQTT adds its topic to this reply).
         let body = json!({
             "pubsub": pubsub,
             "topic": topic,
-            "deliveredTo": delivery_topic(id, pubsub, topic),
             "created": created,
         });
         let mut r = Reply::json(serde_json::to_vec(&body).unwrap_or_default());
@@ -216,9 +228,8 @@ impl DevicesBlock {
         why: &LinkError,
     ) -> Result<Reply, Error> {
         let q = self.queued()?;
+        check_method(&cmd.method).map_err(|e| invoke_error(ErrorKind::BadRequest, device, e))?;
         let id = q.outbox.new_id();
-        let msg = crate::transport::mqtt::protocol::command_message(device, &id, cmd)
-            .map_err(|e| invoke_error(ErrorKind::BadRequest, device, e))?;
         let now = crate::clock::unix_ms();
         let expires = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         let record = Record {
@@ -231,11 +242,13 @@ impl DevicesBlock {
             delivered_at_ms: None,
             reply: None,
         };
-        let out = OutMessage {
-            topic: msg.topic,
-            payload: msg.payload,
-            content_type: msg.props.content_type,
-            user: msg.props.user,
+        let out = DeviceMessage::Command {
+            id: id.clone(),
+            method: cmd.method.clone(),
+            verb: cmd.verb.to_string(),
+            content_type: cmd.content_type.clone(),
+            traceparent: cmd.traceparent.clone(),
+            body: cmd.body.clone(),
         };
         q.outbox
             .record_command(record.clone(), out)
@@ -317,11 +330,6 @@ impl DevicesBlock {
         Ok(r)
     }
 
-    /// Connects the transport commands go through (once).
-    pub fn set_link(&self, link: Arc<dyn DeviceLink>) {
-        let _ = self.link.set(link);
-    }
-
     /// Whether `id` is a registered device.
     pub fn is_device(&self, id: &str) -> bool {
         self.registry.contains(id)
@@ -371,7 +379,9 @@ impl DevicesBlock {
                 format!("{caller} may not invoke device {device:?}"),
             ));
         }
-        let Some(link) = self.link.get() else {
+        // The link the device is on; while it is away, the first link says why it cannot take
+        // the command (and the mailbox takes it, if the app asked).
+        let Some(link) = self.links.of(device).or_else(|| self.links.any()) else {
             return Err(invoke_error(
                 ErrorKind::Unavailable,
                 device,
@@ -391,7 +401,11 @@ impl DevicesBlock {
                     ),
                 ));
             }
-            Ok(Err(e @ (LinkError::NotConnected(_) | LinkError::NotListening { .. }))) => {
+            Ok(Err(
+                e @ (LinkError::NotConnected(_)
+                | LinkError::NotListening { .. }
+                | LinkError::NotReachable(_)),
+            )) => {
                 if let Some(ttl) = cmd_ttl {
                     return self.queue_command(device, &cmd_copy, ttl, &e).await;
                 }
@@ -425,7 +439,10 @@ impl DevicesBlock {
         let devices = self.registry.snapshot();
         let list: Vec<_> = devices
             .iter()
-            .map(|(id, d)| status_json(id, &self.presence.get(id), d.added_at.as_deref()))
+            .map(|(id, d)| {
+                let link = self.links.of(id).map(|l| l.kind());
+                status_json(id, &self.presence.get(id), d.added_at.as_deref(), link)
+            })
             .collect();
         Ok(Reply::json(
             serde_json::to_vec(&json!({ "devices": list })).unwrap_or_default(),
@@ -442,7 +459,8 @@ impl DevicesBlock {
                 format!("no device {id:?} is registered"),
             )
         })?;
-        let mut body = status_json(id, &self.presence.get(id), d.added_at.as_deref());
+        let link = self.links.of(id).map(|l| l.kind());
+        let mut body = status_json(id, &self.presence.get(id), d.added_at.as_deref(), link);
         if let Some(q) = &self.queued {
             let subs: Vec<_> = q
                 .subs

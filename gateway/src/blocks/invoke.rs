@@ -78,8 +78,38 @@ pub enum InvokeError {
     },
 }
 
+/// The local app's callbacks when it speaks gRPC (`--app-protocol grpc`, Dapr's `AppCallback`
+/// service). The gRPC transport implements it; blocks call it where they would speak HTTP to the
+/// app, with the same neutral shapes (HTTP-style answers, Dapr's JSON).
+#[async_trait::async_trait]
+pub trait AppCallbacks: Send + Sync {
+    /// A service invocation (`OnInvoke`); `method` may carry `?query`.
+    async fn invoke(
+        &self,
+        method: &str,
+        verb: &Method,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<AppReply, String>;
+    /// The app's programmatic subscriptions (`ListTopicSubscriptions`), in the JSON shape of
+    /// `GET /dapr/subscribe`.
+    async fn subscriptions(&self) -> Result<Bytes, String>;
+    /// One topic event (`OnTopicEvent`): the CloudEvent JSON and the route it matched; the
+    /// answer as an HTTP app gives it (`{"status": "SUCCESS" | "RETRY" | "DROP"}`).
+    async fn topic_event(&self, path: &str, event: Bytes) -> Result<AppReply, String>;
+    /// An input binding event (`OnBindingEvent`).
+    async fn binding_event(
+        &self,
+        name: &str,
+        data: Bytes,
+        metadata: &[(String, String)],
+    ) -> Result<AppReply, String>;
+}
+
 /// The invocation building block.
 pub struct InvokeBlock {
+    /// The local app, when it speaks gRPC: its id and its callbacks.
+    grpc_app: std::sync::OnceLock<(String, std::sync::Arc<dyn AppCallbacks>)>,
     /// App id → base URL (`http://host:port`), without a trailing slash.
     apps: HashMap<String, String>,
     /// Pooled keep-alive connections to the apps.
@@ -109,6 +139,7 @@ impl InvokeBlock {
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         InvokeBlock {
+            grpc_app: std::sync::OnceLock::new(),
             apps: apps
                 .into_iter()
                 .map(|(k, v)| (k, v.trim_end_matches('/').to_owned()))
@@ -118,6 +149,43 @@ impl InvokeBlock {
             resiliency,
             breakers: Breakers::default(),
             max_response,
+        }
+    }
+
+    /// Makes `app_id` a gRPC app: invocations and binding events go to `callbacks`.
+    pub fn set_grpc_app(&self, app_id: &str, callbacks: std::sync::Arc<dyn AppCallbacks>) {
+        let _ = self.grpc_app.set((app_id.to_owned(), callbacks));
+    }
+
+    /// The callbacks of `app_id` when it is the gRPC app.
+    pub fn grpc_app(&self, app_id: &str) -> Option<std::sync::Arc<dyn AppCallbacks>> {
+        self.grpc_app
+            .get()
+            .filter(|(id, _)| id == app_id)
+            .map(|(_, cb)| cb.clone())
+    }
+
+    /// Delivers an input binding's event to the app: `POST /<name>` over HTTP, or
+    /// `OnBindingEvent` to a gRPC app (with the headers as its metadata).
+    pub async fn binding_event(
+        &self,
+        app_id: &str,
+        name: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<AppReply, InvokeError> {
+        match self.grpc_app(app_id) {
+            Some(cb) => cb
+                .binding_event(name, body, headers)
+                .await
+                .map_err(|reason| InvokeError::Unreachable {
+                    app: app_id.to_owned(),
+                    reason,
+                }),
+            None => {
+                self.call(app_id, &format!("/{name}"), &Method::POST, headers, body)
+                    .await
+            }
         }
     }
 
@@ -196,7 +264,19 @@ impl InvokeBlock {
         let uri = format!("{base}{method}");
         let policies =
             resilience::first_policies(self.resiliency.iter().map(|r| r.policies_for_app(app_id)));
-        let attempt = || self.once(app_id, &uri, verb, headers, body.clone());
+        let grpc = self.grpc_app(app_id);
+        let attempt = || async {
+            match &grpc {
+                Some(cb) => cb
+                    .invoke(method, verb, headers, body.clone())
+                    .await
+                    .map_err(|reason| InvokeError::Unreachable {
+                        app: app_id.to_owned(),
+                        reason,
+                    }),
+                None => self.once(app_id, &uri, verb, headers, body.clone()).await,
+            }
+        };
         let server_error = |r: &Result<AppReply, InvokeError>| match r {
             Ok(reply) => reply.status.is_server_error(),
             Err(_) => true,

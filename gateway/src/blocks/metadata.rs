@@ -41,6 +41,8 @@ pub struct MetadataBlock {
     extended: Mutex<BTreeMap<String, String>>,
     /// Subscriptions really running (they start once the app answers).
     subscriptions: ActiveSubscriptions,
+    /// How edgecar calls the app: `http` or `grpc`.
+    app_protocol: &'static str,
 }
 
 impl MetadataBlock {
@@ -62,7 +64,14 @@ impl MetadataBlock {
             apps,
             extended: Mutex::new(BTreeMap::new()),
             subscriptions: ActiveSubscriptions::default(),
+            app_protocol: "http",
         }
+    }
+
+    /// Names the app channel's protocol (`grpc` for `--app-protocol grpc`).
+    pub fn with_app_protocol(mut self, protocol: &'static str) -> Self {
+        self.app_protocol = protocol;
+        self
     }
 
     /// Reports the subscriptions in this list (filled by the subscription manager).
@@ -127,7 +136,7 @@ impl MetadataBlock {
         if self.app_port != 0 {
             body["appConnectionProperties"] = json!({
                 "port": self.app_port,
-                "protocol": "http",
+                "protocol": self.app_protocol,
                 "channelAddress": self.app_address,
                 "maxConcurrency": -1,
             });

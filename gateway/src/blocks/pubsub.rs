@@ -600,3 +600,74 @@ impl BulkEntry {
         })
     }
 }
+
+/// One event of a streaming subscription (gRPC `SubscribeTopicEventsAlpha1`) and where its
+/// outcome goes.
+pub struct StreamedEvent {
+    /// The message as stored: the CloudEvent JSON (or the raw payload).
+    pub data: Bytes,
+    /// The topic it was published to.
+    pub topic: String,
+    /// `true` when the subscriber is done with it (SUCCESS or DROP), `false` to have it
+    /// redelivered (RETRY); dropping the sender redelivers too.
+    pub done: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// Hands a streaming subscription's messages to its stream, one at a time.
+struct ToStream {
+    events: tokio::sync::mpsc::Sender<StreamedEvent>,
+}
+
+#[async_trait::async_trait]
+impl crate::components::pubsub::Handler for ToStream {
+    async fn handle(
+        &self,
+        msg: crate::components::pubsub::InMessage,
+    ) -> crate::components::pubsub::Outcome {
+        use crate::components::pubsub::Outcome;
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let event = StreamedEvent {
+            data: msg.data,
+            topic: msg.topic,
+            done,
+        };
+        if self.events.send(event).await.is_err() {
+            return Outcome::Nack;
+        }
+        match outcome.await {
+            Ok(true) => Outcome::Ack,
+            _ => Outcome::Nack,
+        }
+    }
+}
+
+impl PubSubBlock {
+    /// A subscription whose messages go to a stream rather than to the app (gRPC's
+    /// `SubscribeTopicEventsAlpha1`): returns the consumer loop, which runs until `stop` fires.
+    /// Messages are handed over one at a time and acknowledged by the subscriber.
+    pub async fn stream_subscribe(
+        &self,
+        pubsub: &str,
+        topic: &str,
+        events: tokio::sync::mpsc::Sender<StreamedEvent>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<crate::components::pubsub::Consumer, Error> {
+        let component = self.resolve(pubsub, topic)?;
+        let req = crate::components::pubsub::SubscribeRequest {
+            topic: topic.to_owned(),
+            max_concurrency: 1,
+            app_id: self.app_id.clone(),
+        };
+        component
+            .bus
+            .subscribe(req, Arc::new(ToStream { events }), stop)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Upstream,
+                    codes::PUBSUB_SUBSCRIBE,
+                    format!("cannot subscribe to topic {topic} on pubsub {pubsub}: {e}"),
+                )
+            })
+    }
+}

@@ -317,8 +317,9 @@ impl StateBlock {
         store: &StateComponent,
         caller: &Caller,
         item: SaveItem,
-        call_metadata: &HashMap<String, String>,
+        params: &Params,
     ) -> Result<SetRequest, Error> {
+        let call_metadata = &params.metadata;
         let key = self.key(store, caller, &item.key)?;
         let value = item
             .value
@@ -326,9 +327,21 @@ impl StateBlock {
         let mut metadata: HashMap<String, String> = call_metadata.clone();
         metadata.extend(item.metadata.into_iter().map(|(k, v)| (k, v.into_string())));
         let options = item.options.unwrap_or_default();
+        let value = if params.binary_values {
+            let b64: String = serde_json::from_str(value.get()).map_err(|_| {
+                Error::malformed(format!("state item {:?}: value must be base64", item.key))
+            })?;
+            Bytes::from(
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).map_err(
+                    |e| Error::malformed(format!("state item {:?}: value: {e}", item.key)),
+                )?,
+            )
+        } else {
+            Bytes::from(value.get().to_owned())
+        };
         Ok(SetRequest {
             key,
-            value: Bytes::from(value.get().to_owned()),
+            value,
             etag: item.etag.map(Stringish::into_string),
             concurrency: parse_concurrency(options.concurrency.as_deref())?,
             ttl: parse_ttl(&metadata)?,
@@ -359,6 +372,7 @@ impl StateBlock {
         caller: &Caller,
         store_name: &str,
         body: &[u8],
+        params: &Params,
     ) -> Result<Reply, Error> {
         let store = self.store(store_name)?;
         let req: BulkGetRequest = parse_json(body)?;
@@ -386,7 +400,15 @@ impl StateBlock {
             };
             match got.unwrap_or_else(|stopped| Err(StoreError::Backend(stopped.to_string()))) {
                 Ok(Some(item)) => {
-                    entry.data = Some(json_data(&item.value));
+                    entry.data = Some(if params.binary_values {
+                        let b64 = base64::Engine::encode(
+                            &base64::engine::general_purpose::STANDARD,
+                            &item.value,
+                        );
+                        serde_json::value::to_raw_value(&b64).unwrap_or_default()
+                    } else {
+                        json_data(&item.value)
+                    });
                     entry.etag = Some(item.etag);
                 }
                 Ok(None) => {}
@@ -412,7 +434,7 @@ impl StateBlock {
         self.check_count(items.len(), "items")?;
         let reqs = items
             .into_iter()
-            .map(|i| self.set_request(store, caller, i, &params.metadata))
+            .map(|i| self.set_request(store, caller, i, params))
             .collect::<Result<Vec<_>, _>>()?;
         self.guarded(
             store_name,
@@ -463,12 +485,9 @@ impl StateBlock {
         let mut ops = Vec::with_capacity(req.operations.len());
         for op in req.operations {
             match op.operation.as_str() {
-                "upsert" => ops.push(TxOp::Upsert(self.set_request(
-                    store,
-                    caller,
-                    op.request,
-                    &params.metadata,
-                )?)),
+                "upsert" => ops.push(TxOp::Upsert(
+                    self.set_request(store, caller, op.request, params)?,
+                )),
                 "delete" => {
                     let key = self.key(store, caller, &op.request.key)?;
                     ops.push(TxOp::Delete(DeleteRequest {
@@ -568,7 +587,12 @@ mod tests {
             .await
             .unwrap();
         let r = block
-            .bulk_get(&app, "s", br#"{"keys":["k","missing"]}"#)
+            .bulk_get(
+                &app,
+                "s",
+                br#"{"keys":["k","missing"]}"#,
+                &Params::default(),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -585,5 +609,227 @@ mod tests {
         assert_eq!(parse_ttl(&m("-1")).unwrap(), Ttl::Persist);
         assert!(parse_ttl(&m("0")).is_err());
         assert!(parse_ttl(&m("soon")).is_err());
+    }
+}
+
+/// Dapr's state query language (`/v1.0-alpha1/state/<store>/query`): a filter tree over fields
+/// of JSON values, a sort, and a page. Evaluated here over the keys a store lists, so every store
+/// that can list its keys answers queries the same way.
+mod query {
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    /// A parsed query.
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct Query {
+        pub filter: Option<Value>,
+        pub sort: Vec<Sort>,
+        pub page: Page,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Sort {
+        pub key: String,
+        #[serde(default)]
+        pub order: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct Page {
+        pub limit: usize,
+        pub token: Option<String>,
+    }
+
+    /// The value at a dotted path (`person.org`); `value.` in front is accepted too.
+    pub fn field<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+        let path = path.strip_prefix("value.").unwrap_or(path);
+        path.split('.').try_fold(v, |v, k| v.get(k))
+    }
+
+    fn cmp(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+            (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+            (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+            _ => None,
+        }
+    }
+
+    /// Sorts values of one field: numbers, strings and booleans in order, missing last.
+    pub fn order(a: Option<&Value>, b: Option<&Value>) -> std::cmp::Ordering {
+        use std::cmp::Ordering::*;
+        match (a, b) {
+            (Some(a), Some(b)) => cmp(a, b).unwrap_or(Equal),
+            (Some(_), None) => Less,
+            (None, Some(_)) => Greater,
+            (None, None) => Equal,
+        }
+    }
+
+    /// Whether `v` passes `filter`; an unknown operator is an error.
+    pub fn matches(filter: &Value, v: &Value) -> Result<bool, String> {
+        let obj = filter
+            .as_object()
+            .filter(|o| o.len() == 1)
+            .ok_or("a filter is an object with one operator")?;
+        let (op, arg) = obj.iter().next().ok_or("empty filter")?;
+        let one = || -> Result<(Option<&Value>, &Value), String> {
+            let o = arg
+                .as_object()
+                .filter(|o| o.len() == 1)
+                .ok_or(format!("{op} takes one field"))?;
+            let (path, want) = o.iter().next().ok_or(format!("{op} takes one field"))?;
+            Ok((field(v, path), want))
+        };
+        let list = || -> Result<&Vec<Value>, String> {
+            arg.as_array()
+                .filter(|a| !a.is_empty())
+                .ok_or(format!("{op} takes a non-empty list of filters"))
+        };
+        use std::cmp::Ordering::*;
+        Ok(match op.as_str() {
+            "EQ" => one().map(|(got, want)| got == Some(want))?,
+            "NEQ" => one().map(|(got, want)| got != Some(want))?,
+            "GT" | "GTE" | "LT" | "LTE" => {
+                let (got, want) = one()?;
+                let c = got.and_then(|g| cmp(g, want));
+                match op.as_str() {
+                    "GT" => c == Some(Greater),
+                    "GTE" => matches!(c, Some(Greater | Equal)),
+                    "LT" => c == Some(Less),
+                    _ => matches!(c, Some(Less | Equal)),
+                }
+            }
+            "IN" => {
+                let (got, want) = one()?;
+                let options = want.as_array().ok_or("IN takes a list of values")?;
+                got.is_some_and(|g| options.contains(g))
+            }
+            "AND" => {
+                let mut all = true;
+                for f in list()? {
+                    all &= matches(f, v)?;
+                }
+                all
+            }
+            "OR" => {
+                let mut any = false;
+                for f in list()? {
+                    any |= matches(f, v)?;
+                }
+                any
+            }
+            other => return Err(format!("unknown filter operator {other:?}")),
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use serde_json::json;
+
+        #[test]
+        fn filters_follow_daprs_query_language() {
+            let v = json!({"state": "CA", "person": {"org": "Dev Ops", "id": 1036}});
+            let ok = |f: Value| matches(&f, &v).unwrap();
+            assert!(ok(json!({"EQ": {"state": "CA"}})));
+            assert!(!ok(json!({"EQ": {"state": "WA"}})));
+            assert!(ok(json!({"EQ": {"person.org": "Dev Ops"}})));
+            assert!(ok(json!({"IN": {"state": ["WA", "CA"]}})));
+            assert!(ok(
+                json!({"AND": [{"EQ": {"state": "CA"}}, {"GT": {"person.id": 1000}}]})
+            ));
+            assert!(!ok(
+                json!({"AND": [{"EQ": {"state": "CA"}}, {"LT": {"person.id": 1000}}]})
+            ));
+            assert!(ok(
+                json!({"OR": [{"EQ": {"state": "WA"}}, {"EQ": {"value.state": "CA"}}]})
+            ));
+            assert!(matches(&json!({"LIKE": {"state": "C%"}}), &v).is_err());
+        }
+    }
+}
+
+impl StateBlock {
+    /// `POST /v1.0-alpha1/state/<store>/query`: the caller's JSON values that pass the filter,
+    /// sorted, one page at a time (`token` is where the next page starts).
+    pub async fn query(
+        &self,
+        caller: &Caller,
+        store_name: &str,
+        body: &[u8],
+    ) -> Result<Reply, Error> {
+        let store = self.store(store_name)?;
+        let q: query::Query = serde_json::from_slice(body)
+            .map_err(|e| Error::malformed(format!("failed to parse query: {e}")))?;
+        let prefix = match &store.key_prefix {
+            KeyPrefix::None => String::new(),
+            p => p.apply(caller.owner(), ""),
+        };
+        let items = self
+            .guarded(
+                store_name,
+                codes::STATE_QUERY,
+                || format!("failed query in state store {store_name}"),
+                || store.store.scan(&prefix),
+            )
+            .await?;
+        let mut rows = Vec::new();
+        for (key, item) in items {
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&item.value) else {
+                continue; // only JSON values are queryable
+            };
+            if let Some(f) = &q.filter
+                && !query::matches(f, &value)
+                    .map_err(|m| Error::new(ErrorKind::BadRequest, codes::STATE_QUERY, m))?
+            {
+                continue;
+            }
+            let key = key.strip_prefix(prefix.as_str()).unwrap_or(&key).to_owned();
+            rows.push((key, value, item.etag));
+        }
+        rows.sort_by(|a, b| {
+            for s in &q.sort {
+                let o = query::order(query::field(&a.1, &s.key), query::field(&b.1, &s.key));
+                let o = if s
+                    .order
+                    .as_deref()
+                    .is_some_and(|d| d.eq_ignore_ascii_case("DESC"))
+                {
+                    o.reverse()
+                } else {
+                    o
+                };
+                if o != std::cmp::Ordering::Equal {
+                    return o;
+                }
+            }
+            a.0.cmp(&b.0)
+        });
+        let start: usize = match q.page.token.as_deref() {
+            None | Some("") => 0,
+            Some(t) => t.parse().map_err(|_| {
+                Error::malformed(format!("page token {t:?} is not one edgecar gave"))
+            })?,
+        };
+        let limit = if q.page.limit == 0 {
+            self.limits.max_bulk_items
+        } else {
+            q.page.limit
+        };
+        let end = start.saturating_add(limit).min(rows.len());
+        let results: Vec<serde_json::Value> = rows
+            .get(start.min(end)..end)
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v, etag)| serde_json::json!({"key": k, "data": v, "etag": etag}))
+            .collect();
+        let mut out = serde_json::json!({ "results": results });
+        if end < rows.len() {
+            out["token"] = end.to_string().into();
+        }
+        Ok(Reply::json(serde_json::to_vec(&out).unwrap_or_default()))
     }
 }

@@ -107,6 +107,46 @@ struct Inner {
     queues: tokio::sync::Mutex<HashMap<String, Queue>>,
     /// Topics with a consumer, once known.
     in_use: RwLock<Option<HashSet<String>>>,
+    /// Consumers running per topic (streaming subscriptions start after `in_use` is known):
+    /// a consumed topic is in use whatever the declared set says.
+    live: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+/// Counts a running consumer of a topic for as long as it lives.
+struct Live {
+    inner: Arc<Inner>,
+    topic: String,
+}
+
+impl Live {
+    fn new(inner: Arc<Inner>, topic: &str) -> Live {
+        *inner
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(topic.to_owned())
+            .or_default() += 1;
+        Live {
+            inner,
+            topic: topic.to_owned(),
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let mut live = self
+            .inner
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = live.get_mut(&self.topic) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                live.remove(&self.topic);
+            }
+        }
+    }
 }
 
 impl SledPubSub {
@@ -119,6 +159,7 @@ impl SledPubSub {
                 settings,
                 queues: tokio::sync::Mutex::new(HashMap::new()),
                 in_use: RwLock::new(None),
+                live: std::sync::Mutex::default(),
             }),
         }
     }
@@ -141,12 +182,20 @@ impl SledPubSub {
 
     /// Whether messages for `topic` would be dropped because nothing consumes it.
     fn unused(&self, topic: &str) -> bool {
-        self.inner
-            .in_use
-            .read()
+        let consumed = self
+            .inner
+            .live
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|set| !set.contains(topic))
+            .contains_key(topic);
+        !consumed
+            && self
+                .inner
+                .in_use
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|set| !set.contains(topic))
     }
 }
 
@@ -261,7 +310,9 @@ impl PubSub for SledPubSub {
                 pending, "resuming delivery of stored messages"
             );
         }
+        let live = Live::new(self.inner.clone(), &req.topic);
         Ok(Box::pin(async move {
+            let _live = live;
             let mut workers = Workers::new(req.max_concurrency);
             loop {
                 tokio::select! {

@@ -113,6 +113,8 @@ pub mod features {
     pub const TRANSACTIONAL: &str = "TRANSACTIONAL";
     /// Per-key time to live.
     pub const TTL: &str = "TTL";
+    /// The state query API (filter, sort, page).
+    pub const QUERY: &str = "QUERY_API";
 }
 
 /// A state component.
@@ -133,6 +135,12 @@ pub trait StateStore: Send + Sync {
 
     /// Feature names for `/v1.0/metadata`.
     fn features(&self) -> &'static [&'static str];
+
+    /// Every live key starting with `prefix`, with its item, for the state query API (the
+    /// block filters, sorts and pages). Stores that cannot list their keys say so.
+    async fn scan(&self, _prefix: &str) -> Result<Vec<(String, StoredItem)>, StoreError> {
+        Err(StoreError::NotSupported("query"))
+    }
 }
 
 /// Decides whether a write or delete may proceed given the key's current version.

@@ -151,6 +151,32 @@ impl StateStore for MemoryStore {
     }
 
     fn features(&self) -> &'static [&'static str] {
-        &[features::ETAG, features::TRANSACTIONAL, features::TTL]
+        &[
+            features::ETAG,
+            features::TRANSACTIONAL,
+            features::TTL,
+            features::QUERY,
+        ]
+    }
+
+    async fn scan(&self, prefix: &str) -> Result<Vec<(String, StoredItem)>, StoreError> {
+        let inner = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError::Backend("in-memory store poisoned".into()))?;
+        let now = unix_now();
+        Ok(inner
+            .map
+            .iter()
+            .filter(|(k, e)| k.starts_with(prefix) && live(e, now))
+            .map(|(k, e)| {
+                let item = StoredItem {
+                    value: e.value.clone(),
+                    etag: e.version.to_string(),
+                    expires_at: e.expires_at,
+                };
+                (k.clone(), item)
+            })
+            .collect())
     }
 }

@@ -279,6 +279,50 @@ impl StateStore for RedisStore {
     }
 
     fn features(&self) -> &'static [&'static str] {
-        &[features::ETAG, features::TRANSACTIONAL, features::TTL]
+        &[
+            features::ETAG,
+            features::TRANSACTIONAL,
+            features::TTL,
+            features::QUERY,
+        ]
+    }
+
+    /// `SCAN` for the prefix (glob characters escaped), then each key's item.
+    async fn scan(&self, prefix: &str) -> Result<Vec<(String, StoredItem)>, StoreError> {
+        let mut pattern = String::with_capacity(prefix.len() + 1);
+        for c in prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        let mut conn = self.conn.clone();
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            // Other kinds of keys (locks, streams) may share the prefix: skip what is not state.
+            if let Ok(Some(item)) = self.get(&k).await {
+                out.push((k, item));
+            }
+        }
+        Ok(out)
     }
 }

@@ -291,7 +291,35 @@ impl StateStore for SledStore {
     }
 
     fn features(&self) -> &'static [&'static str] {
-        &[features::ETAG, features::TRANSACTIONAL, features::TTL]
+        &[
+            features::ETAG,
+            features::TRANSACTIONAL,
+            features::TTL,
+            features::QUERY,
+        ]
+    }
+
+    async fn scan(&self, prefix: &str) -> Result<Vec<(String, StoredItem)>, StoreError> {
+        let (data, prefix) = (self.data.clone(), prefix.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let now = unix_now();
+            let mut out = Vec::new();
+            for kv in data.scan_prefix(prefix.as_bytes()) {
+                let (k, raw) = kv.map_err(backend)?;
+                let rec = Record::decode(&raw)?;
+                if rec.live(now) {
+                    let item = StoredItem {
+                        value: rec.value,
+                        etag: rec.version.to_string(),
+                        expires_at: rec.expires_at,
+                    };
+                    out.push((String::from_utf8_lossy(&k).into_owned(), item));
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("scan task: {e}")))?
     }
 }
 

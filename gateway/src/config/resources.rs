@@ -142,7 +142,8 @@ pub fn load(paths: &[PathBuf], app_id: &str) -> (Resources, Vec<ConfigError>) {
     (res, errors)
 }
 
-fn load_file(file: &Path, app_id: &str, res: &mut Resources, errors: &mut Vec<ConfigError>) {
+/// Reads one resource file into `res` (a Dapr `Configuration` given with `--config` too).
+pub fn load_file(file: &Path, app_id: &str, res: &mut Resources, errors: &mut Vec<ConfigError>) {
     match std::fs::metadata(file) {
         Ok(m) if m.len() > MAX_FILE_BYTES => {
             errors.push(ConfigError::new(file, "", "file is larger than 1 MiB"));

@@ -63,6 +63,11 @@ pub enum LinkError {
         /// What it should listen on (an MQTT filter).
         topic: String,
     },
+    /// The link could not hand the command to the device now, though it may be there (external
+    /// broker: no client subscribes to the device's command topic); the message says why. Like
+    /// `NotConnected`, the mailbox can take the command.
+    #[error("{0}")]
+    NotReachable(String),
     /// The command cannot be expressed for the device (e.g. a method path MQTT cannot carry).
     #[error("{0}")]
     Invalid(String),
@@ -113,6 +118,23 @@ pub enum DeviceMessage {
         #[serde(with = "crate::outbox::b64")]
         body: Bytes,
     },
+}
+
+/// Checks a device method path (`/valve/open?x=1`) so that every link can carry it: not empty,
+/// and without `+`, `#` or NUL, which MQTT topic levels cannot hold. Checked when a command is
+/// queued, so that a device that wakes on MQTT can still take what was left for it on QUIC.
+pub fn check_method(method: &str) -> Result<(), String> {
+    let path = method.split('?').next().unwrap_or_default();
+    let path = path.trim_start_matches('/');
+    if path.is_empty() {
+        return Err("a device method must not be empty".into());
+    }
+    if path.contains(['+', '#', '\0']) {
+        return Err(format!(
+            "method {path:?}: a device method cannot contain '+', '#' or NUL (MQTT topic rules)"
+        ));
+    }
+    Ok(())
 }
 
 /// A transport's sessions, as the device layer uses them.

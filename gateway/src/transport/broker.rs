@@ -43,10 +43,10 @@ use crate::blocks::devices::{Command, CommandReply, DeviceLink, LinkError};
 use crate::call::{Call, Reply};
 use crate::clock::unix_ms;
 use crate::config::Config;
-use crate::devices::link::DeviceMessage;
+use crate::devices::link::{DeviceMessage, Links};
 use crate::devices::{Presence, Registry};
 use crate::error::{Error, ErrorKind, codes};
-use crate::outbox::Receipt;
+use crate::outbox::{Outbox, Receipt};
 use crate::runtime::Runtime;
 
 /// What edgecar subscribes to: everything devices send it.
@@ -286,7 +286,16 @@ pub struct BrokerLink {
     broker_max_packet: AtomicU32,
     max_inflight: u16,
     reconnect_max: Duration,
+    /// When each device was last heard through the broker: only the broker knows who is
+    /// connected, so a device heard within [`PRESENT_FOR`] counts as on this link (its outbox is
+    /// delivered, and the broker's PUBACK says whether anyone took each message).
+    heard: Mutex<HashMap<String, tokio::time::Instant>>,
 }
+
+/// How long a device heard through the broker counts as present for outbox delivery.
+const PRESENT_FOR: Duration = Duration::from_secs(120);
+/// How long an outbox message the broker had no subscriber for waits before it is offered again.
+const NO_SUBSCRIBER_RETRY: Duration = Duration::from_secs(5);
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -326,6 +335,7 @@ pub fn connect(s: &BrokerSettings) -> (Arc<BrokerLink>, EventLoop) {
         broker_max_packet: AtomicU32::new(0),
         max_inflight: s.max_inflight,
         reconnect_max: s.reconnect_max,
+        heard: Mutex::default(),
     };
     (Arc::new(link), events)
 }
@@ -491,13 +501,44 @@ impl DeviceLink for BrokerLink {
         "mqtt-broker"
     }
 
-    fn connected(&self, _device: &str) -> bool {
-        // Only the broker knows who is connected; commands find out from its PUBACK.
-        false
+    fn connected(&self, device: &str) -> bool {
+        locked(&self.heard)
+            .get(device)
+            .is_some_and(|at| at.elapsed() < PRESENT_FOR)
     }
 
-    fn deliver(&self, _device: &str, _msg: DeviceMessage, _receipt: Arc<Receipt>) -> bool {
-        false
+    /// Publishes the message at QoS 1; the broker's PUBACK settles it: success confirms it (the
+    /// device has it, or its persistent session at the broker does), "no matching subscribers"
+    /// puts it back after a while, anything else puts it back.
+    fn deliver(&self, device: &str, msg: DeviceMessage, receipt: Arc<Receipt>) -> bool {
+        let msg = match protocol::device_message(device, msg) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(device, error = %e, "a stored message cannot be delivered over MQTT; dropped");
+                receipt.confirm();
+                return true;
+            }
+        };
+        let (tx, ack) = oneshot::channel();
+        if let Err(e) = self.publish(&msg, Some(tx)) {
+            debug!(device, error = %e, "outbox message not handed to the broker");
+            return false;
+        }
+        let device = device.to_owned();
+        tokio::spawn(async move {
+            match ack.await {
+                Ok(PubAckReason::Success) => receipt.confirm(),
+                Ok(PubAckReason::NoMatchingSubscribers) => {
+                    debug!(device = %device, "no client of the device subscribes at the broker; the message waits");
+                    tokio::time::sleep(NO_SUBSCRIBER_RETRY).await;
+                }
+                Ok(other) => {
+                    debug!(device = %device, reason = ?other, "the broker refused an outbox message; it waits")
+                }
+                Err(_) => {}
+            }
+        });
+        true
     }
 
     async fn command(&self, device: &str, cmd: Command) -> Result<CommandReply, LinkError> {
@@ -544,7 +585,7 @@ impl DeviceLink for BrokerLink {
                         // session); or the PUBACK was lost with a session: wait for the reply.
                         Ok(PubAckReason::Success) | Err(_) => {}
                         Ok(PubAckReason::NoMatchingSubscribers) => {
-                            return Err(LinkError::Unavailable(format!(
+                            return Err(LinkError::NotReachable(format!(
                                 "no client at the broker subscribes to {}: device {device:?} is \
                                  offline or not subscribed to {}",
                                 msg.topic,
@@ -573,6 +614,10 @@ pub struct Served {
     pub registry: Arc<Registry>,
     /// Where "last seen" is recorded.
     pub presence: Arc<Presence>,
+    /// The device layer's links: a device heard here is on the broker link.
+    pub links: Arc<Links>,
+    /// Device outboxes, woken when their device is heard.
+    pub outbox: Arc<Outbox>,
 }
 
 /// Serves devices through the broker until `stop` turns true; then stops taking deliveries
@@ -783,9 +828,23 @@ impl Dispatcher {
             return;
         }
         self.served.presence.heard(&device, PROTOCOL, unix_ms());
+        let fresh = locked(&self.link.heard)
+            .insert(device.clone(), tokio::time::Instant::now())
+            .is_none_or(|at| at.elapsed() >= PRESENT_FOR);
+        if fresh {
+            // The device is back (or new): what waits for it goes out now.
+            self.served.links.attached(&device, "mqtt-broker");
+            self.served.outbox.kick(&device);
+        }
         match protocol::classify(&device, &msg) {
             Inbound::CommandReply { rid, reply } => {
-                if !self.link.complete(&device, &rid, reply) {
+                if !self.link.complete(&device, &rid, reply.clone())
+                    && !self
+                        .served
+                        .runtime
+                        .devices
+                        .mailbox_answer(&device, &rid, &reply)
+                {
                     debug!(device = %device, rid = %rid, "command reply for no waiting call (late or unknown)");
                 }
                 self.link.ack(&p);

@@ -155,6 +155,18 @@ impl HttpApi {
             None => api::route(req.method(), req.uri().path(), req.uri().query())?,
         };
         let op = match route {
+            Route::Healthz
+                if !self
+                    .runtime
+                    .ready
+                    .load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                return Err(Error::new(
+                    ErrorKind::Upstream,
+                    codes::HEALTH_NOT_READY,
+                    "dapr is not ready: the app's subscriptions are not loaded yet",
+                ));
+            }
             Route::Healthz | Route::HealthzOutbound => {
                 self.runtime.health()?;
                 return Ok(Reply::no_content());

@@ -67,6 +67,8 @@ pub struct Endpoint {
     pub link: Arc<QuicLink>,
     /// The per-device rate limit, shared with MQTT.
     pub budgets: Arc<Budgets>,
+    /// What waits for devices: woken when a device connects or leaves here.
+    pub outbox: Arc<crate::outbox::Outbox>,
     /// Limits and timeouts.
     pub cfg: QuicConfig,
 }
@@ -363,6 +365,7 @@ async fn session(conn: quinn::Connection, credential: Credential, ep: Arc<Endpoi
     };
     ep.presence.connected(&device, "quic", unix_ms());
     ep.links.attached(&device, "quic");
+    ep.outbox.kick(&device);
     info!(device = %device, %peer, protocol = "quic", "device connected");
     let ctx = Arc::new(Ctx {
         ep: ep.clone(),
@@ -394,6 +397,7 @@ async fn session(conn: quinn::Connection, credential: Credential, ep: Arc<Endpoi
         }
     };
     ep.link.detach(&device, attached.id);
+    ep.outbox.kick(&device);
     ep.presence.disconnected(&device, &reason, unix_ms());
     info!(device = %device, reason = %reason, protocol = "quic", "device disconnected");
     // Requests already taken finish (telemetry handed over is stored all the same); their

@@ -5,7 +5,7 @@
 //! as the publisher sent them (Dapr decodes with `UseNumber` for the same reason).
 //!
 //! - [`new_envelope`]: wraps published data (`data` for JSON and text, `data_base64` for
-//!   `application/octet-stream`), with id, source (the app id), type `com.dapr.event.sent`,
+//!   `application/octet-stream` and for untyped data that is not UTF-8), with id, source (the app id), type `com.dapr.event.sent`,
 //!   specversion 1.0, datacontenttype (default `text/plain`), time, topic, pubsubname and trace
 //!   context.
 //! - [`from_cloudevent`]: a body published as `application/cloudevents+json`, passed through with
@@ -196,7 +196,15 @@ pub fn new_envelope(attrs: &Attributes<'_>, data: &[u8], now_unix_ms: u64) -> Ve
     fn or<'a>(s: &'a str, default: &'static str) -> &'a str {
         if s.is_empty() { default } else { s }
     }
-    let content_type = or(attrs.data_content_type, DEFAULT_DATA_CONTENT_TYPE);
+    // Data without a type that is not text (CBOR from an MQTT 3.1.1 device, which cannot say
+    // its content type) is binary: carried as `data_base64`, byte for byte, never as text with
+    // its invalid bytes replaced.
+    let untyped_binary = attrs.data_content_type.is_empty() && std::str::from_utf8(data).is_err();
+    let content_type = if untyped_binary {
+        "application/octet-stream"
+    } else {
+        or(attrs.data_content_type, DEFAULT_DATA_CONTENT_TYPE)
+    };
     let mut out = Vec::with_capacity(data.len() + 400);
     out.push(b'{');
     if is_binary(content_type) {
@@ -352,6 +360,25 @@ mod tests {
     }
 
     #[test]
+    fn untyped_binary_data_is_carried_byte_for_byte() {
+        let cbor = [0xa1, 0x61, 0x74, 0xf9, 0x4d, 0x60, 0xff, 0x00];
+        let bytes = new_envelope(&attrs(""), &cbor, 0);
+        let v = parsed(&bytes);
+        assert_eq!(v["datacontenttype"], "application/octet-stream");
+        let back = base64::engine::general_purpose::STANDARD
+            .decode(v["data_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(back, cbor);
+        assert!(v.get("data").is_none());
+        // Untyped text stays text.
+        let v = parsed(&new_envelope(&attrs(""), b"hello", 0));
+        assert_eq!(
+            (&v["datacontenttype"], &v["data"]),
+            (&json!("text/plain"), &json!("hello"))
+        );
+    }
+
+    #[test]
     fn attributes_survive_deeply_nested_data() {
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         let event = format!(r#"{{"id":"e1","expiration":"","data":{deep}}}"#);
@@ -478,7 +505,9 @@ mod tests {
 
     /// The envelope as a sorted map of raw values, the way the writer must serialise it.
     fn reference(attrs: &Attributes, data: &[u8], now_ms: u64) -> Vec<u8> {
-        let ct = if attrs.data_content_type.is_empty() {
+        let ct = if attrs.data_content_type.is_empty() && std::str::from_utf8(data).is_err() {
+            "application/octet-stream"
+        } else if attrs.data_content_type.is_empty() {
             DEFAULT_DATA_CONTENT_TYPE
         } else {
             attrs.data_content_type

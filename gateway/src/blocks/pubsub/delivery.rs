@@ -135,6 +135,10 @@ pub struct AppChannel {
     base: String,
     /// `<address>:<port>`, for the readiness probe.
     authority: String,
+    /// The app's gRPC callbacks, when it speaks gRPC: subscriptions and events go there.
+    grpc: Option<Arc<dyn crate::blocks::invoke::AppCallbacks>>,
+    /// Set once the app's subscriptions run: the sidecar's readiness (`/v1.0/healthz`).
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// An app's answer.
@@ -157,7 +161,21 @@ impl AppChannel {
             client: Client::builder(TokioExecutor::new()).build(connector),
             base: format!("http://{host}:{port}"),
             authority: format!("{host}:{port}"),
+            grpc: None,
+            ready: Arc::default(),
         }
+    }
+
+    /// Sets `flag` once the app's subscriptions are running.
+    pub fn with_ready(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.ready = flag;
+        self
+    }
+
+    /// The same app, spoken to over gRPC (`ListTopicSubscriptions`, `OnTopicEvent`).
+    pub fn with_grpc(mut self, callbacks: Arc<dyn crate::blocks::invoke::AppCallbacks>) -> Self {
+        self.grpc = Some(callbacks);
+        self
     }
 
     async fn send(
@@ -168,6 +186,28 @@ impl AppChannel {
         headers: &[(&'static str, String)],
         timeout: Option<Duration>,
     ) -> Result<Answer, String> {
+        if let Some(cb) = &self.grpc {
+            let exchange = async {
+                if path == "/dapr/subscribe" {
+                    let body = cb.subscriptions().await?;
+                    return Ok(Answer {
+                        status: StatusCode::OK,
+                        body,
+                    });
+                }
+                let r = cb.topic_event(path, body).await?;
+                Ok(Answer {
+                    status: r.status,
+                    body: r.body,
+                })
+            };
+            return match timeout {
+                Some(t) => tokio::time::timeout(t, exchange)
+                    .await
+                    .map_err(|_| format!("the app did not answer within {t:?}"))?,
+                None => exchange.await,
+            };
+        }
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
@@ -631,6 +671,8 @@ async fn app_subscriptions(
 }
 
 /// Runs every subscription until `stop` fires, then waits for in-flight deliveries to settle.
+/// The app channel's readiness flag turns true once the app's subscriptions are running
+/// (daprd's `/v1.0/healthz`).
 ///
 /// Topics devices subscribe to are consumed at once (devices do not wait for the app); the
 /// app's subscriptions join once the app is up. Until then local components keep every message,
@@ -671,6 +713,7 @@ pub async fn run(
             r = &mut app_subs, if app_known.is_none() => {
                 let Some((subs, app)) = r else { break };
                 let mut running = Vec::new();
+                let ready = app.as_ref().map(|a| a.ready.clone());
                 if let Some(app) = app {
                     for sub in subs {
                         let deliverer = Arc::new(Deliverer::new(
@@ -692,6 +735,9 @@ pub async fn run(
                     .unwrap_or_else(PoisonError::into_inner)
                     .extend(running.iter().cloned());
                 app_known = Some(running);
+                if let Some(ready) = ready {
+                    ready.store(true, std::sync::atomic::Ordering::Release);
+                }
             }
             Some((pubsub, topic)) = recv(&mut new_topics) => {
                 if consumers.ensure(&pubsub, &topic, None).await {

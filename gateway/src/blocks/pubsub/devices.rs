@@ -5,9 +5,10 @@
 //! is stored (`devices.subscriptions` tree, key `<pubsub>\0<topic>\0<device>`) before the reply,
 //! so it outlives restarts, and the subscription manager ([`super::delivery::run`]) is told to
 //! consume the topic if nothing consumes it yet. Every event of the topic is then copied into the
-//! outbox of each subscribed device ([`crate::outbox`]), addressed to
-//! `edgecar/v1/<device>/sub/<pubsub>/<topic>`, and delivered from there while the device is
-//! connected: a sleeping device finds its events when it wakes, until they expire.
+//! outbox of each subscribed device ([`crate::outbox`]) as a neutral
+//! [`DeviceMessage::Event`], and delivered from there on whichever link the device is on (MQTT
+//! puts it on `edgecar/v1/<device>/sub/<pubsub>/<topic>`): a sleeping device finds its events
+//! when it wakes, until they expire.
 //!
 //! What a device may subscribe to and receive is [`crate::policy::SubscriptionPolicy`]'s call,
 //! asked when it subscribes and again for every event fanned out (so a revoked grant or a
@@ -32,8 +33,9 @@ use super::cloudevent;
 use super::delivery::Deliverer;
 use crate::clock::unix_ms;
 use crate::components::pubsub::{Handler, InMessage, Outcome};
+use crate::devices::link::DeviceMessage;
 use crate::error::{Error, ErrorKind, codes};
-use crate::outbox::{OutMessage, Outbox};
+use crate::outbox::Outbox;
 use crate::policy::SubscriptionPolicy;
 use crate::storage::Storage;
 
@@ -55,11 +57,6 @@ pub struct DeviceSubscriptions {
 
 fn key(pubsub: &str, topic: &str, device: &str) -> Vec<u8> {
     [pubsub.as_bytes(), topic.as_bytes(), device.as_bytes()].join(&0u8)
-}
-
-/// The topic a device receives a pub/sub topic's events on.
-pub fn delivery_topic(device: &str, pubsub: &str, topic: &str) -> String {
-    format!("edgecar/v1/{device}/sub/{pubsub}/{topic}")
 }
 
 impl DeviceSubscriptions {
@@ -315,11 +312,11 @@ impl TopicHandler {
                 debug!(device = %device, pubsub = %self.pubsub, topic = %self.topic, "event withheld from this device by the subscription policy");
                 continue;
             }
-            let m = OutMessage {
-                topic: delivery_topic(&device, &self.pubsub, &self.topic),
-                payload: Bytes::clone(&msg.data),
+            let m = DeviceMessage::Event {
+                pubsub: self.pubsub.clone(),
+                topic: self.topic.clone(),
                 content_type: is_event.then(|| cloudevent::CLOUDEVENT_CONTENT_TYPE.to_owned()),
-                user: Vec::new(),
+                body: Bytes::clone(&msg.data),
             };
             if let Some(Err(e)) = self.outbox.enqueue(&device, &[(m, expires)]).await.pop() {
                 warn!(device = %device, pubsub = %self.pubsub, topic = %self.topic, error = %e, "event not queued for this device");

@@ -65,7 +65,11 @@ impl Expr {
     /// Parses an expression, or says precisely what is not supported and where.
     pub fn parse(source: &str) -> Result<Expr, String> {
         let tokens = lex(source)?;
-        let mut p = Parser { tokens, pos: 0 };
+        let mut p = Parser {
+            tokens,
+            pos: 0,
+            nesting: 0,
+        };
         let node = p.or()?;
         if let Some(t) = p.peek() {
             return Err(format!(
@@ -235,7 +239,15 @@ fn lex(src: &str) -> Result<Vec<Token>, String> {
 struct Parser {
     tokens: Vec<Token>,
     pos: usize,
+    /// `&&`, `||`, `!` and `(` read so far: each can deepen the tree, which evaluation and drop
+    /// walk recursively, so their number bounds the stack a rule can take.
+    nesting: usize,
 }
+
+/// Most `&&`, `||`, `!` and parentheses in one expression. Routing rules are short; without a
+/// bound, `((((...` or a long `&&` chain from an app's subscription list would overflow the
+/// stack of the task parsing or evaluating it and abort the daemon.
+const MAX_NESTING: usize = 100;
 
 const SUPPORTED: &str = "supported: event fields, literals, ==, !=, <, <=, >, >=, &&, ||, !, ( ), `in [..]` and has(event.field)";
 
@@ -273,9 +285,21 @@ impl Parser {
         })
     }
 
+    /// Counts one more level of nesting before it is parsed.
+    fn nest(&mut self) -> Result<(), String> {
+        self.nesting += 1;
+        if self.nesting > MAX_NESTING {
+            return Err(format!(
+                "the expression is too complex: more than {MAX_NESTING} of &&, ||, ! and ( )"
+            ));
+        }
+        Ok(())
+    }
+
     fn or(&mut self) -> Result<Node, String> {
         let mut left = self.and()?;
         while self.eat("||") {
+            self.nest()?;
             let right = self.and()?;
             left = Node::Or(Box::new(left), Box::new(right));
         }
@@ -285,6 +309,7 @@ impl Parser {
     fn and(&mut self) -> Result<Node, String> {
         let mut left = self.unary()?;
         while self.eat("&&") {
+            self.nest()?;
             let right = self.unary()?;
             left = Node::And(Box::new(left), Box::new(right));
         }
@@ -293,6 +318,7 @@ impl Parser {
 
     fn unary(&mut self) -> Result<Node, String> {
         if self.eat("!") {
+            self.nest()?;
             return Ok(Node::Not(Box::new(self.unary()?)));
         }
         self.comparison()
@@ -373,6 +399,7 @@ impl Parser {
                 )),
             },
             Tok::Op("(") => {
+                self.nest()?;
                 let inner = self.or()?;
                 self.expect(")")?;
                 Ok(inner)
@@ -650,6 +677,30 @@ mod tests {
 
     fn m(expr: &str) -> Result<bool, EvalError> {
         Expr::parse(expr).unwrap().matches(&event())
+    }
+
+    /// Found by the `pubsub_event` fuzz target: 50,000 `(` overflowed the stack (SIGSEGV).
+    #[test]
+    fn deep_or_long_expressions_are_refused_without_overflowing_the_stack() {
+        let chain = |n: usize| vec!["event.data.ok"; n].join(" && ");
+        for src in [
+            "(".repeat(50_000),
+            format!("{}true", "!".repeat(50_000)),
+            chain(50_000),
+            vec!["true"; 50_000].join(" || "),
+        ] {
+            let e = Expr::parse(&src).unwrap_err();
+            assert!(e.contains("too complex"), "{e}");
+        }
+        assert_eq!(
+            Expr::parse(&chain(MAX_NESTING + 1))
+                .unwrap()
+                .matches(&event()),
+            Ok(true)
+        );
+        assert!(Expr::parse(&chain(MAX_NESTING + 2)).is_err());
+        let nested = format!("{}true{}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
+        assert_eq!(Expr::parse(&nested).unwrap().matches(&event()), Ok(true));
     }
 
     #[test]

@@ -22,8 +22,9 @@ use super::ratelimit::Budgets;
 use super::topics;
 use crate::blocks::devices::{Command, CommandReply, DeviceLink, LinkError};
 use crate::devices::link::DeviceMessage;
+use crate::devices::link::Links;
 use crate::devices::{Credential, Registry};
-use crate::outbox::{OutMessage, Outbox, Receipt, Sink};
+use crate::outbox::{Outbox, Receipt};
 
 /// Messages waiting for one connection; beyond this, deliveries to it are dropped (it is not
 /// reading, and edgecar will not hold memory for it).
@@ -123,6 +124,8 @@ pub struct Hub {
     /// Each device's rate-limit bucket, shared with the other transports (one budget per
     /// device, whatever carries its messages).
     budgets: Arc<Budgets>,
+    /// The device layer's links, told when a device attaches here.
+    links: OnceLock<Arc<Links>>,
 }
 
 impl Hub {
@@ -138,6 +141,7 @@ impl Hub {
             rid_prefix: format!("{:x}", start % (1 << 40)),
             outbox: OnceLock::new(),
             budgets,
+            links: OnceLock::new(),
         }
     }
 
@@ -146,10 +150,11 @@ impl Hub {
         self.budgets.clone()
     }
 
-    /// Connects the device outboxes: the hub delivers them to connected devices.
-    pub fn set_outbox(self: &Arc<Self>, outbox: Arc<Outbox>) {
-        let sink: Arc<dyn Sink> = self.clone();
-        outbox.set_sink(Arc::downgrade(&sink));
+    /// Joins the device layer: the hub is one of `links` (devices attach to it as they
+    /// connect), and wakes the device outboxes it delivers.
+    pub fn join(self: &Arc<Self>, outbox: Arc<Outbox>, links: &Arc<Links>) {
+        links.add(self.clone());
+        let _ = self.links.set(links.clone());
         let _ = self.outbox.set(outbox);
     }
 
@@ -234,6 +239,9 @@ impl Hub {
             })
         });
         if attached.is_ok() {
+            if let Some(links) = self.links.get() {
+                links.attached(&device, "mqtt");
+            }
             self.kick_outbox(&device);
         }
         attached
@@ -385,19 +393,6 @@ impl Hub {
     }
 }
 
-impl Sink for Hub {
-    fn connected(&self, device: &str) -> bool {
-        self.with(|t| t.devices.get(device).is_some_and(|d| !d.conns.is_empty()))
-    }
-
-    fn deliver(&self, device: &str, msg: OutMessage, receipt: Arc<Receipt>) -> bool {
-        let mut m = Message::new(msg.topic, msg.payload);
-        m.props.content_type = msg.content_type;
-        m.props.user = msg.user;
-        self.route_with(device, &m, Some(&receipt), None) > 0
-    }
-}
-
 /// Removes a command's pending entry however its wait ends (reply, timeout, cancelled call).
 struct PendingGuard<'a> {
     hub: &'a Hub,
@@ -417,7 +412,7 @@ impl DeviceLink for Hub {
     }
 
     fn connected(&self, device: &str) -> bool {
-        Sink::connected(self, device)
+        self.with(|t| t.devices.get(device).is_some_and(|d| !d.conns.is_empty()))
     }
 
     fn deliver(&self, device: &str, msg: DeviceMessage, receipt: Arc<Receipt>) -> bool {

@@ -320,10 +320,11 @@ pub fn device_call(
         },
         "publish" => {
             // MQTT 3.1.1 carries no content type: a JSON payload is published as JSON.
-            params.content_type = props
-                .content_type
-                .clone()
-                .or_else(|| sniffed_content_type(&body));
+            params.content_type = props.content_type.clone().or_else(|| {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+                    .is_ok()
+                    .then(|| "application/json".to_owned())
+            });
             Op::Publish {
                 pubsub: params
                     .options
@@ -410,7 +411,7 @@ pub fn device_call(
 
 /// The call storing a device's telemetry reading (on the pub/sub topic the telemetry block is
 /// configured with, as an event whose source is the device). MQTT 3.1.1 carries no content type:
-/// JSON readings are stored as JSON, readings that are not UTF-8 as bytes.
+/// JSON readings are stored as JSON.
 pub fn telemetry_call(
     device: &str,
     stream: String,
@@ -418,7 +419,11 @@ pub fn telemetry_call(
     content_type: Option<String>,
     traceparent: Option<String>,
 ) -> Call {
-    let content_type = content_type.or_else(|| sniffed_content_type(&payload));
+    let content_type = content_type.or_else(|| {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&payload)
+            .is_ok()
+            .then(|| "application/json".to_owned())
+    });
     Call {
         caller: Caller::Device {
             id: device.to_owned(),
@@ -430,19 +435,6 @@ pub fn telemetry_call(
             traceparent,
             ..Default::default()
         },
-    }
-}
-
-/// The type of a payload the device gave none for: JSON is `application/json`; bytes that are
-/// not UTF-8 are `application/octet-stream`, so that they reach subscribers byte for byte (as
-/// `data_base64`) rather than as lossy text; other text stays untyped (`text/plain`).
-fn sniffed_content_type(payload: &[u8]) -> Option<String> {
-    if serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok() {
-        Some("application/json".to_owned())
-    } else if std::str::from_utf8(payload).is_err() {
-        Some("application/octet-stream".to_owned())
-    } else {
-        None
     }
 }
 
@@ -482,6 +474,10 @@ fn encode_param(s: &str) -> String {
 /// status), on the device's response topic or `res/<op>/<rid>/<status>[?etag=...]`.
 pub fn reply(device: &str, to: &ReplyTo, result: Result<Reply, Error>) -> Message {
     let (status, body, meta, content_type) = match result {
+        Ok(r) if to.op == "subscribe" => {
+            let body = with_delivery_topic(device, &r.body).unwrap_or(r.body);
+            (r.status, body, r.meta, r.content_type.map(str::to_owned))
+        }
         Ok(r) => (r.status, r.body, r.meta, r.content_type.map(str::to_owned)),
         Err(e) => (
             api::status(e.kind).as_u16(),
@@ -570,15 +566,8 @@ pub fn command_message(device: &str, rid: &str, cmd: &Command) -> Result<Message
         Some((p, q)) => (p, Some(q)),
         None => (cmd.method.as_str(), None),
     };
+    crate::devices::link::check_method(&cmd.method)?;
     let path = path.trim_start_matches('/');
-    if path.is_empty() {
-        return Err("a device method must not be empty".into());
-    }
-    if path.contains(['+', '#', '\0']) {
-        return Err(format!(
-            "method {path:?}: a device method cannot contain '+', '#' or NUL (MQTT topic rules)"
-        ));
-    }
     let topic = format!("{ROOT}/{device}/cmd/{path}/{rid}");
     let mut user = vec![("verb".to_owned(), cmd.verb.to_string())];
     if let Some(q) = query.filter(|q| !q.is_empty()) {
@@ -637,6 +626,17 @@ pub fn device_message(device: &str, msg: DeviceMessage) -> Result<Message, Strin
             Ok(m)
         }
     }
+}
+
+/// A `subscribe` reply (`{"pubsub","topic","created"}`) with the MQTT topic the events arrive on
+/// (`deliveredTo`): where they arrive is this transport's business.
+fn with_delivery_topic(device: &str, body: &[u8]) -> Option<Bytes> {
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    let pubsub = v.get("pubsub")?.as_str()?;
+    let topic = v.get("topic")?.as_str()?;
+    let at = subscription_topic(device, pubsub, topic);
+    v.insert("deliveredTo".into(), at.into());
+    serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
 /// The topic a device receives a pub/sub topic's events on.
