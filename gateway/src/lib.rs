@@ -1,14 +1,14 @@
 //! edgecar: a Dapr-compatible sidecar and device gateway for edge sites.
 //!
-//! One daemon gives every local app (Dapr HTTP API v1.0) and every device (MQTT today, QUIC
-//! later) state, pub/sub, invocation and capabilities, on Raspberry Pi-class hardware.
+//! One daemon gives every local app (Dapr HTTP and gRPC APIs) and every device (MQTT or QUIC)
+//! state, pub/sub, invocation and capabilities, on Raspberry Pi-class hardware.
 //!
 //! # Layout
 //!
 //! Every request takes one path, whatever transport brought it:
 //!
 //! ```text
-//! transport (http, mqtt) --> Call{caller, op, body} --> policy::authorize --> block (state, ...) --> component
+//! transport (http, grpc, mqtt, quic) --> Call{caller, op, body} --> policy::authorize --> block (state, ...) --> component
 //!        ^                                                                                          |
 //!        +----------------------------------- Reply / Error <---------------------------------------+
 //! ```
@@ -18,8 +18,8 @@
 //! - [`call`]: the request path's vocabulary ([`Call`], [`Caller`], [`Op`], [`Reply`]).
 //! - [`error`]: the one error type; [`api`] alone maps it to HTTP statuses.
 //! - [`clock`]: Unix milliseconds and RFC 3339 text.
-//! - [`transport`]: wire formats to calls: HTTP (apps), MQTT (the device endpoint, or the same
-//!   protocol through an external broker).
+//! - [`transport`]: wire formats to calls: HTTP and gRPC (apps), MQTT (the device endpoint, or
+//!   the same protocol through an external broker), QUIC (the device endpoint on one UDP port).
 //! - [`devices`]: the device registry (hashed credentials, hot-reloaded) and presence.
 //! - [`policy`]: what a caller may do.
 //! - [`blocks`]: Dapr semantics (state, pub/sub, invocation, bindings, secrets, configuration,
