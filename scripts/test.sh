@@ -5,7 +5,7 @@
 #   3. unit and end-to-end tests (real edgecar, real redis-server, the official Dapr JavaScript
 #      and Python SDKs),
 #   4. the appliance guard: ARM cross-builds, a qemu smoke test, and the TLS-provider check.
-#   5. fuzzing: every decoder of outside bytes for 45 s each (scripts/fuzz.sh, docs/fuzzing.md).
+#   5. fuzzing: every decoder of outside bytes for 30 s each (scripts/fuzz.sh, docs/fuzzing.md).
 # .ci/run calls exactly this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +66,6 @@ cargo test --workspace --locked
 step "appliance guard: ARM builds, qemu smoke test, TLS providers"
 scripts/cross-check.sh
 
-# Last: its own build (cargo-fuzz, target/fuzz), then 45 s per target; fails on any crash.
-step "fuzzing: every decoder of outside bytes, 45 s per target (docs/fuzzing.md)"
-scripts/fuzz.sh 45
+# Last: its own build (cargo-fuzz, target/fuzz), then 30 s per target; fails on any crash.
+step "fuzzing: every decoder of outside bytes, 30 s per target (docs/fuzzing.md)"
+scripts/fuzz.sh 30

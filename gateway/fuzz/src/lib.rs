@@ -165,6 +165,7 @@ fn build() -> Harness {
         let devices = blocks::devices::DevicesBlock::new(
             Arc::new(edgecar::devices::Registry::empty()),
             Arc::new(edgecar::devices::Presence::default()),
+            Arc::new(edgecar::devices::link::Links::default()),
             Duration::from_secs(1),
         );
         Arc::new(Runtime {
@@ -193,6 +194,9 @@ fn build() -> Harness {
                 "telemetry".into(),
                 Duration::ZERO,
             ),
+            storage,
+            shutdown: tokio::sync::Notify::new(),
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
     });
     Harness {

@@ -386,6 +386,9 @@ mod tests {
         assert_eq!(v["id"], "e1");
         assert!(v["data"].is_null());
         assert!(attributes(b"[1]").unwrap_err().is_data());
+        // A number beyond f64 (accepted at publish) does not make the event undeliverable.
+        let v = attributes(br#"{"id":"e2","data":{"big":1e400}}"#).unwrap();
+        assert_eq!((v["id"].as_str(), v["data"].is_null()), (Some("e2"), true));
         assert!(!attributes(b"{").unwrap_err().is_data());
     }
 
