@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 secs=${1:-45}
 shift || true
-all=(mqtt_packet device_request http_request config_yaml pubsub_event)
+all=(mqtt_packet device_request http_request config_yaml pubsub_event quic_frame)
 if (($#)); then targets=("$@"); else targets=("${all[@]}"); fi
 fuzz_dir=gateway/fuzz
 target_dir=target/fuzz

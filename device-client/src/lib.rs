@@ -1,5 +1,6 @@
-//! Device-side client for edgecar: the MQTT device protocol (docs/device-protocol.md) over
-//! rumqttc, for devices and shell scripts that run Rust or can run the `edgecar-device` CLI.
+//! Device-side client for edgecar: the device protocol (docs/device-protocol.md) over MQTT
+//! (rumqttc) or QUIC (quinn), for devices and shell scripts that run Rust or can run the
+//! `edgecar-device` CLI. The transport is chosen in [`Options::transport`]; the API is the same.
 //!
 //! [`Client::connect`] authenticates as a device, subscribes to its reply and command topics, and
 //! runs the MQTT event loop in a task the client owns (stopped when the client is dropped).
@@ -11,8 +12,10 @@
 //! # Layout
 //!
 //! - [`topics`]: building and reading the protocol's topics (pure).
+//! - [`quic`]: the QUIC transport (streams, frames, certificate trust).
 //! - this file: the connection, requests, commands.
 
+pub mod quic;
 pub mod topics;
 
 use std::collections::HashMap;
@@ -40,6 +43,15 @@ pub enum Error {
     /// The gateway refused the CONNECT (unknown device or wrong password: `NotAuthorized`).
     #[error("connection refused by the gateway: {0:?}")]
     Refused(ConnectReturnCode),
+    /// QUIC: the gateway closed the connection with this application code (0x1 not
+    /// authorized, 0x2 protocol error, ...; docs/device-protocol.md#quic).
+    #[error("connection closed by the gateway: {reason} (QUIC code {code:#x})")]
+    QuicClosed {
+        /// The close code.
+        code: u64,
+        /// The reason phrase.
+        reason: String,
+    },
     /// The gateway could not be reached, or the connection failed.
     #[error("connection failed: {0}")]
     Connection(String),
@@ -79,6 +91,18 @@ pub struct Options {
     pub keep_alive: Duration,
     /// How long a request waits for its reply.
     pub request_timeout: Duration,
+    /// MQTT (the default) or QUIC.
+    pub transport: Transport,
+}
+
+/// Which transport a client speaks.
+#[derive(Debug, Clone, Default)]
+pub enum Transport {
+    /// MQTT 3.1.1 over TCP to `port` (the gateway's `mqtt.port`).
+    #[default]
+    Mqtt,
+    /// QUIC to UDP `port` (the gateway's `quic.port`).
+    Quic(quic::QuicOptions),
 }
 
 impl Options {
@@ -91,6 +115,7 @@ impl Options {
             password: password.to_owned(),
             keep_alive: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
+            transport: Transport::Mqtt,
         }
     }
 }
@@ -174,7 +199,10 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Reply>>>>;
 
 /// A connected device.
 pub struct Client {
+    /// The MQTT client (unused over QUIC, where it never connects).
     mqtt: AsyncClient,
+    /// The QUIC session, when the client speaks QUIC.
+    quic: Option<quic::Session>,
     device: String,
     pending: Pending,
     /// The last telemetry refusal (`res/telemetry/-/<status>`), until [`Client::telemetry_error`]
@@ -205,6 +233,9 @@ impl Client {
     /// Connects, subscribes to the device's replies and commands, and returns once the gateway
     /// has acknowledged both.
     pub async fn connect(opts: Options) -> Result<(Client, Commands), Error> {
+        if let Transport::Quic(q) = &opts.transport {
+            return Self::connect_quic(&opts, q).await;
+        }
         let client_id = format!("{}-client-{}", opts.device_id, std::process::id());
         let mut mo = MqttOptions::new(client_id, opts.host.clone(), opts.port);
         mo.set_credentials(opts.device_id.clone(), opts.password.clone())
@@ -306,6 +337,7 @@ impl Client {
             telemetry_error,
             next_rid: AtomicU64::new(1),
             timeout: opts.request_timeout,
+            quic: None,
             task,
             events: Mutex::new(Some(Events(event_rx))),
             want_events,
@@ -315,6 +347,61 @@ impl Client {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Closed),
         }
+    }
+
+    /// Connects over QUIC: the same API, on streams instead of topics.
+    async fn connect_quic(
+        opts: &Options,
+        q: &quic::QuicOptions,
+    ) -> Result<(Client, Commands), Error> {
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (event_tx, event_rx) = mpsc::channel(COMMAND_QUEUE);
+        let want_events = Arc::new(AtomicBool::new(false));
+        let session = quic::Session::connect(
+            &opts.host,
+            opts.port,
+            &opts.device_id,
+            &opts.password,
+            opts.keep_alive,
+            q,
+            quic::Inbound {
+                commands: cmd_tx,
+                events: event_tx,
+                want_events: want_events.clone(),
+            },
+        )
+        .await?;
+        // An MQTT handle that never connects (its event loop is never polled): the QUIC client
+        // keeps the one struct and API.
+        let (mqtt, _) = AsyncClient::new(MqttOptions::new("unused", "127.0.0.1", 1), 1);
+        let client = Client {
+            mqtt,
+            quic: Some(session),
+            device: opts.device_id.clone(),
+            pending: Arc::default(),
+            telemetry_error: Arc::default(),
+            next_rid: AtomicU64::new(1),
+            timeout: opts.request_timeout,
+            task: tokio::spawn(async {}),
+            events: Mutex::new(Some(Events(event_rx))),
+            want_events,
+        };
+        Ok((client, Commands(cmd_rx)))
+    }
+
+    /// QUIC only: moves the connection to a new local UDP port (connection migration, as when a
+    /// device's address changes); returns the new local address. The session, its requests and
+    /// its commands carry on without a new handshake.
+    pub fn rebind(&self) -> Result<std::net::SocketAddr, Error> {
+        match &self.quic {
+            Some(q) => q.rebind(),
+            None => Err(Error::Protocol("rebind is for QUIC connections".into())),
+        }
+    }
+
+    /// QUIC only: the local UDP address.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.quic.as_ref().and_then(quic::Session::local_addr)
     }
 
     /// The device id.
@@ -330,6 +417,13 @@ impl Client {
         body: impl Into<Bytes>,
     ) -> Result<Reply, Error> {
         let rid = format!("r{}", self.next_rid.fetch_add(1, Ordering::Relaxed));
+        if let Some(q) = &self.quic {
+            let sent = q.request(op, params, &rid, body.into());
+            return match tokio::time::timeout(self.timeout, sent).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Timeout(self.timeout)),
+            };
+        }
         let topic = topics::request(&self.device, op, &rid, params);
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(rid.clone(), tx);
@@ -460,15 +554,19 @@ impl Client {
     pub fn events(&self) -> Option<Events> {
         let events = lock(&self.events).take()?;
         self.want_events.store(true, Ordering::Release);
+        if self.quic.is_some() {
+            return Some(events);
+        }
         let filter = format!("{}sub/#", topics::tree(&self.device));
         let _ = self.mqtt.try_subscribe(filter, QoS::AtLeastOnce);
         Some(events)
     }
 
     /// Sends a telemetry reading to `telemetry` (or `telemetry/<stream>`; `/` separates levels)
-    /// at QoS 1. Returns once the publish is queued; edgecar acknowledges it once stored, and
-    /// answers a refusal (a full queue, an unknown pub/sub) on `res/telemetry/-/<status>`, which
-    /// [`Client::telemetry_error`] returns.
+    /// at QoS 1. Over MQTT it returns once the publish is queued; edgecar acknowledges it once
+    /// stored, and answers a refusal (a full queue, an unknown pub/sub) on
+    /// `res/telemetry/-/<status>`, which [`Client::telemetry_error`] returns. Over QUIC it returns
+    /// once edgecar has stored the reading, or with the refusal as [`Error::Api`].
     pub async fn telemetry(&self, stream: &str, body: impl Into<Bytes>) -> Result<(), Error> {
         if stream.contains(['+', '#']) || stream.starts_with('/') || stream.ends_with('/') {
             return Err(Error::Api {
@@ -476,6 +574,13 @@ impl Client {
                 code: "ERR_MALFORMED_REQUEST".into(),
                 message: format!("telemetry stream {stream:?} must be topic levels without + or #"),
             });
+        }
+        if self.quic.is_some() {
+            return self
+                .request("telemetry", &[("stream", stream)], body)
+                .await?
+                .ok()
+                .map(|_| ());
         }
         let topic = topics::telemetry(&self.device, stream);
         self.mqtt
@@ -498,6 +603,9 @@ impl Client {
         status: u16,
         body: impl Into<Bytes>,
     ) -> Result<(), Error> {
+        if let Some(q) = &self.quic {
+            return q.answer(&cmd.rid, status, body.into());
+        }
         let topic = topics::command_reply(&self.device, &cmd.rid, status);
         self.mqtt
             .publish_bytes(topic, QoS::AtLeastOnce, false, body.into())
@@ -507,6 +615,10 @@ impl Client {
 
     /// Sends what is queued, then DISCONNECT, and waits (up to 5 s) until it is written.
     pub async fn disconnect(mut self) {
+        if let Some(q) = &self.quic {
+            q.close().await;
+            return;
+        }
         if self.mqtt.disconnect().await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
         }

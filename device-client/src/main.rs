@@ -6,10 +6,11 @@
 use std::io::Write;
 use std::process::{ExitCode, Stdio};
 
-use clap::{Parser, Subcommand};
-use edgecar_device_client::{Client, Error, Options};
+use clap::{Parser, Subcommand, ValueEnum};
+use edgecar_device_client::quic::QuicOptions;
+use edgecar_device_client::{Client, Error, Options, Transport};
 
-/// Talk to an edgecar gateway as a device (MQTT, docs/device-protocol.md).
+/// Talk to an edgecar gateway as a device (MQTT or QUIC, docs/device-protocol.md).
 #[derive(Parser)]
 #[command(name = "edgecar-device", version, about, long_about = None)]
 struct Cli {
@@ -19,11 +20,39 @@ struct Cli {
     /// Gateway MQTT port.
     #[arg(long, default_value_t = 1883, env = "EDGECAR_MQTT_PORT")]
     port: u16,
+    /// Transport: mqtt, or quic (TLS 1.3 over UDP; needs --ca-file or --fingerprint).
+    #[arg(long, value_enum, default_value_t = TransportArg::Mqtt, env = "EDGECAR_TRANSPORT")]
+    transport: TransportArg,
+    /// Gateway QUIC port (UDP).
+    #[arg(long, default_value_t = 4433, env = "EDGECAR_QUIC_PORT")]
+    quic_port: u16,
+    /// QUIC: PEM file of the gateway's certificate (its self-signed `<stateDir>/quic/cert.pem`)
+    /// or of the CA that signed it.
+    #[arg(long, env = "EDGECAR_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// QUIC: SHA-256 fingerprint of the gateway's certificate, as its log prints it.
+    #[arg(long, env = "EDGECAR_FINGERPRINT")]
+    fingerprint: Option<String>,
+    /// QUIC: the name the gateway's certificate must hold (with --ca-file; default: --host).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// QUIC: client certificate (PEM); the device is its subject CN, no password needed.
+    #[arg(long, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// QUIC: the client certificate's private key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<std::path::PathBuf>,
     /// Device id (the MQTT username).
     #[arg(long, env = "EDGECAR_DEVICE_ID")]
     id: String,
-    /// Device password (prefer the environment variable: flags show up in `ps`).
-    #[arg(long, env = "EDGECAR_DEVICE_PASSWORD", hide_env_values = true)]
+    /// Device password (prefer the environment variable: flags show up in `ps`). Not needed
+    /// with a client certificate.
+    #[arg(
+        long,
+        env = "EDGECAR_DEVICE_PASSWORD",
+        hide_env_values = true,
+        default_value = ""
+    )]
     password: String,
     /// Seconds to wait for a reply.
     #[arg(long, default_value_t = 10)]
@@ -32,8 +61,32 @@ struct Cli {
     command: Cmd,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TransportArg {
+    /// MQTT over TCP (--port).
+    Mqtt,
+    /// QUIC over UDP (--quic-port).
+    Quic,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Send a telemetry reading (any bytes). Over QUIC it returns once the gateway has stored
+    /// it (exit 1 if refused); over MQTT once it is sent at QoS 1.
+    Telemetry {
+        /// Stream, e.g. oven/temp (empty: the device's main stream).
+        #[arg(default_value = "")]
+        stream: String,
+        /// The reading.
+        #[arg(long, short = 'd', conflicts_with = "stdin")]
+        data: Option<String>,
+        /// Read the reading from standard input, byte for byte (binary is kept as is).
+        #[arg(long)]
+        stdin: bool,
+        /// Send it this many times (each stored before the next, over QUIC).
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
     /// The device's own state.
     #[command(subcommand)]
     State(StateCmd),
@@ -171,8 +224,40 @@ async fn handle(cmd: &edgecar_device_client::Command, exec: &str) -> (u16, Vec<u
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
     let mut opts = Options::new(&cli.host, cli.port, &cli.id, &cli.password);
     opts.request_timeout = std::time::Duration::from_secs(cli.timeout);
+    if cli.transport == TransportArg::Quic {
+        opts.port = cli.quic_port;
+        opts.transport = Transport::Quic(QuicOptions {
+            ca_file: cli.ca_file.clone(),
+            fingerprint: cli.fingerprint.clone(),
+            server_name: cli.server_name.clone(),
+            client_cert: cli.cert.clone().zip(cli.key.clone()),
+        });
+    }
     let (client, mut commands) = Client::connect(opts).await?;
     let code = match cli.command {
+        Cmd::Telemetry {
+            stream,
+            data,
+            stdin,
+            count,
+        } => {
+            let body = if stdin {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                    .map_err(|e| Error::Protocol(format!("standard input: {e}")))?;
+                b
+            } else {
+                data.unwrap_or_default().into_bytes()
+            };
+            let body = bytes::Bytes::from(body);
+            for _ in 0..count {
+                client.telemetry(&stream, body.clone()).await?;
+            }
+            if let Some(e) = client.telemetry_error() {
+                return Err(e);
+            }
+            ExitCode::SUCCESS
+        }
         Cmd::State(StateCmd::Get { key }) => match client.state_get(&key).await? {
             Some((value, _)) => {
                 print_body(&value);

@@ -91,6 +91,8 @@ pub struct Config {
     pub devices: DevicesConfig,
     /// The MQTT device endpoint.
     pub mqtt: MqttConfig,
+    /// The QUIC device endpoint.
+    pub quic: QuicConfig,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Dur,
     /// Logging.
@@ -312,6 +314,53 @@ pub struct MqttConfig {
     pub broker: BrokerConfig,
 }
 
+/// The QUIC device endpoint (docs/device-protocol.md#quic): one UDP port, ALPN `edgecar-device/1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct QuicConfig {
+    /// Whether devices may connect over QUIC (`--quic-port` turns it on too).
+    pub enabled: bool,
+    /// Address to bind.
+    pub address: IpAddr,
+    /// UDP port to bind. 0 picks a free port.
+    pub port: u16,
+    /// The endpoint's TLS identity and client certificates. Without `certFile`, `mqtt.tls` is
+    /// used when it has one, else a self-signed certificate kept in `<stateDir>/quic/`.
+    pub tls: MqttTlsConfig,
+    /// How long the QUIC handshake and the device's authentication may take together.
+    pub handshake_timeout: Dur,
+    /// Silence after which a connection is gone (devices send keep-alives more often).
+    pub idle_timeout: Dur,
+    /// Requests (bidirectional streams) one connection may have open at once.
+    pub max_streams: u32,
+    /// Largest request header (the JSON frame before the body).
+    pub max_header_size: Size,
+    /// Largest request body.
+    pub max_body_size: Size,
+    /// Open connections in total.
+    pub max_connections: usize,
+    /// Open connections per device.
+    pub max_connections_per_device: usize,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            enabled: false,
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: 4433,
+            tls: MqttTlsConfig::default(),
+            handshake_timeout: Dur(Duration::from_secs(10)),
+            idle_timeout: Dur(Duration::from_secs(30)),
+            max_streams: 16,
+            max_header_size: Size(4 << 10),
+            max_body_size: Size(256 << 10),
+            max_connections: 10_000,
+            max_connections_per_device: 4,
+        }
+    }
+}
+
 /// Where devices connect.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -464,6 +513,7 @@ impl Default for Config {
             limits: Limits::default(),
             devices: DevicesConfig::default(),
             mqtt: MqttConfig::default(),
+            quic: QuicConfig::default(),
             shutdown_timeout: Dur(Duration::from_secs(10)),
             log: LogConfig::default(),
             dapr_config: None,
@@ -682,6 +732,7 @@ fn parse_lenient(base: Config, text: &str, file: &Path) -> (Config, Vec<ConfigEr
             "limits" => section(v, &key, file, e).map(|x| cfg.limits = x),
             "devices" => section(v, &key, file, e).map(|x| cfg.devices = x),
             "mqtt" => section(v, &key, file, e).map(|x| cfg.mqtt = x),
+            "quic" => section(v, &key, file, e).map(|x| cfg.quic = x),
             "shutdownTimeout" => section(v, &key, file, e).map(|x| cfg.shutdown_timeout = x),
             "log" => section(v, &key, file, e).map(|x| cfg.log = x),
             "metrics" => section(v, &key, file, e).map(|x| cfg.metrics = x),
@@ -728,6 +779,8 @@ pub struct Overrides {
     pub log_level: Option<String>,
     /// `--mqtt-port`.
     pub mqtt_port: Option<u16>,
+    /// `--quic-port` (turns the QUIC endpoint on).
+    pub quic_port: Option<u16>,
     /// `--config` when it names a Dapr `Configuration` file.
     pub dapr_config: Option<PathBuf>,
     /// `--metrics-port`.
@@ -842,6 +895,10 @@ pub fn assemble(
     }
     if let Some(v) = o.mqtt_port {
         cfg.mqtt.port = v;
+    }
+    if let Some(v) = o.quic_port {
+        cfg.quic.port = v;
+        cfg.quic.enabled = true;
     }
     cfg.dapr_config = o.dapr_config.clone();
     if let Some(v) = o.metrics_port {
@@ -1021,10 +1078,67 @@ pub fn validate(cfg: &Config, file: &Path) -> Vec<ConfigError> {
         err("mqtt.tls", e);
     }
     validate_broker(cfg, &mut err);
+    validate_quic(cfg, &mut err);
     if cfg.log.level.trim().is_empty() {
         err("log.level", "must not be empty".into());
     }
     errors
+}
+
+/// Checks `quic`: value ranges always, the TLS files when the endpoint is on.
+fn validate_quic(cfg: &Config, err: &mut impl FnMut(&str, String)) {
+    let q = &cfg.quic;
+    if q.handshake_timeout.0 < Duration::from_millis(100) {
+        err("quic.handshakeTimeout", "must be at least 100ms".into());
+    }
+    if q.idle_timeout.0 < Duration::from_secs(1) || q.idle_timeout.0 > Duration::from_secs(3600) {
+        err("quic.idleTimeout", "must be between 1s and 1h".into());
+    }
+    if q.max_streams == 0 || q.max_streams > 1024 {
+        err("quic.maxStreams", "must be between 1 and 1024".into());
+    }
+    if q.max_header_size.0 < 256 || q.max_header_size.0 > 64 << 10 {
+        err("quic.maxHeaderSize", "must be between 256 and 64Ki".into());
+    }
+    if q.max_body_size.0 < 1024 || q.max_body_size.0 > 64 << 20 {
+        err("quic.maxBodySize", "must be between 1Ki and 64Mi".into());
+    }
+    if q.max_connections == 0 {
+        err("quic.maxConnections", "must be at least 1".into());
+    }
+    if q.max_connections_per_device == 0 {
+        err("quic.maxConnectionsPerDevice", "must be at least 1".into());
+    }
+    let t = &q.tls;
+    if t.cert_file.as_os_str().is_empty() != t.key_file.as_os_str().is_empty() {
+        err(
+            "quic.tls",
+            "certFile and keyFile go together: set both, or neither (mqtt.tls's, or a \
+             self-signed certificate in <stateDir>/quic/)"
+                .into(),
+        );
+        return;
+    }
+    if t.client_auth == ClientAuth::Required && !t.client_certs() {
+        err(
+            "quic.tls.clientAuth",
+            "required needs clientCaFile (the CA that signs device certificates)".into(),
+        );
+        return;
+    }
+    if !t.client_crl_file.as_os_str().is_empty() && !t.client_certs() {
+        err(
+            "quic.tls.clientCrlFile",
+            "revocation lists need clientCaFile (the CA that signs device certificates)".into(),
+        );
+        return;
+    }
+    if q.enabled
+        && t.enabled()
+        && let Err(e) = crate::transport::mqtt::tls::server_config(t)
+    {
+        err("quic.tls", e);
+    }
 }
 
 /// Checks `mqtt.broker`: value ranges always, required fields and the password file when

@@ -1,14 +1,14 @@
 //! edgecar: a Dapr-compatible sidecar and device gateway for edge sites.
 //!
-//! One daemon gives every local app (Dapr HTTP API v1.0) and every device (MQTT today, QUIC
-//! later) state, pub/sub, invocation and capabilities, on Raspberry Pi-class hardware.
+//! One daemon gives every local app (Dapr HTTP and gRPC APIs) and every device (MQTT or QUIC)
+//! state, pub/sub, invocation and capabilities, on Raspberry Pi-class hardware.
 //!
 //! # Layout
 //!
 //! Every request takes one path, whatever transport brought it:
 //!
 //! ```text
-//! transport (http, grpc, mqtt) --> Call{caller, op, body} --> policy::authorize --> block (state, ...) --> component
+//! transport (http, grpc, mqtt, quic) --> Call{caller, op, body} --> policy::authorize --> block (state, ...) --> component
 //!        ^                                                                                          |
 //!        +----------------------------------- Reply / Error <---------------------------------------+
 //! ```
@@ -19,7 +19,8 @@
 //! - [`error`]: the one error type; [`api`] alone maps it to HTTP statuses.
 //! - [`clock`]: Unix milliseconds and RFC 3339 text.
 //! - [`transport`]: wire formats to calls: HTTP and gRPC (apps, and gRPC apps' callbacks), MQTT
-//!   (the device endpoint, or the same protocol through an external broker).
+//!   (the device endpoint, or the same protocol through an external broker), QUIC (the device
+//!   endpoint on one UDP port).
 //! - [`devices`]: the device registry (hashed credentials, hot-reloaded) and presence.
 //! - [`policy`]: what a caller may do.
 //! - [`blocks`]: Dapr semantics (state, pub/sub, invocation, bindings, secrets, configuration,
@@ -97,6 +98,8 @@ pub struct Listeners {
     pub grpc: Option<TcpListener>,
     /// The admin listener (`/metrics`, the status page), when enabled.
     pub admin: Option<TcpListener>,
+    /// The QUIC device endpoint's UDP socket, when enabled.
+    pub quic: Option<std::net::UdpSocket>,
 }
 
 /// Why the gateway could not start.
@@ -120,6 +123,9 @@ pub enum StartError {
     /// The external broker settings cannot be used (e.g. the password file went missing).
     #[error("mqtt.broker: {0}")]
     Broker(String),
+    /// The QUIC endpoint's certificate could not be made or loaded, or its socket used.
+    #[error("quic: {0}")]
+    Quic(String),
 }
 
 /// How often resource directories are checked for edited capability manifests, and the device
@@ -318,6 +324,10 @@ pub async fn run(
     if listeners.mqtt.is_some() {
         hub.join(outbox.clone(), &links);
     }
+    let quic_link = listeners
+        .quic
+        .as_ref()
+        .map(|_| transport::quic::Endpoint::new_link(&cfg.quic));
     let presence_events = (!cfg.devices.presence_topic.is_empty())
         .then(|| presence.events())
         .flatten();
@@ -326,6 +336,7 @@ pub async fn run(
         let settings =
             transport::broker::BrokerSettings::from_config(&cfg).map_err(StartError::Broker)?;
         let (link, events) = transport::broker::connect(&settings);
+        // Before QUIC's, so that commands to devices not on QUIC go through the broker.
         links.add(link.clone());
         Some((settings, link, events))
     } else {
@@ -347,6 +358,9 @@ pub async fn run(
         Some((t, e)) => (Some(t), Some(e)),
         None => (None, None),
     };
+    if let Some(l) = &quic_link {
+        links.add(l.clone());
+    }
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),
         state: StateBlock::new(registry.state, cfg.limits.clone(), component_calls.clone()),
@@ -485,6 +499,35 @@ pub async fn run(
             cfg.shutdown_timeout.0,
         ))
     });
+    let quic = match (listeners.quic, quic_link) {
+        (Some(socket), Some(link)) => {
+            let id = transport::quic::cert::identity(&cfg).map_err(StartError::Quic)?;
+            let crypto = transport::quic::cert::server_crypto(&id.tls).map_err(StartError::Quic)?;
+            let endpoint = transport::quic::endpoint(socket, crypto, &cfg.quic)
+                .map_err(|e| StartError::Quic(e.to_string()))?;
+            if let Ok(addr) = endpoint.local_addr() {
+                info!(%addr, certificate = %id.tls.cert_file.display(), source = ?id.source, fingerprint = %id.fingerprint,
+                      client_certs = id.tls.client_certs(), "QUIC device endpoint listening");
+            }
+            let ep = Arc::new(transport::quic::Endpoint {
+                runtime: runtime.clone(),
+                registry: device_registry.clone(),
+                presence: presence.clone(),
+                links: links.clone(),
+                link,
+                budgets: hub.budgets(),
+                outbox: outbox.clone(),
+                cfg: cfg.quic.clone(),
+            });
+            Some(tokio::spawn(transport::quic::serve(
+                endpoint,
+                ep,
+                stop_rx.clone(),
+                cfg.shutdown_timeout.0,
+            )))
+        }
+        _ => None,
+    };
     let broker = broker.map(|(settings, link, events)| {
         info!(broker = ?settings, devices = device_registry.snapshot().len(), "devices are served through an external MQTT broker");
         let served = transport::broker::Served {
@@ -569,6 +612,9 @@ pub async fn run(
     });
     if let Some(m) = mqtt {
         let _ = m.await;
+    }
+    if let Some(q) = quic {
+        let _ = q.await;
     }
     if let Some(b) = broker {
         let _ = b.await;

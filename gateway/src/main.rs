@@ -150,6 +150,10 @@ struct RunArgs {
     /// Port of the MQTT device endpoint (default 1883; 0 picks a free port).
     #[arg(long, value_name = "PORT")]
     mqtt_port: Option<u16>,
+    /// UDP port of the QUIC device endpoint; turns it on (default: quic.enabled, port 4433; 0
+    /// picks a free port).
+    #[arg(long, value_name = "PORT")]
+    quic_port: Option<u16>,
     /// Port of the Dapr gRPC API (default 50001; 0 picks a free port; also DAPR_GRPC_PORT).
     #[arg(long, value_name = "PORT")]
     dapr_grpc_port: Option<u16>,
@@ -323,6 +327,7 @@ impl RunArgs {
             max_body_size: self.max_body_size.clone(),
             log_level: self.log_level.clone(),
             mqtt_port: self.mqtt_port,
+            quic_port: self.quic_port,
             grpc_port: self.dapr_grpc_port,
             app_protocol: self.app_protocol.clone(),
             dapr_config: None,
@@ -483,6 +488,21 @@ fn run(args: &RunArgs) -> ExitCode {
         } else {
             None
         };
+        let quic = if cfg.quic.enabled {
+            let addr = SocketAddr::new(cfg.quic.address, cfg.quic.port);
+            match std::net::UdpSocket::bind(addr) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!(
+                        "edgecar: cannot listen on {addr} (quic, UDP): {e} \
+                         (set quic.port, --quic-port, or quic.enabled: false)"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
         let grpc = if cfg.http.grpc_enabled {
             let addr = SocketAddr::new(cfg.http.address, cfg.http.grpc_port);
             match tokio::net::TcpListener::bind(addr).await {
@@ -515,6 +535,7 @@ fn run(args: &RunArgs) -> ExitCode {
             mqtt,
             grpc,
             admin,
+            quic,
         };
         match edgecar::run(cfg, setup, listeners, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -83,6 +83,10 @@ pub struct Edgecar {
     pub port: u16,
     /// The MQTT device endpoint port it bound (0 when the endpoint is disabled).
     pub mqtt_port: u16,
+    /// The QUIC device endpoint's UDP port (0 unless started with `--quic-port`).
+    pub quic_port: u16,
+    /// The SHA-256 fingerprint of the QUIC endpoint's certificate, as logged (empty without it).
+    pub quic_fingerprint: String,
     /// The Dapr gRPC API port it bound (0 when gRPC is disabled).
     pub grpc_port: u16,
     /// The admin listener's port (`/metrics`, the status page); 0 when it is disabled.
@@ -152,6 +156,8 @@ impl Edgecar {
         let sink = log.clone();
         let mqtt = Arc::new(Mutex::new(0u16));
         let mqtt_seen = mqtt.clone();
+        let quic = Arc::new(Mutex::new((0u16, String::new())));
+        let quic_seen = quic.clone();
         let grpc = Arc::new(Mutex::new(0u16));
         let grpc_seen = grpc.clone();
         let admin = Arc::new(Mutex::new(0u16));
@@ -172,6 +178,14 @@ impl Edgecar {
                 // so all are known once the HTTP line arrives.
                 if let Some(p) = port_after(&line, "MQTT device endpoint listening addr=") {
                     *mqtt_seen.lock().unwrap() = p;
+                } else if let Some(p) = port_after(&line, "QUIC device endpoint listening addr=") {
+                    let fp = line
+                        .split("fingerprint=")
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .unwrap_or_default()
+                        .to_owned();
+                    *quic_seen.lock().unwrap() = (p, fp);
                 } else if let Some(p) = port_after(&line, "Dapr gRPC API listening addr=") {
                     *grpc_seen.lock().unwrap() = p;
                 } else if let Some(p) = port_after(&line, "status page) listening addr=") {
@@ -185,14 +199,19 @@ impl Edgecar {
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(port) => Edgecar {
-                child: Some(child),
-                port,
-                mqtt_port: *mqtt.lock().unwrap(),
-                grpc_port: *grpc.lock().unwrap(),
-                admin_port: *admin.lock().unwrap(),
-                log,
-            },
+            Ok(port) => {
+                let (quic_port, quic_fingerprint) = quic.lock().unwrap().clone();
+                Edgecar {
+                    child: Some(child),
+                    port,
+                    mqtt_port: *mqtt.lock().unwrap(),
+                    grpc_port: *grpc.lock().unwrap(),
+                    admin_port: *admin.lock().unwrap(),
+                    quic_port,
+                    quic_fingerprint,
+                    log,
+                }
+            }
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -16,7 +16,8 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::Parser;
-use edgecar_device_client::{Client, Command, Error, Options};
+use edgecar_device_client::quic::QuicOptions;
+use edgecar_device_client::{Client, Command, Error, Options, Transport};
 use sensor::{Config, Effect, Reading, Sensor};
 
 /// A simulated temperature/humidity sensor on edgecar's MQTT device protocol.
@@ -50,6 +51,18 @@ struct Cli {
     /// Seed of the simulated drift (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
+    /// Transport: `mqtt` (--port) or `quic` (--quic-port, with --ca-file or --fingerprint).
+    #[arg(long, default_value = "mqtt", value_parser = ["mqtt", "quic"], env = "EDGECAR_TRANSPORT")]
+    transport: String,
+    /// Gateway QUIC port (UDP).
+    #[arg(long, default_value_t = 4433, env = "EDGECAR_QUIC_PORT")]
+    quic_port: u16,
+    /// QUIC: PEM file of the gateway's certificate (or of its CA).
+    #[arg(long, env = "EDGECAR_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// QUIC: SHA-256 fingerprint of the gateway's certificate, as its log prints it.
+    #[arg(long, env = "EDGECAR_FINGERPRINT")]
+    fingerprint: Option<String>,
 }
 
 fn device_id(s: &str) -> Result<String, String> {
@@ -185,11 +198,20 @@ async fn restore(client: &Client, cli: &Cli) -> Result<(Config, Option<Reading>)
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
-    let opts = Options::new(&cli.host, cli.port, &cli.device, &cli.password);
+    let mut opts = Options::new(&cli.host, cli.port, &cli.device, &cli.password);
+    if cli.transport == "quic" {
+        opts.port = cli.quic_port;
+        opts.transport = Transport::Quic(QuicOptions {
+            ca_file: cli.ca_file.clone(),
+            fingerprint: cli.fingerprint.clone(),
+            ..Default::default()
+        });
+    }
+    let port = opts.port;
     let (client, mut commands) = Client::connect(opts).await?;
     eprintln!(
-        "connected to {}:{} as {}; listening for commands on edgecar/v1/{}/cmd/#",
-        cli.host, cli.port, cli.device, cli.device
+        "connected to {}:{} ({}) as {}; listening for commands",
+        cli.host, port, cli.transport, cli.device
     );
     let (config, last) = restore(&client, &cli).await?;
     let seed = cli

@@ -2,7 +2,7 @@
 //!
 //! It owns the connection table (per device, per client id), the connection limits, session
 //! takeover, parked persistent sessions (subscriptions kept for `mqtt.sessionExpiry`), each
-//! device's rate-limit bucket, routing a message to the connections of *one* device whose
+//! device's rate-limit budget (shared with QUIC: [`ratelimit::Budgets`](super::ratelimit::Budgets)), routing a message to the connections of *one* device whose
 //! subscriptions match (there is no routing between devices at all), and commands in flight from
 //! apps to devices, keyed by device and request id so that no device can answer another's.
 
@@ -18,7 +18,7 @@ use tracing::debug;
 
 use super::codec::{ConnectCode, DisconnectCode, Message};
 use super::protocol;
-use super::ratelimit::TokenBucket;
+use super::ratelimit::Budgets;
 use super::topics;
 use crate::blocks::devices::{Command, CommandReply, DeviceLink, LinkError};
 use crate::devices::link::DeviceMessage;
@@ -90,7 +90,6 @@ struct Parked {
 struct DeviceConns {
     conns: Vec<Conn>,
     parked: Vec<Parked>,
-    bucket: Option<TokenBucket>,
 }
 
 #[derive(Default)]
@@ -122,6 +121,9 @@ pub struct Hub {
     rid_prefix: String,
     /// What waits for devices, delivered while they are connected.
     outbox: OnceLock<Arc<Outbox>>,
+    /// Each device's rate-limit bucket, shared with the other transports (one budget per
+    /// device, whatever carries its messages).
+    budgets: Arc<Budgets>,
     /// The device layer's links, told when a device attaches here.
     links: OnceLock<Arc<Links>>,
 }
@@ -130,6 +132,7 @@ impl Hub {
     /// An empty hub.
     pub fn new(limits: HubLimits) -> Self {
         let start = crate::clock::unix_ms();
+        let budgets = Arc::new(Budgets::new(limits.rate, limits.burst));
         Hub {
             table: Mutex::default(),
             limits,
@@ -137,8 +140,14 @@ impl Hub {
             pending: Mutex::default(),
             rid_prefix: format!("{:x}", start % (1 << 40)),
             outbox: OnceLock::new(),
+            budgets,
             links: OnceLock::new(),
         }
+    }
+
+    /// The per-device rate-limit budgets, for the other transports to share.
+    pub fn budgets(&self) -> Arc<Budgets> {
+        self.budgets.clone()
     }
 
     /// Joins the device layer: the hub is one of `links` (devices attach to it as they
@@ -293,14 +302,7 @@ impl Hub {
 
     /// Takes a rate-limit token for `device`, or says when the next is due.
     pub fn take_token(&self, device: &str, now: Instant) -> Result<(), Instant> {
-        let (rate, burst) = (self.limits.rate, self.limits.burst);
-        self.with(|t| match t.devices.get_mut(device) {
-            Some(d) => d
-                .bucket
-                .get_or_insert_with(|| TokenBucket::new(rate, burst, now))
-                .take(now),
-            None => Ok(()),
-        })
+        self.budgets.take(device, now)
     }
 
     /// Delivers `msg` to every connection of `device` (except `skip`) with a matching

@@ -262,8 +262,38 @@ fn verb(params: &mut Params) -> Result<Method, Error> {
 
 /// Builds the call for a request.
 fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result<Call, Error> {
-    let mut params = Params::default();
+    let mut params = Params {
+        transport: crate::call::Transport::Mqtt,
+        ..Params::default()
+    };
     api::parse_query(query, &mut params)?;
+    device_call(device, op, params, &msg.props, msg.payload.clone())
+}
+
+/// Named request parameters as [`Params`]: `metadata.<name>` become request metadata, the rest
+/// options (what a request topic's query string holds, already decoded).
+pub fn params<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Params {
+    let mut params = Params::default();
+    for (k, v) in pairs {
+        match k.strip_prefix("metadata.") {
+            Some(name) => params.metadata.insert(name.to_owned(), v),
+            None => params.options.insert(k, v),
+        };
+    }
+    params
+}
+
+/// The call a device's request makes: operation `op` with its decoded parameters, the
+/// request's properties (content type, `traceparent` and headers to pass on, as MQTT 5 user
+/// properties carry them) and its body. The one mapping from device operation names to [`Op`],
+/// whatever transport carried the request (MQTT topics, QUIC streams).
+pub fn device_call(
+    device: &str,
+    op: &str,
+    mut params: Params,
+    props: &Properties,
+    body: Bytes,
+) -> Result<Call, Error> {
     let store = |p: &mut Params| {
         p.options
             .remove("store")
@@ -293,8 +323,8 @@ fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result
         },
         "publish" => {
             // MQTT 3.1.1 carries no content type: a JSON payload is published as JSON.
-            params.content_type = msg.props.content_type.clone().or_else(|| {
-                serde_json::from_slice::<serde::de::IgnoredAny>(&msg.payload)
+            params.content_type = props.content_type.clone().or_else(|| {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&body)
                     .is_ok()
                     .then(|| "application/json".to_owned())
             });
@@ -311,7 +341,7 @@ fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result
             let app_id = required(&mut params, "app", op)?;
             let method = required(&mut params, "method", op)?;
             let verb = verb(&mut params)?;
-            params.headers = forwarded_headers(&msg.props);
+            params.headers = forwarded_headers(props);
             Op::Invoke {
                 app_id,
                 method: if method.starts_with('/') {
@@ -326,7 +356,7 @@ fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result
             let name = required(&mut params, "name", op)?;
             let method = params.options.remove("method").unwrap_or_default();
             let verb = verb(&mut params)?;
-            params.headers = forwarded_headers(&msg.props);
+            params.headers = forwarded_headers(props);
             Op::Capability {
                 name,
                 method: method.trim_start_matches('/').to_owned(),
@@ -371,14 +401,13 @@ fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result
             ));
         }
     };
-    params.traceparent = msg.props.user("traceparent").map(str::to_owned);
-    params.transport = crate::call::Transport::Mqtt;
+    params.traceparent = props.user("traceparent").map(str::to_owned);
     Ok(Call {
         caller: Caller::Device {
             id: device.to_owned(),
         },
         op,
-        body: msg.payload.clone(),
+        body,
         params,
     })
 }

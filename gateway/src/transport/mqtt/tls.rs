@@ -20,6 +20,11 @@ use crate::config::{ClientAuth, MqttTlsConfig};
 
 /// Builds the acceptor, or says what is wrong with the files.
 pub fn acceptor(cfg: &MqttTlsConfig) -> Result<TlsAcceptor, String> {
+    Ok(TlsAcceptor::from(Arc::new(server_config(cfg)?)))
+}
+
+/// The rustls server configuration from the files (the QUIC endpoint builds on it too).
+pub fn server_config(cfg: &MqttTlsConfig) -> Result<rustls::ServerConfig, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert_file)
         .map_err(|e| format!("certFile {}: {e}", cfg.cert_file.display()))?
         .collect::<Result<_, _>>()
@@ -41,10 +46,9 @@ pub fn acceptor(cfg: &MqttTlsConfig) -> Result<TlsAcceptor, String> {
     } else {
         builder.with_no_client_auth()
     };
-    let config = builder
+    builder
         .with_single_cert(certs, key)
-        .map_err(|e| format!("certFile/keyFile: {e}"))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+        .map_err(|e| format!("certFile/keyFile: {e}"))
 }
 
 /// The verifier for device certificates: `clientCaFile` as roots, `clientCrlFile` for revocation.
@@ -107,7 +111,12 @@ pub enum ClientCert {
 
 /// The identity in a TLS connection's verified client certificate.
 pub fn client_identity(conn: &rustls::ServerConnection) -> ClientCert {
-    match conn.peer_certificates().and_then(<[_]>::first) {
+    identity_of(conn.peer_certificates().and_then(<[_]>::first))
+}
+
+/// The identity a verified client certificate (the chain's first) names, if one was presented.
+pub fn identity_of(cert: Option<&CertificateDer<'_>>) -> ClientCert {
+    match cert {
         None => ClientCert::None,
         Some(cert) => match certificate_cn(cert) {
             Ok(id) => match crate::devices::file::validate_id(&id) {
