@@ -33,7 +33,7 @@ work=$(mktemp -d)
 log="$work/edgecar.log"
 # Started directly (not through run_arm) so that $! is the emulated daemon itself.
 qemu-aarch64-static -L /usr/aarch64-linux-gnu target/aarch64-unknown-linux-gnu/release/edgecar \
-  run --dapr-http-port 0 --dapr-grpc-port 0 --mqtt-port 0 --state-dir "$work/data" 2>"$log" &
+  run --dapr-http-port 0 --dapr-grpc-port 0 --mqtt-port 0 --metrics-port 0 --state-dir "$work/data" 2>"$log" &
 pid=$!
 trap 'kill -9 $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 port=""

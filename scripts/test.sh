@@ -4,8 +4,10 @@
 #   2. quality gates: rustfmt and clippy with -D warnings,
 #   3. unit and end-to-end tests (real edgecar, real redis-server, the official Dapr JavaScript
 #      and Python SDKs),
-#   4. the appliance guard: ARM cross-builds, a qemu smoke test, and the TLS-provider check.
-#   5. fuzzing: every decoder of outside bytes for 30 s each (scripts/fuzz.sh, docs/fuzzing.md).
+#   4. the appliance guard: ARM cross-builds, a qemu smoke test, and the TLS-provider check,
+#   5. the packages: .deb for amd64, arm64 and armhf from those release builds, installed,
+#      removed and purged in a scratch root (the unit verified there by systemd-analyze),
+#   6. fuzzing: every decoder of outside bytes for 30 s each (scripts/fuzz.sh, docs/fuzzing.md).
 # .ci/run calls exactly this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,12 @@ command -v python3 >/dev/null || need+=(python3 python3-venv)
 command -v openssl >/dev/null || need+=(openssl)
 command -v g++ >/dev/null || need+=(g++)
 command -v stdbuf >/dev/null || need+=(coreutils)
+# --- appliance (issue 14): the status page test renders in headless Chromium; the unit is
+# scored and verified by systemd-analyze; packages are inspected with dpkg-deb and readelf.
+command -v chromium >/dev/null || need+=(chromium)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v readelf >/dev/null || need+=(binutils)
+# --- end appliance
 if ((${#need[@]})); then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
@@ -34,6 +42,9 @@ if ((${#need[@]})); then
 fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+# --- appliance: cargo-deb builds the packages (a few minutes to compile once, then ~/.cargo/bin).
+command -v cargo-deb >/dev/null || cargo install --locked cargo-deb --version 3.8.0
+# --- end appliance
 installed_targets=$(rustup target list --installed)
 for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
   grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
@@ -65,6 +76,14 @@ cargo test --workspace --locked
 
 step "appliance guard: ARM builds, qemu smoke test, TLS providers"
 scripts/cross-check.sh
+
+# --- appliance: packages from the release builds (cross-check.sh made the ARM ones; the amd64
+# one needs the host's release build, which also writes the man pages).
+step "packages: amd64, arm64, armhf; install, remove and purge in a scratch root"
+cargo build --release --locked -p edgecar
+scripts/package.sh x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
+scripts/package-test.sh
+# --- end appliance
 
 # Last: its own build (cargo-fuzz, target/fuzz), then 30 s per target; fails on any crash.
 step "fuzzing: every decoder of outside bytes, 30 s per target (docs/fuzzing.md)"

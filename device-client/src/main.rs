@@ -103,7 +103,8 @@ enum Cmd {
         #[arg(long, default_value = "POST")]
         verb: String,
     },
-    /// Call a capability: prints its reply body.
+    /// Call a capability: prints its reply body, and which offer served it and the cache status
+    /// (`x-edgecar-offer: local`, `x-edgecar-cache: miss`) on stderr.
     Capability {
         /// Capability name.
         name: String,
@@ -283,7 +284,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             ExitCode::SUCCESS
         }
         Cmd::Capability { name, method, data } => {
-            print_body(&client.capability(&name, &method, data).await?.body);
+            let reply = client.capability(&name, &method, data).await?;
+            // On stderr, so that stdout stays the body a script pipes on.
+            eprintln!(
+                "x-edgecar-offer: {}\nx-edgecar-cache: {}",
+                reply.offer.as_deref().unwrap_or("-"),
+                reply.cache.as_deref().unwrap_or("-")
+            );
+            print_body(&reply.body);
             ExitCode::SUCCESS
         }
         Cmd::Publish {

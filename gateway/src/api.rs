@@ -16,8 +16,6 @@ pub enum Route {
     Healthz,
     /// `GET /v1.0/healthz/outbound`: components are ready (exempt from the API token).
     HealthzOutbound,
-    /// `GET /metrics`: Prometheus text exposition (exempt from the API token, as scrapers are).
-    Metrics,
     /// An operation on the request path.
     Call(Op),
 }
@@ -255,9 +253,6 @@ fn query_values(query: Option<&str>, name: &str) -> Result<Vec<String>, Error> {
 
 /// Maps a method, path and query to what they mean.
 pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, Error> {
-    if path == "/metrics" && *method == Method::GET {
-        return Ok(Route::Metrics);
-    }
     if let Some(r) =
         invoke_route(method, path, query).or_else(|| capability_route(method, path, query))
     {
@@ -474,7 +469,8 @@ mod tests {
                 verb: Method::GET
             }))
         );
-        assert_eq!(route(&Method::GET, "/metrics", None), Ok(Route::Metrics));
+        // Metrics are served by the admin listener, not the API (observability::admin).
+        assert!(route(&Method::GET, "/metrics", None).is_err());
     }
 
     #[test]

@@ -271,6 +271,38 @@ pub struct Params {
     /// State values in the body (save, transaction, bulk get replies) are opaque bytes carried
     /// as base64 strings, not JSON: gRPC's `bytes` values, stored and returned unchanged.
     pub binary_values: bool,
+    /// Which transport decoded the call: the `transport` label of the request metrics.
+    pub transport: Transport,
+}
+
+/// The transport a call arrived on (metrics and traces label calls with it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Made inside the gateway (presence events, subscription plumbing), or by a transport
+    /// that does not say.
+    #[default]
+    Internal,
+    /// The Dapr HTTP API.
+    Http,
+    /// MQTT: the embedded device endpoint or the external broker.
+    Mqtt,
+    /// The Dapr gRPC API.
+    Grpc,
+    /// QUIC: the device endpoint.
+    Quic,
+}
+
+impl Transport {
+    /// The label value: `internal`, `http`, `mqtt`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Internal => "internal",
+            Transport::Http => "http",
+            Transport::Mqtt => "mqtt",
+            Transport::Grpc => "grpc",
+            Transport::Quic => "quic",
+        }
+    }
 }
 
 /// One request on the path: transport → policy → building block → component.

@@ -101,6 +101,43 @@ pub struct Config {
     /// resource files; not a field of `edgecar.yaml`.
     #[serde(skip)]
     pub dapr_config: Option<PathBuf>,
+    /// The admin listener: `/metrics` and the status page.
+    pub metrics: MetricsConfig,
+    /// Trace export.
+    pub tracing: TracingConfig,
+}
+
+/// Trace export (OTLP over HTTP, protobuf). Off unless an endpoint is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`; empty: off.
+    pub otlp_endpoint: String,
+    /// `service.name` of the spans; empty: the app id.
+    pub service_name: String,
+}
+
+/// The admin listener (daprd's metrics port): `/metrics` and the status page. It asks for no
+/// token, so it binds loopback unless told otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Whether to serve it (`--enable-metrics`).
+    pub enabled: bool,
+    /// Address to bind.
+    pub address: IpAddr,
+    /// Port to bind (daprd's 9090, `--metrics-port`). 0 picks a free port.
+    pub port: u16,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: 9090,
+        }
+    }
 }
 
 /// Whether `path` holds a Dapr `Configuration` document (`kind: Configuration`), which `dapr run`
@@ -191,6 +228,9 @@ pub struct Limits {
 pub struct DevicesConfig {
     /// The registry file; empty means `<stateDir>/devices.yaml`.
     pub registry: PathBuf,
+    /// Where verified logins are kept across restarts (a tmpfs: see `devices::logins`); empty
+    /// means `$RUNTIME_DIRECTORY` under systemd, memory only otherwise.
+    pub login_cache_dir: PathBuf,
     /// How long an app's call to a device waits for the device's reply.
     pub command_timeout: Dur,
     /// The pub/sub component device telemetry is published to.
@@ -477,6 +517,8 @@ impl Default for Config {
             shutdown_timeout: Dur(Duration::from_secs(10)),
             log: LogConfig::default(),
             dapr_config: None,
+            metrics: MetricsConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -529,6 +571,7 @@ impl Default for DevicesConfig {
     fn default() -> Self {
         DevicesConfig {
             registry: PathBuf::new(),
+            login_cache_dir: PathBuf::new(),
             command_timeout: Dur(Duration::from_secs(10)),
             telemetry_pubsub: "pubsub".into(),
             telemetry_topic: "telemetry".into(),
@@ -692,6 +735,8 @@ fn parse_lenient(base: Config, text: &str, file: &Path) -> (Config, Vec<ConfigEr
             "quic" => section(v, &key, file, e).map(|x| cfg.quic = x),
             "shutdownTimeout" => section(v, &key, file, e).map(|x| cfg.shutdown_timeout = x),
             "log" => section(v, &key, file, e).map(|x| cfg.log = x),
+            "metrics" => section(v, &key, file, e).map(|x| cfg.metrics = x),
+            "tracing" => section(v, &key, file, e).map(|x| cfg.tracing = x),
             other => {
                 e.push(ConfigError::new(
                     file,
@@ -738,6 +783,10 @@ pub struct Overrides {
     pub quic_port: Option<u16>,
     /// `--config` when it names a Dapr `Configuration` file.
     pub dapr_config: Option<PathBuf>,
+    /// `--metrics-port`.
+    pub metrics_port: Option<u16>,
+    /// `--enable-metrics`.
+    pub enable_metrics: Option<bool>,
 }
 
 /// Builds the effective configuration: defaults, then the file, then the environment
@@ -773,6 +822,12 @@ pub fn assemble(
         },
     };
     let cli = Path::new("<command line>");
+    if cfg.devices.login_cache_dir.as_os_str().is_empty()
+        && let Some(dir) =
+            env("RUNTIME_DIRECTORY").and_then(|d| d.split(':').next().map(PathBuf::from))
+    {
+        cfg.devices.login_cache_dir = dir;
+    }
     if let Some(t) = env("DAPR_API_TOKEN").filter(|t| !t.is_empty()) {
         cfg.http.api_token = t;
     }
@@ -846,6 +901,12 @@ pub fn assemble(
         cfg.quic.enabled = true;
     }
     cfg.dapr_config = o.dapr_config.clone();
+    if let Some(v) = o.metrics_port {
+        cfg.metrics.port = v;
+    }
+    if let Some(v) = o.enable_metrics {
+        cfg.metrics.enabled = v;
+    }
     errors.extend(validate(&cfg, file.unwrap_or(cli)));
     (cfg, errors)
 }

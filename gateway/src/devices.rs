@@ -9,6 +9,7 @@
 
 pub mod file;
 pub mod link;
+pub mod logins;
 pub mod password;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -68,6 +69,8 @@ pub struct Registry {
     generation: watch::Sender<u64>,
     /// Bounds concurrent password checks.
     auth_slots: Semaphore,
+    /// Logins already verified this boot: checked with one HMAC instead of PBKDF2.
+    logins: Arc<logins::LoginCache>,
 }
 
 fn check_reserved(
@@ -112,7 +115,15 @@ impl Registry {
             current: RwLock::new(Arc::new(devices)),
             generation: watch::Sender::new(0),
             auth_slots: Semaphore::new(CONCURRENT_AUTH),
+            logins: Arc::new(logins::LoginCache::in_memory()),
         })
+    }
+
+    /// Keeps verified logins in `dir` (systemd's `$RUNTIME_DIRECTORY`), so they outlive a
+    /// restart of edgecar but not a reboot ([`logins`]).
+    pub fn with_login_cache_in(mut self, dir: &Path) -> Self {
+        self.logins = Arc::new(logins::LoginCache::open(dir));
+        self
     }
 
     /// An empty registry (tests, or a gateway without devices).
@@ -123,6 +134,7 @@ impl Registry {
             current: RwLock::new(Arc::default()),
             generation: watch::Sender::new(0),
             auth_slots: Semaphore::new(CONCURRENT_AUTH),
+            logins: Arc::new(logins::LoginCache::in_memory()),
         }
     }
 
@@ -146,16 +158,32 @@ impl Registry {
 
     /// Checks a device's password (on the blocking pool, a few at a time). Unknown ids, and
     /// certificate-only devices (no password), cost the same as wrong passwords.
+    /// A login verified before this boot ([`logins`]) costs one HMAC and skips the queue.
     pub async fn authenticate(&self, id: &str, password: &[u8]) -> Option<Credential> {
+        if let Some(hash) = self.snapshot().get(id).and_then(|d| d.hash.clone())
+            && self.logins.hit(id, &hash, password)
+        {
+            return Some(Credential {
+                id: id.to_owned(),
+                proof: Proof::Password(hash),
+            });
+        }
         let _slot = self.auth_slots.acquire().await.ok()?;
         let found = self.snapshot().get(id).and_then(|d| d.hash.clone());
         let password = password.to_vec();
         let known = found.is_some();
         let hash = found.unwrap_or_else(|| Arc::new(PasswordHash::decoy()));
         let checked = hash.clone();
-        let ok = tokio::task::spawn_blocking(move || checked.verify(&password))
-            .await
-            .unwrap_or(false);
+        let (cache, device) = (self.logins.clone(), id.to_owned());
+        let ok = tokio::task::spawn_blocking(move || {
+            let ok = checked.verify(&password);
+            if ok && known {
+                cache.remember(&device, &checked, &password);
+            }
+            ok
+        })
+        .await
+        .unwrap_or(false);
         (ok && known).then(|| Credential {
             id: id.to_owned(),
             proof: Proof::Password(hash),

@@ -37,7 +37,8 @@
 //!   delivery while the device is connected.
 //! - [`watch`]: noticing edited files (capability manifests, the device registry).
 //! - [`runtime`]: wires the path together; [`run`] starts and stops the whole gateway.
-//! - [`observability`]: logging set-up.
+//! - [`sdnotify`]: readiness and watchdog notifications to systemd (`Type=notify`).
+//! - [`observability`]: logging, `/metrics`, the status page and the admin listener serving them.
 
 pub mod api;
 pub mod blocks;
@@ -53,6 +54,7 @@ pub mod policy;
 pub mod queue;
 pub mod resilience;
 pub mod runtime;
+pub mod sdnotify;
 pub mod setup;
 pub mod storage;
 pub mod transport;
@@ -93,6 +95,8 @@ pub struct Listeners {
     pub mqtt: Option<TcpListener>,
     /// The Dapr gRPC API, when enabled.
     pub grpc: Option<TcpListener>,
+    /// The admin listener (`/metrics`, the status page), when enabled.
+    pub admin: Option<TcpListener>,
     /// The QUIC device endpoint's UDP socket, when enabled.
     pub quic: Option<std::net::UdpSocket>,
 }
@@ -192,6 +196,7 @@ pub async fn run(
     // gateway starts is noticed rather than lost.
     let resources_seen = blocks::capabilities::newest_change(&cfg.resources_paths);
     private_state_dir(&cfg.state_dir)?;
+    let started = std::time::Instant::now();
     let storage = storage::Storage::open(&cfg.state_dir, cfg.storage.cache_capacity.0).await?;
     storage.guard_disk(cfg.storage.min_free_space.0);
     let mut setup = setup;
@@ -264,7 +269,11 @@ pub async fn run(
     );
     let device_registry = Arc::new(
         devices::Registry::open(cfg.device_registry(), cfg.app_ids())
-            .map_err(StartError::Devices)?,
+            .map_err(StartError::Devices)
+            .map(|r| match &cfg.devices.login_cache_dir {
+                d if d.as_os_str().is_empty() => r,
+                d => r.with_login_cache_in(d),
+            })?,
     );
     let presence = Arc::new(devices::Presence::default());
     let outbox_cfg = &cfg.devices.outbox;
@@ -335,6 +344,22 @@ pub async fn run(
     if let Some(l) = &quic_link {
         links.add(l.clone());
     }
+    let tracer = if cfg.tracing.otlp_endpoint.is_empty() {
+        None
+    } else {
+        let service = Some(cfg.tracing.service_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| cfg.app_id.clone());
+        let (tracer, export) =
+            observability::traces::Tracer::new(&cfg.tracing.otlp_endpoint, &service)
+                .map_err(|e| StartError::Components(vec![e]))?;
+        info!(endpoint = %cfg.tracing.otlp_endpoint, service = %service, "exporting traces over OTLP/HTTP");
+        Some((tracer, export))
+    };
+    let (tracer, trace_export) = match tracer {
+        Some((t, e)) => (Some(t), Some(e)),
+        None => (None, None),
+    };
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),
         state: StateBlock::new(registry.state, cfg.limits.clone(), component_calls.clone()),
@@ -363,8 +388,16 @@ pub async fn run(
         storage: storage.clone(),
         shutdown: tokio::sync::Notify::new(),
         ready: Arc::new(std::sync::atomic::AtomicBool::new(cfg.app.port == 0)),
+        metrics: Arc::new(observability::metrics::CallMetrics::new(
+            &cfg.app_id,
+            cfg.metrics.enabled,
+        )),
+        tracer,
     });
     let mut tasks = JoinSet::new();
+    if let Some(export) = trace_export {
+        tasks.spawn(export);
+    }
     tasks.spawn(devices::watch(device_registry.clone(), RELOAD_POLL));
     tasks.spawn(forget_removed_devices(
         device_registry.clone(),
@@ -524,6 +557,26 @@ pub async fn run(
         ))
     });
     let requested = runtime.clone();
+    let admin = listeners.admin.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "admin listener (/metrics, status page) listening");
+        }
+        let admin = Arc::new(observability::admin::Admin {
+            runtime: runtime.clone(),
+            site: cfg.site.clone(),
+            components: registry.infos.clone(),
+            started,
+        });
+        let mut stop = stop_rx.clone();
+        tokio::spawn(observability::admin::serve(
+            listener,
+            admin,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+            cfg.shutdown_timeout.0,
+        ))
+    });
     let api = Arc::new(HttpApi {
         runtime,
         api_token: Some(cfg.http.api_token.clone()).filter(|t| !t.is_empty()),
@@ -543,11 +596,17 @@ pub async fn run(
         },
         cfg.shutdown_timeout.0,
     );
+    // Every listener is open and every component built: tell systemd (Type=notify).
+    sdnotify::notify("READY=1");
+    if let Some(every) = sdnotify::watchdog_interval() {
+        tasks.spawn(sdnotify::watchdog(every));
+    }
     tokio::join!(http, async move {
         tokio::select! {
             () = shutdown => {}
             () = requested.shutdown.notified() => {}
         }
+        sdnotify::notify("STOPPING=1");
         let _ = stop_tx.send(true);
     });
     if let Some(m) = mqtt {
@@ -561,6 +620,9 @@ pub async fn run(
     }
     if let Some(g) = grpc {
         let _ = g.await;
+    }
+    if let Some(a) = admin {
+        let _ = a.await;
     }
     let abort = subscriber.abort_handle();
     if tokio::time::timeout(cfg.shutdown_timeout.0, subscriber)

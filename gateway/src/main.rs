@@ -28,6 +28,30 @@ enum Command {
     /// Manage the device registry (works whether or not the daemon runs; it picks up changes).
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Write the man pages (edgecar.1, edgecar-run.1, ...) into DIR; the package build runs it.
+    #[command(hide = true)]
+    Man {
+        /// Directory to write the pages into (created if missing).
+        dir: PathBuf,
+    },
+}
+
+/// Writes `edgecar.1` and one page per visible subcommand (`edgecar-run.1`, ...) into `dir`.
+fn man_pages(dir: &Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let write = |name: &str, page: clap::Command| -> std::io::Result<()> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        std::fs::write(dir.join(format!("{name}.1")), out)
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        // clap names are &'static str (its "string" feature is off); a few bytes, once.
+        let name: &'static str = Box::leak(format!("edgecar-{}", sub.get_name()).into_boxed_str());
+        write(name, sub.clone().name(name))?;
+    }
+    write("edgecar", cmd)
 }
 
 #[derive(Subcommand)]
@@ -136,6 +160,13 @@ struct RunArgs {
     /// How edgecar calls the app: http (default) or grpc (the app serves Dapr's AppCallback).
     #[arg(long, value_name = "PROTOCOL")]
     app_protocol: Option<String>,
+    /// Port of the admin listener: /metrics and the status page (default 9090 on 127.0.0.1;
+    /// 0 picks a free port).
+    #[arg(long, value_name = "PORT")]
+    metrics_port: Option<u16>,
+    /// Serve the admin listener (default true; --enable-metrics=false turns it off).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    enable_metrics: Option<bool>,
     #[command(flatten)]
     daprd: DaprdArgs,
 }
@@ -147,12 +178,6 @@ struct DaprdArgs {
     /// daprd's port for sidecar-to-sidecar calls (edgecar has none; ignored).
     #[arg(long, value_name = "PORT", allow_hyphen_values = true)]
     dapr_internal_grpc_port: Option<i64>,
-    /// Port of the admin listener (metrics, status page).
-    #[arg(long, value_name = "PORT", allow_hyphen_values = true)]
-    metrics_port: Option<i64>,
-    /// Serve metrics on --metrics-port (true|false).
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    enable_metrics: Option<bool>,
     /// Actor placement service (edgecar has no actors; ignored).
     #[arg(long, value_name = "ADDR")]
     placement_host_address: Option<String>,
@@ -222,11 +247,6 @@ impl DaprdArgs {
             self.dapr_internal_grpc_port.is_some(),
             "dapr-internal-grpc-port",
             "edgecar has no sidecar-to-sidecar gRPC port; peers are reached through links",
-        );
-        note(
-            self.metrics_port.is_some() || self.enable_metrics.is_some(),
-            "metrics-port",
-            "the admin listener is not in this build yet; /metrics is served on the HTTP API port",
         );
         note(
             self.placement_host_address
@@ -311,6 +331,8 @@ impl RunArgs {
             grpc_port: self.dapr_grpc_port,
             app_protocol: self.app_protocol.clone(),
             dapr_config: None,
+            metrics_port: self.metrics_port,
+            enable_metrics: self.enable_metrics,
         }
     }
 }
@@ -481,7 +503,28 @@ fn run(args: &RunArgs) -> ExitCode {
         } else {
             None
         };
-        let listeners = edgecar::Listeners { http, mqtt, grpc, quic };
+        let admin = if cfg.metrics.enabled {
+            let addr = SocketAddr::new(cfg.metrics.address, cfg.metrics.port);
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!(
+                        "edgecar: cannot listen on {addr} (metrics): {e} \
+                         (set metrics.port or --metrics-port, or --enable-metrics=false)"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
+        let listeners = edgecar::Listeners {
+            http,
+            mqtt,
+            grpc,
+            admin,
+            quic,
+        };
         match edgecar::run(cfg, setup, listeners, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -668,5 +711,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Device(cmd)) => device(cmd),
+        Some(Command::Man { dir }) => match man_pages(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("edgecar man: {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -1,8 +1,17 @@
-//! Observability: logging set-up.
+//! Observability: logging set-up, and (in its modules) what the operator reads.
+//!
+//! - [`metrics`]: call counters and latency histograms recorded once on the request path, the
+//!   gauges read when scraped, the OpenMetrics text.
+//! - [`admin`]: the admin listener (`--metrics-port`): `/metrics`, the status page and its data.
+//! - [`traces`]: a span per call, W3C trace context carried on, OTLP/HTTP export (off by default).
 //!
 //! Logs go to stderr through `tracing`, structured fields first. Under systemd (`JOURNAL_STREAM`
 //! set) timestamps are left to journald and colours are off, so `journalctl -u edgecar` reads
 //! cleanly. `RUST_LOG` overrides the configured level.
+
+pub mod admin;
+pub mod metrics;
+pub mod traces;
 
 use tracing_subscriber::EnvFilter;
 

@@ -326,6 +326,22 @@ impl Outbox {
         }
     }
 
+    /// Whether `device` has an outbox on disk (opened this run or not).
+    pub fn has_outbox(&self, device: &str) -> bool {
+        lock(&self.known).contains(device)
+    }
+
+    /// Messages held per device, for the outboxes opened since start (devices never connected
+    /// nor sent anything this run are not read from disk for this).
+    pub async fn open_backlogs(&self) -> HashMap<String, u64> {
+        self.queues
+            .lock()
+            .await
+            .iter()
+            .map(|(d, q)| (d.clone(), q.stats().messages))
+            .collect()
+    }
+
     /// Stores `msgs` for `device` (on disk when this returns), each until `expires_at_ms`, and
     /// starts delivery if the device is connected. Each message succeeds or fails on its own.
     pub async fn enqueue(

@@ -4,8 +4,9 @@
 //! an `Arc<Runtime>` and call [`Runtime::handle`]; nothing here knows which transport asked.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::blocks::bindings::BindingsBlock;
 use crate::blocks::capabilities::{self, CapabilitiesBlock};
@@ -20,6 +21,7 @@ use crate::blocks::state::StateBlock;
 use crate::blocks::telemetry::{Receipt, TelemetryBlock};
 use crate::call::{Call, Op, Reply};
 use crate::error::Error;
+use crate::observability::metrics::{self, CallMetrics};
 use crate::policy;
 
 /// Everything a request may need, built once at start-up.
@@ -55,6 +57,10 @@ pub struct Runtime {
     /// Components are loaded and the app's subscriptions are running (or there is no app):
     /// daprd's readiness, answered on `/v1.0/healthz`.
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Counters and latency histograms every call feeds (`/metrics` on the admin listener).
+    pub metrics: Arc<CallMetrics>,
+    /// Spans for every call, when trace export is on.
+    pub tracer: Option<crate::observability::traces::Tracer>,
 }
 
 impl Runtime {
@@ -71,12 +77,16 @@ impl Runtime {
         })
     }
 
-    /// Prometheus text exposition of every counter the runtime keeps.
-    pub fn metrics(&self) -> String {
-        let mut out = String::new();
-        self.capabilities.metrics(&mut out);
-        self.devices.metrics(&mut out);
-        out
+    /// The `/metrics` exposition: call metrics and the gauges read now.
+    pub async fn metrics_text(&self) -> String {
+        let snap = metrics::Snapshot {
+            devices_registered: self.devices.registered_count(),
+            devices_connected: self.devices.connected_count(),
+            outbox_messages: self.devices.outbox_backlogs().await.values().sum(),
+            capabilities: self.capabilities.status().await,
+            queues: self.pubsub.queue_depths().await,
+        };
+        metrics::encode(&self.metrics, &snap)
     }
 
     /// Starts a device telemetry call ([`Op::Telemetry`]) on the request path without waiting:
@@ -84,6 +94,24 @@ impl Runtime {
     /// once the reading is stored. For transports that keep many readings in flight without a
     /// task each; [`Runtime::handle`] runs the same call to completion.
     pub fn submit_telemetry(&self, call: Call) -> Result<Receipt, Error> {
+        let started = Instant::now();
+        let transport = call.params.transport;
+        let op = call.op.name();
+        let result = self.submit_telemetry_inner(call);
+        // Counted when queued for storage: the receipt resolves later, on the transport's side.
+        self.metrics.record(
+            transport,
+            op,
+            &result
+                .as_ref()
+                .map(|_| Reply::no_content())
+                .map_err(Clone::clone),
+            started.elapsed(),
+        );
+        result
+    }
+
+    fn submit_telemetry_inner(&self, call: Call) -> Result<Receipt, Error> {
         policy::authorize(&call.caller, &call.op)?;
         match call.op {
             Op::Telemetry { stream } => {
@@ -98,8 +126,39 @@ impl Runtime {
         }
     }
 
-    /// Runs one call along the request path.
-    pub async fn handle(&self, call: Call) -> Result<Reply, Error> {
+    /// Runs one call along the request path; every call is counted and timed here, once.
+    pub async fn handle(&self, mut call: Call) -> Result<Reply, Error> {
+        let started = Instant::now();
+        let transport = call.params.transport;
+        let op = call.op.name();
+        // With export on, the call continues as a child of the gateway's span.
+        let trace = self.tracer.as_ref().map(|t| {
+            let s = t.start(call.params.traceparent.as_deref());
+            let tp = s.traceparent();
+            // Forwarded headers (invocation, capabilities) carry it on too.
+            if matches!(call.op, Op::Invoke { .. } | Op::Capability { .. }) {
+                call.params.headers.retain(|(k, _)| k != "traceparent");
+                call.params.headers.push(("traceparent".into(), tp.clone()));
+            }
+            call.params.traceparent = Some(tp);
+            s
+        });
+        let span = tracing::debug_span!(
+            "call",
+            transport = transport.as_str(),
+            op,
+            traceparent = call.params.traceparent.as_deref()
+        );
+        let result = self.dispatch(call).instrument(span).await;
+        self.metrics
+            .record(transport, op, &result, started.elapsed());
+        if let (Some(t), Some(s)) = (&self.tracer, trace) {
+            t.finish(s, op, transport, &result);
+        }
+        result
+    }
+
+    async fn dispatch(&self, call: Call) -> Result<Reply, Error> {
         policy::authorize(&call.caller, &call.op)?;
         let caller = &call.caller;
         let result = match &call.op {

@@ -87,6 +87,49 @@ fn main() {
         secs,
     ));
     row("edgecar state SET (fsync)", &set);
+    // The same GET against a second gateway with metrics off (`--enable-metrics=false`: no
+    // admin listener, nothing recorded), alternating so that both see the same machine load.
+    let dir_off = tempfile::tempdir().expect("tempdir");
+    let off = Edgecar::start(
+        dir_off.path(),
+        &["--log-level", "warn", "--enable-metrics=false"],
+    );
+    assert_eq!(
+        http(
+            off.port,
+            "POST",
+            "/v1.0/state/statestore",
+            value.as_bytes(),
+            &[]
+        )
+        .status,
+        204
+    );
+    let (mut on_sum, mut off_sum) = (0.0, 0.0);
+    for round in 1..=3 {
+        let on_r = rt.block_on(load(
+            ec.port,
+            "GET",
+            "/v1.0/state/statestore/bench",
+            "",
+            conc,
+            secs,
+        ));
+        row(&format!("GET, metrics on, round {round}"), &on_r);
+        let off_r = rt.block_on(load(
+            off.port,
+            "GET",
+            "/v1.0/state/statestore/bench",
+            "",
+            conc,
+            secs,
+        ));
+        row(&format!("GET, metrics off, round {round}"), &off_r);
+        on_sum += on_r.ops_per_sec;
+        off_sum += off_r.ops_per_sec;
+    }
+    println!("GET throughput metrics on / off: {:.3}", on_sum / off_sum);
+    drop(off);
     let loaded_rss = ec.rss_kib();
     println!();
     println!(

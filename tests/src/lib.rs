@@ -89,14 +89,16 @@ pub struct Edgecar {
     pub quic_fingerprint: String,
     /// The Dapr gRPC API port it bound (0 when gRPC is disabled).
     pub grpc_port: u16,
+    /// The admin listener's port (`/metrics`, the status page); 0 when it is disabled.
+    pub admin_port: u16,
     /// Everything it has logged so far.
     pub log: Arc<Mutex<String>>,
 }
 
 impl Edgecar {
-    /// Starts `edgecar run --dapr-http-port 0 --mqtt-port 0 --dapr-grpc-port 0 --state-dir
-    /// <state_dir> <args>` and waits until it serves (`--mqtt-port` and `--dapr-grpc-port` are
-    /// left out when `args` has its own).
+    /// Starts `edgecar run --dapr-http-port 0 --mqtt-port 0 --dapr-grpc-port 0 --metrics-port 0
+    /// --state-dir <state_dir> <args>` and waits until it serves (`--mqtt-port`,
+    /// `--dapr-grpc-port` and `--metrics-port` are left out when `args` has its own).
     pub fn start(state_dir: &Path, args: &[&str]) -> Edgecar {
         Self::start_with_env(state_dir, args, &[])
     }
@@ -110,6 +112,9 @@ impl Edgecar {
         }
         if !args.contains(&"--dapr-grpc-port") {
             cmd.arg("--dapr-grpc-port").arg("0");
+        }
+        if !args.contains(&"--metrics-port") {
+            cmd.arg("--metrics-port").arg("0");
         }
         cmd.arg("--state-dir")
             .arg(state_dir)
@@ -155,6 +160,8 @@ impl Edgecar {
         let quic_seen = quic.clone();
         let grpc = Arc::new(Mutex::new(0u16));
         let grpc_seen = grpc.clone();
+        let admin = Arc::new(Mutex::new(0u16));
+        let admin_seen = admin.clone();
         std::thread::spawn(move || {
             let port_after = |line: &str, marker: &str| {
                 line.split(marker)
@@ -167,8 +174,8 @@ impl Edgecar {
                     .ok()
             };
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                // The MQTT endpoint is announced before the HTTP API, so both are known once
-                // the HTTP line arrives.
+                // The MQTT endpoint and the admin listener are announced before the HTTP API,
+                // so all are known once the HTTP line arrives.
                 if let Some(p) = port_after(&line, "MQTT device endpoint listening addr=") {
                     *mqtt_seen.lock().unwrap() = p;
                 } else if let Some(p) = port_after(&line, "QUIC device endpoint listening addr=") {
@@ -181,6 +188,8 @@ impl Edgecar {
                     *quic_seen.lock().unwrap() = (p, fp);
                 } else if let Some(p) = port_after(&line, "Dapr gRPC API listening addr=") {
                     *grpc_seen.lock().unwrap() = p;
+                } else if let Some(p) = port_after(&line, "status page) listening addr=") {
+                    *admin_seen.lock().unwrap() = p;
                 } else if let Some(p) = port_after(&line, "Dapr HTTP API listening addr=") {
                     let _ = tx.send(p);
                 }
@@ -197,6 +206,7 @@ impl Edgecar {
                     port,
                     mqtt_port: *mqtt.lock().unwrap(),
                     grpc_port: *grpc.lock().unwrap(),
+                    admin_port: *admin.lock().unwrap(),
                     quic_port,
                     quic_fingerprint,
                     log,
@@ -225,6 +235,12 @@ impl Edgecar {
         headers: &[(&str, &str)],
     ) -> HttpResponse {
         http(self.port, method, path, body, headers)
+    }
+
+    /// Sends a GET to the admin listener (`/metrics`, `/`, `/status.json`).
+    pub fn admin(&self, path: &str) -> HttpResponse {
+        assert_ne!(self.admin_port, 0, "the admin listener is disabled");
+        http(self.admin_port, "GET", path, b"", &[])
     }
 
     /// The process id.

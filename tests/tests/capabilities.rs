@@ -298,7 +298,7 @@ fn listing_and_metrics_show_offers_breakers_and_cache() {
     for needle in ["detect", "geo", "cloud", "local", "closed"] {
         assert!(text.contains(needle), "{needle} missing from {text}");
     }
-    let m = site.ec.req("GET", "/metrics", b"", &[]);
+    let m = site.ec.admin("/metrics");
     assert_eq!(m.status, 200);
     assert!(m.text().contains("edgecar_capability"), "{}", m.text());
 }

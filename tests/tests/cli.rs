@@ -123,6 +123,8 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_clearly() {
             "0",
             "--mqtt-port",
             "0",
+            "--metrics-port",
+            "0",
             "--state-dir",
             dir.path().to_str().unwrap(),
         ])

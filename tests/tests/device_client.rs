@@ -245,3 +245,42 @@ fn the_cli_publishes_subscribes_and_reads_configuration() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
 }
+
+#[test]
+fn the_cli_capability_call_shows_the_offer_and_cache_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = add_device(dir.path(), "shell");
+    let res = tempfile::tempdir().unwrap();
+    std::fs::write(
+        res.path().join("stats.yaml"),
+        "apiVersion: edgecar.io/v1alpha1\nkind: Capability\nmetadata:\n  name: stats\nspec:\n  cache: {ttl: 60s}\n  offers:\n  - {name: local, type: builtin, builtin: aggregate}\n",
+    )
+    .unwrap();
+    let ec = Edgecar::start(
+        dir.path(),
+        &["--resources-path", res.path().to_str().unwrap()],
+    );
+    let call = || {
+        Command::new(device_cli_bin())
+            .args(["--port", &ec.mqtt_port.to_string(), "--id", "shell"])
+            .args(["capability", "stats", "summary", "-d", "[1,2,3]"])
+            .env("EDGECAR_DEVICE_PASSWORD", &pw)
+            .output()
+            .unwrap()
+    };
+    let first = call();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).starts_with("{\"count\":3"));
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        err.contains("x-edgecar-offer: local") && err.contains("x-edgecar-cache: miss"),
+        "{err}"
+    );
+    let second = call();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("x-edgecar-cache: hit"), "{err}");
+}

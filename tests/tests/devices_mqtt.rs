@@ -446,7 +446,7 @@ fn presence_is_visible_and_devices_cannot_read_it() {
     let meta = ec.req("GET", "/v1.0/metadata", b"", &[]).json();
     assert_eq!(meta["extended"]["devicesConnected"], "1");
     assert_eq!(meta["extended"]["devicesRegistered"], "2");
-    let metrics = ec.req("GET", "/metrics", b"", &[]).text();
+    let metrics = ec.admin("/metrics").text();
     assert!(metrics.contains("edgecar_devices_connected 1"), "{metrics}");
     // A device asking for the device list is refused (and the reply says so).
     mosquitto_pub(

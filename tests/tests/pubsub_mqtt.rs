@@ -136,6 +136,8 @@ fn an_unreachable_broker_fails_start_up_with_a_clear_error() {
             "0",
             "--dapr-grpc-port",
             "0",
+            "--metrics-port",
+            "0",
             "--resources-path",
             res.path().to_str().unwrap(),
         ])

@@ -197,6 +197,8 @@ fn build() -> Harness {
             storage,
             shutdown: tokio::sync::Notify::new(),
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            metrics: Arc::new(edgecar::observability::metrics::CallMetrics::new(APP_ID, false)),
+            tracer: None,
         })
     });
     Harness {

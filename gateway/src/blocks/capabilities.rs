@@ -133,9 +133,10 @@ impl CapabilitiesBlock {
         Ok(Reply::json(serde_json::to_vec(&status).unwrap_or_default()))
     }
 
-    /// Prometheus text for the engine's counters.
-    pub fn metrics(&self, out: &mut String) {
-        self.engine.metrics(out);
+    /// Every capability's offers (health, breakers, counters) and cache statistics, for
+    /// `/metrics` and the status page.
+    pub async fn status(&self) -> edgecar_capabilities::EngineStatus {
+        self.engine.status().await
     }
 }
 

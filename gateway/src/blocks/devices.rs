@@ -335,23 +335,38 @@ impl DevicesBlock {
         self.registry.contains(id)
     }
 
-    /// Prometheus gauges: devices registered and connected.
-    pub fn metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        for (name, help, v) in [
-            (
-                "edgecar_devices_registered",
-                "Devices in the registry.",
-                self.registered_count(),
-            ),
-            (
-                "edgecar_devices_connected",
-                "Devices with at least one open connection.",
-                self.connected_count(),
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    /// Messages waiting per device, for the devices whose outbox is open (every device that
+    /// connected or was sent something since start); empty in external broker mode.
+    pub async fn outbox_backlogs(&self) -> std::collections::HashMap<String, u64> {
+        match &self.queued {
+            Some(q) => q.outbox.open_backlogs().await,
+            None => std::collections::HashMap::new(),
         }
+    }
+
+    /// Up to `limit` devices for the status page, connected ones first, each with presence and
+    /// its outbox backlog (0 without an outbox; `null` when its outbox is on disk but has not
+    /// been opened since start, so it is not read just to be shown).
+    pub async fn status_rows(&self, limit: usize) -> Vec<serde_json::Value> {
+        let devices = self.registry.snapshot();
+        let backlogs = self.outbox_backlogs().await;
+        let mut rows: Vec<(bool, serde_json::Value)> = devices
+            .iter()
+            .map(|(id, d)| {
+                let s = self.presence.get(id);
+                let link = self.links.of(id).map(|l| l.kind());
+                let mut row = status_json(id, &s, d.added_at.as_deref(), link);
+                let backlog = backlogs.get(id).copied().or_else(|| {
+                    let q = self.queued.as_ref()?;
+                    (!q.outbox.has_outbox(id)).then_some(0)
+                });
+                row["backlog"] = json!(backlog);
+                (s.connections > 0, row)
+            })
+            .collect();
+        // Stable: connected first, then by id (the registry is sorted).
+        rows.sort_by_key(|(connected, _)| !*connected);
+        rows.into_iter().take(limit).map(|(_, r)| r).collect()
     }
 
     /// Number of registered devices.

@@ -153,6 +153,19 @@ struct EventIn<'a> {
 }
 
 impl PubSubBlock {
+    /// Messages waiting per (pub/sub, topic) in the queues this process keeps (`pubsub.sled`),
+    /// for `/metrics` and the status page.
+    pub async fn queue_depths(&self) -> Vec<(String, String, u64)> {
+        let mut out = Vec::new();
+        for (name, c) in &self.buses {
+            for (topic, n) in c.bus.queue_depths().await {
+                out.push((name.clone(), topic, n));
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// A block over the loaded pub/sub components.
     pub fn new(app_id: String, buses: HashMap<String, PubSubComponent>) -> Self {
         PubSubBlock {

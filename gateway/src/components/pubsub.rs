@@ -135,6 +135,12 @@ pub trait PubSub: Send + Sync {
     /// subscription or serve as a dead-letter topic, once that is known. Brokers others read
     /// from ignore it.
     fn topics_in_use(&self, _topics: &[String]) {}
+
+    /// Messages waiting per topic, for components whose queues are this process's own (sled);
+    /// empty for brokers, whose queues the broker reports.
+    async fn queue_depths(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
 
 /// The in-flight handlers of one consumer loop, bounded.

@@ -348,6 +348,19 @@ impl PubSub for SledPubSub {
         }))
     }
 
+    async fn queue_depths(&self) -> Vec<(String, u64)> {
+        let mut depths: Vec<(String, u64)> = self
+            .inner
+            .queues
+            .lock()
+            .await
+            .iter()
+            .map(|(topic, q)| (topic.clone(), q.stats().messages))
+            .collect();
+        depths.sort();
+        depths
+    }
+
     fn topics_in_use(&self, topics: &[String]) {
         let set: HashSet<String> = topics.iter().cloned().collect();
         *self

@@ -105,10 +105,14 @@ fn token_matches(given: &[u8], want: &[u8]) -> bool {
 
 impl HttpApi {
     async fn handle(&self, req: Request<Incoming>) -> Resp {
-        match self.dispatch(req).await {
+        let (started, method) = (std::time::Instant::now(), req.method().clone());
+        let resp = match self.dispatch(req).await {
             Ok(reply) => reply_response(reply),
             Err(e) => error_response(&e),
-        }
+        };
+        let metrics = &self.runtime.metrics;
+        metrics.http_served(method.as_str(), resp.status().as_u16(), started.elapsed());
+        resp
     }
 
     /// The API token, checked before routing: without it, only the two health endpoints answer
@@ -171,14 +175,12 @@ impl HttpApi {
                 self.runtime.health()?;
                 return Ok(Reply::no_content());
             }
-            Route::Metrics => {
-                let mut r = Reply::json(self.runtime.metrics());
-                r.content_type = Some("text/plain; version=0.0.4");
-                return Ok(r);
-            }
             Route::Call(op) => op,
         };
-        let mut params = Params::default();
+        let mut params = Params {
+            transport: crate::call::Transport::Http,
+            ..Params::default()
+        };
         api::parse_query(req.uri().query(), &mut params)?;
         let header_str = |name: &str| {
             req.headers()

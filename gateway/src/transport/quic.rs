@@ -534,8 +534,9 @@ async fn handle(ctx: &Ctx, header: frame::Request, body: Bytes) -> Result<Reply,
     match op.as_str() {
         "telemetry" => {
             let stream = params.get("stream").cloned().unwrap_or_default();
-            let call =
+            let mut call =
                 protocol::telemetry_call(&ctx.device, stream, body, content_type, traceparent);
+            call.params.transport = crate::call::Transport::Quic;
             // Acknowledged only once stored: a failure is the reply instead.
             ep.runtime.submit_telemetry(call)?.await?;
             Ok(Reply {
@@ -559,8 +560,9 @@ async fn handle(ctx: &Ctx, header: frame::Request, body: Bytes) -> Result<Reply,
                 user,
                 ..Default::default()
             };
-            let call =
+            let mut call =
                 protocol::device_call(&ctx.device, &op, protocol::params(params), &props, body)?;
+            call.params.transport = crate::call::Transport::Quic;
             ep.runtime.handle(call).await
         }
     }

@@ -52,6 +52,10 @@ impl DaprApi {
 
     /// Runs one operation on the request path.
     async fn run(&self, op: Op, body: impl Into<Bytes>, params: Params) -> Result<Reply, Status> {
+        let params = Params {
+            transport: crate::call::Transport::Grpc,
+            ..params
+        };
         let call = Call {
             caller: self.caller(),
             op,

@@ -264,7 +264,9 @@ fn verb(params: &mut Params) -> Result<Method, Error> {
 fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result<Call, Error> {
     let mut params = Params::default();
     api::parse_query(query, &mut params)?;
-    device_call(device, op, params, &msg.props, msg.payload.clone())
+    let mut call = device_call(device, op, params, &msg.props, msg.payload.clone())?;
+    call.params.transport = crate::call::Transport::Mqtt;
+    Ok(call)
 }
 
 /// Named request parameters as [`Params`]: `metadata.<name>` become request metadata, the rest
@@ -433,6 +435,7 @@ pub fn telemetry_call(
         params: Params {
             content_type,
             traceparent,
+            transport: crate::call::Transport::Mqtt,
             ..Default::default()
         },
     }

@@ -1,0 +1,222 @@
+//! The admin listener (daprd's `--metrics-port`, `127.0.0.1:9090` by default): what an operator
+//! and Prometheus read, kept off the Dapr API port so that the API's token guards all of the API.
+//!
+//! | path | what |
+//! | --- | --- |
+//! | `GET /metrics` | OpenMetrics text ([`super::metrics`]) |
+//! | `GET /` | the status page: one self-contained HTML file (no CDN: a Pi may be offline) that renders `/status.json` and refreshes it every 2 s |
+//! | `GET /status.json` | devices, capabilities, queues, components, version, uptime ([`status`]) |
+//! | `GET /healthz` | 204 while the gateway runs |
+//!
+//! It asks for no token and binds loopback unless `metrics.address` says otherwise.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::components::ComponentInfo;
+use crate::runtime::Runtime;
+
+/// The status page; it fetches `/status.json`.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// Devices listed on the status page (connected ones first); totals always count them all.
+const STATUS_DEVICES: usize = 200;
+
+/// What the admin listener serves from.
+pub struct Admin {
+    /// The request path: its metrics and the blocks whose figures are shown.
+    pub runtime: Arc<Runtime>,
+    /// The site this gateway belongs to.
+    pub site: String,
+    /// Loaded components, as `/v1.0/metadata` lists them.
+    pub components: Vec<ComponentInfo>,
+    /// When the gateway started, for the uptime.
+    pub started: Instant,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+impl Admin {
+    async fn handle(&self, req: Request<Incoming>) -> Resp {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                "GET only\n",
+            );
+        }
+        match req.uri().path() {
+            "/metrics" => respond(
+                StatusCode::OK,
+                super::metrics::CONTENT_TYPE,
+                self.runtime.metrics_text().await,
+            ),
+            "/" | "/status" => {
+                let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE);
+                r.headers_mut().insert(
+                    "content-security-policy",
+                    HeaderValue::from_static(
+                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+                    ),
+                );
+                r
+            }
+            "/status.json" => respond(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec(&self.status().await).unwrap_or_default(),
+            ),
+            "/healthz" => respond(StatusCode::NO_CONTENT, "text/plain; charset=utf-8", ""),
+            _ => respond(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "not found: the admin listener serves /, /status.json, /metrics and /healthz\n",
+            ),
+        }
+    }
+
+    /// The status page's figures, read now.
+    pub async fn status(&self) -> serde_json::Value {
+        let rt = &self.runtime;
+        let devices = rt.devices.status_rows(STATUS_DEVICES).await;
+        let backlogs = rt.devices.outbox_backlogs().await;
+        let caps = rt.capabilities.status().await;
+        let capabilities: Vec<_> = caps
+            .capabilities
+            .iter()
+            .map(|c| {
+                let cache = c.cache.as_ref().map(|s| {
+                    let looked = s.hits + s.misses + s.stale;
+                    json!({
+                        "hits": s.hits,
+                        "misses": s.misses,
+                        "stale": s.stale,
+                        "entries": s.entries,
+                        "hitRatio": (looked > 0).then(|| s.hits as f64 / looked as f64),
+                    })
+                });
+                json!({
+                    "name": c.name,
+                    "unavailable": c.unavailable,
+                    "cache": cache,
+                    "offers": c.offers.iter().map(|o| json!({
+                        "name": o.name,
+                        "type": o.offer_type,
+                        "target": o.target,
+                        "health": o.health,
+                        "breaker": o.breaker.as_ref().map(|b| &b.state),
+                        "lastError": o.last_error,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let process = super::metrics::process();
+        let (calls, failed) = rt.metrics.totals();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "appId": rt.app_id,
+            "site": self.site,
+            "uptimeSeconds": self.started.elapsed().as_secs(),
+            "now": crate::clock::rfc3339(crate::clock::unix_ms() / 1000),
+            "process": process.map(|p| json!({
+                "rssBytes": p.rss_bytes,
+                "cpuSeconds": p.cpu_seconds,
+                "openFds": p.open_fds,
+            })),
+            "calls": { "total": calls, "failed": failed },
+            "devices": {
+                "registered": rt.devices.registered_count(),
+                "connected": rt.devices.connected_count(),
+                "list": devices,
+                "listLimit": STATUS_DEVICES,
+            },
+            // Peers and links arrive with mDNS and QUIC links; the page shows this section empty
+            // until then.
+            "links": [],
+            "capabilities": capabilities,
+            "queues": {
+                "outboxes": backlogs.len(),
+                "outboxMessages": backlogs.values().sum::<u64>(),
+                "topics": rt.pubsub.queue_depths().await.into_iter().map(|(pubsub, topic, n)| json!({
+                    "pubsub": pubsub,
+                    "topic": topic,
+                    "depth": n,
+                })).collect::<Vec<_>>(),
+            },
+            "components": self.components.iter().map(|c| json!({
+                "name": c.name,
+                "type": c.type_name,
+                "version": c.version,
+                "status": "loaded",
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Serves the admin listener until `shutdown` resolves; open connections get `drain` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "admin listener: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let admin = admin.clone();
+                let svc = service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                });
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(%peer, error = %e, "admin connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(drain) => {}
+    }
+}
