@@ -243,6 +243,11 @@ impl Client {
             .set_clean_session(true)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET);
         let (mqtt, mut events) = AsyncClient::new(mo, 64);
+        // Requests are small and wait for their reply: Nagle's algorithm would hold each one
+        // back for the gateway's delayed ACK (about 40 ms per request).
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        events.set_network_options(net);
         let device = opts.device_id.clone();
         let tree = topics::tree(&device);
         let pending: Pending = Arc::default();

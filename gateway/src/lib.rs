@@ -342,6 +342,9 @@ pub async fn run(
     } else {
         None
     };
+    if let Some(l) = &quic_link {
+        links.add(l.clone());
+    }
     let tracer = if cfg.tracing.otlp_endpoint.is_empty() {
         None
     } else {
@@ -358,9 +361,6 @@ pub async fn run(
         Some((t, e)) => (Some(t), Some(e)),
         None => (None, None),
     };
-    if let Some(l) = &quic_link {
-        links.add(l.clone());
-    }
     let runtime = Arc::new(Runtime {
         app_id: cfg.app_id.clone(),
         state: StateBlock::new(registry.state, cfg.limits.clone(), component_calls.clone()),

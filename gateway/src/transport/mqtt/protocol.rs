@@ -267,7 +267,9 @@ fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result
         ..Params::default()
     };
     api::parse_query(query, &mut params)?;
-    device_call(device, op, params, &msg.props, msg.payload.clone())
+    let mut call = device_call(device, op, params, &msg.props, msg.payload.clone())?;
+    call.params.transport = crate::call::Transport::Mqtt;
+    Ok(call)
 }
 
 /// Named request parameters as [`Params`]: `metadata.<name>` become request metadata, the rest
