@@ -38,7 +38,7 @@ pid=$!
 trap 'kill -9 $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 port=""
 for _ in $(seq 1 300); do
-  port=$(sed -n 's/.*API listening addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -n1)
+  port=$(sed -n 's/.*Dapr HTTP API listening addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -n1)
   [ -n "$port" ] && break
   sleep 0.1
 done
