@@ -131,6 +131,15 @@ pub async fn load(
             (lat, errors)
         }));
     }
+    summarize(tasks, started).await
+}
+
+/// Gathers the latencies (µs) and error counts of load tasks started at `started` into
+/// throughput and percentiles.
+pub async fn summarize(
+    tasks: Vec<tokio::task::JoinHandle<(Vec<u64>, u64)>>,
+    started: std::time::Instant,
+) -> Stats {
     let mut all = Vec::new();
     let mut errors = 0;
     for t in tasks {
