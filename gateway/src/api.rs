@@ -2,22 +2,26 @@
 //! [`ErrorKind`] to HTTP status.
 //!
 //! The HTTP transport asks [`route`] what a request means and [`status`] how to answer an error;
-//! the paths, verbs and status codes are Dapr's, so Dapr SDKs and docs apply unchanged.
+//! the paths, verbs and status codes are Dapr's, so Dapr SDKs and docs apply unchanged. A route
+//! names an operation of the table ([`crate::ops`]) and the path segments it matched; the
+//! operation reads them, and the query string, itself.
 
 use http::{Method, StatusCode};
 
-use crate::call::{Op, Params};
+use crate::call::Params;
 use crate::error::{Error, ErrorKind, codes};
+use crate::ops::{self, Args, Op, percent_decode};
 
 /// What a request path means.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // one per request, moved once into the call
 pub enum Route {
     /// `GET /v1.0/healthz`: the sidecar is up (exempt from the API token).
     Healthz,
     /// `GET /v1.0/healthz/outbound`: components are ready (exempt from the API token).
     HealthzOutbound,
-    /// An operation on the request path.
-    Call(Op),
+    /// An operation on the request path, with its parameters.
+    Call(Op, Params),
 }
 
 /// The HTTP status for an error kind: the only place this mapping lives.
@@ -44,51 +48,6 @@ pub fn status(kind: ErrorKind) -> StatusCode {
 pub fn error_body(e: &Error) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({"errorCode": e.code, "message": e.message}))
         .unwrap_or_default()
-}
-
-/// Decodes `%XX` escapes in one path segment or query component (`+` stays `+` in paths).
-pub fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, Error> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| Error::malformed(format!("bad percent-encoding in {s:?}")))?;
-                out.push(hex);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out)
-        .map_err(|_| Error::malformed(format!("{s:?} is not UTF-8 after decoding")))
-}
-
-/// Reads Dapr's query options: `metadata.<name>=<value>` into metadata, the rest into options.
-pub fn parse_query(query: Option<&str>, params: &mut Params) -> Result<(), Error> {
-    let Some(q) = query else { return Ok(()) };
-    for pair in q.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k, true)?;
-        let v = percent_decode(v, true)?;
-        match k.strip_prefix("metadata.") {
-            Some(name) => params.metadata.insert(name.to_owned(), v),
-            None => params.options.insert(k, v),
-        };
-    }
-    Ok(())
 }
 
 fn not_found(method: &Method, path: &str) -> Error {
@@ -120,9 +79,21 @@ fn app_method(path: &str, query: Option<&str>) -> String {
     }
 }
 
+/// What a matched route decodes to: operation `name` reads `args` and the query string.
+fn call(name: &str, mut args: Args, query: Option<&str>) -> Result<Route, Error> {
+    args.push_query(query)?;
+    let (op, params) = ops::parse(name, args)?;
+    Ok(Route::Call(op, params))
+}
+
 /// `/v1.0/invoke/<app-id>/method/<method...>`: everything after `method/` is the app's path,
 /// kept raw, so multi-segment and escaped paths reach the app as the caller wrote them.
-fn invoke_route(method: &Method, path: &str, query: Option<&str>) -> Option<Result<Route, Error>> {
+fn invoke_route(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    params: &Params,
+) -> Option<Result<Route, Error>> {
     let rest = path.strip_prefix("/v1.0/invoke/")?;
     let Some((app, tail)) = rest.split_once("/method/") else {
         return Some(Err(not_found(method, path)));
@@ -132,11 +103,11 @@ fn invoke_route(method: &Method, path: &str, query: Option<&str>) -> Option<Resu
         Ok(_) => return Some(Err(Error::malformed("app id must not be empty"))),
         Err(e) => return Some(Err(e)),
     };
-    Some(Ok(Route::Call(Op::Invoke {
-        app_id,
-        method: app_method(tail, query),
-        verb: method.clone(),
-    })))
+    let args = Args::with_params(params.clone())
+        .with("app", app_id)
+        .with("method", app_method(tail, query))
+        .with("verb", method.as_str());
+    Some(call("invoke", args, query))
 }
 
 /// Dapr's header form of invocation: any path outside the API, with `dapr-app-id: <app-id>`.
@@ -145,15 +116,16 @@ pub fn route_by_app_id_header(
     verb: &Method,
     path: &str,
     query: Option<&str>,
-) -> Option<Route> {
+    params: &Params,
+) -> Option<Result<Route, Error>> {
     if path.starts_with("/v1.0/") || path.starts_with("/v1.0-alpha1/") || app_id.is_empty() {
         return None;
     }
-    Some(Route::Call(Op::Invoke {
-        app_id: app_id.to_owned(),
-        method: app_method(path, query),
-        verb: verb.clone(),
-    }))
+    let args = Args::with_params(params.clone())
+        .with("app", app_id)
+        .with("method", app_method(path, query))
+        .with("verb", verb.as_str());
+    Some(call("invoke", args, query))
 }
 
 /// `/v1.0/capabilities` (list) and `/v1.0/capabilities/<name>/<method...>` (call, any verb; the
@@ -162,11 +134,13 @@ fn capability_route(
     method: &Method,
     path: &str,
     query: Option<&str>,
+    params: &Params,
 ) -> Option<Result<Route, Error>> {
     let rest = path.strip_prefix("/v1.0/capabilities")?;
+    let args = Args::with_params(params.clone());
     if rest.is_empty() || rest == "/" {
         return Some(if *method == Method::GET {
-            Ok(Route::Call(Op::CapabilityList))
+            call("capability.list", args, query)
         } else {
             Err(method_not_allowed(method, path))
         });
@@ -177,12 +151,26 @@ fn capability_route(
         Ok(n) => n,
         Err(e) => return Some(Err(e)),
     };
-    Some(Ok(Route::Call(Op::Capability {
-        name,
-        method: tail.to_owned(),
-        query: query.filter(|q| !q.is_empty()).map(str::to_owned),
-        verb: method.clone(),
-    })))
+    let mut args = args
+        .with("name", name)
+        .with("method", tail)
+        .with("verb", method.as_str());
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        args.push("query", q);
+    }
+    Some(call("capability.call", args, query))
+}
+
+/// The path's segments after its prefix, decoded; a trailing empty segment dropped.
+fn segments(rest: &str) -> Result<Vec<String>, Error> {
+    let mut segs: Vec<String> = rest
+        .split('/')
+        .map(|s| percent_decode(s, false))
+        .collect::<Result<_, _>>()?;
+    if segs.last().is_some_and(String::is_empty) && segs.len() > 1 {
+        segs.pop();
+    }
+    Ok(segs)
 }
 
 /// Dapr's alpha APIs under `/v1.0-alpha1/`.
@@ -191,153 +179,153 @@ fn alpha_route(
     path: &str,
     rest: &str,
     query: Option<&str>,
+    params: &Params,
 ) -> Result<Route, Error> {
-    let segs: Vec<String> = rest
-        .split('/')
-        .map(|s| percent_decode(s, false))
-        .collect::<Result<_, _>>()?;
+    let segs = segments(rest)?;
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let write = *method == Method::POST || *method == Method::PUT;
-    match (s.as_slice(), method) {
-        (["publish", "bulk", pubsub, topic @ ..], _) if write => Ok(Route::Call(Op::BulkPublish {
-            pubsub: pubsub.to_string(),
-            topic: topic.join("/"),
-        })),
-        (["publish", "bulk", ..], _) => Err(method_not_allowed(method, path)),
-        (["state", store, "query"], _) if write => Ok(Route::Call(Op::StateQuery {
-            store: store.to_string(),
-        })),
-        (["lock", store], &Method::POST) => Ok(Route::Call(Op::Lock {
-            store: store.to_string(),
-        })),
-        (["unlock", store], &Method::POST) => Ok(Route::Call(Op::Unlock {
-            store: store.to_string(),
-        })),
-        (["lock" | "unlock", _], _) => Err(method_not_allowed(method, path)),
+    let a = || Args::with_params(params.clone());
+    let (name, args) = match (s.as_slice(), method) {
+        (["publish", "bulk", pubsub, topic @ ..], _) if write => (
+            "pubsub.bulk_publish",
+            a().with("pubsub", *pubsub).with("topic", topic.join("/")),
+        ),
+        (["publish", "bulk", ..], _) => return Err(method_not_allowed(method, path)),
+        (["state", store, "query"], _) if write => ("state.query", a().with("store", *store)),
+        (["lock", store], &Method::POST) => ("lock.lock", a().with("store", *store)),
+        (["unlock", store], &Method::POST) => ("lock.unlock", a().with("store", *store)),
+        (["lock" | "unlock", _], _) => return Err(method_not_allowed(method, path)),
         // The configuration API's alpha names, which older SDKs call.
-        (["configuration", store], &Method::GET) => Ok(Route::Call(Op::ConfigurationGet {
-            store: store.to_string(),
-            keys: query_values(query, "key")?,
-        })),
+        (["configuration", store], &Method::GET) => {
+            ("configuration.get", a().with("store", *store))
+        }
         (["configuration", store, "subscribe"], &Method::GET) => {
-            Ok(Route::Call(Op::ConfigurationSubscribe {
-                store: store.to_string(),
-                keys: query_values(query, "key")?,
-            }))
+            ("configuration.subscribe", a().with("store", *store))
         }
-        (["configuration", store, id, "unsubscribe"], &Method::GET) => {
-            Ok(Route::Call(Op::ConfigurationUnsubscribe {
-                store: store.to_string(),
-                id: id.to_string(),
-            }))
-        }
-        _ => Err(not_found(method, path)),
-    }
+        (["configuration", store, id, "unsubscribe"], &Method::GET) => (
+            "configuration.unsubscribe",
+            a().with("store", *store).with("id", *id),
+        ),
+        _ => return Err(not_found(method, path)),
+    };
+    call(name, args, query)
 }
 
-/// Every value of a repeated query parameter (`key=a&key=b`).
-fn query_values(query: Option<&str>, name: &str) -> Result<Vec<String>, Error> {
-    let mut out = Vec::new();
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if percent_decode(k, true)? == name {
-            out.push(percent_decode(v, true)?);
+/// What a request means, from its method, URI and headers (the body aside): a health check, or
+/// an operation with its parameters (`If-Match`, trace context, content type; for operations that
+/// forward headers, the caller's headers). Dapr's `dapr-app-id` header form of invocation is
+/// honoured. Pure: the HTTP transport and the fuzzer both call it.
+pub fn request(
+    method: &Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+) -> Result<Route, Error> {
+    let header_str = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let params = Params {
+        transport: crate::call::Transport::Http,
+        if_match: header_str("if-match").map(|e| e.trim_matches('"').to_owned()),
+        traceparent: header_str("traceparent"),
+        tracestate: header_str("tracestate"),
+        content_type: header_str("content-type"),
+        ..Params::default()
+    };
+    let by_header = headers
+        .get("dapr-app-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|id| route_by_app_id_header(id, method, uri.path(), uri.query(), &params));
+    let route = match by_header {
+        Some(r) => r?,
+        None => route(method, uri.path(), uri.query(), &params)?,
+    };
+    Ok(match route {
+        Route::Call(op, mut params) if op.spec().forwards_headers => {
+            params.headers = headers
+                .iter()
+                .filter(|(k, _)| crate::blocks::invoke::forwardable(k.as_str()))
+                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect();
+            Route::Call(op, params)
         }
-    }
-    Ok(out)
+        other => other,
+    })
 }
 
-/// Maps a method, path and query to what they mean.
-pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, Error> {
-    if let Some(r) =
-        invoke_route(method, path, query).or_else(|| capability_route(method, path, query))
+/// Maps a method, path and query to what they mean; `params` are what the transport read from
+/// the request's headers.
+pub fn route(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    params: &Params,
+) -> Result<Route, Error> {
+    if let Some(r) = invoke_route(method, path, query, params)
+        .or_else(|| capability_route(method, path, query, params))
     {
         return r;
     }
     if let Some(alpha) = path.strip_prefix("/v1.0-alpha1/") {
-        return alpha_route(method, path, alpha, query);
+        return alpha_route(method, path, alpha, query, params);
     }
     let rest = path
         .strip_prefix("/v1.0/")
         .ok_or_else(|| not_found(method, path))?;
-    let mut segs: Vec<String> = rest
-        .split('/')
-        .map(|s| percent_decode(s, false))
-        .collect::<Result<_, _>>()?;
-    if segs.last().is_some_and(String::is_empty) {
-        segs.pop();
-    }
+    let segs = segments(rest)?;
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let write = *method == Method::POST || *method == Method::PUT;
-    let op = match (s.as_slice(), method) {
+    let a = || Args::with_params(params.clone());
+    let (name, args) = match (s.as_slice(), method) {
         (["healthz"], &Method::GET) => return Ok(Route::Healthz),
-        // `bulk` is matched before a pub/sub of that name, as Dapr's router does.
-        (["publish", "bulk", pubsub, topic @ ..], _) if write => Op::BulkPublish {
-            pubsub: pubsub.to_string(),
-            topic: topic.join("/"),
-        },
-        // The topic is the rest of the path: topics may contain `/`.
-        (["publish", pubsub, topic @ ..], _) if write => Op::Publish {
-            pubsub: pubsub.to_string(),
-            topic: topic.join("/"),
-        },
         (["healthz", "outbound"], &Method::GET) => return Ok(Route::HealthzOutbound),
-        (["state", store], _) if write => Op::StateSave {
-            store: store.to_string(),
-        },
-        (["state", store, "bulk"], _) if write => Op::StateBulkGet {
-            store: store.to_string(),
-        },
-        (["state", store, "transaction"], _) if write => Op::StateTransaction {
-            store: store.to_string(),
-        },
-        (["state", store, key], &Method::GET) => Op::StateGet {
-            store: store.to_string(),
-            key: key.to_string(),
-        },
-        (["state", store, key], &Method::DELETE) => Op::StateDelete {
-            store: store.to_string(),
-            key: key.to_string(),
-        },
-        (["secrets", store, "bulk"], &Method::GET) => Op::SecretBulk {
-            store: store.to_string(),
-        },
-        (["secrets", store, name], &Method::GET) => Op::SecretGet {
-            store: store.to_string(),
-            name: name.to_string(),
-        },
-        (["configuration", store], &Method::GET) => Op::ConfigurationGet {
-            store: store.to_string(),
-            keys: query_values(query, "key")?,
-        },
-        (["configuration", store, "subscribe"], &Method::GET) => Op::ConfigurationSubscribe {
-            store: store.to_string(),
-            keys: query_values(query, "key")?,
-        },
-        (["configuration", store, id, "unsubscribe"], &Method::GET) => {
-            Op::ConfigurationUnsubscribe {
-                store: store.to_string(),
-                id: id.to_string(),
-            }
+        // `bulk` is matched before a pub/sub of that name, as Dapr's router does.
+        (["publish", "bulk", pubsub, topic @ ..], _) if write => (
+            "pubsub.bulk_publish",
+            a().with("pubsub", *pubsub).with("topic", topic.join("/")),
+        ),
+        // The topic is the rest of the path: topics may contain `/`.
+        (["publish", pubsub, topic @ ..], _) if write => (
+            "pubsub.publish",
+            a().with("pubsub", *pubsub).with("topic", topic.join("/")),
+        ),
+        (["state", store], _) if write => ("state.save", a().with("store", *store)),
+        (["state", store, "bulk"], _) if write => ("state.bulk_get", a().with("store", *store)),
+        (["state", store, "transaction"], _) if write => {
+            ("state.transaction", a().with("store", *store))
         }
-        (["bindings", name], _) if write => Op::Binding {
-            name: name.to_string(),
-        },
-        (["metadata"], &Method::GET) => Op::MetadataGet,
-        (["shutdown"], &Method::POST) => Op::Shutdown,
-        (["devices"], &Method::GET) => Op::DevicesList,
-        (["devices", id], &Method::GET) => Op::DeviceGet { id: id.to_string() },
-        (["devices", device, "mailbox", id], &Method::GET) => Op::MailboxGet {
-            device: device.to_string(),
-            id: id.to_string(),
-        },
-        (["metadata", attr], &Method::PUT) => Op::MetadataSet {
-            attribute: attr.to_string(),
-        },
+        (["state", store, key], &Method::GET) => {
+            ("state.get", a().with("store", *store).with("key", *key))
+        }
+        (["state", store, key], &Method::DELETE) => {
+            ("state.delete", a().with("store", *store).with("key", *key))
+        }
+        (["secrets", store, "bulk"], &Method::GET) => ("secrets.bulk", a().with("store", *store)),
+        (["secrets", store, name], &Method::GET) => {
+            ("secrets.get", a().with("store", *store).with("name", *name))
+        }
+        (["configuration", store], &Method::GET) => {
+            ("configuration.get", a().with("store", *store))
+        }
+        (["configuration", store, "subscribe"], &Method::GET) => {
+            ("configuration.subscribe", a().with("store", *store))
+        }
+        (["configuration", store, id, "unsubscribe"], &Method::GET) => (
+            "configuration.unsubscribe",
+            a().with("store", *store).with("id", *id),
+        ),
+        (["bindings", name], _) if write => ("bindings.invoke", a().with("name", *name)),
+        (["metadata"], &Method::GET) => ("metadata.get", a()),
+        (["shutdown"], &Method::POST) => ("shutdown", a()),
+        (["devices"], &Method::GET) => ("devices.list", a()),
+        (["devices", id], &Method::GET) => ("devices.get", a().with("id", *id)),
+        (["devices", device, "mailbox", id], &Method::GET) => (
+            "devices.mailbox.get",
+            a().with("device", *device).with("id", *id),
+        ),
+        (["metadata", attr], &Method::PUT) => ("metadata.set", a().with("attribute", *attr)),
         (
             ["healthz"]
             | ["healthz", "outbound"]
@@ -356,34 +344,46 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
         }
         _ => return Err(not_found(method, path)),
     };
-    Ok(Route::Call(op))
+    call(name, args, query)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The operation a route decodes to (its parameters aside).
+    fn route(m: &Method, p: &str, q: Option<&str>) -> Result<Route, Error> {
+        super::route(m, p, q, &Params::default()).map(|r| match r {
+            Route::Call(op, _) => Route::Call(op, Params::default()),
+            other => other,
+        })
+    }
+
+    fn call(op: Op) -> Route {
+        Route::Call(op, Params::default())
+    }
+
     #[test]
     fn dapr_state_routes() {
         let r = |m: Method, p: &str| route(&m, p, None);
         assert_eq!(
             r(Method::GET, "/v1.0/state/s/my%20key"),
-            Ok(Route::Call(Op::StateGet {
+            Ok(call(Op::StateGet {
                 store: "s".into(),
                 key: "my key".into()
             }))
         );
         assert_eq!(
             r(Method::POST, "/v1.0/state/s"),
-            Ok(Route::Call(Op::StateSave { store: "s".into() }))
+            Ok(call(Op::StateSave { store: "s".into() }))
         );
         assert_eq!(
             r(Method::PUT, "/v1.0/state/s/bulk"),
-            Ok(Route::Call(Op::StateBulkGet { store: "s".into() }))
+            Ok(call(Op::StateBulkGet { store: "s".into() }))
         );
         assert_eq!(
             r(Method::GET, "/v1.0/state/s/bulk"),
-            Ok(Route::Call(Op::StateGet {
+            Ok(call(Op::StateGet {
                 store: "s".into(),
                 key: "bulk".into()
             }))
@@ -415,7 +415,7 @@ mod tests {
         );
         assert_eq!(
             r,
-            Ok(Route::Call(Op::Invoke {
+            Ok(call(Op::Invoke {
                 app_id: "orders".into(),
                 method: "/v2/items/a%2Fb?x=1&y=2".into(),
                 verb: Method::PATCH
@@ -428,16 +428,32 @@ mod tests {
             ErrorKind::NotFound
         );
         assert_eq!(
-            route_by_app_id_header("orders", &Method::GET, "/neworder", None),
-            Some(Route::Call(Op::Invoke {
+            route_by_app_id_header(
+                "orders",
+                &Method::GET,
+                "/neworder",
+                None,
+                &Params::default()
+            )
+            .map(|r| r.map(|r| match r {
+                Route::Call(op, _) => op,
+                _ => Op::MetadataGet,
+            })),
+            Some(Ok(Op::Invoke {
                 app_id: "orders".into(),
                 method: "/neworder".into(),
                 verb: Method::GET
             }))
         );
-        assert_eq!(
-            route_by_app_id_header("orders", &Method::GET, "/v1.0/metadata", None),
-            None
+        assert!(
+            route_by_app_id_header(
+                "orders",
+                &Method::GET,
+                "/v1.0/metadata",
+                None,
+                &Params::default()
+            )
+            .is_none()
         );
     }
 
@@ -445,7 +461,7 @@ mod tests {
     fn capability_routes() {
         assert_eq!(
             route(&Method::GET, "/v1.0/capabilities", None),
-            Ok(Route::Call(Op::CapabilityList))
+            Ok(call(Op::CapabilityList))
         );
         assert_eq!(
             route(
@@ -453,7 +469,7 @@ mod tests {
                 "/v1.0/capabilities/geocode/v1/lookup",
                 Some("q=x")
             ),
-            Ok(Route::Call(Op::Capability {
+            Ok(call(Op::Capability {
                 name: "geocode".into(),
                 method: "v1/lookup".into(),
                 query: Some("q=x".into()),
@@ -462,7 +478,7 @@ mod tests {
         );
         assert_eq!(
             route(&Method::GET, "/v1.0/capabilities/stats", None),
-            Ok(Route::Call(Op::Capability {
+            Ok(call(Op::Capability {
                 name: "stats".into(),
                 method: String::new(),
                 query: None,
@@ -477,13 +493,13 @@ mod tests {
     fn dapr_publish_routes() {
         let r = |m: Method, p: &str| route(&m, p, None);
         let publish = |pubsub: &str, topic: &str| {
-            Ok(Route::Call(Op::Publish {
+            Ok(call(Op::Publish {
                 pubsub: pubsub.into(),
                 topic: topic.into(),
             }))
         };
         let bulk = |pubsub: &str, topic: &str| {
-            Ok(Route::Call(Op::BulkPublish {
+            Ok(call(Op::BulkPublish {
                 pubsub: pubsub.into(),
                 topic: topic.into(),
             }))
@@ -520,7 +536,7 @@ mod tests {
                 "/v1.0-alpha1/configuration/cfg",
                 Some("key=a&key=b")
             ),
-            Ok(Route::Call(Op::ConfigurationGet {
+            Ok(call(Op::ConfigurationGet {
                 store: "cfg".into(),
                 keys: vec!["a".into(), "b".into()]
             }))
@@ -531,25 +547,27 @@ mod tests {
                 "/v1.0-alpha1/configuration/cfg/id7/unsubscribe",
                 None
             ),
-            Ok(Route::Call(Op::ConfigurationUnsubscribe {
+            Ok(call(Op::ConfigurationUnsubscribe {
                 store: "cfg".into(),
                 id: "id7".into()
             }))
         );
         assert_eq!(
             route(&Method::POST, "/v1.0/shutdown", None),
-            Ok(Route::Call(Op::Shutdown))
+            Ok(call(Op::Shutdown))
         );
     }
 
     #[test]
     fn query_metadata_and_options() {
-        let mut p = Params::default();
-        parse_query(
+        let Ok(Route::Call(_, p)) = super::route(
+            &Method::GET,
+            "/v1.0/state/s/k",
             Some("metadata.ttlInSeconds=30&concurrency=first-write&metadata.a%20b=c+d"),
-            &mut p,
-        )
-        .unwrap();
+            &Params::default(),
+        ) else {
+            panic!("a state read")
+        };
         assert_eq!(p.metadata["ttlInSeconds"], "30");
         assert_eq!(p.metadata["a b"], "c d");
         assert_eq!(p.options["concurrency"], "first-write");

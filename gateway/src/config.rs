@@ -1072,7 +1072,7 @@ pub fn validate(cfg: &Config, file: &Path) -> Vec<ConfigError> {
     if tls_files_ok
         && m.tls.enabled()
         && m.enabled
-        && let Err(e) = crate::transport::mqtt::tls::acceptor(&m.tls)
+        && let Err(e) = crate::transport::tls::acceptor(&m.tls)
     {
         // check-config reads the files, so a bad certificate is found before a restart.
         err("mqtt.tls", e);
@@ -1135,7 +1135,7 @@ fn validate_quic(cfg: &Config, err: &mut impl FnMut(&str, String)) {
     }
     if q.enabled
         && t.enabled()
-        && let Err(e) = crate::transport::mqtt::tls::server_config(t)
+        && let Err(e) = crate::transport::tls::server_config(t)
     {
         err("quic.tls", e);
     }

@@ -7,10 +7,12 @@
 //! were removed or replaced. A device id doubles as a state key owner (`<id>||<key>`) and an invoke
 //! target, so it may not equal an app id the gateway serves.
 
+pub mod budget;
 pub mod file;
 pub mod link;
 pub mod logins;
 pub mod password;
+pub mod request;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

@@ -50,6 +50,7 @@ pub mod config;
 pub mod devices;
 pub mod error;
 pub mod observability;
+pub mod ops;
 pub mod outbox;
 pub mod policy;
 pub mod queue;
@@ -69,9 +70,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-pub use call::{Call, Caller, Op, Params, Reply};
+pub use call::{Call, Caller, Params, Reply};
 pub use config::Config;
 pub use error::{Error, ErrorKind};
+pub use ops::Op;
 pub use runtime::Runtime;
 pub use transport::mqtt::Endpoint as MqttEndpoint;
 
@@ -460,7 +462,7 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let mqtt_tls = if cfg.mqtt.tls.enabled() {
-        Some(transport::mqtt::tls::acceptor(&cfg.mqtt.tls).map_err(StartError::Tls)?)
+        Some(transport::tls::acceptor(&cfg.mqtt.tls).map_err(StartError::Tls)?)
     } else {
         None
     };
@@ -671,7 +673,7 @@ async fn publish_presence(
             caller: call::Caller::Device {
                 id: e.device.clone(),
             },
-            op: call::Op::Publish {
+            op: ops::Op::Publish {
                 pubsub: pubsub.clone(),
                 topic: topic.clone(),
             },
@@ -695,6 +697,59 @@ async fn forget_removed_devices(
         subs.retain_devices(|d| registry.contains(d));
         if changes.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod layering {
+    //! The request path's layers, checked on the source: building blocks, components, queues and
+    //! the device layer know no transport (DESIGN.md, "One path through the house").
+
+    use std::path::Path;
+
+    fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                rust_files(&p, out);
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    #[test]
+    fn blocks_components_queues_and_the_device_layer_import_no_transport() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        for dir in ["blocks", "components", "queue", "devices", "ops"] {
+            rust_files(&src.join(dir), &mut files);
+        }
+        for file in [
+            "blocks.rs",
+            "components.rs",
+            "queue.rs",
+            "devices.rs",
+            "outbox.rs",
+            "ops.rs",
+            "policy.rs",
+            "runtime.rs",
+        ] {
+            files.push(src.join(file));
+        }
+        assert!(files.len() > 30, "found {} files", files.len());
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                assert!(
+                    !code.contains("crate::transport") && !code.contains("super::transport"),
+                    "{}:{}: imports a transport: {line}",
+                    f.display(),
+                    n + 1
+                );
+            }
         }
     }
 }

@@ -1,10 +1,12 @@
 //! Policy: what a caller may do, decided once on the request path for every transport.
 //!
-//! Today the local app may do everything (Dapr's sidecar model: the API is reachable only from the
-//! gateway unless its address is changed, and an API token can guard it). A device reaches state
-//! only inside its own key namespace — the state block prefixes its keys with its id — may not read
-//! or change the sidecar's metadata or the device list, and may not invoke other devices (the
-//! devices block refuses that, as only it knows a target is a device).
+//! Each operation's audience is part of its definition in the table ([`crate::ops`]): the local
+//! app may do everything but the operations of a device's own connection (Dapr's sidecar model:
+//! the API is reachable only from the gateway unless its address is changed, and an API token can
+//! guard it). A device reaches state and locks only inside its own key namespace — the blocks
+//! prefix its keys with its id — may not read or change the sidecar's metadata, secrets, bindings
+//! or the device list, and may not invoke other devices (the devices block refuses that, as only
+//! it knows a target is a device).
 //!
 //! Devices' pub/sub subscriptions are confined by [`SubscriptionPolicy`]: a device may subscribe
 //! to topics apps publish on, never to the topics that carry devices' own data (telemetry,
@@ -22,9 +24,10 @@ use std::sync::Arc;
 use http::Method;
 use serde_norway::Value;
 
-use crate::call::{Caller, Op};
+use crate::call::Caller;
 use crate::config::ConfigError;
 use crate::error::{Error, ErrorKind, codes};
+use crate::ops::Op;
 
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,36 +220,22 @@ impl AccessControl {
     }
 }
 
-/// Decides whether `caller` may perform `op`.
+/// Decides whether `caller` may perform `op`: the operation's audience in the table
+/// ([`crate::ops::Audience`]) first; key namespaces and grants are judged where they apply.
 pub fn authorize(caller: &Caller, op: &Op) -> Result<(), Error> {
-    match (caller, op) {
-        (Caller::LocalApp { .. }, Op::DeviceSubscribe { .. } | Op::DeviceUnsubscribe { .. }) => {
-            Err(Error::new(
-                ErrorKind::Forbidden,
-                codes::PERMISSION_DENIED,
-                format!("{} is an operation of devices", op.name()),
-            ))
-        }
-        (Caller::LocalApp { .. }, _) => Ok(()),
-        (
-            Caller::Device { .. },
-            Op::MetadataSet { .. }
-            | Op::MetadataGet
-            | Op::Shutdown
-            | Op::SecretGet { .. }
-            | Op::SecretBulk { .. }
-            | Op::ConfigurationSubscribe { .. }
-            | Op::ConfigurationUnsubscribe { .. }
-            | Op::DevicesList
-            | Op::DeviceGet { .. }
-            | Op::MailboxGet { .. },
-        ) => Err(Error::new(
-            ErrorKind::Forbidden,
-            codes::PERMISSION_DENIED,
-            format!("{caller} may not use {}", op.name()),
-        )),
-        (Caller::Device { .. }, _) => Ok(()),
+    let spec = op.spec();
+    if spec.admits(caller) {
+        return Ok(());
     }
+    let message = match caller {
+        Caller::LocalApp { .. } => format!("{} is an operation of devices", spec.name),
+        Caller::Device { .. } => format!("{caller} may not use {}", spec.name),
+    };
+    Err(Error::new(
+        ErrorKind::Forbidden,
+        codes::PERMISSION_DENIED,
+        message,
+    ))
 }
 
 /// Which pub/sub topics a device may subscribe to, and which events of them it may receive.

@@ -19,9 +19,10 @@ use crate::blocks::pubsub::PubSubBlock;
 use crate::blocks::secrets::SecretsBlock;
 use crate::blocks::state::StateBlock;
 use crate::blocks::telemetry::{Receipt, TelemetryBlock};
-use crate::call::{Call, Op, Reply};
+use crate::call::{Call, Reply};
 use crate::error::Error;
 use crate::observability::metrics::{self, CallMetrics};
+use crate::ops::Op;
 use crate::policy;
 
 /// Everything a request may need, built once at start-up.

@@ -11,3 +11,4 @@ pub mod grpc;
 pub mod http;
 pub mod mqtt;
 pub mod quic;
+pub mod tls;

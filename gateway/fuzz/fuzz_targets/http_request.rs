@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use edgecar::api::{self, Route};
-use edgecar::call::{Call, Caller, Op, Params};
+use edgecar::call::{Call, Caller};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use libfuzzer_sys::fuzz_target;
 
@@ -48,47 +48,15 @@ fuzz_target!(|data: &[u8]| {
         };
         headers.append(n, v);
     }
-    let (path, query) = (uri.path(), uri.query());
-
     // As transport/http.rs dispatches.
-    let by_header = headers
-        .get("dapr-app-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|id| api::route_by_app_id_header(id, &method, path, query));
-    let route = match by_header {
-        Some(r) => Ok(r),
-        None => api::route(&method, path, query),
-    };
-    let op = match route {
-        Ok(Route::Call(op)) => op,
+    let (op, params) = match api::request(&method, &uri, &headers) {
+        Ok(Route::Call(op, params)) => (op, params),
         Ok(_) => return,
         Err(e) => {
             let _ = (api::status(e.kind), api::error_body(&e));
             return;
         }
     };
-    let mut params = Params::default();
-    if let Err(e) = api::parse_query(query, &mut params) {
-        let _ = api::error_body(&e);
-        return;
-    }
-    let header_str = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    params.if_match = header_str("if-match").map(|e| e.trim_matches('"').to_owned());
-    params.traceparent = header_str("traceparent");
-    if matches!(op, Op::Invoke { .. } | Op::Capability { .. }) {
-        params.headers = headers
-            .iter()
-            .filter(|(k, _)| edgecar::blocks::invoke::forwardable(k.as_str()))
-            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-            .collect();
-    }
-    params.tracestate = header_str("tracestate");
-    params.content_type = header_str("content-type");
     let call = Call {
         caller: Caller::LocalApp {
             app_id: edgecar_fuzz::APP_ID.into(),

@@ -1,15 +1,14 @@
 //! The QUIC device protocol's frames (`transport/quic/frame.rs`): a stream's length prefix and
 //! header as the gateway reads them (request, reply to a push, push), and a request header turned
-//! into a call by the one device mapping (`protocol::device_call`), as a QUIC request stream is.
+//! into a call by the device protocol's rules over the operation table (`quic::call_of`), as a
+//! QUIC request stream is.
 //!
 //! Input: the bytes at the start of a stream (a 4-byte big-endian length, the header JSON, the
 //! body after it).
 #![no_main]
 
 use bytes::Bytes;
-use edgecar::transport::mqtt::codec::Properties;
-use edgecar::transport::mqtt::protocol;
-use edgecar::transport::quic::frame;
+use edgecar::transport::quic::{self, frame};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -29,16 +28,5 @@ fuzz_target!(|data: &[u8]| {
     };
     // What the gateway writes back must read as what it wrote.
     assert_eq!(frame::request(&frame::encode(&r)[frame::PREFIX..]).ok(), Some(r.clone()));
-    let props = Properties {
-        content_type: r.content_type.clone(),
-        user: r.headers.clone().into_iter().collect(),
-        ..Default::default()
-    };
-    let _ = protocol::device_call(
-        "sensor-1",
-        &r.op,
-        protocol::params(r.params),
-        &props,
-        Bytes::copy_from_slice(body),
-    );
+    let _ = quic::call_of("sensor-1", r, Bytes::copy_from_slice(body));
 });

@@ -33,7 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::api::{self, Route};
-use crate::call::{Call, Caller, Params, Reply};
+use crate::call::{Call, Caller, Reply};
 use crate::error::{Error, ErrorKind, codes};
 use crate::runtime::Runtime;
 
@@ -147,18 +147,8 @@ impl HttpApi {
 
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Reply, Error> {
         self.check_token(&req)?;
-        let by_header = req
-            .headers()
-            .get("dapr-app-id")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|id| {
-                api::route_by_app_id_header(id, req.method(), req.uri().path(), req.uri().query())
-            });
-        let route = match by_header {
-            Some(r) => r,
-            None => api::route(req.method(), req.uri().path(), req.uri().query())?,
-        };
-        let op = match route {
+        let route = api::request(req.method(), req.uri(), req.headers())?;
+        let (op, params) = match route {
             Route::Healthz
                 if !self
                     .runtime
@@ -175,34 +165,8 @@ impl HttpApi {
                 self.runtime.health()?;
                 return Ok(Reply::no_content());
             }
-            Route::Call(op) => op,
+            Route::Call(op, params) => (op, params),
         };
-        let mut params = Params {
-            transport: crate::call::Transport::Http,
-            ..Params::default()
-        };
-        api::parse_query(req.uri().query(), &mut params)?;
-        let header_str = |name: &str| {
-            req.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        params.if_match = header_str("if-match").map(|e| e.trim_matches('"').to_owned());
-        params.traceparent = header_str("traceparent");
-        if matches!(
-            op,
-            crate::call::Op::Invoke { .. } | crate::call::Op::Capability { .. }
-        ) {
-            params.headers = req
-                .headers()
-                .iter()
-                .filter(|(k, _)| crate::blocks::invoke::forwardable(k.as_str()))
-                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-                .collect();
-        }
-        params.tracestate = header_str("tracestate");
-        params.content_type = header_str("content-type");
         let body = self.read_body(req).await?;
         let call = Call {
             caller: Caller::LocalApp {

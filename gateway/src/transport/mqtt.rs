@@ -17,9 +17,7 @@
 pub mod codec;
 pub mod hub;
 pub mod protocol;
-pub mod ratelimit;
 pub mod session;
-pub mod tls;
 pub mod topics;
 
 use std::collections::{HashMap, VecDeque};
@@ -41,6 +39,7 @@ use crate::clock::unix_ms;
 use crate::config::MqttConfig;
 use crate::devices::{Presence, Registry};
 use crate::runtime::Runtime;
+use crate::transport::tls;
 use codec::{
     ConnectCode, DecodeError, DisconnectCode, Incoming, Message, Outgoing, PubAckCode, Version,
 };

@@ -4,8 +4,8 @@
 //! - this file: the accept loop (limits, ALPN routing, shutdown), a device connection's
 //!   authentication (verified client certificate, or an `auth` request on the first stream),
 //!   and its session: each bidirectional stream the device opens is one request, decoded into a
-//!   [`crate::Call`] by the same mapping MQTT uses ([`protocol::device_call`]) and answered on
-//!   the same stream; telemetry is acknowledged once stored.
+//!   [`crate::Call`] by the device protocol's rules MQTT uses too ([`request::call`], over the
+//!   operation table) and answered on the same stream; telemetry is acknowledged once stored.
 //! - [`frame`]: the bytes on a stream (header frames, close codes), pure and unit-tested.
 //! - [`link`]: who is connected over QUIC, and the [`crate::devices::link::DeviceLink`] that
 //!   carries commands and stored messages to them on streams the gateway opens.
@@ -30,17 +30,17 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::call::Reply;
+use crate::call::{Call, Reply, Transport};
 use crate::clock::unix_ms;
 use crate::config::QuicConfig;
+use crate::devices::budget::Budgets;
 use crate::devices::link::{DeviceMessage, Links};
+use crate::devices::request::{self, Meta};
 use crate::devices::{Credential, Presence, Registry};
 use crate::error::{Error, ErrorKind, codes};
+use crate::ops::{Args, Op};
 use crate::runtime::Runtime;
-use crate::transport::mqtt::codec::Properties;
-use crate::transport::mqtt::protocol;
-use crate::transport::mqtt::ratelimit::Budgets;
-use crate::transport::mqtt::tls::{ClientCert, identity_of};
+use crate::transport::tls::{ClientCert, identity_of};
 use frame::close;
 use link::{AnswerLimits, Full, QuicLink};
 
@@ -522,7 +522,23 @@ async fn request(ctx: Arc<Ctx>, mut send: quinn::SendStream, mut recv: quinn::Re
 
 /// Runs a request on the request path.
 async fn handle(ctx: &Ctx, header: frame::Request, body: Bytes) -> Result<Reply, Error> {
-    let ep = &ctx.ep;
+    if header.op == "auth" {
+        return Err(Error::malformed(format!(
+            "this connection is already authenticated as {:?}",
+            ctx.device
+        )));
+    }
+    let call = call_of(&ctx.device, header, body)?;
+    if let Op::Telemetry { .. } = call.op {
+        // Acknowledged only once stored: a failure is the reply instead.
+        ctx.ep.runtime.submit_telemetry(call)?.await?;
+        return Ok(Reply::no_content());
+    }
+    ctx.ep.runtime.handle(call).await
+}
+
+/// The call a request stream makes, by the device protocol's rules (pure; the fuzzer runs it).
+pub fn call_of(device: &str, header: frame::Request, body: Bytes) -> Result<Call, Error> {
     let frame::Request {
         op,
         params,
@@ -531,41 +547,16 @@ async fn handle(ctx: &Ctx, header: frame::Request, body: Bytes) -> Result<Reply,
         headers,
         ..
     } = header;
-    match op.as_str() {
-        "telemetry" => {
-            let stream = params.get("stream").cloned().unwrap_or_default();
-            let mut call =
-                protocol::telemetry_call(&ctx.device, stream, body, content_type, traceparent);
-            call.params.transport = crate::call::Transport::Quic;
-            // Acknowledged only once stored: a failure is the reply instead.
-            ep.runtime.submit_telemetry(call)?.await?;
-            Ok(Reply {
-                status: 204,
-                body: Bytes::new(),
-                meta: Vec::new(),
-                content_type: None,
-            })
-        }
-        "auth" => Err(Error::malformed(format!(
-            "this connection is already authenticated as {:?}",
-            ctx.device
-        ))),
-        _ => {
-            let mut user: Vec<(String, String)> = headers.into_iter().collect();
-            if let Some(tp) = traceparent {
-                user.push(("traceparent".into(), tp));
-            }
-            let props = Properties {
-                content_type,
-                user,
-                ..Default::default()
-            };
-            let mut params = protocol::params(params);
-            params.transport = crate::call::Transport::Quic;
-            let call = protocol::device_call(&ctx.device, &op, params, &props, body)?;
-            ep.runtime.handle(call).await
-        }
+    let mut args = Args::new();
+    for (k, v) in params {
+        args.push(k, v);
     }
+    let meta = Meta {
+        content_type,
+        traceparent,
+        headers: headers.into_iter().collect(),
+    };
+    request::call(device, Transport::Quic, &op, args, meta, body)
 }
 
 impl Ctx {

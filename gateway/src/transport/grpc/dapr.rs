@@ -20,8 +20,9 @@ use tonic::{Request, Response, Status};
 use super::proto::common::v1 as common;
 use super::proto::runtime::v1 as rt;
 use super::status;
-use crate::call::{Call, Caller, Op, Params, Reply};
+use crate::call::{Call, Caller, Params, Reply};
 use crate::error::Error;
+use crate::ops::Op;
 use crate::policy;
 use crate::runtime::Runtime;
 

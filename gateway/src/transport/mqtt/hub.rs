@@ -2,7 +2,7 @@
 //!
 //! It owns the connection table (per device, per client id), the connection limits, session
 //! takeover, parked persistent sessions (subscriptions kept for `mqtt.sessionExpiry`), each
-//! device's rate-limit budget (shared with QUIC: [`ratelimit::Budgets`](super::ratelimit::Budgets)), routing a message to the connections of *one* device whose
+//! device's rate-limit budget (shared with QUIC: [`Budgets`]), routing a message to the connections of *one* device whose
 //! subscriptions match (there is no routing between devices at all), and commands in flight from
 //! apps to devices, keyed by device and request id so that no device can answer another's.
 
@@ -18,9 +18,9 @@ use tracing::debug;
 
 use super::codec::{ConnectCode, DisconnectCode, Message};
 use super::protocol;
-use super::ratelimit::Budgets;
 use super::topics;
 use crate::blocks::devices::{Command, CommandReply, DeviceLink, LinkError};
+use crate::devices::budget::Budgets;
 use crate::devices::link::DeviceMessage;
 use crate::devices::link::Links;
 use crate::devices::{Credential, Registry};

@@ -23,22 +23,16 @@ use super::codec::{Message, Properties};
 use super::topics::{self, ROOT};
 use crate::api;
 use crate::blocks::devices::{Command, CommandReply};
-use crate::call::{Call, Caller, Op, Params, Reply};
+use crate::call::{Call, Caller, Reply, Transport};
 use crate::devices::link::DeviceMessage;
+use crate::devices::request::{self, Meta};
 use crate::error::{Error, ErrorKind, codes};
+use crate::ops::{self, Args};
 
-/// The state store a request names when it names none (Dapr's conventional name, and the
-/// embedded default's).
-pub const DEFAULT_STORE: &str = "statestore";
 /// Longest request id accepted.
 pub const MAX_RID: usize = 64;
 /// Most reply headers copied into MQTT 5 user properties.
 const MAX_META: usize = 16;
-/// Operations, for error messages.
-const OPS: &str = "state.get, state.save, state.delete, state.bulk, state.transaction, invoke, \
-                   capability, publish, subscribe, unsubscribe, config.get";
-/// The pub/sub component a device's `publish` uses when it names none (Dapr's default name).
-pub const DEFAULT_PUBSUB: &str = "pubsub";
 
 /// Where a reply goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,8 +104,9 @@ pub fn classify(device: &str, msg: &Message) -> Inbound {
         .filter(|s| s.is_empty() || s.starts_with('/'))
     {
         reply_to.op = Cow::Borrowed("telemetry");
-        let call = telemetry_call(
+        let call = request::telemetry(
             device,
+            Transport::Mqtt,
             stream.strip_prefix('/').unwrap_or_default().to_owned(),
             msg.payload.clone(),
             msg.props.content_type.clone(),
@@ -157,7 +152,10 @@ pub fn classify(device: &str, msg: &Message) -> Inbound {
             if reply_to.op == "-" {
                 return invalid(
                     Error::malformed(format!(
-                        "no operation: publish to req/<op>/<request-id>; operations: {OPS}"
+                        "no operation: publish to req/<op>/<request-id>; operations: {}",
+                        ops::names_for(&Caller::Device {
+                            id: device.to_owned()
+                        })
                     )),
                     reply_to,
                 );
@@ -239,227 +237,17 @@ pub fn classify(device: &str, msg: &Message) -> Inbound {
     }
 }
 
-/// Takes a required parameter out of the options.
-fn required(params: &mut Params, name: &str, op: &str) -> Result<String, Error> {
-    params
-        .options
-        .remove(name)
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            Error::malformed(format!(
-                "{op} needs the parameter {name}: req/{op}/<request-id>?{name}=..."
-            ))
-        })
-}
-
-fn verb(params: &mut Params) -> Result<Method, Error> {
-    match params.options.remove("verb") {
-        None => Ok(Method::POST),
-        Some(v) => Method::from_bytes(v.to_ascii_uppercase().as_bytes())
-            .map_err(|_| Error::malformed(format!("verb {v:?} is not an HTTP method"))),
-    }
-}
-
-/// Builds the call for a request.
+/// Builds the call for a request: the operation and its parameters from the topic, the rest from
+/// the MQTT 5 properties.
 fn request(device: &str, op: &str, query: Option<&str>, msg: &Message) -> Result<Call, Error> {
-    let mut params = Params {
-        transport: crate::call::Transport::Mqtt,
-        ..Params::default()
+    let mut args = Args::new();
+    args.push_query(query)?;
+    let meta = Meta {
+        content_type: msg.props.content_type.clone(),
+        traceparent: msg.props.user("traceparent").map(str::to_owned),
+        headers: msg.props.user.clone(),
     };
-    api::parse_query(query, &mut params)?;
-    let mut call = device_call(device, op, params, &msg.props, msg.payload.clone())?;
-    call.params.transport = crate::call::Transport::Mqtt;
-    Ok(call)
-}
-
-/// Named request parameters as [`Params`]: `metadata.<name>` become request metadata, the rest
-/// options (what a request topic's query string holds, already decoded).
-pub fn params<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Params {
-    let mut params = Params::default();
-    for (k, v) in pairs {
-        match k.strip_prefix("metadata.") {
-            Some(name) => params.metadata.insert(name.to_owned(), v),
-            None => params.options.insert(k, v),
-        };
-    }
-    params
-}
-
-/// The call a device's request makes: operation `op` with its decoded parameters, the
-/// request's properties (content type, `traceparent` and headers to pass on, as MQTT 5 user
-/// properties carry them) and its body. The one mapping from device operation names to [`Op`],
-/// whatever transport carried the request (MQTT topics, QUIC streams).
-pub fn device_call(
-    device: &str,
-    op: &str,
-    mut params: Params,
-    props: &Properties,
-    body: Bytes,
-) -> Result<Call, Error> {
-    let store = |p: &mut Params| {
-        p.options
-            .remove("store")
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| DEFAULT_STORE.to_owned())
-    };
-    let op = match op {
-        "state.get" => Op::StateGet {
-            store: store(&mut params),
-            key: required(&mut params, "key", op)?,
-        },
-        "state.bulk" => Op::StateBulkGet {
-            store: store(&mut params),
-        },
-        "state.save" => Op::StateSave {
-            store: store(&mut params),
-        },
-        "state.delete" => {
-            params.if_match = params.options.remove("etag");
-            Op::StateDelete {
-                store: store(&mut params),
-                key: required(&mut params, "key", op)?,
-            }
-        }
-        "state.transaction" => Op::StateTransaction {
-            store: store(&mut params),
-        },
-        "publish" => {
-            // MQTT 3.1.1 carries no content type: a JSON payload is published as JSON.
-            params.content_type = props.content_type.clone().or_else(|| {
-                serde_json::from_slice::<serde::de::IgnoredAny>(&body)
-                    .is_ok()
-                    .then(|| "application/json".to_owned())
-            });
-            Op::Publish {
-                pubsub: params
-                    .options
-                    .remove("pubsub")
-                    .filter(|p| !p.is_empty())
-                    .unwrap_or_else(|| DEFAULT_PUBSUB.to_owned()),
-                topic: required(&mut params, "topic", op)?,
-            }
-        }
-        "invoke" => {
-            let app_id = required(&mut params, "app", op)?;
-            let method = required(&mut params, "method", op)?;
-            let verb = verb(&mut params)?;
-            params.headers = forwarded_headers(props);
-            Op::Invoke {
-                app_id,
-                method: if method.starts_with('/') {
-                    method
-                } else {
-                    format!("/{method}")
-                },
-                verb,
-            }
-        }
-        "capability" => {
-            let name = required(&mut params, "name", op)?;
-            let method = params.options.remove("method").unwrap_or_default();
-            let verb = verb(&mut params)?;
-            params.headers = forwarded_headers(props);
-            Op::Capability {
-                name,
-                method: method.trim_start_matches('/').to_owned(),
-                query: None,
-                verb,
-            }
-        }
-        "subscribe" | "unsubscribe" => {
-            let pubsub = params
-                .options
-                .remove("pubsub")
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| DEFAULT_PUBSUB.to_owned());
-            let topic = required(&mut params, "topic", op)?;
-            if op == "subscribe" {
-                Op::DeviceSubscribe { pubsub, topic }
-            } else {
-                Op::DeviceUnsubscribe { pubsub, topic }
-            }
-        }
-        "config.get" => {
-            let store = required(&mut params, "store", op)?;
-            // `keys=a,b` and/or `key=a`; none: every item, as in the HTTP API.
-            let keys = [params.options.remove("keys"), params.options.remove("key")]
-                .into_iter()
-                .flatten()
-                .flat_map(|k| {
-                    k.split(',')
-                        .map(str::trim)
-                        .filter(|k| !k.is_empty())
-                        .map(str::to_owned)
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            Op::ConfigurationGet { store, keys }
-        }
-        other => {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                codes::NOT_FOUND,
-                format!("unknown operation {other:?}; operations: {OPS}"),
-            ));
-        }
-    };
-    params.traceparent = props.user("traceparent").map(str::to_owned);
-    Ok(Call {
-        caller: Caller::Device {
-            id: device.to_owned(),
-        },
-        op,
-        body,
-        params,
-    })
-}
-
-/// The call storing a device's telemetry reading (on the pub/sub topic the telemetry block is
-/// configured with, as an event whose source is the device). MQTT 3.1.1 carries no content type:
-/// JSON readings are stored as JSON.
-pub fn telemetry_call(
-    device: &str,
-    stream: String,
-    payload: Bytes,
-    content_type: Option<String>,
-    traceparent: Option<String>,
-) -> Call {
-    let content_type = content_type.or_else(|| {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&payload)
-            .is_ok()
-            .then(|| "application/json".to_owned())
-    });
-    Call {
-        caller: Caller::Device {
-            id: device.to_owned(),
-        },
-        op: Op::Telemetry { stream },
-        body: payload,
-        params: Params {
-            content_type,
-            traceparent,
-            transport: crate::call::Transport::Mqtt,
-            ..Default::default()
-        },
-    }
-}
-
-/// Headers an app or capability sees from a device request: the MQTT 5 content type and user
-/// properties (minus hop-by-hop names), as an HTTP caller's headers would pass.
-fn forwarded_headers(props: &Properties) -> Vec<(String, String)> {
-    let mut h: Vec<(String, String)> = props
-        .user
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-        .filter(|(k, _)| {
-            crate::blocks::invoke::forwardable(k)
-                && k != "content-type"
-                && http::HeaderName::from_bytes(k.as_bytes()).is_ok()
-        })
-        .collect();
-    let ct = props.content_type.as_deref().unwrap_or("application/json");
-    h.push(("content-type".into(), ct.to_owned()));
-    h
+    request::call(device, Transport::Mqtt, op, args, meta, msg.payload.clone())
 }
 
 /// Percent-encodes what may not appear in a topic level or a query value.
@@ -480,7 +268,7 @@ fn encode_param(s: &str) -> String {
 /// status), on the device's response topic or `res/<op>/<rid>/<status>[?etag=...]`.
 pub fn reply(device: &str, to: &ReplyTo, result: Result<Reply, Error>) -> Message {
     let (status, body, meta, content_type) = match result {
-        Ok(r) if to.op == "subscribe" => {
+        Ok(r) if ops::lookup(&to.op).is_some_and(|s| s.name == "devices.subscribe") => {
             let body = with_delivery_topic(device, &r.body).unwrap_or(r.body);
             (r.status, body, r.meta, r.content_type.map(str::to_owned))
         }
@@ -653,6 +441,7 @@ pub fn subscription_topic(device: &str, pubsub: &str, topic: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::{DEFAULT_PUBSUB, DEFAULT_STORE, Op};
 
     fn msg(topic: &str, payload: &str) -> Message {
         Message::new(topic.into(), Bytes::from(payload.to_owned()))

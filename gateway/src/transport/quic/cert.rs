@@ -120,7 +120,7 @@ fn make_self_signed(cert: &Path, key: &Path) -> Result<(), String> {
 pub fn server_crypto(
     tls: &MqttTlsConfig,
 ) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, String> {
-    let mut config = crate::transport::mqtt::tls::server_config(tls)?;
+    let mut config = crate::transport::tls::server_config(tls)?;
     config.alpn_protocols = vec![DEVICE_ALPN.to_vec()];
     // 0-RTT data could be replayed by anyone who saw it; no operation is marked replay-safe yet.
     config.max_early_data_size = 0;

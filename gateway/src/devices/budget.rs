@@ -1,4 +1,5 @@
-//! A token bucket: the per-device rate limit on incoming packets. Pure: time is passed in.
+//! The per-device rate limit on incoming messages, a token bucket per device. Pure: time is
+//! passed in.
 //!
 //! A device over its rate is not disconnected; its connection is simply read no further until a
 //! token is due, so TCP pushes back on the device and it cannot take the gateway's time from others.

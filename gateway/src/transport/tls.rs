@@ -1,11 +1,11 @@
-//! TLS for the MQTT device endpoint: the rustls server configuration (ring provider, TLS 1.2 and
-//! 1.3) from the PEM files named in `mqtt.tls`, and who a device's client certificate names.
-//! Read once at start-up; `check-config` reads them too, so a bad certificate is reported before
-//! the daemon starts.
+//! TLS for the device endpoints (MQTT over TLS, and QUIC, which builds on the same files): the
+//! rustls server configuration (ring provider, TLS 1.2 and 1.3) from the PEM files named in
+//! `mqtt.tls`, and who a device's client certificate names. Read once at start-up;
+//! `check-config` reads them too, so a bad certificate is reported before the daemon starts.
 //!
 //! With `clientCaFile`, rustls's WebPKI verifier checks a presented certificate (chain to one of
 //! those CAs, validity dates, client-auth usage, revocation when `clientCrlFile` is given) during
-//! the handshake; a certificate that fails never reaches MQTT. [`client_identity`] then reads the
+//! the handshake; a certificate that fails never reaches the device protocol. [`client_identity`] then reads the
 //! device id from the verified certificate: its subject Common Name (CN), as Azure IoT Hub and
 //! mosquitto's `use_identity_as_username` do. Subject alternative names are not read.
 
