@@ -570,13 +570,12 @@ pub async fn run(
             components: registry.infos.clone(),
             started,
         });
-        let mut stop = stop_rx.clone();
-        tokio::spawn(observability::admin::serve(
+        tokio::spawn(transport::http::serve(
+            "admin",
             listener,
             admin,
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
+            observability::admin::LIMITS,
+            stop_rx.clone(),
             cfg.shutdown_timeout.0,
         ))
     });
@@ -585,18 +584,20 @@ pub async fn run(
         api_token: Some(cfg.http.api_token.clone()).filter(|t| !t.is_empty()),
         max_body: cfg.http.max_body_size.0,
         read_timeout: cfg.http.read_timeout.0,
-        max_connections: cfg.http.max_connections,
     });
     if let Ok(addr) = listeners.http.local_addr() {
         info!(%addr, app_id = %cfg.app_id, "Dapr HTTP API listening");
     }
-    let mut http_stop = stop_rx.clone();
     let http = transport::http::serve(
+        "http",
         listeners.http,
         api,
-        async move {
-            let _ = http_stop.wait_for(|s| *s).await;
+        transport::http::Limits {
+            max_connections: cfg.http.max_connections,
+            read_timeout: cfg.http.read_timeout.0,
+            setting: "http.maxConnections",
         },
+        stop_rx.clone(),
         cfg.shutdown_timeout.0,
     );
     // Every listener is open and every component built: tell systemd (Type=notify).

@@ -9,6 +9,7 @@
 pub mod broker;
 pub mod grpc;
 pub mod http;
+pub mod listener;
 pub mod mqtt;
 pub mod quic;
 pub mod tls;

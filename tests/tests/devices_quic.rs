@@ -576,3 +576,68 @@ async fn a_connection_that_never_authenticates_is_closed_with_code_3() {
     }
     assert_eq!(ec.req("GET", "/v1.0/healthz", b"", &[]).status, 204);
 }
+
+/// One operation table: over MQTT and over QUIC a device names operations by the table's names
+/// or by the names deployed devices already send, gets the same answers, reaches the operations
+/// that are namespaced to it (locks here), and is refused the apps' own with 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_operation_table_for_every_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = dir.path().join("resources");
+    std::fs::create_dir(&res).unwrap();
+    edgecar_tests::write_component(&res, "statestore", "state.in-memory", &[]);
+    edgecar_tests::write_component(&res, "pubsub", "pubsub.in-memory", &[]);
+    edgecar_tests::write_component(&res, "lockstore", "lock.in-memory", &[]);
+    let (ec, p1, p2) = site(dir.path(), &["--resources-path", res.to_str().unwrap()]);
+    let (quic, _c1) = Client::connect(opts(&ec, "dev1", &p1)).await.unwrap();
+    let (mqtt, _c2) = Client::connect(Options::new("127.0.0.1", ec.mqtt_port, "dev2", &p2))
+        .await
+        .unwrap();
+    for (d, transport) in [(&quic, "quic"), (&mqtt, "mqtt")] {
+        d.state_set("a", &serde_json::json!(1)).await.unwrap();
+        let body = Bytes::from_static(br#"{"keys":["a"]}"#);
+        let old = d.request("state.bulk", &[], body.clone()).await.unwrap();
+        let new = d.request("state.bulk_get", &[], body).await.unwrap();
+        assert_eq!((old.status, &old.body), (200, &new.body), "{transport}");
+        assert!(
+            String::from_utf8_lossy(&new.body).contains(r#""key":"a""#),
+            "{transport}: {:?}",
+            new.body
+        );
+        for name in ["publish", "pubsub.publish"] {
+            let r = d
+                .request(name, &[("topic", "t")], Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 204, "{transport} {name}");
+        }
+        // Locks are the device's own: two devices may hold the same resource name.
+        let lock =
+            Bytes::from_static(br#"{"resourceId":"pump","lockOwner":"me","expiryInSeconds":60}"#);
+        let r = d
+            .request("lock.lock", &[("store", "lockstore")], lock)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, String::from_utf8_lossy(&r.body).into_owned()),
+            (200, r#"{"success":true}"#.to_owned()),
+            "{transport}"
+        );
+        for (name, params) in [
+            ("secrets.get", &[("store", "s"), ("name", "n")][..]),
+            ("devices.list", &[][..]),
+            ("bindings.invoke", &[("name", "b")][..]),
+            ("metadata.get", &[][..]),
+        ] {
+            let r = d.request(name, params, Bytes::new()).await.unwrap();
+            assert_eq!(r.status, 403, "{transport} {name}: {:?}", r.body);
+        }
+        let r = d.request("frobnicate", &[], Bytes::new()).await.unwrap();
+        assert_eq!(r.status, 404, "{transport}");
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("pubsub.publish"),
+            "the error lists the operations: {:?}",
+            r.body
+        );
+    }
+}

@@ -10,8 +10,6 @@
 //!
 //! It asks for no token and binds loopback unless `metrics.address` says otherwise.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,12 +17,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tracing::{debug, warn};
 
 use crate::components::ComponentInfo;
 use crate::runtime::Runtime;
@@ -175,48 +168,15 @@ impl Admin {
     }
 }
 
-/// Serves the admin listener until `shutdown` resolves; open connections get `drain` to finish.
-pub async fn serve(
-    listener: TcpListener,
-    admin: Arc<Admin>,
-    shutdown: impl Future<Output = ()>,
-    drain: Duration,
-) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        warn!(error = %e, "admin listener: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let admin = admin.clone();
-                let svc = service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
-                });
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(%peer, error = %e, "admin connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(drain) => {}
+/// The admin listener's limits: a few scrapers and browsers at a time.
+pub const LIMITS: crate::transport::http::Limits = crate::transport::http::Limits {
+    max_connections: 32,
+    read_timeout: Duration::from_secs(10),
+    setting: "the admin listener serves 32",
+};
+
+impl crate::transport::http::Handler for Admin {
+    fn handle(&self, req: Request<Incoming>) -> impl std::future::Future<Output = Resp> + Send {
+        Admin::handle(self, req)
     }
 }

@@ -1,9 +1,11 @@
 //! The HTTP transport: a hyper 1 server speaking the Dapr HTTP API v1.0.
 //!
-//! It owns the listener loop and its limits, per-connection settings (keep-alive, `TCP_NODELAY`),
-//! the API token check (before routing, so routes cannot be enumerated without the token), the
-//! body limits, and graceful shutdown: stop accepting, let in-flight requests finish within the
-//! drain timeout, then close.
+//! It owns HTTP/1 connections on the listener skeleton ([`super::listener`]) and their limits,
+//! for the Dapr API and the admin listener alike (a [`Handler`] each): per-connection settings
+//! (keep-alive, `TCP_NODELAY`) and graceful shutdown (the request in progress finishes within the
+//! drain timeout, then the connection closes). For the Dapr API ([`HttpApi`]) it also owns the
+//! API token check (before routing, so routes cannot be enumerated without the token) and the
+//! body limits.
 //!
 //! Limits, so that no client can hold the daemon's sockets: at most `http.maxConnections`
 //! connections are served at once (one semaphore permit each; beyond it a connection gets a canned
@@ -27,15 +29,16 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::api::{self, Route};
 use crate::call::{Call, Caller, Reply};
 use crate::error::{Error, ErrorKind, codes};
 use crate::runtime::Runtime;
+use crate::transport::listener::{self, Admission, Protocol, Session, Stop};
 
 /// Refused connections being closed politely at once (each lingers briefly so that the client
 /// reads the 503 rather than a reset); beyond this, refused connections are dropped at once.
@@ -52,13 +55,12 @@ pub struct HttpApi {
     pub api_token: Option<String>,
     /// Largest body accepted, in bytes.
     pub max_body: u64,
-    /// Time allowed for the request headers, and then for the whole body (`http.readTimeout`).
+    /// Time allowed for the request body (`http.readTimeout`).
     pub read_timeout: Duration,
-    /// Connections served at once (`http.maxConnections`).
-    pub max_connections: usize,
 }
 
-type Resp = Response<Full<Bytes>>;
+/// A response as handlers build it.
+pub type Resp = Response<Full<Bytes>>;
 
 fn error_response(e: &Error) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(api::error_body(e))));
@@ -228,12 +230,15 @@ impl HttpApi {
     }
 }
 
-/// The canned answer to a connection over `http.maxConnections`: 503 and `Connection: close`.
-fn busy_response() -> Bytes {
+/// The canned answer to a connection over the limit: 503 and `Connection: close`.
+fn busy_response(limits: &Limits) -> Bytes {
     let e = Error::new(
         ErrorKind::Unavailable,
         codes::TOO_MANY_CONNECTIONS,
-        "too many open connections to the HTTP API (http.maxConnections); retry shortly",
+        format!(
+            "too many open connections ({}); retry shortly",
+            limits.setting
+        ),
     );
     let body = api::error_body(&e);
     let status = api::status(e.kind);
@@ -262,68 +267,117 @@ async fn refuse(mut stream: TcpStream, busy: Bytes, _slot: OwnedSemaphorePermit)
     .await;
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then drains for at most `drain`.
-pub async fn serve(
+/// What answers the requests of an HTTP/1 listener: the Dapr API, the admin listener.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Resp> + Send;
+}
+
+impl Handler for HttpApi {
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Resp> + Send {
+        HttpApi::handle(self, req)
+    }
+}
+
+/// An HTTP/1 listener's connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; beyond it, a canned 503 and close.
+    pub max_connections: usize,
+    /// Time allowed for a request's headers (and an idle keep-alive connection), and for a write
+    /// the client does not read.
+    pub read_timeout: Duration,
+    /// The setting that raises `max_connections`, named in the 503.
+    pub setting: &'static str,
+}
+
+/// An HTTP/1 listener on the listener skeleton.
+struct Server<H> {
+    name: &'static str,
+    handler: Arc<H>,
+    builder: hyper::server::conn::http1::Builder,
+    slots: Arc<Semaphore>,
+    refusing: Arc<Semaphore>,
+    busy: Bytes,
+    limits: Limits,
+}
+
+impl<H: Handler> Protocol for Server<H> {
+    type Conn = TcpStream;
+    type Permit = OwnedSemaphorePermit;
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn admit(&self, stream: TcpStream, peer: SocketAddr) -> Admission<TcpStream, Self::Permit> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Admission::Accept(stream, slot);
+        }
+        debug!(%peer, listener = self.name, limit = self.limits.max_connections, "connection refused: connection limit reached");
+        match self.refusing.clone().try_acquire_owned() {
+            Ok(r) => Admission::Refuse(Some(Box::pin(refuse(stream, self.busy.clone(), r)))),
+            Err(_) => Admission::Refuse(None),
+        }
+    }
+
+    async fn handshake(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: Self::Permit,
+        mut stop: Stop,
+    ) -> Option<Session> {
+        let _ = stream.set_nodelay(true);
+        let handler = self.handler.clone();
+        let svc = service_fn(move |req| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler.handle(req).await) }
+        });
+        let io = TokioIo::new(stall::StallGuard::new(stream, self.limits.read_timeout));
+        let conn = self.builder.serve_connection(io, svc);
+        Some(Box::pin(async move {
+            let _slot = slot;
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                () = async { drop(stop.wait_for(|s| *s).await) } => {
+                    // Finish the request in progress, if any, then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }))
+    }
+}
+
+/// Serves `handler` on `listener` until `stop` turns true, then drains for at most `drain`.
+pub async fn serve<H: Handler>(
+    name: &'static str,
     listener: TcpListener,
-    api: Arc<HttpApi>,
-    shutdown: impl Future<Output = ()>,
+    handler: Arc<H>,
+    limits: Limits,
+    stop: Stop,
     drain: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     // hyper runs this timer for every request's headers, including the wait for the next request
     // on a keep-alive connection, so an idle connection is closed after it too.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(api.read_timeout);
-    let slots = Arc::new(Semaphore::new(api.max_connections));
-    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
-    let busy = busy_response();
-    let read_timeout = api.read_timeout;
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    debug!(%peer, limit = api.max_connections, "connection refused: http.maxConnections reached");
-                    if let Ok(r) = refusing.clone().try_acquire_owned() {
-                        tokio::spawn(refuse(stream, busy.clone(), r));
-                    }
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let api = api.clone();
-                let svc = service_fn(move |req| {
-                    let api = api.clone();
-                    async move { Ok::<_, Infallible>(api.handle(req).await) }
-                });
-                let conn = graceful.watch(builder.serve_connection(
-                    TokioIo::new(stall::StallGuard::new(stream, read_timeout)),
-                    svc,
-                ));
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                    drop(slot);
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    info!("shutting down: draining in-flight requests");
-    tokio::select! {
-        () = graceful.shutdown() => info!("all connections closed"),
-        () = tokio::time::sleep(drain) => warn!(timeout = ?drain, "drain timeout passed; closing remaining connections"),
-    }
+        .header_read_timeout(limits.read_timeout);
+    let server = Server {
+        name,
+        handler,
+        builder,
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+        busy: busy_response(&limits),
+        limits,
+    };
+    listener::serve(listener, Arc::new(server), stop, drain).await;
+    info!(listener = name, "stopped");
 }

@@ -29,7 +29,6 @@ use bytes::BytesMut;
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -39,6 +38,7 @@ use crate::clock::unix_ms;
 use crate::config::MqttConfig;
 use crate::devices::{Presence, Registry};
 use crate::runtime::Runtime;
+use crate::transport::listener::{self, Admission, Protocol, Stop};
 use crate::transport::tls;
 use codec::{
     ConnectCode, DecodeError, DisconnectCode, Incoming, Message, Outgoing, PubAckCode, Version,
@@ -199,13 +199,7 @@ impl Drop for HandshakeSlot {
 
 /// Serves devices on `listener` until `stop` turns true; then tells every connection to end
 /// (MQTT 5 clients hear "server shutting down"), waits up to `drain` and aborts the rest.
-pub async fn serve(
-    listener: TcpListener,
-    ep: Arc<Endpoint>,
-    mut stop: watch::Receiver<bool>,
-    drain: Duration,
-) {
-    let mut conns = JoinSet::new();
+pub async fn serve(listener: TcpListener, ep: Arc<Endpoint>, stop: Stop, drain: Duration) {
     let mut background = JoinSet::new();
     {
         // Removed devices and replaced passwords end the sessions that used them.
@@ -217,78 +211,69 @@ pub async fn serve(
             }
         });
     }
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        warn!(error = %e, "MQTT accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Some(permit) = ep.handshakes.try_take(peer.ip()) else {
-                    // Closed at once: holding it would let a flood grow.
-                    debug!(%peer, "too many connections still before their CONNECT (from this address or in all); closed");
-                    continue;
-                };
-                // Under pressure, idle sockets get a shorter window.
-                let window = if ep.handshakes.pressed() {
-                    ep.connect_timeout.min(PRESSED_CONNECT_TIMEOUT)
-                } else {
-                    ep.connect_timeout
-                };
-                let _ = stream.set_nodelay(true);
-                let ep = ep.clone();
-                match ep.tls.clone() {
-                    None => {
-                        conns.spawn(async move {
-                            handshake(stream, peer, ep, permit, window, tls::ClientCert::None)
-                                .await
-                                .map(Handshaken::Tcp)
-                        });
-                    }
-                    Some(tls) => {
-                        conns.spawn(async move {
-                            match tokio::time::timeout(window, tls.accept(stream)).await {
-                                Ok(Ok(s)) => {
-                                    let cert = tls::client_identity(s.get_ref().1);
-                                    return handshake(s, peer, ep, permit, window, cert)
-                                        .await
-                                        .map(Handshaken::Tls);
-                                }
-                                Ok(Err(e)) => match tls::certificate_refusal(&e) {
-                                    Some(why) => warn!(%peer, reason = %why, "device certificate refused in the TLS handshake"),
-                                    None => debug!(%peer, error = %e, "TLS handshake failed"),
-                                },
-                                Err(_) => debug!(%peer, "TLS handshake timed out"),
-                            }
-                            None
-                        });
-                    }
-                }
-            }
-            Some(done) = conns.join_next(), if !conns.is_empty() => {
-                if let Ok(Some(h)) = done {
-                    start_session(&mut conns, h);
-                }
-            }
-            r = stop.changed() => {
-                if r.is_err() || *stop.borrow() {
-                    break;
-                }
+    listener::serve(listener, ep, stop, drain).await;
+    background.abort_all();
+}
+
+impl Protocol for Endpoint {
+    type Conn = tokio::net::TcpStream;
+    type Permit = HandshakeSlot;
+
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn admit(&self, stream: Self::Conn, peer: SocketAddr) -> Admission<Self::Conn, HandshakeSlot> {
+        match self.handshakes.try_take(peer.ip()) {
+            Some(slot) => Admission::Accept(stream, slot),
+            None => {
+                // Closed at once: holding it would let a flood grow.
+                debug!(%peer, "too many connections still before their CONNECT (from this address or in all); closed");
+                Admission::Refuse(None)
             }
         }
     }
-    drop(listener);
-    ep.hub.kick_all(DisconnectCode::ServerShuttingDown);
-    let all_done = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(drain, all_done).await.is_err() {
-        warn!("MQTT connections did not end in time; closing them");
+
+    async fn handshake(
+        self: Arc<Self>,
+        stream: Self::Conn,
+        peer: SocketAddr,
+        permit: HandshakeSlot,
+        _stop: Stop,
+    ) -> Option<listener::Session> {
+        // Under pressure, idle sockets get a shorter window.
+        let window = if self.handshakes.pressed() {
+            self.connect_timeout.min(PRESSED_CONNECT_TIMEOUT)
+        } else {
+            self.connect_timeout
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = self.tls.clone() else {
+            let accepted =
+                handshake(stream, peer, self, permit, window, tls::ClientCert::None).await?;
+            return Some(Box::pin(session(accepted)));
+        };
+        match tokio::time::timeout(window, tls.accept(stream)).await {
+            Ok(Ok(s)) => {
+                let cert = tls::client_identity(s.get_ref().1);
+                let accepted = handshake(s, peer, self, permit, window, cert).await?;
+                return Some(Box::pin(session(accepted)));
+            }
+            Ok(Err(e)) => match tls::certificate_refusal(&e) {
+                Some(why) => {
+                    warn!(%peer, reason = %why, "device certificate refused in the TLS handshake");
+                }
+                None => debug!(%peer, error = %e, "TLS handshake failed"),
+            },
+            Err(_) => debug!(%peer, "TLS handshake timed out"),
+        }
+        None
     }
-    conns.abort_all();
-    background.abort_all();
+
+    /// Every session is told to end (MQTT 5 clients hear why).
+    fn stopping(&self) {
+        self.hub.kick_all(DisconnectCode::ServerShuttingDown);
+    }
 }
 
 /// A device's byte stream: TCP, or TLS over TCP.
@@ -418,21 +403,6 @@ struct Accepted<S> {
     version: Version,
     credential: crate::devices::Credential,
     will: Option<Box<Message>>,
-}
-
-/// What a connection task hands back to [`serve`]: a device ready for its session, which runs as
-/// a task of its own (so that the handshake's state does not size every session's task).
-enum Handshaken {
-    Tcp(Box<Accepted<tokio::net::TcpStream>>),
-    Tls(Box<Accepted<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>),
-}
-
-/// Starts the session of a device whose handshake finished.
-fn start_session(conns: &mut JoinSet<Option<Handshaken>>, h: Handshaken) {
-    match h {
-        Handshaken::Tcp(a) => conns.spawn(session(a)),
-        Handshaken::Tls(a) => conns.spawn(session(a)),
-    };
 }
 
 /// A new connection up to its authenticated CONNECT (refusing it otherwise). `cert` is what its
@@ -591,7 +561,7 @@ fn prepare<S>(accepted: Accepted<S>) -> Result<Started<S>, Refused<S>> {
 }
 
 /// One device's session, from its CONNACK to close.
-async fn session<S: Stream>(accepted: Box<Accepted<S>>) -> Option<Handshaken> {
+async fn session<S: Stream>(accepted: Box<Accepted<S>>) {
     let Started {
         mut conn,
         stream,
@@ -604,7 +574,7 @@ async fn session<S: Stream>(accepted: Box<Accepted<S>>) -> Option<Handshaken> {
         Err((stream, version, code, reason)) => {
             // Boxed: a rare path, which inline would size every session's task.
             Box::pin(refuse(stream, version, code, reason)).await;
-            return None;
+            return;
         }
     };
     let (rd, mut wr) = tokio::io::split(stream);
@@ -625,7 +595,6 @@ async fn session<S: Stream>(accepted: Box<Accepted<S>>) -> Option<Handshaken> {
     // that publishes a QoS 0 request and disconnects at once may be listening on another).
     // Boxed: inline, this state would size every live connection's task, not only closing ones.
     Box::pin(conn.drain()).await;
-    None
 }
 
 /// What [`Conn::next_packet`] did.

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::VarInt;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -40,6 +40,7 @@ use crate::devices::{Credential, Presence, Registry};
 use crate::error::{Error, ErrorKind, codes};
 use crate::ops::{Args, Op};
 use crate::runtime::Runtime;
+use crate::transport::listener::{self, Admission, Protocol, Stop};
 use crate::transport::tls::{ClientCert, identity_of};
 use frame::close;
 use link::{AnswerLimits, Full, QuicLink};
@@ -118,13 +119,7 @@ pub fn endpoint(
 
 /// Serves devices on `endpoint` until `stop` turns true; then closes every connection
 /// ("shutting down", code 0x6), waits up to `drain` and aborts the rest.
-pub async fn serve(
-    endpoint: quinn::Endpoint,
-    ep: Arc<Endpoint>,
-    mut stop: watch::Receiver<bool>,
-    drain: Duration,
-) {
-    let mut conns = JoinSet::new();
+pub async fn serve(endpoint: quinn::Endpoint, ep: Arc<Endpoint>, stop: Stop, drain: Duration) {
     let mut background = JoinSet::new();
     {
         let (link, registry) = (ep.link.clone(), ep.registry.clone());
@@ -135,50 +130,71 @@ pub async fn serve(
             }
         });
     }
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        tokio::select! {
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
-                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                    debug!(peer = %incoming.remote_address(), "too many QUIC handshakes at once; refused");
-                    incoming.refuse();
-                    continue;
-                };
-                if !ep.link.has_room() {
-                    debug!(peer = %incoming.remote_address(), "quic.maxConnections reached; refused");
-                    incoming.refuse();
-                    continue;
-                }
-                let ep = ep.clone();
-                conns.spawn(async move {
-                    let deadline = Instant::now() + ep.cfg.handshake_timeout.0;
-                    let accepted = handshake(incoming, &ep, deadline).await;
-                    drop(permit);
-                    if let Some((conn, credential)) = accepted {
-                        session(conn, credential, ep).await;
-                    }
-                });
-            }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            r = stop.changed() => {
-                if r.is_err() || *stop.borrow() {
-                    break;
-                }
-            }
-        }
-    }
-    endpoint.close(
-        VarInt::from_u32(close::SHUTTING_DOWN),
-        b"server shutting down",
-    );
-    let all_done = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(drain, all_done).await.is_err() {
-        warn!("QUIC connections did not end in time; closing them");
-    }
-    conns.abort_all();
+    let devices = Arc::new(Devices {
+        ep,
+        endpoint: endpoint.clone(),
+        handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+    });
+    listener::serve(endpoint.clone(), devices, stop, drain).await;
     background.abort_all();
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// The device protocol (`edgecar-device/1`) on the listener skeleton.
+struct Devices {
+    ep: Arc<Endpoint>,
+    /// To close every connection at shutdown.
+    endpoint: quinn::Endpoint,
+    /// Handshakes in progress.
+    handshakes: Arc<Semaphore>,
+}
+
+impl Protocol for Devices {
+    type Conn = quinn::Incoming;
+    type Permit = tokio::sync::OwnedSemaphorePermit;
+
+    fn name(&self) -> &'static str {
+        "quic"
+    }
+
+    fn admit(
+        &self,
+        incoming: quinn::Incoming,
+        peer: SocketAddr,
+    ) -> Admission<quinn::Incoming, Self::Permit> {
+        let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
+            debug!(%peer, "too many QUIC handshakes at once; refused");
+            incoming.refuse();
+            return Admission::Refuse(None);
+        };
+        if !self.ep.link.has_room() {
+            debug!(%peer, "quic.maxConnections reached; refused");
+            incoming.refuse();
+            return Admission::Refuse(None);
+        }
+        Admission::Accept(incoming, permit)
+    }
+
+    async fn handshake(
+        self: Arc<Self>,
+        incoming: quinn::Incoming,
+        _peer: SocketAddr,
+        permit: Self::Permit,
+        _stop: Stop,
+    ) -> Option<listener::Session> {
+        let deadline = Instant::now() + self.ep.cfg.handshake_timeout.0;
+        let (conn, credential) = handshake(incoming, &self.ep, deadline).await?;
+        drop(permit);
+        Some(Box::pin(session(conn, credential, self.ep.clone())))
+    }
+
+    /// Every connection is closed: "shutting down", code 0x6.
+    fn stopping(&self) {
+        self.endpoint.close(
+            VarInt::from_u32(close::SHUTTING_DOWN),
+            b"server shutting down",
+        );
+    }
 }
 
 /// Closes `conn` with `code` and a reason phrase.
