@@ -1,7 +1,7 @@
 //! The one request path's vocabulary: [`Call`] in, [`Reply`] out.
 //!
-//! A transport decodes its bytes into a `Call` (who is asking, what operation, the body and the
-//! operation's parameters) and encodes the `Reply` or [`Error`](crate::Error) it gets back. It
+//! A transport decodes its bytes into a `Call` (who is asking, what operation of the table in
+//! [`crate::ops`], the body and the operation's parameters) and encodes the `Reply` or [`Error`](crate::Error) it gets back. It
 //! knows nothing of stores or components; building blocks know nothing of transports. The body of
 //! an operation keeps Dapr's JSON shape whatever carried it, so blocks parse it once for all
 //! transports.
@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::ops::Op;
-
 use bytes::Bytes;
+
+use crate::ops::Op;
 
 /// Who is asking. Policy decisions and key namespaces depend on it, never on the transport.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,13 +15,16 @@
 //!
 //! - [`config`]: `edgecar.yaml`, its embedded commented default, Dapr resource files, validation
 //!   that reports every error with file and field.
-//! - [`call`]: the request path's vocabulary ([`Call`], [`Caller`], [`Op`], [`Reply`]).
+//! - [`call`]: the request path's vocabulary ([`Call`], [`Caller`], [`Reply`]).
+//! - [`ops`]: the operation table: every [`Op`] defined once (name, legacy device names,
+//!   audience, how it reads its arguments), which every transport decodes into.
 //! - [`error`]: the one error type; [`api`] alone maps it to HTTP statuses.
 //! - [`clock`]: Unix milliseconds and RFC 3339 text.
 //! - [`transport`]: wire formats to calls: HTTP and gRPC (apps, and gRPC apps' callbacks), MQTT
 //!   (the device endpoint, or the same protocol through an external broker), QUIC (the device
-//!   endpoint on one UDP port).
-//! - [`devices`]: the device registry (hashed credentials, hot-reloaded) and presence.
+//!   endpoint on one UDP port); HTTP, MQTT and QUIC accept on one listener skeleton.
+//! - [`devices`]: the device registry (hashed credentials, hot-reloaded), presence, each device's
+//!   current link, its rate budget, and a device request's rules whatever carried it.
 //! - [`policy`]: what a caller may do.
 //! - [`blocks`]: Dapr semantics (state, pub/sub, invocation, bindings, secrets, configuration,
 //!   locks, capabilities, metadata, device commands and telemetry), written once for all

@@ -137,7 +137,9 @@ fn isolation_another_devices_tree_cannot_be_read_subscribed_or_published() {
     assert_eq!(spy.suback(), [128], "{}", spy.log());
     assert!(spy.log().contains("All subscription requests were denied"));
     // mosquitto_sub exits on a refused SUBACK, a moment after printing it.
-    eventually(WAIT, "the refused subscriber to exit", || spy.exited().then_some(()));
+    eventually(WAIT, "the refused subscriber to exit", || {
+        spy.exited().then_some(())
+    });
     let spy5 = MosquittoSub::start(
         port,
         "dev2",

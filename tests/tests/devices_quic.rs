@@ -641,3 +641,38 @@ async fn one_operation_table_for_every_transport() {
         );
     }
 }
+
+/// One rate budget per device, whatever the transport: a device on MQTT and on QUIC at once
+/// spends one bucket. With 10 requests/s and a burst of 10, twenty requests (ten on each
+/// transport) cannot all be answered within the first second; with a bucket per connection they
+/// would be answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_rate_budget_per_device_over_mqtt_and_quic() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("edgecar.yaml");
+    std::fs::write(
+        &cfg,
+        "mqtt:\n  maxConnectionsPerDevice: 2\n  rateLimit:\n    messagesPerSecond: 10\n    burst: 10\n",
+    )
+    .unwrap();
+    let (ec, p1, _) = site(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let (quic, _c1) = Client::connect(opts(&ec, "dev1", &p1)).await.unwrap();
+    let (mqtt, _c2) = Client::connect(Options::new("127.0.0.1", ec.mqtt_port, "dev1", &p1))
+        .await
+        .unwrap();
+    // The connections' own packets took tokens too: wait for the bucket to fill up again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = std::time::Instant::now();
+    async fn ten(d: &Client) {
+        for _ in 0..10 {
+            let r = d.request("state.get", &[("key", "k")], Bytes::new()).await;
+            assert_eq!(r.unwrap().status, 204);
+        }
+    }
+    tokio::join!(ten(&quic), ten(&mqtt));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800),
+        "20 requests against a burst of 10 at 10/s took only {took:?}: not one budget"
+    );
+}

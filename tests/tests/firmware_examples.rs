@@ -34,6 +34,11 @@ struct Site {
 
 impl Site {
     fn start(devices: &[&str]) -> (Site, Vec<String>) {
+        Self::start_with(devices, &[])
+    }
+
+    /// As [`Site::start`], with more gateway arguments.
+    fn start_with(devices: &[&str], extra: &[&str]) -> (Site, Vec<String>) {
         let redis = RedisServer::start();
         let res = tempfile::tempdir().unwrap();
         let host = format!("127.0.0.1:{}", redis.port);
@@ -57,17 +62,17 @@ impl Site {
             .map(|d| add_device(state.path(), d))
             .collect();
         let app = SubscriberApp::start(SUBSCRIBE, |_| (200, String::new()));
-        let ec = Edgecar::start(
-            state.path(),
-            &[
-                "--app-id",
-                "dashboard",
-                "--app-port",
-                &app.port.to_string(),
-                "--resources-path",
-                res.path().to_str().unwrap(),
-            ],
-        );
+        let app_port = app.port.to_string();
+        let mut args = vec![
+            "--app-id",
+            "dashboard",
+            "--app-port",
+            &app_port,
+            "--resources-path",
+            res.path().to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let ec = Edgecar::start(state.path(), &args);
         (
             Site {
                 _redis: redis,
@@ -229,6 +234,39 @@ fn simulator(port: u16, device: &str, password: &str, args: &[&str]) -> Command 
 
 fn seq(d: &serde_json::Value) -> u64 {
     d["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {d}"))
+}
+
+/// The same simulator with `--transport quic`: telemetry, state and commands over the QUIC device
+/// endpoint, the gateway's certificate pinned by the fingerprint its log prints.
+#[test]
+fn the_rust_sensor_simulator_runs_over_quic() {
+    let (site, pw) = Site::start_with(&["sim-q"], &["--quic-port", "0"]);
+    let sim = Running::spawn(simulator(
+        site.ec.mqtt_port,
+        "sim-q",
+        &pw[0],
+        &[
+            "--interval",
+            "200",
+            "--transport",
+            "quic",
+            "--quic-port",
+            &site.ec.quic_port.to_string(),
+            "--fingerprint",
+            &site.ec.quic_fingerprint,
+        ],
+    ));
+    eventually(WAIT, "3 readings over QUIC", || {
+        (site.telemetry("sim-q").len() >= 3).then_some(())
+    });
+    let d = site.ec.req("GET", "/v1.0/devices/sim-q", b"", &[]).json();
+    assert_eq!(d["protocol"], "quic", "{d}");
+    eventually(WAIT, "the last reading in the device state", || {
+        site.device_state("sim-q", "last").filter(|v| seq(v) >= 3)
+    });
+    let (status, body) = site.command("sim-q", "ping", "");
+    assert_eq!(status, 200, "{body} {}", sim.stderr());
+    assert_eq!(body["device"], "sim-q");
 }
 
 #[test]
