@@ -91,7 +91,6 @@ use blocks::state::StateBlock;
 use components::state_sled::SledStore;
 use setup::Setup;
 use transport::http::HttpApi;
-use transport::mqtt::hub::Hub;
 
 /// The sockets the gateway serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -325,31 +324,9 @@ pub async fn run(
         device_subs.clone(),
         outbox_cfg.max_command_ttl.0,
     );
-    let hub = Arc::new(Hub::new(transport::mqtt::Endpoint::hub_limits(&cfg.mqtt)));
-    if listeners.mqtt.is_some() {
-        hub.join(outbox.clone(), &links);
-    }
-    let quic_link = listeners
-        .quic
-        .as_ref()
-        .map(|_| transport::quic::Endpoint::new_link(&cfg.quic));
     let presence_events = (!cfg.devices.presence_topic.is_empty())
         .then(|| presence.events())
         .flatten();
-    // External broker mode: commands go out through the broker client instead of the hub.
-    let broker = if cfg.external_broker() {
-        let settings =
-            transport::broker::BrokerSettings::from_config(&cfg).map_err(StartError::Broker)?;
-        let (link, events) = transport::broker::connect(&settings);
-        // Before QUIC's, so that commands to devices not on QUIC go through the broker.
-        links.add(link.clone());
-        Some((settings, link, events))
-    } else {
-        None
-    };
-    if let Some(l) = &quic_link {
-        links.add(l.clone());
-    }
     let tracer = if cfg.tracing.otlp_endpoint.is_empty() {
         None
     } else {
@@ -464,104 +441,22 @@ pub async fn run(
         }),
         stop_rx.clone(),
     ));
-    let mqtt_tls = if cfg.mqtt.tls.enabled() {
-        Some(transport::tls::acceptor(&cfg.mqtt.tls).map_err(StartError::Tls)?)
-    } else {
-        None
-    };
-    let mqtt = listeners.mqtt.map(|listener| {
-        if let Ok(addr) = listener.local_addr() {
-            let client_certs = match (mqtt_tls.is_some() && cfg.mqtt.tls.client_certs(), cfg.mqtt.tls.client_auth) {
-                (false, _) => "off",
-                (true, config::ClientAuth::Optional) => "optional",
-                (true, config::ClientAuth::Required) => "required",
-            };
-            info!(%addr, devices = device_registry.snapshot().len(), tls = mqtt_tls.is_some(), client_certs, "MQTT device endpoint listening");
-            if client_certs == "off" {
-                let cert_only = device_registry.snapshot().values().filter(|d| d.hash.is_none()).count();
-                if cert_only > 0 {
-                    warn!(devices = cert_only, "certificate-only devices cannot connect: mqtt.tls.clientCaFile is not set");
-                }
-            }
-        }
-        let ep = Arc::new(transport::mqtt::Endpoint {
-            runtime: runtime.clone(),
-            hub: hub.clone(),
-            registry: device_registry.clone(),
-            presence: presence.clone(),
-            limits: transport::mqtt::Endpoint::session_limits(&cfg.mqtt),
-            connect_timeout: cfg.mqtt.connect_timeout.0,
-            handshakes: transport::mqtt::Handshakes::new(
-                cfg.mqtt.max_handshakes,
-                cfg.mqtt.max_handshakes_per_address,
-            ),
-            tls: mqtt_tls.clone(),
-        });
-        tokio::spawn(transport::mqtt::serve(
-            listener,
-            ep,
-            stop_rx.clone(),
-            cfg.shutdown_timeout.0,
-        ))
-    });
-    let quic = match (listeners.quic, quic_link) {
-        (Some(socket), Some(link)) => {
-            let id = transport::quic::cert::identity(&cfg).map_err(StartError::Quic)?;
-            let crypto = transport::quic::cert::server_crypto(&id.tls).map_err(StartError::Quic)?;
-            let endpoint = transport::quic::endpoint(socket, crypto, &cfg.quic)
-                .map_err(|e| StartError::Quic(e.to_string()))?;
-            if let Ok(addr) = endpoint.local_addr() {
-                info!(%addr, certificate = %id.tls.cert_file.display(), source = ?id.source, fingerprint = %id.fingerprint,
-                      client_certs = id.tls.client_certs(), "QUIC device endpoint listening");
-            }
-            let ep = Arc::new(transport::quic::Endpoint {
-                runtime: runtime.clone(),
-                registry: device_registry.clone(),
-                presence: presence.clone(),
-                links: links.clone(),
-                link,
-                budgets: hub.budgets(),
-                outbox: outbox.clone(),
-                cfg: cfg.quic.clone(),
-            });
-            Some(tokio::spawn(transport::quic::serve(
-                endpoint,
-                ep,
-                stop_rx.clone(),
-                cfg.shutdown_timeout.0,
-            )))
-        }
-        _ => None,
-    };
-    let broker = broker.map(|(settings, link, events)| {
-        info!(broker = ?settings, devices = device_registry.snapshot().len(), "devices are served through an external MQTT broker");
-        let served = transport::broker::Served {
+    let servers = transport::start(
+        &cfg,
+        transport::Shared {
             runtime: runtime.clone(),
             registry: device_registry.clone(),
             presence: presence.clone(),
             links: links.clone(),
             outbox: outbox.clone(),
-        };
-        tokio::spawn(transport::broker::serve(
-            link,
-            events,
-            served,
-            stop_rx.clone(),
-            cfg.shutdown_timeout.0,
-        ))
-    });
-    let grpc = listeners.grpc.map(|listener| {
-        if let Ok(addr) = listener.local_addr() {
-            info!(%addr, "Dapr gRPC API listening");
-        }
-        tokio::spawn(transport::grpc::serve(
-            listener,
-            runtime.clone(),
-            Some(cfg.http.api_token.clone()).filter(|t| !t.is_empty()),
-            stop_rx.clone(),
-            cfg.shutdown_timeout.0,
-        ))
-    });
+            stop: stop_rx.clone(),
+        },
+        transport::Sockets {
+            mqtt: listeners.mqtt,
+            quic: listeners.quic,
+            grpc: listeners.grpc,
+        },
+    )?;
     let requested = runtime.clone();
     let admin = listeners.admin.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
@@ -616,17 +511,8 @@ pub async fn run(
         sdnotify::notify("STOPPING=1");
         let _ = stop_tx.send(true);
     });
-    if let Some(m) = mqtt {
-        let _ = m.await;
-    }
-    if let Some(q) = quic {
-        let _ = q.await;
-    }
-    if let Some(b) = broker {
-        let _ = b.await;
-    }
-    if let Some(g) = grpc {
-        let _ = g.await;
+    for server in servers {
+        let _ = server.await;
     }
     if let Some(a) = admin {
         let _ = a.await;
