@@ -109,12 +109,57 @@ pub fn endpoint(
     server.transport_config(Arc::new(transport));
     server.migration(true);
     let runtime = Arc::new(quinn::TokioRuntime);
-    quinn::Endpoint::new(
+    let socket = quinn::Runtime::wrap_udp_socket(&*runtime, socket)?;
+    quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         Some(server),
-        socket,
+        Arc::new(OneDatagram(socket)),
         runtime,
     )
+}
+
+/// The endpoint's UDP socket, sending one datagram per send call (no segmentation offload).
+///
+/// quinn keeps each connection's send buffer at the largest batch it ever sent: with offload, up
+/// to ten datagrams (about 14 KiB) per connection, held by every idle device after its handshake.
+/// Device traffic is small requests and replies, one datagram each, so batching gains nothing and
+/// one datagram keeps an idle device's buffer at one MTU.
+#[derive(Debug)]
+struct OneDatagram(Arc<dyn quinn::AsyncUdpSocket>);
+
+impl quinn::AsyncUdpSocket for OneDatagram {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        self.0.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.0.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        1
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.0.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.0.may_fragment()
+    }
 }
 
 /// Serves devices on `endpoint` until `stop` turns true; then closes every connection
@@ -615,7 +660,7 @@ async fn push(ctx: Arc<Ctx>, d: link::Delivery) {
     .await;
     match sent {
         Ok(Ok((reply, answer))) => {
-            if let DeviceMessage::Command { id, .. } = &d.msg {
+            if let DeviceMessage::Command { id, .. } = &*d.msg {
                 d.receipt.confirm();
                 let reply = crate::blocks::devices::CommandReply {
                     status: reply.status,

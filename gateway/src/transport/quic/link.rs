@@ -25,8 +25,9 @@ pub const PUSH_QUEUE: usize = 16;
 
 /// A stored message for a connection to send, and the receipt its acknowledgement confirms.
 pub struct Delivery {
-    /// The message.
-    pub msg: DeviceMessage,
+    /// The message, boxed: the push channel allocates a block of slots per connection up
+    /// front, so its item is kept to two pointers.
+    pub msg: Box<DeviceMessage>,
     /// Confirmed when the device acknowledges it; dropped unconfirmed, the message goes back.
     pub receipt: Arc<Receipt>,
 }
@@ -309,7 +310,12 @@ impl DeviceLink for QuicLink {
 
     fn deliver(&self, device: &str, msg: DeviceMessage, receipt: Arc<Receipt>) -> bool {
         match self.newest(device) {
-            Some((_, push)) => push.try_send(Delivery { msg, receipt }).is_ok(),
+            Some((_, push)) => push
+                .try_send(Delivery {
+                    msg: Box::new(msg),
+                    receipt,
+                })
+                .is_ok(),
             None => false,
         }
     }
