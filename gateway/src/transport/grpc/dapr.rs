@@ -629,8 +629,13 @@ impl rt::dapr_server::Dapr for DaprApi {
     ) -> GrpcResult<rt::InvokeBindingResponse> {
         let p = params(&req, HashMap::new());
         let r = req.into_inner();
-        let data = String::from_utf8_lossy(&r.data).into_owned();
-        let body = json!({"data": data, "metadata": r.metadata, "operation": r.operation});
+        // `data` is bytes: carried as base64 so that any bytes reach the binding unchanged.
+        let body =
+            json!({"data": B64.encode(&r.data), "metadata": r.metadata, "operation": r.operation});
+        let p = Params {
+            binary_values: true,
+            ..p
+        };
         let reply = self
             .run(Op::Binding { name: r.name }, body.to_string(), p)
             .await?;
