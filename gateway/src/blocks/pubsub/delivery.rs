@@ -209,9 +209,11 @@ impl AppChannel {
                 None => exchange.await,
             };
         }
+        // A route may be given without its leading `/` (`handler`); daprd calls `/handler`.
+        let slash = if path.starts_with('/') { "" } else { "/" };
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base));
+            .uri(format!("{}{slash}{path}", self.base));
         for (k, v) in headers {
             req = req.header(*k, v);
         }

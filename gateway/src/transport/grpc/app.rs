@@ -9,6 +9,8 @@
 //! Dapr's JSON), so the invocation, pub/sub and bindings blocks stay free of gRPC. One lazily
 //! connected HTTP/2 channel serves every call.
 
+use std::collections::HashMap;
+
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -131,16 +133,23 @@ fn pb_value(v: &Value) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
-/// The app's empty default path, as the route the pub/sub block needs.
+/// The app's empty default path as a route the pub/sub block keeps (`/`); other paths as given.
 fn or_root(path: String) -> String {
-    if path.is_empty() {
+    if path.trim().is_empty() {
         "/".to_owned()
     } else {
         path
     }
 }
 
-/// A stored CloudEvent as `TopicEventRequest`, as daprd builds it for gRPC subscribers.
+/// The path an event carries to the app: the route as the subscription gave it (daprd sends
+/// `handler` as `handler`, `/orders` as `/orders`), `/` being the app's empty default path.
+fn app_path(route: &str) -> &str {
+    if route == "/" { "" } else { route }
+}
+
+/// A stored CloudEvent as `TopicEventRequest`, as daprd builds it for gRPC subscribers; `path`
+/// as it is sent (see [`app_path`]).
 pub(super) fn topic_event_request(path: &str, event: &[u8]) -> rt::TopicEventRequest {
     let ev: Value = serde_json::from_slice(event).unwrap_or(Value::Null);
     let ce = cloud_event(&ev);
@@ -153,17 +162,8 @@ pub(super) fn topic_event_request(path: &str, event: &[u8]) -> rt::TopicEventReq
         data: ce.data,
         topic: field(&ev, "topic"),
         pubsub_name: field(&ev, "pubsubname"),
-        path: grpc_path(path),
+        path: path.to_owned(),
         extensions: ce.extensions,
-    }
-}
-
-/// The route as gRPC carries it: the app's empty default path travels as "/" inside edgecar.
-fn grpc_path(path: &str) -> String {
-    if path == "/" {
-        String::new()
-    } else {
-        path.to_owned()
     }
 }
 
@@ -199,7 +199,7 @@ fn cloud_event(ev: &Value) -> rt::TopicEventCeRequest {
 }
 
 /// A string map from Dapr's JSON (`{"k": "v"}`); anything else is empty.
-fn string_map(v: Option<&Value>) -> std::collections::HashMap<String, String> {
+fn string_map(v: Option<&Value>) -> HashMap<String, String> {
     v.and_then(Value::as_object)
         .map(|o| {
             o.iter()
@@ -249,7 +249,7 @@ fn bulk_request(path: &str, batch: &[u8]) -> Result<rt::TopicEventBulkRequest, S
         topic: field(&b, "topic"),
         pubsub_name: field(&b, "pubsubname"),
         r#type: field(&b, "type"),
-        path: grpc_path(path),
+        path: path.to_owned(),
     })
 }
 
@@ -296,17 +296,18 @@ fn subscription_json(s: rt::TopicSubscription) -> Value {
         .iter()
         .map(|r| json!({"match": r.r#match, "path": r.path}))
         .collect();
+    let default = or_root(routes.default);
     let mut v = json!({
         "pubsubname": s.pubsub_name,
         "topic": s.topic,
         "metadata": s.metadata,
     });
-    // A gRPC app's events all go to OnTopicEvent; the path only travels in the event,
-    // and the app's empty default path is carried as "/" (see `topic_event`).
+    // A gRPC app's events all go to OnTopicEvent; the path only travels in the event, as the
+    // app gave it ([`app_path`]).
     if rules.is_empty() {
-        v["route"] = Value::String(or_root(routes.default));
+        v["route"] = Value::String(default);
     } else {
-        v["routes"] = json!({"rules": rules, "default": or_root(routes.default)});
+        v["routes"] = json!({"rules": rules, "default": default});
     }
     if !s.dead_letter_topic.is_empty() {
         v["deadLetterTopic"] = Value::String(s.dead_letter_topic);
@@ -388,7 +389,7 @@ impl AppCallbacks for GrpcApp {
     }
 
     async fn topic_event(&self, path: &str, event: Bytes) -> Result<AppReply, String> {
-        let req = topic_event_request(path, &event);
+        let req = topic_event_request(app_path(path), &event);
         match self.client.clone().on_topic_event(req).await {
             Ok(r) => Ok(AppReply {
                 status: StatusCode::OK,
@@ -404,7 +405,7 @@ impl AppCallbacks for GrpcApp {
 
     async fn bulk_topic_event(&self, path: &str, batch: Bytes) -> Result<AppReply, String> {
         use std::sync::atomic::Ordering;
-        let req = bulk_request(path, &batch)?;
+        let req = bulk_request(app_path(path), &batch)?;
         // daprd asks AppCallback first and AppCallbackAlpha when that is not implemented.
         let alpha = || async {
             // Deprecated in the proto, and still daprd's fallback.
@@ -506,6 +507,37 @@ mod tests {
     }
 
     #[test]
+    fn events_carry_the_path_the_app_gave() {
+        let sub = |topic: &str, default: &str, rule: Option<&str>| rt::TopicSubscription {
+            pubsub_name: "pubsub".into(),
+            topic: topic.into(),
+            routes: Some(rt::TopicRoutes {
+                rules: rule
+                    .map(|p| rt::TopicRule {
+                        r#match: "event.type == \"x\"".into(),
+                        path: p.into(),
+                    })
+                    .into_iter()
+                    .collect(),
+                default: default.into(),
+            }),
+            ..Default::default()
+        };
+        let list: Vec<Value> = vec![
+            subscription_json(sub("a", "", Some("handler"))),
+            subscription_json(sub("b", "/orders", None)),
+        ];
+        let (subs, errors) = parse_programmatic(Value::from(list).to_string().as_bytes());
+        assert!(errors.is_empty(), "{errors:?}");
+        let sent: Vec<&str> = subs
+            .iter()
+            .flat_map(|s| s.rules.iter().map(|r| app_path(&r.path)))
+            .collect();
+        // daprd sends a rule's path as the app gave it, "" for the default.
+        assert_eq!(sent, ["handler", "", "/orders"]);
+    }
+
+    #[test]
     fn a_batch_becomes_a_topic_event_bulk_request_as_daprd_builds_it() {
         use rt::topic_event_bulk_request_entry::Event;
         let batch = json!({
@@ -523,7 +555,7 @@ mod tests {
             "topic": "orders",
             "type": "com.dapr.event.sent.bulk",
         });
-        let req = bulk_request("/", batch.to_string().as_bytes()).unwrap();
+        let req = bulk_request("", batch.to_string().as_bytes()).unwrap();
         assert_eq!(
             (
                 req.id.as_str(),
