@@ -94,10 +94,17 @@ pub trait AppCallbacks: Send + Sync {
     /// The app's programmatic subscriptions (`ListTopicSubscriptions`), in the JSON shape of
     /// `GET /dapr/subscribe`.
     async fn subscriptions(&self) -> Result<Bytes, String>;
-    /// One topic event (`OnTopicEvent`): the CloudEvent JSON and the route it matched; the
+    /// One topic event (`OnTopicEvent`) for the subscription to `topic` of `pubsub`: the
+    /// CloudEvent JSON and the route it matched; the
     /// answer as an HTTP app gives it (`{"status": "SUCCESS" | "RETRY" | "DROP"}`), 404 when the
     /// app has no handler for it (`UNIMPLEMENTED`, which daprd drops).
-    async fn topic_event(&self, path: &str, event: Bytes) -> Result<AppReply, String>;
+    async fn topic_event(
+        &self,
+        pubsub: &str,
+        topic: &str,
+        path: &str,
+        event: Bytes,
+    ) -> Result<AppReply, String>;
     /// A batch for a bulk subscription (`OnBulkTopicEvent`, else `OnBulkTopicEventAlpha1`): the
     /// body an HTTP app would get (Dapr's bulk envelope JSON) and the route it matched; the
     /// answer as an HTTP app gives it (`{"statuses": [{"entryId", "status"}]}`), 404 when the

@@ -15,6 +15,11 @@
 //!   dropped with an error log. Expired events, events no rule matches and events that cannot be
 //!   read or routed also go to the dead-letter topic when set (Dapr's rules), else are dropped.
 //!
+//! A bulk subscription's events are batched (see `batcher`) and each entry's status acks, drops or
+//! leaves it for the component to redeliver. A gRPC app gets the same, through the
+//! [`AppCallbacks`](crate::blocks::invoke::AppCallbacks) the gRPC transport implements
+//! (`OnTopicEvent`, `OnBulkTopicEvent`) with the same neutral shapes.
+//!
 //! A delivery interrupted by shutdown is not acked, so durable components deliver it again after
 //! the restart: at-least-once.
 //!
@@ -188,18 +193,15 @@ impl AppChannel {
         timeout: Option<Duration>,
     ) -> Result<Answer, String> {
         if let Some(cb) = &self.grpc {
+            // Events go through `send_event` and `send_bulk`; this is what is left.
+            if path != "/dapr/subscribe" {
+                return Err(format!("{method} {path} has no gRPC counterpart"));
+            }
             let exchange = async {
-                if path == "/dapr/subscribe" {
-                    let body = cb.subscriptions().await?;
-                    return Ok(Answer {
-                        status: StatusCode::OK,
-                        body,
-                    });
-                }
-                let r = cb.topic_event(path, body).await?;
+                let body = cb.subscriptions().await?;
                 Ok(Answer {
-                    status: r.status,
-                    body: r.body,
+                    status: StatusCode::OK,
+                    body,
                 })
             };
             return match timeout {
@@ -233,6 +235,34 @@ impl AppChannel {
                 .map_err(|e| format!("reading the app's answer: {e}"))?
                 .to_bytes();
             Ok(Answer { status, body })
+        };
+        match timeout {
+            Some(t) => tokio::time::timeout(t, exchange)
+                .await
+                .map_err(|_| format!("the app did not answer within {t:?}"))?,
+            None => exchange.await,
+        }
+    }
+
+    /// Sends one event of `sub` to `path`: a `POST` with `headers` to an HTTP app,
+    /// `OnTopicEvent` to a gRPC app.
+    async fn send_event(
+        &self,
+        sub: &Subscription,
+        path: &str,
+        event: Bytes,
+        headers: &[(&'static str, String)],
+        timeout: Option<Duration>,
+    ) -> Result<Answer, String> {
+        let Some(cb) = &self.grpc else {
+            return self.send(Method::POST, path, event, headers, timeout).await;
+        };
+        let exchange = async {
+            let r = cb.topic_event(&sub.pubsub, &sub.topic, path, event).await?;
+            Ok(Answer {
+                status: r.status,
+                body: r.body,
+            })
         };
         match timeout {
             Some(t) => tokio::time::timeout(t, exchange)
@@ -554,13 +584,7 @@ impl Deliverer {
         }
         let answer = match self
             .app
-            .send(
-                Method::POST,
-                path,
-                body.clone(),
-                &headers,
-                self.policy.timeout,
-            )
+            .send_event(&self.sub, path, body.clone(), &headers, self.policy.timeout)
             .await
         {
             Ok(a) => a,

@@ -148,9 +148,14 @@ fn app_path(route: &str) -> &str {
     if route == "/" { "" } else { route }
 }
 
-/// A stored CloudEvent as `TopicEventRequest`, as daprd builds it for gRPC subscribers; `path`
-/// as it is sent (see [`app_path`]).
-pub(super) fn topic_event_request(path: &str, event: &[u8]) -> rt::TopicEventRequest {
+/// A stored CloudEvent as `TopicEventRequest` for a subscription to `topic` of `pubsub`, as
+/// daprd builds it for gRPC subscribers; `path` as it is sent (see [`app_path`]).
+pub(super) fn topic_event_request(
+    pubsub: &str,
+    topic: &str,
+    path: &str,
+    event: &[u8],
+) -> rt::TopicEventRequest {
     let ev: Value = serde_json::from_slice(event).unwrap_or(Value::Null);
     let ce = cloud_event(&ev);
     rt::TopicEventRequest {
@@ -160,8 +165,10 @@ pub(super) fn topic_event_request(path: &str, event: &[u8]) -> rt::TopicEventReq
         spec_version: ce.spec_version,
         data_content_type: ce.data_content_type,
         data: ce.data,
-        topic: field(&ev, "topic"),
-        pubsub_name: field(&ev, "pubsubname"),
+        // The subscription's, as daprd sends them: an event forwarded to a dead-letter topic
+        // still says `"topic": "<original>"` inside.
+        topic: topic.to_owned(),
+        pubsub_name: pubsub.to_owned(),
         path: path.to_owned(),
         extensions: ce.extensions,
     }
@@ -388,8 +395,14 @@ impl AppCallbacks for GrpcApp {
         Ok(Bytes::from(Value::from(list).to_string()))
     }
 
-    async fn topic_event(&self, path: &str, event: Bytes) -> Result<AppReply, String> {
-        let req = topic_event_request(app_path(path), &event);
+    async fn topic_event(
+        &self,
+        pubsub: &str,
+        topic: &str,
+        path: &str,
+        event: Bytes,
+    ) -> Result<AppReply, String> {
+        let req = topic_event_request(pubsub, topic, app_path(path), &event);
         match self.client.clone().on_topic_event(req).await {
             Ok(r) => Ok(AppReply {
                 status: StatusCode::OK,
