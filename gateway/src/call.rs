@@ -66,8 +66,9 @@ pub struct Params {
     pub tracestate: Option<String>,
     /// Media type of the body (`Content-Type` in HTTP), for operations whose body is opaque data.
     pub content_type: Option<String>,
-    /// State values in the body (save, transaction, bulk get replies) are opaque bytes carried
-    /// as base64 strings, not JSON: gRPC's `bytes` values, stored and returned unchanged.
+    /// State values in the body (save, transaction, bulk get replies) and an output binding's
+    /// `data` are opaque bytes carried as base64 strings, not JSON: gRPC's `bytes` values, stored
+    /// (or sent) and returned unchanged.
     pub binary_values: bool,
     /// Which transport decoded the call: the `transport` label of the request metrics.
     pub transport: Transport,

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::blocks::bindings::{InputBinding, OutputBinding};
+use crate::blocks::bindings::{Input, InputBinding, OutputBinding};
 use crate::blocks::lock::LockComponent;
 use crate::blocks::state::KeyPrefix;
 use crate::config::ConfigError;
@@ -122,8 +122,8 @@ pub struct Registry {
     pub locks: HashMap<String, LockComponent>,
     /// Output bindings by component name.
     pub output_bindings: HashMap<String, OutputBinding>,
-    /// Input bindings (name, binding): the runtime runs each against the app.
-    pub input_bindings: Vec<(String, InputBinding)>,
+    /// Input bindings: the runtime runs those the app wants against it.
+    pub input_bindings: Vec<Input>,
     /// Configuration stores by component name.
     pub configuration: HashMap<String, Arc<dyn ConfigStore>>,
     /// Work components need done for as long as the gateway runs (file watchers, listeners);
@@ -537,8 +537,11 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
             })
         } else if c.type_name == "bindings.cron" {
             Schedule::parse(c.meta("schedule").unwrap_or_default()).map(|s| {
-                reg.input_bindings
-                    .push((c.name.clone(), InputBinding::Cron(s)));
+                reg.input_bindings.push(Input::new(
+                    &c.name,
+                    InputBinding::Cron(s),
+                    declares_input(c),
+                ));
                 Vec::new()
             })
         } else if is_mqtt_binding(&c.type_name) {
@@ -555,8 +558,11 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
                         );
                     }
                     if input {
-                        reg.input_bindings
-                            .push((c.name.clone(), InputBinding::Mqtt { bus, topic }));
+                        reg.input_bindings.push(Input::new(
+                            &c.name,
+                            InputBinding::Mqtt { bus, topic },
+                            declares_input(c),
+                        ));
                     }
                     Vec::new()
                 })
@@ -601,6 +607,19 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
     } else {
         Err(errors)
     }
+}
+
+/// Whether a binding's `direction` metadata names `input`: daprd then runs it without asking the
+/// app whether it wants its events (the metadata name matched without case, as daprd does).
+fn declares_input(c: &Component) -> bool {
+    c.metadata
+        .iter()
+        .filter(|m| m.name.eq_ignore_ascii_case("direction"))
+        .filter_map(|m| match &m.value {
+            MetaValue::Plain(v) => Some(v),
+            MetaValue::SecretRef { .. } => None,
+        })
+        .any(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case("input")))
 }
 
 /// Which ways a binding works, from Dapr's `direction` metadata (both when absent).
@@ -687,5 +706,38 @@ async fn build_state(
             Ok(Arc::new(store))
         }
         other => Err(format!("unknown component type {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::resources::MetadataItem;
+
+    fn binding(meta: &[(&str, &str)]) -> Component {
+        Component {
+            name: "b".into(),
+            type_name: "bindings.cron".into(),
+            version: "v1".into(),
+            metadata: meta
+                .iter()
+                .map(|(k, v)| MetadataItem {
+                    name: (*k).into(),
+                    value: MetaValue::Plain((*v).into()),
+                })
+                .collect(),
+            ignore_errors: false,
+            init_timeout: Duration::from_secs(5),
+            secret_store: None,
+            source: "b.yaml".into(),
+        }
+    }
+
+    #[test]
+    fn a_binding_declares_input_as_daprd_reads_direction() {
+        assert!(declares_input(&binding(&[("direction", "input")])));
+        assert!(declares_input(&binding(&[("Direction", "output, Input")])));
+        assert!(!declares_input(&binding(&[("direction", "output")])));
+        assert!(!declares_input(&binding(&[("schedule", "@every 1s")])));
     }
 }

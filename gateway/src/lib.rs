@@ -398,14 +398,13 @@ pub async fn run(
     for task in registry.background {
         tasks.spawn(task);
     }
-    for (name, binding) in registry.input_bindings {
-        if cfg.app.port == 0 {
-            warn!(binding = %name, "input binding has no app to deliver to (start with --app-port); not started");
-            continue;
+    if cfg.app.port == 0 {
+        for input in &registry.input_bindings {
+            warn!(binding = %input.name, "input binding has no app to deliver to (start with --app-port); not started");
         }
-        tasks.spawn(blocks::bindings::run_input(
-            name,
-            binding,
+    } else if !registry.input_bindings.is_empty() {
+        tasks.spawn(blocks::bindings::run_inputs(
+            registry.input_bindings,
             invoke.clone(),
             cfg.app_id.clone(),
         ));

@@ -248,7 +248,11 @@ impl Runtime {
                 self.configuration.subscribe(store, keys.clone())
             }
             Op::ConfigurationUnsubscribe { store, id } => self.configuration.unsubscribe(store, id),
-            Op::Binding { name } => self.bindings.invoke(name, &call.body).await,
+            Op::Binding { name } => {
+                self.bindings
+                    .invoke(name, &call.body, call.params.binary_values)
+                    .await
+            }
             Op::MetadataGet => self.metadata.get(&[
                 (
                     "devicesConnected",

@@ -1,7 +1,7 @@
 // Drives edgecar with the official Dapr JavaScript SDK in GRPC mode, exactly as an app would.
 // Usage: DAPR_GRPC_PORT=<port> node grpc.mjs <app-id> <configuration items file>
 // Prints one line per check; exits non-zero on the first mismatch.
-import { DaprClient, CommunicationProtocolEnum, HttpMethod } from "@dapr/dapr";
+import { DaprClient, CommunicationProtocolEnum, HttpMethod, StateConcurrencyEnum } from "@dapr/dapr";
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 
@@ -40,9 +40,40 @@ await client.state.delete(store, "tx-1");
 assert.equal(await client.state.get(store, "tx-1"), "");
 ok("delete");
 
+// ETags: getBulk returns them; a stale one is refused on save and delete, the current one works.
+const firstWrite = { concurrency: StateConcurrencyEnum.CONCURRENCY_FIRST_WRITE };
+const [tagged] = await client.state.getBulk(store, ["order-1"]);
+assert.ok(tagged.etag, "getBulk returns an etag");
+await assert.rejects(client.state.save(store, [{ key: "order-1", value: "stale", etag: "999", options: firstWrite }]));
+await client.state.save(store, [{ key: "order-1", value: { item: "bolt", qty: 13 }, etag: tagged.etag, options: firstWrite }]);
+assert.deepEqual(await client.state.get(store, "order-1"), { item: "bolt", qty: 13 });
+const [retagged] = await client.state.getBulk(store, ["order-1"]);
+assert.notEqual(retagged.etag, tagged.etag);
+await assert.rejects(client.state.delete(store, "order-1", { etag: tagged.etag, ...firstWrite }));
+await client.state.delete(store, "order-1", { etag: retagged.etag, ...firstWrite });
+assert.equal(await client.state.get(store, "order-1"), "");
+ok("etags on save and delete");
+
+// Query (alpha): filter, sort, page.
+await client.state.save(store, [
+  { key: "q1", value: { state: "CA", n: 3 } },
+  { key: "q2", value: { state: "WA", n: 1 } },
+  { key: "q3", value: { state: "CA", n: 2 } },
+]);
+const page = await client.state.query(store, {
+  filter: { EQ: { state: "CA" } },
+  sort: [{ key: "n", order: "DESC" }],
+  page: { limit: 10 },
+});
+assert.deepEqual(page.results.map((r) => r.key), ["q1", "q3"]);
+ok("query");
+
 const pub = await client.pubsub.publish("pubsub", "orders", { id: 7 });
 assert.equal(pub.error, undefined);
 ok("publish");
+const bulkPub = await client.pubsub.publishBulk("pubsub", "orders", [{ id: 8 }, { id: 9 }]);
+assert.deepEqual(bulkPub.failedMessages, []);
+ok("bulk publish");
 
 const echoed = await client.invoker.invoke(appId, "echo", HttpMethod.POST, { hello: "grpc" });
 assert.deepEqual(echoed, { hello: "grpc" });
@@ -50,6 +81,10 @@ ok("invoke over InvokeService");
 
 await client.binding.send("erp", "post", { order: 7 });
 ok("output binding");
+const blob = Buffer.from(Array.from({ length: 256 }, (_, i) => i)); // not UTF-8
+const echoedBlob = await client.binding.send("erp", "post", blob, { path: "echo" });
+assert.deepEqual(Buffer.from(echoedBlob.data), blob);
+ok("binary output binding data, byte for byte");
 
 assert.deepEqual(await client.secret.get("secrets", "db-password"), { "db-password": "s3cret" });
 const allSecrets = await client.secret.getBulk("secrets");

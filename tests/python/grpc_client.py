@@ -148,6 +148,9 @@ with DaprClient() as d:
     r = d.invoke_binding('erp', 'post', data='{"order": 7}')
     check(b'binding-ok' in r.data, 'output binding returns the endpoint\'s answer')
     check(r.binding_metadata.get('statuscode') == '200', 'binding metadata carries the status')
+    blob = bytes(range(256))  # not UTF-8: gRPC's bytes reach the binding as they are
+    r = d.invoke_binding('erp', 'post', data=blob, binding_metadata={'path': 'echo'})
+    check(r.data == blob, 'binary binding data reaches the endpoint and comes back byte for byte')
 
     # --- secrets
     s = d.get_secret('secrets', 'db-password')

@@ -32,7 +32,8 @@ pub fn sdk_resources(res: &Path, data: &Path, app_port: u16) -> PathBuf {
     items
 }
 
-/// An app that subscribes to `orders`, echoes `/echo` and answers the binding's `/erp`.
+/// An app that subscribes to `orders`, echoes `/echo` and `/erp/echo` (the binding with
+/// `path: echo`), and answers the binding's `/erp`.
 pub fn sdk_app() -> TestApp {
     TestApp::start(|r| match r.path.as_str() {
         "/dapr/subscribe" => AppResponse::new(
@@ -40,7 +41,7 @@ pub fn sdk_app() -> TestApp {
             r#"[{"pubsubname":"pubsub","topic":"orders","route":"/orders"}]"#,
         )
         .header("content-type", "application/json"),
-        "/echo" => AppResponse::new(200, r.body.clone()),
+        "/echo" | "/erp/echo" => AppResponse::new(200, r.body.clone()),
         "/erp" => AppResponse::new(200, "binding-ok"),
         _ => AppResponse::new(200, ""),
     })

@@ -139,14 +139,29 @@ fn dapr_javascript_sdk_in_grpc_mode_works_unchanged() {
         status.is_some_and(|s| s.success()),
         "no clean exit after Shutdown: {status:?}"
     );
+    // The published and bulk-published events reached the subscriber.
     edgecar_tests::eventually(
         std::time::Duration::from_secs(5),
-        "the published event",
+        "the published events",
         || {
-            app.received()
+            let ids: Vec<i64> = app
+                .received()
                 .iter()
-                .find(|r| r.path == "/orders")
-                .map(|_| ())
+                .filter(|r| r.path == "/orders")
+                .filter_map(|r| {
+                    let ev: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+                    ev["data"]["id"].as_i64()
+                })
+                .collect();
+            [7, 8, 9].iter().all(|id| ids.contains(id)).then_some(())
         },
     );
+    // InvokeBinding's bytes reached the endpoint unchanged (the script checked the way back).
+    let echoed: Vec<Vec<u8>> = app
+        .received()
+        .iter()
+        .filter(|r| r.path == "/erp/echo")
+        .map(|r| r.body.clone())
+        .collect();
+    assert_eq!(echoed, [(0..=255u8).collect::<Vec<u8>>()]);
 }

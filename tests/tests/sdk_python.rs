@@ -119,6 +119,14 @@ fn dapr_python_sdk_grpc_client_works_unchanged() {
     for id in [1, 2, 3] {
         assert!(ids.contains(&id), "event {id} not delivered; got {ids:?}");
     }
+    // InvokeBinding's bytes reached the endpoint unchanged (the script checked the way back).
+    let echoed: Vec<Vec<u8>> = app
+        .received()
+        .iter()
+        .filter(|r| r.path == "/erp/echo")
+        .map(|r| r.body.clone())
+        .collect();
+    assert_eq!(echoed, [(0..=255u8).collect::<Vec<u8>>()]);
 }
 
 #[test]

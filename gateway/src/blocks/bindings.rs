@@ -12,12 +12,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use base64::Engine as _;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::blocks::invoke::InvokeBlock;
+use crate::blocks::invoke::{AppCallbacks, InvokeBlock};
 use crate::call::Reply;
 use crate::components::binding_cron::Schedule;
 use crate::components::binding_http::{HttpBinding, HttpResult};
@@ -52,6 +53,28 @@ pub enum InputBinding {
         /// The topic (MQTT wildcards allowed).
         topic: String,
     },
+}
+
+/// An input binding as loaded.
+pub struct Input {
+    /// The component's name: the binding's name towards the app.
+    pub name: String,
+    /// What it reads from.
+    pub binding: InputBinding,
+    /// Its `direction` metadata names `input`: it runs without asking a gRPC app's
+    /// `ListInputBindings`, as in daprd.
+    pub declared_input: bool,
+}
+
+impl Input {
+    /// The binding `name`; `declared_input` when its metadata says `direction: input`.
+    pub fn new(name: &str, binding: InputBinding, declared_input: bool) -> Self {
+        Input {
+            name: name.to_owned(),
+            binding,
+            declared_input,
+        }
+    }
 }
 
 /// Delivers an MQTT input binding's messages to the app; the broker keeps (and redelivers) a
@@ -107,15 +130,25 @@ pub struct BindingsBlock {
     calls: Arc<ComponentCalls>,
 }
 
-/// The bytes a binding sends for Dapr's `data`: a JSON string's content as is, anything else as JSON.
-fn data_bytes(data: Option<Box<RawValue>>) -> Bytes {
-    match data {
-        None => Bytes::new(),
-        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
-            Ok(s) => Bytes::from(s),
-            Err(_) => Bytes::from(raw.get().to_owned()),
-        },
+/// The bytes a binding sends for Dapr's `data`: a JSON string's content as is, anything else as
+/// JSON. With `binary` (gRPC's `bytes`, see [`crate::call::Params::binary_values`]) `data` is a
+/// base64 string and the binding gets the bytes it encodes.
+fn data_bytes(data: Option<Box<RawValue>>, binary: bool) -> Result<Bytes, Error> {
+    let Some(raw) = data else {
+        return Ok(Bytes::new());
+    };
+    if binary {
+        let b64: String = serde_json::from_str(raw.get())
+            .map_err(|_| Error::malformed("binding data must be a base64 string"))?;
+        return base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(Bytes::from)
+            .map_err(|e| Error::malformed(format!("binding data is not base64: {e}")));
     }
+    Ok(match serde_json::from_str::<String>(raw.get()) {
+        Ok(s) => Bytes::from(s),
+        Err(_) => Bytes::from(raw.get().to_owned()),
+    })
 }
 
 impl BindingsBlock {
@@ -124,8 +157,9 @@ impl BindingsBlock {
         BindingsBlock { outputs, calls }
     }
 
-    /// `POST|PUT /v1.0/bindings/<name>`.
-    pub async fn invoke(&self, name: &str, body: &[u8]) -> Result<Reply, Error> {
+    /// `POST|PUT /v1.0/bindings/<name>` and gRPC's `InvokeBinding` (`binary`: `data` is base64
+    /// of the bytes to send).
+    pub async fn invoke(&self, name: &str, body: &[u8], binary: bool) -> Result<Reply, Error> {
         let binding = self.outputs.get(name).ok_or_else(|| {
             // Dapr answers 500 here, not 404.
             Error::new(
@@ -136,6 +170,7 @@ impl BindingsBlock {
         })?;
         let req: BindingRequest = serde_json::from_slice(body)
             .map_err(|e| Error::malformed(format!("failed deserializing HTTP body: {e}")))?;
+        let data = data_bytes(req.data, binary)?;
         let failed = |m: String| {
             Error::new(
                 ErrorKind::Upstream,
@@ -160,7 +195,7 @@ impl BindingsBlock {
                 let topic = metadata.remove("topic").unwrap_or_else(|| topic.clone());
                 let msg = OutMessage {
                     topic,
-                    data: data_bytes(req.data),
+                    data,
                     metadata,
                     expires_at_ms: None,
                 };
@@ -184,7 +219,7 @@ impl BindingsBlock {
                         ),
                     )
                 })?;
-                let (data, metadata) = (data_bytes(req.data), req.metadata.unwrap_or_default());
+                let metadata = req.metadata.unwrap_or_default();
                 let call = || h.invoke(verb.clone(), data.clone(), &metadata);
                 let server_error = |r: &Result<HttpResult, String>| match r {
                     Ok(r) => r.status.is_server_error(),
@@ -214,8 +249,64 @@ impl BindingsBlock {
     }
 }
 
+/// Runs the input bindings the app wants for as long as the gateway does (aborting this task
+/// stops them all).
+///
+/// A gRPC app is asked once, when it is up, which bindings it wants (`ListInputBindings`, as
+/// daprd asks it); a binding it does not list is not started and its events never reach the
+/// app, unless the binding's metadata says `direction: input`. An HTTP app gets every input
+/// binding's events.
+pub async fn run_inputs(inputs: Vec<Input>, invoke: Arc<InvokeBlock>, app_id: String) {
+    let wanted = match invoke.grpc_app(&app_id) {
+        Some(app) if inputs.iter().any(|i| !i.declared_input) => {
+            Some(listed_by(app.as_ref()).await)
+        }
+        _ => None,
+    };
+    let mut running = tokio::task::JoinSet::new();
+    for input in inputs {
+        if let Some(wanted) = &wanted
+            && !input.declared_input
+            && !wanted.contains(&input.name)
+        {
+            info!(binding = %input.name, "the app does not list this input binding (ListInputBindings); not started");
+            continue;
+        }
+        running.spawn(run_input(
+            input.name,
+            input.binding,
+            invoke.clone(),
+            app_id.clone(),
+        ));
+    }
+    while running.join_next().await.is_some() {}
+}
+
+/// The input bindings a gRPC app lists, asked once it answers.
+async fn listed_by(app: &dyn AppCallbacks) -> Vec<String> {
+    let mut delay = std::time::Duration::from_millis(200);
+    let mut logged = false;
+    loop {
+        if app.healthy().await {
+            match app.input_bindings().await {
+                Ok(names) => {
+                    info!(bindings = ?names, "the app's input bindings (ListInputBindings)");
+                    return names;
+                }
+                Err(e) => debug!(error = %e, "ListInputBindings: the app cannot be reached yet"),
+            }
+        }
+        if !logged {
+            info!("waiting for the app before starting input bindings");
+            logged = true;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
 /// Runs an input binding for as long as the gateway does: each event is POSTed to the app at
-/// `/<name>`.
+/// `/<name>` (`OnBindingEvent` for a gRPC app).
 pub async fn run_input(
     name: String,
     binding: InputBinding,
@@ -267,5 +358,28 @@ pub async fn run_input(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: &str) -> Option<Box<RawValue>> {
+        Some(RawValue::from_string(json.to_owned()).unwrap())
+    }
+
+    #[test]
+    fn binding_data_is_text_over_http_and_any_bytes_over_grpc() {
+        assert_eq!(data_bytes(raw(r#""hi""#), false).unwrap(), "hi");
+        assert_eq!(data_bytes(raw(r#"{"a":1}"#), false).unwrap(), r#"{"a":1}"#);
+        assert_eq!(data_bytes(None, true).unwrap(), "");
+        // gRPC's bytes arrive as base64 and leave as they were, UTF-8 or not.
+        assert_eq!(
+            data_bytes(raw(r#""/wD+""#), true).unwrap().as_ref(),
+            [0xff, 0x00, 0xfe]
+        );
+        assert!(data_bytes(raw(r#""not base64!""#), true).is_err());
+        assert!(data_bytes(raw("{}"), true).is_err());
     }
 }

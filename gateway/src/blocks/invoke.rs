@@ -94,9 +94,25 @@ pub trait AppCallbacks: Send + Sync {
     /// The app's programmatic subscriptions (`ListTopicSubscriptions`), in the JSON shape of
     /// `GET /dapr/subscribe`.
     async fn subscriptions(&self) -> Result<Bytes, String>;
-    /// One topic event (`OnTopicEvent`): the CloudEvent JSON and the route it matched; the
-    /// answer as an HTTP app gives it (`{"status": "SUCCESS" | "RETRY" | "DROP"}`).
-    async fn topic_event(&self, path: &str, event: Bytes) -> Result<AppReply, String>;
+    /// One topic event (`OnTopicEvent`) for the subscription to `topic` of `pubsub`: the
+    /// CloudEvent JSON and the route it matched; the
+    /// answer as an HTTP app gives it (`{"status": "SUCCESS" | "RETRY" | "DROP"}`), 404 when the
+    /// app has no handler for it (`UNIMPLEMENTED`, which daprd drops).
+    async fn topic_event(
+        &self,
+        pubsub: &str,
+        topic: &str,
+        path: &str,
+        event: Bytes,
+    ) -> Result<AppReply, String>;
+    /// A batch for a bulk subscription (`OnBulkTopicEvent`, else `OnBulkTopicEventAlpha1`): the
+    /// body an HTTP app would get (Dapr's bulk envelope JSON) and the route it matched; the
+    /// answer as an HTTP app gives it (`{"statuses": [{"entryId", "status"}]}`), 404 when the
+    /// app serves neither RPC.
+    async fn bulk_topic_event(&self, path: &str, batch: Bytes) -> Result<AppReply, String>;
+    /// The input bindings the app wants events from (`ListInputBindings`); `Err` only while the
+    /// app cannot be reached.
+    async fn input_bindings(&self) -> Result<Vec<String>, String>;
     /// Whether the app answers its health check (`AppCallbackHealthCheck`); an app without
     /// one counts as healthy once it answers at all.
     async fn healthy(&self) -> bool;

@@ -15,6 +15,11 @@
 //!   dropped with an error log. Expired events, events no rule matches and events that cannot be
 //!   read or routed also go to the dead-letter topic when set (Dapr's rules), else are dropped.
 //!
+//! A bulk subscription's events are batched (see `batcher`) and each entry's status acks, drops or
+//! leaves it for the component to redeliver. A gRPC app gets the same, through the
+//! [`AppCallbacks`](crate::blocks::invoke::AppCallbacks) the gRPC transport implements
+//! (`OnTopicEvent`, `OnBulkTopicEvent`) with the same neutral shapes.
+//!
 //! A delivery interrupted by shutdown is not acked, so durable components deliver it again after
 //! the restart: at-least-once.
 //!
@@ -30,6 +35,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::Engine as _;
 use bytes::Bytes;
 use edgecar_capabilities::resiliency::{
     BreakerPolicy, CircuitBreaker, Direction, ExponentialRetry, Rejected, Resiliency, RetryPolicy,
@@ -187,18 +193,15 @@ impl AppChannel {
         timeout: Option<Duration>,
     ) -> Result<Answer, String> {
         if let Some(cb) = &self.grpc {
+            // Events go through `send_event` and `send_bulk`; this is what is left.
+            if path != "/dapr/subscribe" {
+                return Err(format!("{method} {path} has no gRPC counterpart"));
+            }
             let exchange = async {
-                if path == "/dapr/subscribe" {
-                    let body = cb.subscriptions().await?;
-                    return Ok(Answer {
-                        status: StatusCode::OK,
-                        body,
-                    });
-                }
-                let r = cb.topic_event(path, body).await?;
+                let body = cb.subscriptions().await?;
                 Ok(Answer {
-                    status: r.status,
-                    body: r.body,
+                    status: StatusCode::OK,
+                    body,
                 })
             };
             return match timeout {
@@ -208,9 +211,11 @@ impl AppChannel {
                 None => exchange.await,
             };
         }
+        // A route may be given without its leading `/` (`handler`); daprd calls `/handler`.
+        let slash = if path.starts_with('/') { "" } else { "/" };
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base));
+            .uri(format!("{}{slash}{path}", self.base));
         for (k, v) in headers {
             req = req.header(*k, v);
         }
@@ -230,6 +235,63 @@ impl AppChannel {
                 .map_err(|e| format!("reading the app's answer: {e}"))?
                 .to_bytes();
             Ok(Answer { status, body })
+        };
+        match timeout {
+            Some(t) => tokio::time::timeout(t, exchange)
+                .await
+                .map_err(|_| format!("the app did not answer within {t:?}"))?,
+            None => exchange.await,
+        }
+    }
+
+    /// Sends one event of `sub` to `path`: a `POST` with `headers` to an HTTP app,
+    /// `OnTopicEvent` to a gRPC app.
+    async fn send_event(
+        &self,
+        sub: &Subscription,
+        path: &str,
+        event: Bytes,
+        headers: &[(&'static str, String)],
+        timeout: Option<Duration>,
+    ) -> Result<Answer, String> {
+        let Some(cb) = &self.grpc else {
+            return self.send(Method::POST, path, event, headers, timeout).await;
+        };
+        let exchange = async {
+            let r = cb.topic_event(&sub.pubsub, &sub.topic, path, event).await?;
+            Ok(Answer {
+                status: r.status,
+                body: r.body,
+            })
+        };
+        match timeout {
+            Some(t) => tokio::time::timeout(t, exchange)
+                .await
+                .map_err(|_| format!("the app did not answer within {t:?}"))?,
+            None => exchange.await,
+        }
+    }
+
+    /// Sends one bulk subscription's batch (Dapr's bulk envelope JSON) to `path`: a `POST` to an
+    /// HTTP app, `OnBulkTopicEvent` to a gRPC app.
+    async fn send_bulk(
+        &self,
+        path: &str,
+        batch: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, String> {
+        let Some(cb) = &self.grpc else {
+            let headers = [("content-type", "application/json".to_owned())];
+            return self
+                .send(Method::POST, path, batch, &headers, timeout)
+                .await;
+        };
+        let exchange = async {
+            let r = cb.bulk_topic_event(path, batch).await?;
+            Ok(Answer {
+                status: r.status,
+                body: r.body,
+            })
         };
         match timeout {
             Some(t) => tokio::time::timeout(t, exchange)
@@ -325,7 +387,7 @@ pub struct Deliverer {
     pub breaker: Option<Mutex<CircuitBreaker>>,
     /// Edgecar is stopping: give up waiting and leave the message to the broker.
     pub stop: Stop,
-    /// The batcher of a bulk subscription (HTTP apps), fed one event per message.
+    /// The batcher of a bulk subscription, fed one event per message.
     batch: Option<tokio::sync::mpsc::Sender<BatchEntry>>,
 }
 
@@ -335,20 +397,29 @@ enum BulkStatus {
     Success,
     Retry,
     Drop,
+    /// The app has no handler for the batch (HTTP 404, gRPC `UNIMPLEMENTED`): dropped without
+    /// dead-lettering, as daprd does.
+    NotServed,
 }
 
 /// One event waiting for its batch.
 struct BatchEntry {
     path: String,
+    /// The CloudEvent, or for a raw-payload subscription the message as base64 (daprd's shape).
     event: Json,
+    /// `application/cloudevents+json`, or `application/octet-stream` for a raw payload.
+    content_type: &'static str,
+    /// The broker's metadata for the message.
+    metadata: HashMap<String, String>,
     done: tokio::sync::oneshot::Sender<BulkStatus>,
 }
 
 /// Collects a bulk subscription's events into batches (up to `maxMessagesCount`, waiting at most
-/// `maxAwaitDurationMs` after the first) and POSTs each batch to its route as daprd does:
-/// `{"entries": [{"entryId", "event", "metadata", "contentType"}], "id", "pubsubname", "topic",
-/// "type": "com.dapr.event.sent.bulk", "metadata"}`, reading `{"statuses": [{"entryId",
-/// "status"}]}` back. Ends when its deliverer is dropped.
+/// `maxAwaitDurationMs` after the first) and sends each batch to its route as daprd does: to an
+/// HTTP app a POST of `{"entries": [{"entryId", "event", "metadata", "contentType"}], "id",
+/// "pubsubname", "topic", "type": "com.dapr.event.sent.bulk", "metadata"}`, reading
+/// `{"statuses": [{"entryId", "status"}]}` back; to a gRPC app the same as
+/// `OnBulkTopicEvent` ([`AppChannel::send_bulk`]). Ends when its deliverer is dropped.
 async fn batcher(
     app: AppChannel,
     sub: Subscription,
@@ -378,25 +449,28 @@ async fn batcher(
                 "entries": entries.iter().zip(&ids).map(|(e, id)| serde_json::json!({
                     "entryId": id,
                     "event": e.event,
-                    "metadata": {},
-                    "contentType": "application/cloudevents+json",
+                    "metadata": e.metadata,
+                    "contentType": e.content_type,
                 })).collect::<Vec<_>>(),
                 "id": uuid::Uuid::new_v4().to_string(),
-                "metadata": {},
+                "metadata": {"pubsubName": sub.pubsub},
                 "pubsubname": sub.pubsub,
                 "topic": sub.topic,
                 "type": "com.dapr.event.sent.bulk",
             });
-            let headers = [("content-type", "application/json".to_owned())];
             let answer = app
-                .send(
-                    Method::POST,
-                    &path,
-                    Bytes::from(body.to_string()),
-                    &headers,
-                    timeout,
-                )
+                .send_bulk(&path, Bytes::from(body.to_string()), timeout)
                 .await;
+            if let Ok(a) = &answer
+                && a.status == StatusCode::NOT_FOUND
+            {
+                let body = String::from_utf8_lossy(&a.body[..a.body.len().min(512)]);
+                error!(pubsub = %sub.pubsub, topic = %sub.topic, %path, %body, entries = ids.len(), "the app does not serve this bulk delivery (non-retriable); its events are dropped");
+                for e in entries {
+                    let _ = e.done.send(BulkStatus::NotServed);
+                }
+                continue;
+            }
             let statuses: HashMap<String, BulkStatus> = match &answer {
                 Ok(a) if a.status.is_success() => serde_json::from_slice::<Json>(&a.body)
                     .ok()
@@ -445,8 +519,7 @@ impl Deliverer {
             .circuit_breaker
             .clone()
             .map(|p| Mutex::new(CircuitBreaker::new(p, Instant::now())));
-        // gRPC apps get events one by one (OnBulkTopicEventAlpha1 is not called yet).
-        let batch = sub.bulk.clone().filter(|_| app.grpc.is_none()).map(|bulk| {
+        let batch = sub.bulk.clone().map(|bulk| {
             let (tx, rx) = tokio::sync::mpsc::channel(bulk.max_messages);
             tokio::spawn(batcher(app.clone(), sub.clone(), bulk, policy.timeout, rx));
             tx
@@ -511,13 +584,7 @@ impl Deliverer {
         }
         let answer = match self
             .app
-            .send(
-                Method::POST,
-                path,
-                body.clone(),
-                &headers,
-                self.policy.timeout,
-            )
+            .send_event(&self.sub, path, body.clone(), &headers, self.policy.timeout)
             .await
         {
             Ok(a) => a,
@@ -624,11 +691,25 @@ impl Handler for Deliverer {
         };
         if let Some(batch) = &self.batch {
             let (done, status) = tokio::sync::oneshot::channel();
-            if batch.send(BatchEntry { path, event, done }).await.is_err() {
+            // A raw payload travels as the message itself, base64, as daprd sends it.
+            let (event, content_type) = if self.sub.raw_payload() {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&msg.data);
+                (Json::String(b64), "application/octet-stream")
+            } else {
+                (event, cloudevent::CLOUDEVENT_CONTENT_TYPE)
+            };
+            let entry = BatchEntry {
+                path,
+                event,
+                content_type,
+                metadata: msg.metadata.clone(),
+                done,
+            };
+            if batch.send(entry).await.is_err() {
                 return Outcome::Nack;
             }
             return match status.await {
-                Ok(BulkStatus::Success) => Outcome::Ack,
+                Ok(BulkStatus::Success | BulkStatus::NotServed) => Outcome::Ack,
                 Ok(BulkStatus::Drop) => self.dead_letter_or_drop(&msg, "app answered DROP").await,
                 // RETRY: the component redelivers it after its redelivery interval.
                 _ => Outcome::Nack,

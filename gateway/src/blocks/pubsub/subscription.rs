@@ -47,7 +47,8 @@ impl Kind {
 pub struct Rule {
     /// The `match` expression; `None` for the default route.
     pub expr: Option<Expr>,
-    /// The app path events are POSTed to, with a leading `/`.
+    /// The app path events go to, as the subscription gave it: an HTTP app is called at
+    /// `/<path>`, a gRPC app gets it unchanged (see `clean_path`).
     pub path: String,
 }
 
@@ -143,13 +144,11 @@ impl Subscription {
 }
 
 /// An app path with a leading `/` (Dapr accepts both spellings).
-fn normalize_path(p: &str) -> String {
-    let p = p.trim();
-    if p.starts_with('/') {
-        p.to_owned()
-    } else {
-        format!("/{p}")
-    }
+/// A route's path as given (trimmed): HTTP apps are called at `/<path>` whether or not it starts
+/// with `/`, and gRPC apps get it unchanged in the event, as daprd sends it (`handler`, not
+/// `/handler`).
+fn clean_path(p: &str) -> String {
+    p.trim().to_owned()
 }
 
 /// Builds the rule list from `rules` (match, path) plus the default or v1 route, checking each.
@@ -181,13 +180,13 @@ fn build_rules(
         };
         out.push(Rule {
             expr,
-            path: normalize_path(&path),
+            path: clean_path(&path),
         });
     }
     if let Some(d) = default.filter(|d| !d.trim().is_empty()) {
         out.push(Rule {
             expr: None,
-            path: normalize_path(&d),
+            path: clean_path(&d),
         });
     }
     out
@@ -529,12 +528,12 @@ mod tests {
         assert!(errs.is_empty(), "{errs:?}");
         let s = &subs[0];
         assert_eq!(s.rules.len(), 3);
-        assert_eq!(s.rules[1].path, "/big");
+        assert_eq!(s.rules[1].path, "big");
         assert!(s.rules[2].expr.is_none());
         assert_eq!(s.dead_letter_topic.as_deref(), Some("poison"));
         assert!(!s.raw_payload());
         let ev = json!({"type": "gadget", "data": {"size": 11}});
-        assert_eq!(s.route(&ev), Ok(Some("/big")));
+        assert_eq!(s.route(&ev), Ok(Some("big")));
         let info = s.info();
         assert_eq!(info["type"], "DECLARATIVE");
         assert_eq!(info["rules"][0]["match"], "event.type == \"widget\"");
@@ -588,7 +587,7 @@ mod tests {
         ]"#;
         let (subs, errs) = parse_programmatic(body);
         assert_eq!(subs.len(), 2);
-        assert_eq!(subs[0].rules[0].path, "/a-handler");
+        assert_eq!(subs[0].rules[0].path, "a-handler");
         assert!(subs[0].raw_payload());
         assert_eq!(subs[1].rules.len(), 2);
         assert_eq!(subs[1].dead_letter_topic.as_deref(), Some("dl"));

@@ -1,29 +1,39 @@
 //! The app's side of gRPC (`--app-protocol grpc`): edgecar calls the app's `AppCallback`
 //! service, as daprd does, for invocations (`OnInvoke`), its subscriptions
-//! (`ListTopicSubscriptions`), topic events (`OnTopicEvent`), input binding events
-//! (`OnBindingEvent`), and `AppCallbackHealthCheck` before subscribing.
+//! (`ListTopicSubscriptions`), topic events (`OnTopicEvent`), batches for bulk subscriptions
+//! (`OnBulkTopicEvent`, else `AppCallbackAlpha.OnBulkTopicEventAlpha1`), the input bindings it
+//! wants (`ListInputBindings`), their events (`OnBindingEvent`), and `AppCallbackHealthCheck`
+//! before subscribing.
 //!
 //! It implements the blocks' [`AppCallbacks`] with their neutral shapes (HTTP-style answers,
 //! Dapr's JSON), so the invocation, pub/sub and bindings blocks stay free of gRPC. One lazily
 //! connected HTTP/2 channel serves every call.
+
+use std::collections::HashMap;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
+use tracing::warn;
 
 use super::proto::common::v1 as common;
 use super::proto::runtime::v1 as rt;
 use crate::blocks::invoke::{AppCallbacks, AppReply};
 
 type Client = rt::app_callback_client::AppCallbackClient<Channel>;
+type Alpha = rt::app_callback_alpha_client::AppCallbackAlphaClient<Channel>;
 
 /// The local app's `AppCallback` service.
 pub struct GrpcApp {
     client: Client,
-    /// The same connection, for `AppCallbackHealthCheck`.
+    /// The same connection, for `AppCallbackHealthCheck` and `AppCallbackAlpha`.
     channel: Channel,
+    /// The app answered `OnBulkTopicEvent` with `UNIMPLEMENTED`: batches go straight to
+    /// `OnBulkTopicEventAlpha1` (daprd asks both every time; this saves a round trip and a
+    /// warning per batch).
+    alpha_bulk_only: std::sync::atomic::AtomicBool,
 }
 
 impl GrpcApp {
@@ -42,6 +52,7 @@ impl GrpcApp {
         Ok(GrpcApp {
             client: Client::new(channel.clone()).max_decoding_message_size(16 << 20),
             channel,
+            alpha_bulk_only: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -122,18 +133,51 @@ fn pb_value(v: &Value) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
-/// The app's empty default path, as the route the pub/sub block needs.
+/// The app's empty default path as a route the pub/sub block keeps (`/`); other paths as given.
 fn or_root(path: String) -> String {
-    if path.is_empty() {
+    if path.trim().is_empty() {
         "/".to_owned()
     } else {
         path
     }
 }
 
-/// A stored CloudEvent as `TopicEventRequest`, as daprd builds it for gRPC subscribers.
-pub(super) fn topic_event_request(path: &str, event: &[u8]) -> rt::TopicEventRequest {
+/// The path an event carries to the app: the route as the subscription gave it (daprd sends
+/// `handler` as `handler`, `/orders` as `/orders`), `/` being the app's empty default path.
+fn app_path(route: &str) -> &str {
+    if route == "/" { "" } else { route }
+}
+
+/// A stored CloudEvent as `TopicEventRequest` for a subscription to `topic` of `pubsub`, as
+/// daprd builds it for gRPC subscribers; `path` as it is sent (see [`app_path`]).
+pub(super) fn topic_event_request(
+    pubsub: &str,
+    topic: &str,
+    path: &str,
+    event: &[u8],
+) -> rt::TopicEventRequest {
     let ev: Value = serde_json::from_slice(event).unwrap_or(Value::Null);
+    let ce = cloud_event(&ev);
+    rt::TopicEventRequest {
+        id: ce.id,
+        source: ce.source,
+        r#type: ce.r#type,
+        spec_version: ce.spec_version,
+        data_content_type: ce.data_content_type,
+        data: ce.data,
+        // The subscription's, as daprd sends them: an event forwarded to a dead-letter topic
+        // still says `"topic": "<original>"` inside.
+        topic: topic.to_owned(),
+        pubsub_name: pubsub.to_owned(),
+        path: path.to_owned(),
+        extensions: ce.extensions,
+    }
+}
+
+/// A CloudEvent's attributes, data and extensions, as daprd hands them to gRPC apps.
+fn cloud_event(ev: &Value) -> rt::TopicEventCeRequest {
+    // daprd leaves out only what the message carries in its own fields: `topic`, `pubsubname`,
+    // `traceparent` and the rest stay among the extensions.
     let known = [
         "id",
         "source",
@@ -142,8 +186,6 @@ pub(super) fn topic_event_request(path: &str, event: &[u8]) -> rt::TopicEventReq
         "datacontenttype",
         "data",
         "data_base64",
-        "topic",
-        "pubsubname",
     ];
     let extensions = ev.as_object().map(|o| prost_types::Struct {
         fields: o
@@ -152,22 +194,143 @@ pub(super) fn topic_event_request(path: &str, event: &[u8]) -> rt::TopicEventReq
             .map(|(k, v)| (k.clone(), pb_value(v)))
             .collect(),
     });
-    rt::TopicEventRequest {
-        id: field(&ev, "id"),
-        source: field(&ev, "source"),
-        r#type: field(&ev, "type"),
-        spec_version: field(&ev, "specversion"),
-        data_content_type: field(&ev, "datacontenttype"),
-        data: event_data(&ev),
-        topic: field(&ev, "topic"),
-        pubsub_name: field(&ev, "pubsubname"),
-        path: if path == "/" {
-            String::new()
-        } else {
-            path.to_owned()
-        },
+    rt::TopicEventCeRequest {
+        id: field(ev, "id"),
+        source: field(ev, "source"),
+        r#type: field(ev, "type"),
+        spec_version: field(ev, "specversion"),
+        data_content_type: field(ev, "datacontenttype"),
+        data: event_data(ev),
         extensions,
     }
+}
+
+/// A string map from Dapr's JSON (`{"k": "v"}`); anything else is empty.
+fn string_map(v: Option<&Value>) -> HashMap<String, String> {
+    v.and_then(Value::as_object)
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A batch in the shape HTTP apps get it (Dapr's bulk envelope: `{"id", "entries": [{"entryId",
+/// "event", "contentType", "metadata"}], "metadata", "pubsubname", "topic", "type"}`) as
+/// `TopicEventBulkRequest`, as daprd builds it: a CloudEvent entry becomes `cloud_event`, a
+/// raw-payload entry (its `event` the base64 of the message) becomes `bytes`.
+fn bulk_request(path: &str, batch: &[u8]) -> Result<rt::TopicEventBulkRequest, String> {
+    use rt::topic_event_bulk_request_entry::Event;
+    let b: Value =
+        serde_json::from_slice(batch).map_err(|e| format!("not a bulk envelope: {e}"))?;
+    let entries = b
+        .get("entries")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let content_type = field(e, "contentType");
+            let event = match e.get("event") {
+                Some(Value::String(b64)) => Event::Bytes(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .unwrap_or_else(|_| b64.clone().into_bytes()),
+                ),
+                Some(ev) => Event::CloudEvent(cloud_event(ev)),
+                None => Event::Bytes(Vec::new()),
+            };
+            rt::TopicEventBulkRequestEntry {
+                entry_id: field(e, "entryId"),
+                event: Some(event),
+                content_type,
+                metadata: string_map(e.get("metadata")),
+            }
+        })
+        .collect();
+    Ok(rt::TopicEventBulkRequest {
+        id: field(&b, "id"),
+        entries,
+        metadata: string_map(b.get("metadata")),
+        topic: field(&b, "topic"),
+        pubsub_name: field(&b, "pubsubname"),
+        r#type: field(&b, "type"),
+        path: path.to_owned(),
+    })
+}
+
+/// The app's `TopicEventBulkResponse` as an HTTP app words it: `{"statuses": [{"entryId",
+/// "status"}]}`.
+fn bulk_answer(r: rt::TopicEventBulkResponse) -> AppReply {
+    let statuses: Vec<Value> = r
+        .statuses
+        .iter()
+        .map(|s| json!({"entryId": s.entry_id, "status": status_name(s.status)}))
+        .collect();
+    AppReply {
+        status: StatusCode::OK,
+        headers: Vec::new(),
+        body: Bytes::from(json!({ "statuses": statuses }).to_string()),
+    }
+}
+
+/// A `TopicEventResponseStatus` by its name; an unknown number is retried, as daprd does.
+fn status_name(status: i32) -> &'static str {
+    use rt::topic_event_response::TopicEventResponseStatus as S;
+    match S::try_from(status) {
+        Ok(S::Success) => "SUCCESS",
+        Ok(S::Drop) => "DROP",
+        Ok(S::Retry) | Err(_) => "RETRY",
+    }
+}
+
+/// The app serves no handler for this event: daprd drops it (a gRPC `UNIMPLEMENTED` is its
+/// HTTP 404), and so does the pub/sub block on a 404.
+fn not_served(status: &tonic::Status) -> AppReply {
+    AppReply {
+        status: StatusCode::NOT_FOUND,
+        headers: vec![("grpc-status".into(), (status.code() as i32).to_string())],
+        body: Bytes::from(status.message().to_owned()),
+    }
+}
+
+/// A `ListTopicSubscriptions` entry in the JSON shape of `GET /dapr/subscribe`.
+fn subscription_json(s: rt::TopicSubscription) -> Value {
+    let routes = s.routes.unwrap_or_default();
+    let rules: Vec<Value> = routes
+        .rules
+        .iter()
+        .map(|r| json!({"match": r.r#match, "path": r.path}))
+        .collect();
+    let default = or_root(routes.default);
+    let mut v = json!({
+        "pubsubname": s.pubsub_name,
+        "topic": s.topic,
+        "metadata": s.metadata,
+    });
+    // A gRPC app's events all go to OnTopicEvent; the path only travels in the event, as the
+    // app gave it ([`app_path`]).
+    if rules.is_empty() {
+        v["route"] = Value::String(default);
+    } else {
+        v["routes"] = json!({"rules": rules, "default": default});
+    }
+    if !s.dead_letter_topic.is_empty() {
+        v["deadLetterTopic"] = Value::String(s.dead_letter_topic);
+    }
+    if let Some(b) = s.bulk_subscribe {
+        let mut bulk = json!({ "enabled": b.enabled });
+        // Unset (0) means the default, as for daprd.
+        if b.max_messages_count > 0 {
+            bulk["maxMessagesCount"] = b.max_messages_count.into();
+        }
+        if b.max_await_duration_ms > 0 {
+            bulk["maxAwaitDurationMs"] = b.max_await_duration_ms.into();
+        }
+        v["bulkSubscribe"] = bulk;
+    }
+    v
 }
 
 #[async_trait::async_trait]
@@ -228,53 +391,83 @@ impl AppCallbacks for GrpcApp {
             Err(s) if s.code() == tonic::Code::Unimplemented => Vec::new(),
             Err(s) => return Err(format!("ListTopicSubscriptions: {}", s.message())),
         };
-        let list: Vec<Value> = subs
-            .into_iter()
-            .map(|s| {
-                let routes = s.routes.unwrap_or_default();
-                let rules: Vec<Value> = routes
-                    .rules
-                    .iter()
-                    .map(|r| json!({"match": r.r#match, "path": r.path}))
-                    .collect();
-                let mut v = json!({
-                    "pubsubname": s.pubsub_name,
-                    "topic": s.topic,
-                    "metadata": s.metadata,
-                });
-                // A gRPC app's events all go to OnTopicEvent; the path only travels in the event,
-                // and the app's empty default path is carried as "/" (see `topic_event`).
-                if rules.is_empty() {
-                    v["route"] = Value::String(or_root(routes.default));
-                } else {
-                    v["routes"] = json!({"rules": rules, "default": or_root(routes.default)});
-                }
-                if !s.dead_letter_topic.is_empty() {
-                    v["deadLetterTopic"] = Value::String(s.dead_letter_topic);
-                }
-                v
-            })
-            .collect();
+        let list: Vec<Value> = subs.into_iter().map(subscription_json).collect();
         Ok(Bytes::from(Value::from(list).to_string()))
     }
 
-    async fn topic_event(&self, path: &str, event: Bytes) -> Result<AppReply, String> {
-        let req = topic_event_request(path, &event);
+    async fn topic_event(
+        &self,
+        pubsub: &str,
+        topic: &str,
+        path: &str,
+        event: Bytes,
+    ) -> Result<AppReply, String> {
+        let req = topic_event_request(pubsub, topic, app_path(path), &event);
         match self.client.clone().on_topic_event(req).await {
-            Ok(r) => {
-                use rt::topic_event_response::TopicEventResponseStatus as S;
-                let status = match r.into_inner().status() {
-                    S::Success => "SUCCESS",
-                    S::Retry => "RETRY",
-                    S::Drop => "DROP",
-                };
-                Ok(AppReply {
-                    status: StatusCode::OK,
-                    headers: Vec::new(),
-                    body: Bytes::from(json!({ "status": status }).to_string()),
-                })
-            }
+            Ok(r) => Ok(AppReply {
+                status: StatusCode::OK,
+                headers: Vec::new(),
+                body: Bytes::from(
+                    json!({ "status": status_name(r.into_inner().status) }).to_string(),
+                ),
+            }),
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(not_served(&s)),
             Err(s) => answer(s),
+        }
+    }
+
+    async fn bulk_topic_event(&self, path: &str, batch: Bytes) -> Result<AppReply, String> {
+        use std::sync::atomic::Ordering;
+        let req = bulk_request(app_path(path), &batch)?;
+        // daprd asks AppCallback first and AppCallbackAlpha when that is not implemented.
+        let alpha = || async {
+            // Deprecated in the proto, and still daprd's fallback.
+            #[allow(deprecated)]
+            Alpha::new(self.channel.clone())
+                .max_decoding_message_size(16 << 20)
+                .on_bulk_topic_event_alpha1(req.clone())
+                .await
+        };
+        let answered = if self.alpha_bulk_only.load(Ordering::Relaxed) {
+            alpha().await
+        } else {
+            match self.client.clone().on_bulk_topic_event(req.clone()).await {
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    warn!(error = %s.message(), "the app has no OnBulkTopicEvent; batches go to OnBulkTopicEventAlpha1");
+                    self.alpha_bulk_only.store(true, Ordering::Relaxed);
+                    alpha().await
+                }
+                other => other,
+            }
+        };
+        match answered {
+            Ok(r) => Ok(bulk_answer(r.into_inner())),
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(not_served(&s)),
+            Err(s) => answer(s),
+        }
+    }
+
+    async fn input_bindings(&self) -> Result<Vec<String>, String> {
+        // daprd gives the app 3 s and counts any failure as "no bindings".
+        let mut client = self.client.clone();
+        let call = client.list_input_bindings(());
+        match tokio::time::timeout(std::time::Duration::from_secs(3), call).await {
+            Ok(Ok(r)) => Ok(r.into_inner().bindings),
+            Ok(Err(s)) if s.code() == tonic::Code::Unavailable => {
+                Err(format!("app unreachable: {}", s.message()))
+            }
+            Ok(Err(s)) => {
+                if s.code() != tonic::Code::Unimplemented {
+                    warn!(code = ?s.code(), error = %s.message(), "ListInputBindings failed; no input binding events go to the app");
+                }
+                Ok(Vec::new())
+            }
+            Err(_) => {
+                warn!(
+                    "ListInputBindings did not answer within 3s; no input binding events go to the app"
+                );
+                Ok(Vec::new())
+            }
         }
     }
 
@@ -297,5 +490,138 @@ impl AppCallbacks for GrpcApp {
             }),
             Err(s) => answer(s),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::pubsub::subscription::parse_programmatic;
+
+    #[test]
+    fn a_grpc_apps_bulk_subscribe_reaches_the_subscription() {
+        let sub = rt::TopicSubscription {
+            pubsub_name: "pubsub".into(),
+            topic: "orders".into(),
+            bulk_subscribe: Some(rt::BulkSubscribeConfig {
+                enabled: true,
+                max_messages_count: 7,
+                max_await_duration_ms: 0,
+            }),
+            ..Default::default()
+        };
+        let body = Value::from(vec![subscription_json(sub)]).to_string();
+        let (subs, errors) = parse_programmatic(body.as_bytes());
+        assert!(errors.is_empty(), "{errors:?}");
+        let bulk = subs[0].bulk.clone().expect("bulk subscription");
+        assert_eq!(bulk.max_messages, 7);
+        // Unset in the proto (0): the default, not "no wait".
+        assert_eq!(bulk.max_await, std::time::Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn events_carry_the_path_the_app_gave() {
+        let sub = |topic: &str, default: &str, rule: Option<&str>| rt::TopicSubscription {
+            pubsub_name: "pubsub".into(),
+            topic: topic.into(),
+            routes: Some(rt::TopicRoutes {
+                rules: rule
+                    .map(|p| rt::TopicRule {
+                        r#match: "event.type == \"x\"".into(),
+                        path: p.into(),
+                    })
+                    .into_iter()
+                    .collect(),
+                default: default.into(),
+            }),
+            ..Default::default()
+        };
+        let list: Vec<Value> = vec![
+            subscription_json(sub("a", "", Some("handler"))),
+            subscription_json(sub("b", "/orders", None)),
+        ];
+        let (subs, errors) = parse_programmatic(Value::from(list).to_string().as_bytes());
+        assert!(errors.is_empty(), "{errors:?}");
+        let sent: Vec<&str> = subs
+            .iter()
+            .flat_map(|s| s.rules.iter().map(|r| app_path(&r.path)))
+            .collect();
+        // daprd sends a rule's path as the app gave it, "" for the default.
+        assert_eq!(sent, ["handler", "", "/orders"]);
+    }
+
+    #[test]
+    fn a_batch_becomes_a_topic_event_bulk_request_as_daprd_builds_it() {
+        use rt::topic_event_bulk_request_entry::Event;
+        let batch = json!({
+            "id": "b1",
+            "entries": [
+                {"entryId": "e1", "contentType": "application/cloudevents+json", "metadata": {"k": "v"},
+                 "event": {"id": "ev1", "source": "s", "type": "t", "specversion": "1.0",
+                           "datacontenttype": "application/json", "data": {"n": 1},
+                           "topic": "orders", "pubsubname": "pubsub", "traceparent": "00-x"}},
+                {"entryId": "e2", "contentType": "application/octet-stream", "metadata": {},
+                 "event": base64::engine::general_purpose::STANDARD.encode([0xff, 0x00, 0xfe])},
+            ],
+            "metadata": {"pubsubName": "pubsub"},
+            "pubsubname": "pubsub",
+            "topic": "orders",
+            "type": "com.dapr.event.sent.bulk",
+        });
+        let req = bulk_request("", batch.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            (
+                req.id.as_str(),
+                req.topic.as_str(),
+                req.pubsub_name.as_str()
+            ),
+            ("b1", "orders", "pubsub")
+        );
+        assert_eq!(req.r#type, "com.dapr.event.sent.bulk");
+        assert_eq!(req.path, "", "the app's default path");
+        assert_eq!(req.metadata["pubsubName"], "pubsub");
+        let e1 = &req.entries[0];
+        assert_eq!(e1.entry_id, "e1");
+        assert_eq!(e1.metadata["k"], "v");
+        let Some(Event::CloudEvent(ce)) = &e1.event else {
+            panic!("{e1:?}")
+        };
+        assert_eq!((ce.id.as_str(), ce.spec_version.as_str()), ("ev1", "1.0"));
+        assert_eq!(ce.data, br#"{"n":1}"#);
+        let ext = &ce.extensions.as_ref().unwrap().fields;
+        assert!(ext.contains_key("traceparent") && ext.contains_key("topic"));
+        assert!(!ext.contains_key("data") && !ext.contains_key("id"));
+        let e2 = &req.entries[1];
+        assert_eq!(e2.event, Some(Event::Bytes(vec![0xff, 0x00, 0xfe])));
+        assert_eq!(e2.content_type, "application/octet-stream");
+    }
+
+    #[test]
+    fn statuses_read_as_daprd_reads_them() {
+        let r = rt::TopicEventBulkResponse {
+            statuses: vec![
+                rt::TopicEventBulkResponseEntry {
+                    entry_id: "a".into(),
+                    status: 0,
+                },
+                rt::TopicEventBulkResponseEntry {
+                    entry_id: "b".into(),
+                    status: 2,
+                },
+                rt::TopicEventBulkResponseEntry {
+                    entry_id: "c".into(),
+                    status: 42,
+                },
+            ],
+        };
+        let body: Value = serde_json::from_slice(&bulk_answer(r).body).unwrap();
+        assert_eq!(
+            body,
+            json!({"statuses": [
+                {"entryId": "a", "status": "SUCCESS"},
+                {"entryId": "b", "status": "DROP"},
+                {"entryId": "c", "status": "RETRY"},
+            ]})
+        );
     }
 }

@@ -3,8 +3,9 @@
 //! ([`Runtime::handle`]), and turns the [`Reply`] back into its response message.
 //!
 //! The per-RPC mapping is kept to a few lines each so it can move into the operation table
-//! (issue 12). Values that gRPC carries as `bytes` (state values) travel as base64 with
-//! [`Params::binary_values`], so they are stored and returned unchanged.
+//! (issue 12). Values that gRPC carries as `bytes` (state values, an output binding's data)
+//! travel as base64 with [`Params::binary_values`], so they are stored (or sent) and returned
+//! unchanged.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -525,6 +526,7 @@ impl rt::dapr_server::Dapr for DaprApi {
             )),
         };
         let stop = stopped(self.stop.clone());
+        let (pubsub, topic) = (initial.pubsub_name.clone(), initial.topic.clone());
         tokio::spawn(async move {
             let consuming = tokio::spawn(consumer);
             tokio::pin!(stop);
@@ -534,7 +536,7 @@ impl rt::dapr_server::Dapr for DaprApi {
                     tokio::select! {
                         ev = events.recv() => {
                             let Some(ev) = ev else { break };
-                            let msg = super::app::topic_event_request("", &ev.data);
+                            let msg = super::app::topic_event_request(&pubsub, &topic, "", &ev.data);
                             let id = msg.id.clone();
                             pending.insert(id, ev.done);
                             let out = rt::SubscribeTopicEventsResponseAlpha1 {
@@ -630,8 +632,13 @@ impl rt::dapr_server::Dapr for DaprApi {
     ) -> GrpcResult<rt::InvokeBindingResponse> {
         let p = params(&req, HashMap::new());
         let r = req.into_inner();
-        let data = String::from_utf8_lossy(&r.data).into_owned();
-        let body = json!({"data": data, "metadata": r.metadata, "operation": r.operation});
+        // `data` is bytes: carried as base64 so that any bytes reach the binding unchanged.
+        let body =
+            json!({"data": B64.encode(&r.data), "metadata": r.metadata, "operation": r.operation});
+        let p = Params {
+            binary_values: true,
+            ..p
+        };
         let reply = self
             .run(Op::Binding { name: r.name }, body.to_string(), p)
             .await?;
