@@ -495,7 +495,12 @@ async fn commanded_while_asleep_on_mqtt_it_wakes_on_quic_and_gets_its_mailbox_an
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // While it sleeps: a mailbox command and an event.
+    // While it sleeps (once the gateway has seen the MQTT session end, or the command would be
+    // sent to that session live): a mailbox command and an event.
+    eventually(WAIT, "dev1's MQTT session to end", || {
+        let d = ec.req("GET", "/v1.0/devices/dev1", b"", &[]).json();
+        (d["connected"] == false).then_some(())
+    });
     let r = tokio::task::spawn_blocking({
         let port = ec.port;
         move || {
