@@ -173,6 +173,21 @@ fn segments(rest: &str) -> Result<Vec<String>, Error> {
     Ok(segs)
 }
 
+/// The configuration API's `GET` paths (under `/v1.0/` and, by their alpha names, `/v1.0-alpha1/`).
+fn configuration_route(s: &[&str], a: Args) -> Option<(&'static str, Args)> {
+    Some(match s {
+        ["configuration", store] => ("configuration.get", a.with("store", *store)),
+        ["configuration", store, "subscribe"] => {
+            ("configuration.subscribe", a.with("store", *store))
+        }
+        ["configuration", store, id, "unsubscribe"] => (
+            "configuration.unsubscribe",
+            a.with("store", *store).with("id", *id),
+        ),
+        _ => return None,
+    })
+}
+
 /// Dapr's alpha APIs under `/v1.0-alpha1/`.
 fn alpha_route(
     method: &Method,
@@ -196,16 +211,10 @@ fn alpha_route(
         (["unlock", store], &Method::POST) => ("lock.unlock", a().with("store", *store)),
         (["lock" | "unlock", _], _) => return Err(method_not_allowed(method, path)),
         // The configuration API's alpha names, which older SDKs call.
-        (["configuration", store], &Method::GET) => {
-            ("configuration.get", a().with("store", *store))
-        }
-        (["configuration", store, "subscribe"], &Method::GET) => {
-            ("configuration.subscribe", a().with("store", *store))
-        }
-        (["configuration", store, id, "unsubscribe"], &Method::GET) => (
-            "configuration.unsubscribe",
-            a().with("store", *store).with("id", *id),
-        ),
+        (["configuration", ..], &Method::GET) => match configuration_route(&s, a()) {
+            Some(r) => r,
+            None => return Err(not_found(method, path)),
+        },
         _ => return Err(not_found(method, path)),
     };
     call(name, args, query)
@@ -306,16 +315,10 @@ pub fn route(
         (["secrets", store, name], &Method::GET) => {
             ("secrets.get", a().with("store", *store).with("name", *name))
         }
-        (["configuration", store], &Method::GET) => {
-            ("configuration.get", a().with("store", *store))
-        }
-        (["configuration", store, "subscribe"], &Method::GET) => {
-            ("configuration.subscribe", a().with("store", *store))
-        }
-        (["configuration", store, id, "unsubscribe"], &Method::GET) => (
-            "configuration.unsubscribe",
-            a().with("store", *store).with("id", *id),
-        ),
+        (["configuration", ..], &Method::GET) => match configuration_route(&s, a()) {
+            Some(r) => r,
+            None => return Err(not_found(method, path)),
+        },
         (["bindings", name], _) if write => ("bindings.invoke", a().with("name", *name)),
         (["metadata"], &Method::GET) => ("metadata.get", a()),
         (["shutdown"], &Method::POST) => ("shutdown", a()),

@@ -236,12 +236,7 @@ impl AppChannel {
                 .to_bytes();
             Ok(Answer { status, body })
         };
-        match timeout {
-            Some(t) => tokio::time::timeout(t, exchange)
-                .await
-                .map_err(|_| format!("the app did not answer within {t:?}"))?,
-            None => exchange.await,
-        }
+        within(timeout, exchange).await
     }
 
     /// Sends one event of `sub` to `path`: a `POST` with `headers` to an HTTP app,
@@ -264,12 +259,7 @@ impl AppChannel {
                 body: r.body,
             })
         };
-        match timeout {
-            Some(t) => tokio::time::timeout(t, exchange)
-                .await
-                .map_err(|_| format!("the app did not answer within {t:?}"))?,
-            None => exchange.await,
-        }
+        within(timeout, exchange).await
     }
 
     /// Sends one bulk subscription's batch (Dapr's bulk envelope JSON) to `path`: a `POST` to an
@@ -293,12 +283,7 @@ impl AppChannel {
                 body: r.body,
             })
         };
-        match timeout {
-            Some(t) => tokio::time::timeout(t, exchange)
-                .await
-                .map_err(|_| format!("the app did not answer within {t:?}"))?,
-            None => exchange.await,
-        }
+        within(timeout, exchange).await
     }
 
     /// Waits until the app accepts connections; `false` if stopped first.
@@ -990,6 +975,19 @@ async fn start_app(consumers: &mut Consumers, deliverer: Arc<Deliverer>) -> bool
     consumers
         .consume_at_least(&pubsub, &topic, deliverer, concurrency)
         .await
+}
+
+/// An exchange with the app, bounded by the subscription's timeout when it has one.
+async fn within(
+    timeout: Option<Duration>,
+    exchange: impl std::future::Future<Output = Result<Answer, String>>,
+) -> Result<Answer, String> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, exchange)
+            .await
+            .map_err(|_| format!("the app did not answer within {t:?}"))?,
+        None => exchange.await,
+    }
 }
 
 #[cfg(test)]
