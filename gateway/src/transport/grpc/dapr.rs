@@ -550,9 +550,13 @@ impl rt::dapr_server::Dapr for DaprApi {
                             let Ok(Some(m)) = answer else { break };
                             if let Some(In::EventProcessed(p)) = m.subscribe_topic_events_request_type {
                                 use rt::topic_event_response::TopicEventResponseStatus as S;
-                                let retry = p.status.is_some_and(|s| s.status() == S::Retry);
+                                // No status is proto3's SUCCESS; a status this version does not
+                                // know is retried, as RETRY is (never read as SUCCESS).
+                                let settled = p.status.is_none_or(|s| {
+                                    S::try_from(s.status).is_ok_and(|st| st != S::Retry)
+                                });
                                 if let Some(done) = pending.remove(&p.id) {
-                                    let _ = done.send(!retry);
+                                    let _ = done.send(settled);
                                 }
                             }
                         }
