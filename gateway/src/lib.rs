@@ -39,6 +39,7 @@
 //! - [`watch`]: noticing edited files (capability manifests, the device registry).
 //! - [`runtime`]: wires the path together; [`run`] starts and stops the whole gateway.
 //! - [`sdnotify`]: readiness and watchdog notifications to systemd (`Type=notify`).
+//! - [`memory`]: hands the code only start-up ran back to the kernel once the gateway serves.
 //! - [`observability`]: logging, `/metrics`, the status page and the admin listener serving them.
 
 pub mod api;
@@ -49,6 +50,7 @@ pub mod components;
 pub mod config;
 pub mod devices;
 pub mod error;
+pub mod memory;
 pub mod observability;
 pub mod outbox;
 pub mod policy;
@@ -387,6 +389,7 @@ pub async fn run(
             cfg.devices.telemetry_linger.0,
         ),
         storage: storage.clone(),
+        component_health: Arc::new(registry.health),
         shutdown: tokio::sync::Notify::new(),
         ready: Arc::new(std::sync::atomic::AtomicBool::new(cfg.app.port == 0)),
         metrics: Arc::new(observability::metrics::CallMetrics::new(
@@ -599,6 +602,14 @@ pub async fn run(
     );
     // Every listener is open and every component built: tell systemd (Type=notify).
     sdnotify::notify("READY=1");
+    match memory::release_start_up_code() {
+        Ok(r) => tracing::debug!(
+            mappings = r.mappings,
+            resident_bytes = r.resident_bytes,
+            "start-up code handed back to the kernel"
+        ),
+        Err(e) => tracing::debug!(error = %e, "start-up code not handed back"),
+    }
     if let Some(every) = sdnotify::watchdog_interval() {
         tasks.spawn(sdnotify::watchdog(every));
     }
