@@ -602,14 +602,8 @@ pub async fn run(
     );
     // Every listener is open and every component built: tell systemd (Type=notify).
     sdnotify::notify("READY=1");
-    match memory::release_start_up_code() {
-        Ok(r) => tracing::debug!(
-            mappings = r.mappings,
-            resident_bytes = r.resident_bytes,
-            "start-up code handed back to the kernel"
-        ),
-        Err(e) => tracing::debug!(error = %e, "start-up code not handed back"),
-    }
+    // Code only start-up ran is handed back once the tasks spawned above have started too.
+    tasks.spawn(memory::release_after(memory::START_UP_SETTLE));
     if let Some(every) = sdnotify::watchdog_interval() {
         tasks.spawn(sdnotify::watchdog(every));
     }

@@ -6,7 +6,8 @@
 //! 12 MB of machine code resident: about 9 of its 12 MiB of idle RSS on x86_64
 //! (docs/benchmarks.md). None of it is needed again until a request runs it.
 //!
-//! [`release_start_up_code`] asks the kernel (`madvise(MADV_PAGEOUT)`, Linux 5.4+) to reclaim
+//! [`release_after`] (spawned by `run` once the gateway serves, so that the tasks it started
+//! have run their own set-up too) calls [`release_start_up_code`], which asks the kernel (`madvise(MADV_PAGEOUT)`, Linux 5.4+) to reclaim
 //! the executable's clean, read-only pages. It is a hint whose contents are kept by
 //! construction: those pages are identical to the file, so what runs again is read back from
 //! the page cache or the disk on its next use (a few hundred page faults when the first
@@ -21,6 +22,19 @@
 #![allow(unsafe_code)]
 
 use std::path::Path;
+use std::time::Duration;
+
+/// How long after the gateway is ready its start-up code is handed back: the tasks started
+/// with it (listeners, the subscription manager, watchers) set themselves up within a fraction
+/// of a second on x86_64 (docs/benchmarks.md); a slow board gets ten times that.
+pub const START_UP_SETTLE: Duration = Duration::from_secs(2);
+
+/// Waits `after`, then [`release_start_up_code`] off the async threads (it reads
+/// `/proc/self/smaps`).
+pub async fn release_after(after: Duration) {
+    tokio::time::sleep(after).await;
+    let _ = tokio::task::spawn_blocking(release_start_up_code).await;
+}
 
 /// What [`release_start_up_code`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -99,12 +113,23 @@ fn reclaimable<'a>(all: &'a [Mapping], exe: &str) -> impl Iterator<Item = &'a Ma
         .filter(move |m| m.path == exe && !m.writable && m.anonymous_kb == 0 && m.rss_kb > 0)
 }
 
-/// Asks the kernel to reclaim the executable's clean, read-only pages (see the module doc).
-/// Call it once start-up is over; calling it again later is harmless.
+/// Asks the kernel to reclaim the executable's clean, read-only pages (see the module doc), and
+/// logs what it did at debug level. Call it once start-up is over; calling it again later is
+/// harmless.
 pub fn release_start_up_code() -> Result<Released, ReleaseError> {
-    let exe = std::fs::read_link("/proc/self/exe")?;
-    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
-    release_in(&smaps, &exe)
+    let released = std::fs::read_link("/proc/self/exe")
+        .and_then(|exe| Ok((std::fs::read_to_string("/proc/self/smaps")?, exe)))
+        .map_err(ReleaseError::from)
+        .and_then(|(smaps, exe)| release_in(&smaps, &exe));
+    match &released {
+        Ok(r) => tracing::debug!(
+            mappings = r.mappings,
+            resident_bytes = r.resident_bytes,
+            "start-up code handed back to the kernel"
+        ),
+        Err(e) => tracing::debug!(error = %e, "start-up code not handed back"),
+    }
+    released
 }
 
 fn release_in(smaps: &str, exe: &Path) -> Result<Released, ReleaseError> {
