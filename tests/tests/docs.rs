@@ -12,8 +12,8 @@
 //! `<!-- not run: REASON -->` line right above it (it needs root, a board, another machine, a
 //! release build, ...): a new example is either tested or says why not.
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use edgecar_tests::{Edgecar, edgecar_bin};
@@ -224,7 +224,11 @@ fn every_marked_doc_example_works_as_printed() {
 /// preceded by `<!-- not run: REASON -->`, as `file:line`.
 fn unexplained_shell_blocks(path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap();
-    let name = path.strip_prefix(repo()).unwrap_or(path).display().to_string();
+    let name = path
+        .strip_prefix(repo())
+        .unwrap_or(path)
+        .display()
+        .to_string();
     let mut out = Vec::new();
     let (mut tested, mut in_block) = (false, false);
     let mut previous = "";
