@@ -3,11 +3,13 @@
 //! The registry validates each [`Component`] document against its type (the same checks serve
 //! `edgecar check-config` and start-up), builds the backend, and hands building blocks what they
 //! need by component name. Adding a component type means one file here and one line in
-//! [`TYPES`]; no building block or transport changes.
+//! [`TYPES`]; no building block or transport changes. Each component comes with its health
+//! check ([`health`]), which `/v1.0/healthz/outbound`, the status page and `/metrics` report.
 
 pub mod binding_cron;
 pub mod binding_http;
 pub mod configuration;
+pub mod health;
 pub mod lock;
 pub mod lock_memory;
 pub mod lock_redis;
@@ -135,6 +137,8 @@ pub struct Registry {
     pub sled_stores: Vec<SledStore>,
     /// Descriptions for `/v1.0/metadata`, in load order.
     pub infos: Vec<ComponentInfo>,
+    /// Every loaded component's health check.
+    pub health: health::Health,
 }
 
 /// The components edgecar runs when no resources path is given: Dapr's default names.
@@ -303,36 +307,52 @@ fn joined(errors: FieldErrors) -> String {
         .join("; ")
 }
 
-async fn build_pubsub(c: &Component, storage: &Storage) -> Result<PubSubComponent, String> {
-    let (bus, concurrency): (Arc<dyn PubSub>, usize) = match c.type_name.as_str() {
+async fn build_pubsub(
+    c: &Component,
+    storage: &Storage,
+) -> Result<(PubSubComponent, Check), String> {
+    let (bus, concurrency, check): (Arc<dyn PubSub>, usize, Check) = match c.type_name.as_str() {
         "pubsub.sled" => {
             let s = SledSettings::from_component(c).map_err(joined)?;
             let n = s.concurrency;
-            (Arc::new(SledPubSub::new(storage, &c.name, s)), n)
+            let check = Arc::new(health::Disk(storage.clone()));
+            (
+                Arc::new(SledPubSub::new(storage, &c.name, s)),
+                n,
+                Some(check),
+            )
         }
         "pubsub.in-memory" => {
             let s = MemorySettings::from_component(c).map_err(joined)?;
-            (Arc::new(MemoryPubSub::new(s)), s.concurrency)
+            (Arc::new(MemoryPubSub::new(s)), s.concurrency, None)
         }
         "pubsub.redis" => {
             let redis = redis_settings(c).map_err(|e| joined(e.into_iter().collect()))?;
             let s = StreamSettings::from_component(c, redis).map_err(joined)?;
             let n = s.concurrency;
-            (Arc::new(RedisPubSub::connect(s).await?), n)
+            let bus = RedisPubSub::connect(s).await?;
+            let check = bus.health_check();
+            (Arc::new(bus), n, Some(check))
         }
         "pubsub.mqtt" => {
             let s = MqttSettings::from_component(c).map_err(joined)?;
             let n = s.concurrency;
-            (Arc::new(MqttPubSub::connect(s).await?), n)
+            let bus = MqttPubSub::connect(s).await?;
+            let check = bus.health_check();
+            (Arc::new(bus), n, Some(check))
         }
         other => return Err(format!("unknown component type {other:?}")),
     };
-    Ok(PubSubComponent {
+    let component = PubSubComponent {
         bus,
         type_name: c.type_name.clone(),
         concurrency,
-    })
+    };
+    Ok((component, check))
 }
+
+/// A component's health check; `None` when nothing outside the process can fail.
+type Check = Option<Arc<dyn health::HealthCheck>>;
 
 fn meta_field(c: &Component, name: &str) -> String {
     match c.metadata.iter().position(|m| m.name == name) {
@@ -491,8 +511,9 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
     for c in components {
         if c.type_name.starts_with("pubsub.") {
             match build_pubsub(c, storage).await {
-                Ok(p) => {
+                Ok((p, check)) => {
                     info!(component = %c.name, r#type = %c.type_name, "component loaded");
+                    reg.health.add(&c.name, &c.type_name, check);
                     reg.infos.push(ComponentInfo {
                         name: c.name.clone(),
                         type_name: c.type_name.clone(),
@@ -510,6 +531,13 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
         }
         if is_secret_store(&c.type_name) {
             // Built earlier (setup), since other components needed them; listed here.
+            let check: Check = match c.meta("secretsFile") {
+                Some(path) if c.type_name == "secretstores.local.file" => {
+                    Some(Arc::new(health::File(path.into())))
+                }
+                _ => None,
+            };
+            reg.health.add(&c.name, &c.type_name, check);
             reg.infos.push(ComponentInfo {
                 name: c.name.clone(),
                 type_name: c.type_name.clone(),
@@ -531,9 +559,10 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
                 .and_then(|s| parse_duration(s).ok())
                 .unwrap_or(Duration::from_secs(30));
             HttpBinding::new(c.meta("url").unwrap_or_default(), timeout).map(|b| {
+                let check = b.health_check();
                 reg.output_bindings
                     .insert(c.name.clone(), OutputBinding::Http(Box::new(b)));
-                Vec::new()
+                (Vec::new(), check)
             })
         } else if c.type_name == "bindings.cron" {
             Schedule::parse(c.meta("schedule").unwrap_or_default()).map(|s| {
@@ -542,12 +571,13 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
                     InputBinding::Cron(s),
                     declares_input(c),
                 ));
-                Vec::new()
+                (Vec::new(), None)
             })
         } else if is_mqtt_binding(&c.type_name) {
             build_mqtt_binding(c)
                 .await
                 .map(|(bus, topic, input, output)| {
+                    let check = Some(bus.health_check());
                     if output {
                         reg.output_bindings.insert(
                             c.name.clone(),
@@ -564,31 +594,34 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
                             declares_input(c),
                         ));
                     }
-                    Vec::new()
+                    (Vec::new(), check)
                 })
         } else if c.type_name.starts_with("configuration.") {
-            build_configuration(c).await.map(|(store, task)| {
+            build_configuration(c).await.map(|(store, task, check)| {
                 reg.configuration.insert(c.name.clone(), store);
                 reg.background.push(task);
-                Vec::new()
+                (Vec::new(), check)
             })
         } else if c.type_name.starts_with("lock.") {
-            build_lock(c).await.map(|store| {
+            build_lock(c).await.map(|(store, check)| {
                 reg.locks
                     .insert(c.name.clone(), LockComponent { store, key_prefix });
-                Vec::new()
+                (Vec::new(), check)
             })
         } else {
-            build_state(c, storage, &mut reg).await.map(|store| {
-                let features = store.features().to_vec();
-                reg.state
-                    .insert(c.name.clone(), StateComponent { store, key_prefix });
-                features
-            })
+            build_state(c, storage, &mut reg)
+                .await
+                .map(|(store, check)| {
+                    let features = store.features().to_vec();
+                    reg.state
+                        .insert(c.name.clone(), StateComponent { store, key_prefix });
+                    (features, check)
+                })
         };
         match built {
-            Ok(capabilities) => {
+            Ok((capabilities, check)) => {
                 info!(component = %c.name, r#type = %c.type_name, "component loaded");
+                reg.health.add(&c.name, &c.type_name, check);
                 reg.infos.push(ComponentInfo {
                     name: c.name.clone(),
                     type_name: c.type_name.clone(),
@@ -651,12 +684,15 @@ async fn build_mqtt_binding(
 
 type Background = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-async fn build_configuration(c: &Component) -> Result<(Arc<dyn ConfigStore>, Background), String> {
+async fn build_configuration(
+    c: &Component,
+) -> Result<(Arc<dyn ConfigStore>, Background, Check), String> {
     match c.type_name.as_str() {
         "configuration.file" => {
             let path = std::path::PathBuf::from(c.meta("path").unwrap_or_default());
+            let check = Arc::new(health::File(path.clone()));
             let (store, watcher) = configuration::FileStore::open(path, Duration::from_secs(1))?;
-            Ok((Arc::new(store), Box::pin(watcher)))
+            Ok((Arc::new(store), Box::pin(watcher), Some(check)))
         }
         "configuration.redis" => {
             let settings = redis_settings(c).map_err(joined)?;
@@ -666,21 +702,24 @@ async fn build_configuration(c: &Component) -> Result<(Arc<dyn ConfigStore>, Bac
             let client = state_redis::client(&settings).map_err(|e| e.to_string())?;
             let (store, listener) =
                 configuration::RedisConfig::open(client, conn, settings.db).await;
-            Ok((Arc::new(store), Box::pin(listener)))
+            let check = store.health_check();
+            Ok((Arc::new(store), Box::pin(listener), Some(check)))
         }
         other => Err(format!("unknown configuration type {other:?}")),
     }
 }
 
-async fn build_lock(c: &Component) -> Result<Arc<dyn LockStore>, String> {
+async fn build_lock(c: &Component) -> Result<(Arc<dyn LockStore>, Check), String> {
     match c.type_name.as_str() {
-        "lock.in-memory" => Ok(Arc::new(lock_memory::MemoryLocks::default())),
+        "lock.in-memory" => Ok((Arc::new(lock_memory::MemoryLocks::default()), None)),
         "lock.redis" => {
             let settings = redis_settings(c).map_err(joined)?;
             let conn = state_redis::connect(&settings)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(Arc::new(lock_redis::RedisLocks::new(conn)))
+            let locks = lock_redis::RedisLocks::new(conn);
+            let check = locks.health_check();
+            Ok((Arc::new(locks), Some(check)))
         }
         other => Err(format!("unknown lock type {other:?}")),
     }
@@ -690,20 +729,21 @@ async fn build_state(
     c: &Component,
     storage: &Storage,
     reg: &mut Registry,
-) -> Result<Arc<dyn StateStore>, String> {
+) -> Result<(Arc<dyn StateStore>, Check), String> {
     match c.type_name.as_str() {
         "state.sled" => {
             let s = SledStore::open(storage, &c.name).map_err(|e| e.to_string())?;
             reg.sled_stores.push(s.clone());
-            Ok(Arc::new(s))
+            Ok((Arc::new(s), Some(Arc::new(health::Disk(storage.clone())))))
         }
-        "state.in-memory" => Ok(Arc::new(state_memory::MemoryStore::default())),
+        "state.in-memory" => Ok((Arc::new(state_memory::MemoryStore::default()), None)),
         "state.redis" => {
             let settings = redis_settings(c).map_err(joined)?;
             let store = RedisStore::connect(&settings)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(Arc::new(store))
+            let check = store.health_check();
+            Ok((Arc::new(store), Some(check)))
         }
         other => Err(format!("unknown component type {other:?}")),
     }

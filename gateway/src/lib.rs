@@ -42,6 +42,7 @@
 //! - [`watch`]: noticing edited files (capability manifests, the device registry).
 //! - [`runtime`]: wires the path together; [`run`] starts and stops the whole gateway.
 //! - [`sdnotify`]: readiness and watchdog notifications to systemd (`Type=notify`).
+//! - [`memory`]: hands the code only start-up ran back to the kernel once the gateway serves.
 //! - [`observability`]: logging, `/metrics`, the status page and the admin listener serving them.
 
 pub mod api;
@@ -52,6 +53,7 @@ pub mod components;
 pub mod config;
 pub mod devices;
 pub mod error;
+pub mod memory;
 pub mod observability;
 pub mod ops;
 pub mod outbox;
@@ -369,6 +371,7 @@ pub async fn run(
             cfg.devices.telemetry_linger.0,
         ),
         storage: storage.clone(),
+        component_health: Arc::new(registry.health),
         shutdown: tokio::sync::Notify::new(),
         ready: Arc::new(std::sync::atomic::AtomicBool::new(cfg.app.port == 0)),
         metrics: Arc::new(observability::metrics::CallMetrics::new(
@@ -499,6 +502,8 @@ pub async fn run(
     );
     // Every listener is open and every component built: tell systemd (Type=notify).
     sdnotify::notify("READY=1");
+    // Code only start-up ran is handed back once the tasks spawned above have started too.
+    tasks.spawn(memory::release_after(memory::START_UP_SETTLE));
     if let Some(every) = sdnotify::watchdog_interval() {
         tasks.spawn(sdnotify::watchdog(every));
     }

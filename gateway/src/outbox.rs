@@ -331,14 +331,15 @@ impl Outbox {
         lock(&self.known).contains(device)
     }
 
-    /// Messages held per device, for the outboxes opened since start (devices never connected
-    /// nor sent anything this run are not read from disk for this).
-    pub async fn open_backlogs(&self) -> HashMap<String, u64> {
+    /// How full each device's outbox is (messages held, the oldest one's append time), for the
+    /// outboxes opened since start (devices never connected nor sent anything this run are not
+    /// read from disk for this).
+    pub async fn open_backlogs(&self) -> HashMap<String, crate::queue::Stats> {
         self.queues
             .lock()
             .await
             .iter()
-            .map(|(d, q)| (d.clone(), q.stats().messages))
+            .map(|(d, q)| (d.clone(), q.stats()))
             .collect()
     }
 

@@ -107,6 +107,19 @@ pub struct Stats {
     pub messages: u64,
     /// Payload bytes held.
     pub bytes: u64,
+    /// When the oldest message held was appended (Unix milliseconds), at the latest (up to a
+    /// second early, or about 1/256 of its age for old backlogs; see [`book`]); `None` when
+    /// the queue is empty or its oldest message has no recorded time.
+    pub oldest_appended_ms: Option<u64>,
+}
+
+impl Stats {
+    /// How long the oldest message has waited at `now_ms`, in seconds (`None` when unknown or
+    /// nothing waits).
+    pub fn oldest_age_seconds(&self, now_ms: u64) -> Option<f64> {
+        self.oldest_appended_ms
+            .map(|at| now_ms.saturating_sub(at) as f64 / 1000.0)
+    }
 }
 
 /// One named durable queue. Cheap to clone; clones share the queue.
@@ -153,6 +166,7 @@ impl Queue {
         let (tree, locked) = tokio::task::spawn_blocking(move || {
             let tree = db.open_tree(tree_name).map_err(|e| e.to_string())?;
             let mut found = Vec::new();
+            let mut stamps = Vec::new();
             let mut groups = Groups::default();
             // Numbering continues after the highest number on disk, readable or not.
             let mut last = None;
@@ -163,12 +177,15 @@ impl Queue {
                     continue;
                 };
                 last = last.max(Some(first));
-                let Some(messages) = record::decode(&v) else {
+                let Some(record) = record::decode(&v) else {
                     warn!(queue = %queue_name, seq = first, "skipping an unreadable queue record");
                     continue;
                 };
-                groups.add(first, messages.len() as u32);
-                for (i, (exp, payload)) in messages.into_iter().enumerate() {
+                groups.add(first, record.messages.len() as u32);
+                if let Some(at) = record.appended_ms {
+                    stamps.push((first, at));
+                }
+                for (i, (exp, payload)) in record.messages.into_iter().enumerate() {
                     let seq = first + i as u64;
                     last = last.max(Some(seq));
                     found.push((seq, payload.len() as u64, exp));
@@ -177,6 +194,9 @@ impl Queue {
             let mut book = Book::new(limits, last);
             for (seq, size, exp) in found {
                 book.push(seq, size, exp);
+            }
+            for (seq, at) in stamps {
+                book.stamp(seq, at);
             }
             Ok::<_, String>((tree, Locked { book, groups }))
         })
@@ -260,6 +280,7 @@ impl Queue {
             }
         }
         let sizes: Vec<usize> = admitted.iter().map(|&(i, _)| items[i].0.len()).collect();
+        let now_ms = unix_ms();
         for chunk in record::chunks(&sizes) {
             let run = &admitted[chunk];
             let Some(&(_, first)) = run.first() else {
@@ -269,13 +290,14 @@ impl Queue {
             let inserted = self
                 .inner
                 .tree
-                .insert(first.to_be_bytes(), record::encode(&messages));
+                .insert(first.to_be_bytes(), record::encode(&messages, now_ms));
             match inserted {
                 Ok(_) => {
                     groups.add(first, run.len() as u32);
                     for (&(_, seq), (payload, exp)) in run.iter().zip(&messages) {
                         book.push(seq, payload.len() as u64, *exp);
                     }
+                    book.stamp(first, now_ms);
                 }
                 Err(e) => {
                     for &(i, _) in run {
@@ -465,6 +487,7 @@ impl Queue {
         Stats {
             messages: b.len(),
             bytes: b.bytes(),
+            oldest_appended_ms: b.oldest_appended_ms(),
         }
     }
 }
@@ -660,5 +683,30 @@ mod tests {
             Err(QueueError::LeaseLost { .. })
         ));
         q.ack(again[0].grant).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_oldest_message_s_append_time_survives_reopening() {
+        let (_d, s) = storage().await;
+        let q = Queue::open(&s, "t", Limits::default()).await.unwrap();
+        assert_eq!(q.stats().oldest_appended_ms, None);
+        let before = unix_ms();
+        q.append(b"first", None).await.unwrap();
+        q.append_many(&[
+            (Bytes::from_static(b"x"), None),
+            (Bytes::from_static(b"y"), None),
+        ])
+        .await;
+        let at = q.stats().oldest_appended_ms.expect("a time");
+        assert!(at >= before && at <= unix_ms(), "{at}");
+        drop(q);
+        let q = Queue::open(&s, "t", Limits::default()).await.unwrap();
+        assert_eq!(q.stats().oldest_appended_ms, Some(at));
+        assert!(q.stats().oldest_age_seconds(at + 2_500) == Some(2.5));
+        let got = q.try_lease(10, LEASE).unwrap();
+        for l in got {
+            q.ack(l.grant).unwrap();
+        }
+        assert_eq!(q.stats().oldest_appended_ms, None);
     }
 }

@@ -53,6 +53,9 @@ pub struct Runtime {
     pub telemetry: TelemetryBlock,
     /// The embedded database, whose disk health the health routes report.
     pub storage: crate::storage::Storage,
+    /// Every loaded component's health check: `/v1.0/healthz/outbound`, the status page and
+    /// `/metrics` report them.
+    pub component_health: Arc<crate::components::health::Health>,
     /// Fired by [`Op::Shutdown`]; `run` treats it as its shutdown signal.
     pub shutdown: tokio::sync::Notify,
     /// Components are loaded and the app's subscriptions are running (or there is no app):
@@ -78,14 +81,48 @@ impl Runtime {
         })
     }
 
+    /// `/v1.0/healthz/outbound`: as [`Runtime::health`], and every component's health check
+    /// passes (checked now unless checked within the last second); `Err` names each failing
+    /// component and what its check said.
+    pub async fn outbound_health(&self) -> Result<(), Error> {
+        self.health()?;
+        let failing: Vec<String> = self
+            .component_health
+            .report()
+            .await
+            .into_iter()
+            .filter(|c| !c.healthy)
+            .map(|c| {
+                format!(
+                    "component {} ({}) is unhealthy: {}",
+                    c.name,
+                    c.type_name,
+                    c.error.unwrap_or_default()
+                )
+            })
+            .collect();
+        if failing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::new(
+            crate::error::ErrorKind::Upstream,
+            crate::error::codes::HEALTH_NOT_READY,
+            failing.join("; "),
+        ))
+    }
+
     /// The `/metrics` exposition: call metrics and the gauges read now.
     pub async fn metrics_text(&self) -> String {
+        let outboxes = self.devices.outbox_backlogs().await;
         let snap = metrics::Snapshot {
+            now_ms: crate::clock::unix_ms(),
             devices_registered: self.devices.registered_count(),
             devices_connected: self.devices.connected_count(),
-            outbox_messages: self.devices.outbox_backlogs().await.values().sum(),
+            outbox_messages: outboxes.values().map(|s| s.messages).sum(),
+            outbox_oldest_appended_ms: outboxes.values().filter_map(|s| s.oldest_appended_ms).min(),
             capabilities: self.capabilities.status().await,
-            queues: self.pubsub.queue_depths().await,
+            queues: self.pubsub.queue_stats().await,
+            components: self.component_health.report().await,
         };
         metrics::encode(&self.metrics, &snap)
     }

@@ -27,7 +27,8 @@ fn main() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let ec = Edgecar::start(dir.path(), &["--log-level", "warn"]);
-    std::thread::sleep(Duration::from_secs(1));
+    // Idle once it has handed its start-up code back (2 s after it serves; see idle_rss.rs).
+    std::thread::sleep(Duration::from_secs(4));
     let idle_rss = ec.rss_kib();
     let value = r#"[{"key":"bench","value":{"temperature":21.5,"unit":"C","sensor":"line-3"}}]"#;
     assert_eq!(

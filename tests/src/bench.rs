@@ -216,3 +216,75 @@ pub fn open_files_limit() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// What a process's resident memory is made of, in KiB, from `/proc/<pid>/smaps`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Residency {
+    /// All of it (the sum of the parts below).
+    pub rss: u64,
+    /// The executable's own code and read-only data, as the file holds them (clean pages).
+    pub exe_file: u64,
+    /// The executable's pages written since it was mapped: relocated data (RELRO), `.data`.
+    pub exe_anon: u64,
+    /// Shared libraries (libc, libm, libgcc_s, the loader) and the vDSO.
+    pub libs: u64,
+    /// Thread stacks: the main one and every 2 MiB thread stack mapping.
+    pub stacks: u64,
+    /// Every other anonymous page: the malloc heap and arenas, `.bss`, buffers.
+    pub heap: u64,
+    /// Threads.
+    pub threads: u64,
+}
+
+/// Reads [`Residency`] of `pid` (all zero if it is gone).
+pub fn residency(pid: u32) -> Residency {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut r = Residency {
+        threads: proc_kib(pid, "Threads"),
+        ..Residency::default()
+    };
+    // (path, size, rss, anonymous) of the mapping being read.
+    let mut cur: Option<(String, u64, u64, u64)> = None;
+    let add = |m: &(String, u64, u64, u64), r: &mut Residency| {
+        let (path, size, rss, anon) = m;
+        r.rss += rss;
+        if *path == exe {
+            r.exe_file += rss - anon;
+            r.exe_anon += anon;
+        } else if path.starts_with('/') || path == "[vdso]" || path == "[vvar]" {
+            r.libs += rss;
+        } else if path == "[stack]" || *size == 2048 {
+            r.stacks += rss;
+        } else {
+            r.heap += rss;
+        }
+    };
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            if let Some(m) = cur.take() {
+                add(&m, &mut r);
+            }
+            let path = f.skip(4).collect::<Vec<_>>().join(" ");
+            cur = Some((path, 0, 0, 0));
+            continue;
+        }
+        let kb = f.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        if let Some(m) = cur.as_mut() {
+            match first {
+                "Size:" => m.1 = kb,
+                "Rss:" => m.2 = kb,
+                "Anonymous:" => m.3 = kb,
+                _ => {}
+            }
+        }
+    }
+    if let Some(m) = cur.take() {
+        add(&m, &mut r);
+    }
+    r
+}

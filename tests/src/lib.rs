@@ -105,7 +105,18 @@ impl Edgecar {
 
     /// As [`Edgecar::start`], with extra environment variables.
     pub fn start_with_env(state_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Edgecar {
-        let mut cmd = Command::new(edgecar_bin());
+        Self::start_binary(&edgecar_bin(), state_dir, args, env)
+    }
+
+    /// As [`Edgecar::start_with_env`], running the edgecar binary at `bin` (a benchmark
+    /// comparing two builds in one run).
+    pub fn start_binary(
+        bin: &Path,
+        state_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Edgecar {
+        let mut cmd = Command::new(bin);
         cmd.arg("run").arg("--dapr-http-port").arg("0");
         if !args.contains(&"--mqtt-port") {
             cmd.arg("--mqtt-port").arg("0");
@@ -392,8 +403,18 @@ impl RedisServer {
     /// Kills the server (`kill -9`) and starts it again on the same port with the same
     /// arguments: without persistence it comes back empty.
     pub fn restart(&mut self) {
+        self.stop();
+        self.resume();
+    }
+
+    /// Kills the server (`kill -9`); [`RedisServer::resume`] starts it again on its port.
+    pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts a stopped server again on the same port with the same arguments.
+    pub fn resume(&mut self) {
         for _ in 0..50 {
             self.child = Self::spawn(self.port, &self.extra);
             if self.answers() {

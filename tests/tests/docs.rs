@@ -1,13 +1,20 @@
 //! The docs' shell examples work as printed. Every block between `<!-- doc-test: ARGS -->` and
 //! `<!-- /doc-test -->` in README.md, docs/*.md and firmware-examples/README.md runs against a
 //! fresh `edgecar run ARGS` (paths relative to the repository root, which is also the commands'
-//! working directory, with `edgecar` and `edgecar-device` on PATH); `localhost:3500` and
-//! `localhost:9090` become the ports that gateway bound. A command is followed by the lines it
-//! prints, each as `# → line` (a trailing `...` matches any rest); a command with none must exit 0.
+//! working directory, with `edgecar`, `edgecar-device` and `edgecar-sensor-simulator` on PATH);
+//! `localhost:3500` and `localhost:9090` become the ports that gateway bound, and the
+//! environment points the CLIs at it (`STATE_DIRECTORY` for `edgecar device ...`,
+//! `EDGECAR_MQTT_PORT` for the device programs). A command is followed by the lines it prints,
+//! each as `# → line` (a trailing `...` matches any rest); a command with none must exit 0.
 //! The README's quickstart has its own test (readme.rs).
+//!
+//! Every other shell block (`sh`, `bash`, `console`) must say why it is not run, in a
+//! `<!-- not run: REASON -->` line right above it (it needs root, a board, another machine, a
+//! release build, ...): a new example is either tested or says why not.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use edgecar_tests::{Edgecar, edgecar_bin};
 
@@ -91,20 +98,32 @@ fn blocks_in(path: &Path) -> Vec<Block> {
     out
 }
 
-fn all_blocks() -> Vec<Block> {
+/// Every Markdown file whose examples are checked: the READMEs and docs/.
+fn doc_files() -> Vec<PathBuf> {
     let root = repo();
     let mut files = vec![
         root.join("README.md"),
         root.join("firmware-examples/README.md"),
     ];
-    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "md"))
-        .collect();
-    docs.sort();
-    files.extend(docs);
-    files.iter().flat_map(|f| blocks_in(f)).collect()
+    for dir in [
+        "docs",
+        "firmware-examples/sensor-simulator",
+        "firmware-examples/esp32-pubsubclient",
+        "firmware-examples/micropython-umqtt",
+    ] {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "md"))
+            .collect();
+        found.sort();
+        files.extend(found);
+    }
+    files
+}
+
+fn all_blocks() -> Vec<Block> {
+    doc_files().iter().flat_map(|f| blocks_in(f)).collect()
 }
 
 fn matches(got: &str, want: &str) -> bool {
@@ -145,18 +164,33 @@ fn every_marked_doc_example_works_as_printed() {
             .collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let ec = Edgecar::start(dir.path(), &args);
+        // Variables a command exports are there for the next ones, as in one terminal.
+        let env_file = dir.path().join("doc-test.env");
+        let mut groups = Vec::new();
         for (cmd, expected) in &block.steps {
             let cmd = cmd
                 .replace("localhost:3500", &format!("127.0.0.1:{}", ec.port))
                 .replace("localhost:9090", &format!("127.0.0.1:{}", ec.admin_port));
-            let out = Command::new("bash")
+            let script = format!(
+                "[ -f \"$DOC_TEST_ENV\" ] && . \"$DOC_TEST_ENV\"\n{cmd}\nrc=$?\nexport -p > \"$DOC_TEST_ENV\"\nexit $rc\n"
+            );
+            // Its own process group, so that what it leaves running in the background is
+            // stopped with the block.
+            let child = Command::new("bash")
                 .arg("-c")
-                .arg(&cmd)
+                .arg(&script)
                 .current_dir(&root)
                 .env("PATH", &path)
-                .env("EDGECAR_STATE_DIR", dir.path())
-                .output()
+                .env("DOC_TEST_ENV", &env_file)
+                .env("STATE_DIRECTORY", dir.path())
+                .env("EDGECAR_MQTT_PORT", ec.mqtt_port.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .spawn()
                 .unwrap();
+            groups.push(child.id());
+            let out = child.wait_with_output().unwrap();
             let got = String::from_utf8_lossy(&out.stdout).replace('\r', "");
             let got: Vec<&str> = got.trim_end().lines().collect();
             if expected.is_empty() {
@@ -177,5 +211,63 @@ fn every_marked_doc_example_works_as_printed() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        for pgid in groups {
+            let _ = Command::new("kill")
+                .args(["-TERM", "--", &format!("-{pgid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
+}
+
+/// The opening lines of shell blocks that are neither in a doc-test or quickstart region nor
+/// preceded by `<!-- not run: REASON -->`, as `file:line`.
+fn unexplained_shell_blocks(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let name = path
+        .strip_prefix(repo())
+        .unwrap_or(path)
+        .display()
+        .to_string();
+    let mut out = Vec::new();
+    let (mut tested, mut in_block) = (false, false);
+    let mut previous = "";
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with("<!-- doc-test:") || t.starts_with("<!-- quickstart") {
+            tested = true;
+        } else if t == "<!-- /doc-test -->" || t == "<!-- /quickstart -->" {
+            tested = false;
+        }
+        if let Some(fence) = t.strip_prefix("```") {
+            if !in_block {
+                let shell = matches!(fence.trim(), "sh" | "bash" | "shell" | "console");
+                let reason = previous
+                    .strip_prefix("<!-- not run:")
+                    .and_then(|r| r.strip_suffix("-->"))
+                    .is_some_and(|r| !r.trim().is_empty());
+                if shell && !tested && !reason {
+                    out.push(format!("{name}:{}", i + 1));
+                }
+            }
+            in_block = !in_block;
+        }
+        if !t.is_empty() {
+            previous = t;
+        }
+    }
+    out
+}
+
+#[test]
+fn every_shell_example_is_run_or_says_why_not() {
+    let missing: Vec<String> = doc_files()
+        .iter()
+        .flat_map(|f| unexplained_shell_blocks(f))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "shell examples neither run by a test (<!-- doc-test: ARGS -->) nor marked <!-- not run: REASON -->:\n  {}",
+        missing.join("\n  ")
+    );
 }

@@ -67,6 +67,24 @@ fn sample(m: &HashMap<String, f64>, key: &str) -> f64 {
     m.get(key).copied().unwrap_or(0.0)
 }
 
+/// The `oldestAgeSeconds` of `pubsub/<topic>` in a `/status.json`.
+fn topic_age(status: &serde_json::Value, topic: &str) -> Option<f64> {
+    status["queues"]["topics"]
+        .as_array()?
+        .iter()
+        .find(|q| q["pubsub"] == "pubsub" && q["topic"] == topic)?["oldestAgeSeconds"]
+        .as_f64()
+}
+
+/// The status page's entry for component `name`.
+fn component(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["components"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no component {name} in {status}"))
+}
+
 #[test]
 fn metrics_are_on_the_admin_port_and_not_on_the_api_port() {
     let dir = tempfile::tempdir().unwrap();
@@ -206,7 +224,11 @@ fn status_page_shows_the_running_gateways_figures_in_chromium() {
         );
         assert_eq!(r.status, 204);
     }
-    let status = ec.admin("/status.json").json();
+    // Nobody consumes them: the oldest has waited two seconds before the page is rendered.
+    let status = eventually(Duration::from_secs(10), "a 2 s old backlog", || {
+        let s = ec.admin("/status.json").json();
+        (topic_age(&s, "telemetry")? >= 2.0).then_some(s)
+    });
     let calls = status["calls"]["total"].as_u64().unwrap();
     assert!(calls >= 3, "{status}");
 
@@ -246,7 +268,21 @@ fn status_page_shows_the_running_gateways_figures_in_chromium() {
         );
     }
     assert_eq!(tile("error"), "", "{dom}");
-    assert!(dom.contains("<td>pubsub/telemetry</td><td>2</td>"), "{dom}");
+    // The queue's depth and how long its oldest message has waited ("0m 2s" or more).
+    let row = "<td>pubsub/telemetry</td><td>2</td><td>0m ";
+    let waited = dom
+        .find(row)
+        .map(|at| &dom[at + row.len()..])
+        .and_then(|rest| rest.split('s').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no age beside the telemetry queue:\n{dom}"));
+    assert!((2..60).contains(&waited), "{waited} s\n{dom}");
+    // Each component with its health and what was checked.
+    for c in [
+        "<td>statestore</td><td>state.sled</td><td>v1</td><td class=\"ok\">healthy</td><td>free disk space</td>",
+        "<td>pubsub</td><td>pubsub.sled</td><td>v1</td><td class=\"ok\">healthy</td><td>free disk space</td>",
+    ] {
+        assert!(dom.contains(c), "{c} missing:\n{dom}");
+    }
     // No outbox yet: a backlog of 0 rather than unknown.
     assert!(
         dom.contains(
@@ -257,6 +293,22 @@ fn status_page_shows_the_running_gateways_figures_in_chromium() {
     let metrics = ec.admin("/metrics").text();
     assert!(
         metrics.contains(r#"edgecar_queue_messages{pubsub="pubsub",topic="telemetry"} 2"#),
+        "{metrics}"
+    );
+    let m = parse_metrics(&metrics);
+    assert!(
+        sample(
+            &m,
+            r#"edgecar_queue_oldest_age_seconds{pubsub="pubsub",topic="telemetry"}"#
+        ) >= 2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"edgecar_component_healthy{component="statestore",type="state.sled"}"#
+        ),
+        1.0,
         "{metrics}"
     );
 
@@ -278,4 +330,167 @@ fn status_page_shows_the_running_gateways_figures_in_chromium() {
         "{} bytes",
         png.len()
     );
+}
+
+#[test]
+fn a_backlog_nobody_consumes_shows_a_growing_age_that_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ec = Edgecar::start(dir.path(), &[]);
+    let publish = |ec: &Edgecar| {
+        let r = ec.req(
+            "POST",
+            "/v1.0/publish/pubsub/telemetry",
+            br#"{"t":1}"#,
+            &[("content-type", "application/json")],
+        );
+        assert_eq!(r.status, 204, "{}", r.text());
+    };
+    let status = ec.admin("/status.json").json();
+    assert_eq!(
+        topic_age(&status, "telemetry"),
+        None,
+        "no queue yet: {status}"
+    );
+    publish(&ec);
+    let first = topic_age(&ec.admin("/status.json").json(), "telemetry").expect("an age");
+    assert!(first < 2.0, "{first}");
+    std::thread::sleep(Duration::from_millis(1500));
+    // A newer message does not make the backlog younger.
+    publish(&ec);
+    let later = ec.admin("/status.json").json();
+    let second = topic_age(&later, "telemetry").unwrap();
+    assert!(second >= first + 1.4, "{first} then {second}: {later}");
+    let m = parse_metrics(&ec.admin("/metrics").text());
+    let gauge = sample(
+        &m,
+        r#"edgecar_queue_oldest_age_seconds{pubsub="pubsub",topic="telemetry"}"#,
+    );
+    assert!(gauge >= second, "{gauge} < {second}");
+    assert_eq!(
+        sample(
+            &m,
+            r#"edgecar_queue_messages{pubsub="pubsub",topic="telemetry"}"#
+        ),
+        2.0
+    );
+
+    // The append time is on disk with the message: a restart does not reset the age. (Queues
+    // are opened when their topic is next used; a publish does that.)
+    assert!(ec.terminate().success());
+    let ec = Edgecar::start(dir.path(), &[]);
+    publish(&ec);
+    let after = ec.admin("/status.json").json();
+    let third = topic_age(&after, "telemetry").unwrap();
+    assert!(
+        third >= second,
+        "{second} before the restart, {third} after: {after}"
+    );
+}
+
+#[test]
+fn component_health_follows_a_real_redis_going_down_and_coming_back() {
+    let mut redis = edgecar_tests::RedisServer::start();
+    let (dir, res) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let host = format!("127.0.0.1:{}", redis.port);
+    edgecar_tests::write_component(
+        res.path(),
+        "cache",
+        "state.redis",
+        &[
+            ("redisHost", &host),
+            ("dialTimeout", "300ms"),
+            ("readTimeout", "300ms"),
+        ],
+    );
+    edgecar_tests::write_component(res.path(), "statestore", "state.sled", &[]);
+    let ec = Edgecar::start(
+        dir.path(),
+        &["--resources-path", res.path().to_str().unwrap()],
+    );
+    let healthy = r#"edgecar_component_healthy{component="cache",type="state.redis"}"#;
+    assert_eq!(
+        ec.req("GET", "/v1.0/healthz/outbound", b"", &[]).status,
+        204
+    );
+    let status = ec.admin("/status.json").json();
+    let cache = component(&status, "cache");
+    assert_eq!(cache["status"], "healthy", "{status}");
+    assert_eq!(cache["check"], "Redis PING", "{status}");
+    assert_eq!(
+        sample(&parse_metrics(&ec.admin("/metrics").text()), healthy),
+        1.0
+    );
+
+    redis.stop();
+    let down = eventually(
+        Duration::from_secs(15),
+        "/v1.0/healthz/outbound failing",
+        || {
+            let r = ec.req("GET", "/v1.0/healthz/outbound", b"", &[]);
+            (r.status == 500).then_some(r)
+        },
+    );
+    assert_eq!(down.error_code(), "ERR_HEALTH_NOT_READY", "{}", down.text());
+    let message = down.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.starts_with("component cache (state.redis) is unhealthy: redis:"),
+        "{message}"
+    );
+    assert!(!message.contains("statestore"), "{message}");
+    // The sidecar itself is alive: only the outbound check names the store.
+    assert_eq!(ec.req("GET", "/v1.0/healthz", b"", &[]).status, 204);
+    let status = ec.admin("/status.json").json();
+    let cache = component(&status, "cache");
+    assert_eq!(cache["status"], "unhealthy", "{status}");
+    assert!(
+        cache["error"].as_str().unwrap().starts_with("redis:"),
+        "{status}"
+    );
+    assert_eq!(component(&status, "statestore")["status"], "healthy");
+    assert_eq!(
+        sample(&parse_metrics(&ec.admin("/metrics").text()), healthy),
+        0.0
+    );
+    // The page shows it in red, with the error, in a real browser.
+    let url = format!("http://127.0.0.1:{}/", ec.admin_port);
+    let profile = tempfile::tempdir().unwrap();
+    let out = chromium_run(profile.path(), &url, &["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let row = "<td>cache</td><td>state.redis</td><td>v1</td><td class=\"bad\">unhealthy</td><td>Redis PING</td>";
+    assert!(dom.contains(row), "{row} missing:\n{dom}");
+    assert!(dom.contains("<td>redis:"), "no error shown:\n{dom}");
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/status-page-unhealthy.png");
+    let out = chromium_run(
+        profile.path(),
+        &url,
+        &[&format!("--screenshot={}", shot.display())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    redis.resume();
+    eventually(
+        Duration::from_secs(15),
+        "/v1.0/healthz/outbound passing again",
+        || (ec.req("GET", "/v1.0/healthz/outbound", b"", &[]).status == 204).then_some(()),
+    );
+    let status = ec.admin("/status.json").json();
+    let cache = component(&status, "cache");
+    assert_eq!(cache["status"], "healthy", "{status}");
+    assert!(cache["error"].is_null(), "{status}");
+    assert_eq!(
+        sample(&parse_metrics(&ec.admin("/metrics").text()), healthy),
+        1.0
+    );
+    // And the store works again.
+    let r = ec.req(
+        "POST",
+        "/v1.0/state/cache",
+        br#"[{"key":"k","value":1}]"#,
+        &[],
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
 }

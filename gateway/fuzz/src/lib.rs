@@ -195,6 +195,7 @@ fn build() -> Harness {
                 Duration::ZERO,
             ),
             storage,
+            component_health: Arc::new(registry.health),
             shutdown: tokio::sync::Notify::new(),
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             metrics: Arc::new(edgecar::observability::metrics::CallMetrics::new(APP_ID, false)),

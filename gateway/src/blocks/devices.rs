@@ -335,9 +335,9 @@ impl DevicesBlock {
         self.registry.contains(id)
     }
 
-    /// Messages waiting per device, for the devices whose outbox is open (every device that
+    /// How full each device's outbox is, for the devices whose outbox is open (every device that
     /// connected or was sent something since start); empty in external broker mode.
-    pub async fn outbox_backlogs(&self) -> std::collections::HashMap<String, u64> {
+    pub async fn outbox_backlogs(&self) -> std::collections::HashMap<String, crate::queue::Stats> {
         match &self.queued {
             Some(q) => q.outbox.open_backlogs().await,
             None => std::collections::HashMap::new(),
@@ -356,7 +356,7 @@ impl DevicesBlock {
                 let s = self.presence.get(id);
                 let link = self.links.of(id).map(|l| l.kind());
                 let mut row = status_json(id, &s, d.added_at.as_deref(), link);
-                let backlog = backlogs.get(id).copied().or_else(|| {
+                let backlog = backlogs.get(id).map(|s| s.messages).or_else(|| {
                     let q = self.queued.as_ref()?;
                     (!q.outbox.has_outbox(id)).then_some(0)
                 });

@@ -38,6 +38,18 @@ use cloudevent::{Attributes, Envelope};
 /// Longest topic name accepted.
 const MAX_TOPIC_LEN: usize = 1024;
 
+/// One queue a `pubsub.sled` component keeps for a topic, as `/metrics` and the status page
+/// show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicQueue {
+    /// The pub/sub component.
+    pub pubsub: String,
+    /// The topic.
+    pub topic: String,
+    /// Messages waiting and the oldest one's append time.
+    pub stats: crate::queue::Stats,
+}
+
 /// The pub/sub building block.
 pub struct PubSubBlock {
     /// This sidecar's app id: the `source` of the events it publishes.
@@ -153,16 +165,20 @@ struct EventIn<'a> {
 }
 
 impl PubSubBlock {
-    /// Messages waiting per (pub/sub, topic) in the queues this process keeps (`pubsub.sled`),
-    /// for `/metrics` and the status page.
-    pub async fn queue_depths(&self) -> Vec<(String, String, u64)> {
+    /// How full each (pub/sub, topic) queue this process keeps (`pubsub.sled`) is, for
+    /// `/metrics` and the status page.
+    pub async fn queue_stats(&self) -> Vec<TopicQueue> {
         let mut out = Vec::new();
         for (name, c) in &self.buses {
-            for (topic, n) in c.bus.queue_depths().await {
-                out.push((name.clone(), topic, n));
+            for (topic, stats) in c.bus.queue_stats().await {
+                out.push(TopicQueue {
+                    pubsub: name.clone(),
+                    topic,
+                    stats,
+                });
             }
         }
-        out.sort();
+        out.sort_by(|a, b| (&a.pubsub, &a.topic).cmp(&(&b.pubsub, &b.topic)));
         out
     }
 

@@ -33,7 +33,43 @@ pub struct HttpResult {
     pub body: Bytes,
 }
 
+/// The endpoint accepts TCP connections: reachability only, since any request could have
+/// effects on the far side.
+struct Reachable {
+    host: String,
+    port: u16,
+}
+
+#[async_trait::async_trait]
+impl super::health::HealthCheck for Reachable {
+    fn what(&self) -> &'static str {
+        "TCP connect"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map(drop)
+            .map_err(|e| format!("cannot connect to {}:{}: {e}", self.host, self.port))
+    }
+}
+
 impl HttpBinding {
+    /// Its health check: whether the URL's host accepts connections (`None` if the URL names
+    /// no host).
+    pub fn health_check(&self) -> Option<std::sync::Arc<dyn super::health::HealthCheck>> {
+        let uri: http::Uri = self.url.parse().ok()?;
+        let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        });
+        Some(std::sync::Arc::new(Reachable {
+            host: host.to_owned(),
+            port,
+        }))
+    }
+
     /// A binding to `url` (http or https).
     pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
         let roots = hyper_rustls::HttpsConnectorBuilder::new()

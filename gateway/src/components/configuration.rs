@@ -225,6 +225,11 @@ fn parse_redis_value(raw: &str) -> Item {
 }
 
 impl RedisConfig {
+    /// Its health check.
+    pub fn health_check(&self) -> std::sync::Arc<dyn super::health::HealthCheck> {
+        std::sync::Arc::new(super::state_redis::RedisPing(self.conn.clone()))
+    }
+
     /// Connects and returns the store plus the keyspace-notification listener its owner must run.
     pub async fn open(
         client: redis::Client,

@@ -27,6 +27,11 @@ pub struct RedisLocks {
 }
 
 impl RedisLocks {
+    /// Its health check.
+    pub fn health_check(&self) -> std::sync::Arc<dyn super::health::HealthCheck> {
+        std::sync::Arc::new(super::state_redis::RedisPing(self.conn.clone()))
+    }
+
     /// Wraps a connection.
     pub fn new(conn: ConnectionManager) -> Self {
         RedisLocks {

@@ -136,9 +136,10 @@ pub trait PubSub: Send + Sync {
     /// from ignore it.
     fn topics_in_use(&self, _topics: &[String]) {}
 
-    /// Messages waiting per topic, for components whose queues are this process's own (sled);
-    /// empty for brokers, whose queues the broker reports.
-    async fn queue_depths(&self) -> Vec<(String, u64)> {
+    /// How full each topic's queue is (messages waiting, the oldest one's append time), for
+    /// components whose queues are this process's own (sled); empty for brokers, whose queues
+    /// the broker reports.
+    async fn queue_stats(&self) -> Vec<(String, crate::queue::Stats)> {
         Vec::new()
     }
 }

@@ -180,6 +180,8 @@ struct Shared {
     /// Topic filters in use, once the subscriptions are known; parked messages no filter can
     /// take are then acknowledged and dropped.
     in_use: Option<Vec<String>>,
+    /// Why the broker connection is down (`None` while connected): the health check.
+    down: Option<String>,
 }
 
 /// Most messages parked before their subscription exists; beyond, they are left unacked for
@@ -222,6 +224,7 @@ async fn event_loop(
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                 info!(broker = ?events.mqtt_options.broker_address(), "connected to the MQTT broker");
                 down_logged = false;
+                lock(&shared).down = None;
                 if let Some(c) = connected.take() {
                     let _ = c.send(Ok(()));
                 }
@@ -304,6 +307,7 @@ async fn event_loop(
                 if let Some(c) = connected.take() {
                     let _ = c.send(Err(e.to_string()));
                 }
+                lock(&shared).down = Some(e.to_string());
                 if !down_logged {
                     warn!(error = %e, "MQTT connection lost; reconnecting");
                     down_logged = true;
@@ -314,7 +318,38 @@ async fn event_loop(
     }
 }
 
+/// The broker connection as the event loop last saw it.
+struct BrokerLink {
+    shared: Arc<Mutex<Shared>>,
+    broker: String,
+}
+
+#[async_trait]
+impl super::health::HealthCheck for BrokerLink {
+    fn what(&self) -> &'static str {
+        "broker connection"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        match &lock(&self.shared).down {
+            None => Ok(()),
+            Some(e) => Err(format!(
+                "not connected to the MQTT broker at {}: {e}",
+                self.broker
+            )),
+        }
+    }
+}
+
 impl MqttPubSub {
+    /// Its health check: the connection to the broker (the client reconnects on its own).
+    pub fn health_check(&self) -> Arc<dyn super::health::HealthCheck> {
+        Arc::new(BrokerLink {
+            shared: self.shared.clone(),
+            broker: format!("{}:{}", self.settings.host, self.settings.port),
+        })
+    }
+
     /// Connects to the broker, waiting up to `connect_timeout` for the first CONNACK.
     pub async fn connect(settings: MqttSettings) -> Result<MqttPubSub, String> {
         let mut opts = MqttOptions::new(&settings.client_id, &settings.host, settings.port);

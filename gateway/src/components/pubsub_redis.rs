@@ -164,6 +164,11 @@ fn read_reply(v: &Value) -> Vec<Entry> {
 }
 
 impl RedisPubSub {
+    /// Its health check.
+    pub fn health_check(&self) -> Arc<dyn super::health::HealthCheck> {
+        Arc::new(super::state_redis::RedisPing(self.conn.clone()))
+    }
+
     /// Connects to Redis.
     pub async fn connect(settings: StreamSettings) -> Result<Self, String> {
         let conn = connect_manager(&settings.redis, settings.redis.response_timeout).await?;

@@ -348,16 +348,16 @@ impl PubSub for SledPubSub {
         }))
     }
 
-    async fn queue_depths(&self) -> Vec<(String, u64)> {
-        let mut depths: Vec<(String, u64)> = self
+    async fn queue_stats(&self) -> Vec<(String, crate::queue::Stats)> {
+        let mut depths: Vec<(String, crate::queue::Stats)> = self
             .inner
             .queues
             .lock()
             .await
             .iter()
-            .map(|(topic, q)| (topic.clone(), q.stats().messages))
+            .map(|(topic, q)| (topic.clone(), q.stats()))
             .collect();
-        depths.sort();
+        depths.sort_by(|a, b| a.0.cmp(&b.0));
         depths
     }
 

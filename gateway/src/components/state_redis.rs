@@ -186,7 +186,33 @@ pub async fn connect_manager(
     connect(&settings).await.map_err(|e| e.to_string())
 }
 
+/// The health check of every Redis-backed component: a `PING` through the component's own
+/// self-reconnecting connection, so a restarted Redis shows healthy again once the component
+/// could use it again.
+pub struct RedisPing(pub ConnectionManager);
+
+#[async_trait]
+impl super::health::HealthCheck for RedisPing {
+    fn what(&self) -> &'static str {
+        "Redis PING"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let mut conn = self.0.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(|e| format!("redis: {e}"))
+    }
+}
+
 impl RedisStore {
+    /// Its health check.
+    pub fn health_check(&self) -> std::sync::Arc<dyn super::health::HealthCheck> {
+        std::sync::Arc::new(RedisPing(self.conn.clone()))
+    }
+
     /// Connects to Redis, failing if it cannot within `connect_timeout`.
     pub async fn connect(s: &RedisSettings) -> Result<Self, StoreError> {
         let conn = connect(s).await?;

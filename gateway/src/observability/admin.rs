@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | `GET /metrics` | OpenMetrics text ([`super::metrics`]) |
 //! | `GET /` | the status page: one self-contained HTML file (no CDN: a Pi may be offline) that renders `/status.json` and refreshes it every 2 s |
-//! | `GET /status.json` | devices, capabilities, queues, components, version, uptime ([`status`]) |
+//! | `GET /status.json` | devices, capabilities, queues (depth, age of the oldest message), components (health), version, uptime ([`Admin::status`]) |
 //! | `GET /healthz` | 204 while the gateway runs |
 //!
 //! It asks for no token and binds loopback unless `metrics.address` says otherwise.
@@ -127,6 +127,33 @@ impl Admin {
             .collect();
         let process = super::metrics::process();
         let (calls, failed) = rt.metrics.totals();
+        let now_ms = crate::clock::unix_ms();
+        let age = |s: &crate::queue::Stats| match s.oldest_age_seconds(now_ms) {
+            None if s.messages == 0 => Some(0.0),
+            a => a,
+        };
+        let outbox_oldest = backlogs.values().filter_map(|s| s.oldest_appended_ms).min();
+        let health = rt.component_health.report().await;
+        let components: Vec<_> = self
+            .components
+            .iter()
+            .map(|c| {
+                let h = health.iter().find(|h| h.name == c.name);
+                json!({
+                    "name": c.name,
+                    "type": c.type_name,
+                    "version": c.version,
+                    "status": match h {
+                        Some(h) if !h.healthy => "unhealthy",
+                        _ => "healthy",
+                    },
+                    "check": h.and_then(|h| h.check),
+                    "error": h.and_then(|h| h.error.clone()),
+                    "since": h.map(|h| crate::clock::rfc3339(h.since_ms / 1000)),
+                    "checked": h.and_then(|h| h.checked_ms).map(|ms| crate::clock::rfc3339(ms / 1000)),
+                })
+            })
+            .collect();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "appId": rt.app_id,
@@ -151,19 +178,18 @@ impl Admin {
             "capabilities": capabilities,
             "queues": {
                 "outboxes": backlogs.len(),
-                "outboxMessages": backlogs.values().sum::<u64>(),
-                "topics": rt.pubsub.queue_depths().await.into_iter().map(|(pubsub, topic, n)| json!({
-                    "pubsub": pubsub,
-                    "topic": topic,
-                    "depth": n,
+                "outboxMessages": backlogs.values().map(|s| s.messages).sum::<u64>(),
+                // How long the oldest message in any open outbox has waited (null: none waits).
+                "outboxOldestAgeSeconds": outbox_oldest.map(|at| now_ms.saturating_sub(at) as f64 / 1000.0),
+                "topics": rt.pubsub.queue_stats().await.into_iter().map(|q| json!({
+                    "pubsub": q.pubsub,
+                    "topic": q.topic,
+                    "depth": q.stats.messages,
+                    // null: the oldest message was written by an edgecar that kept no times.
+                    "oldestAgeSeconds": age(&q.stats),
                 })).collect::<Vec<_>>(),
             },
-            "components": self.components.iter().map(|c| json!({
-                "name": c.name,
-                "type": c.type_name,
-                "version": c.version,
-                "status": "loaded",
-            })).collect::<Vec<_>>(),
+            "components": components,
         })
     }
 }

@@ -14,7 +14,10 @@
 //! | `dapr_http_server_latency` | histogram, milliseconds | `app_id`, `method`, `status` (Dapr's name and unit) |
 //! | `edgecar_devices_registered`, `edgecar_devices_connected` | gauge | |
 //! | `edgecar_outbox_messages` | gauge | messages waiting in device outboxes (mailbox commands and events) |
+//! | `edgecar_outbox_oldest_age_seconds` | gauge | how long the oldest message in any open device outbox has waited (absent when none waits) |
 //! | `edgecar_queue_messages` | gauge | `pubsub`, `topic`: messages waiting in a `pubsub.sled` queue |
+//! | `edgecar_queue_oldest_age_seconds` | gauge | `pubsub`, `topic`: how long that queue's oldest message has waited (0 when empty) |
+//! | `edgecar_component_healthy` | gauge | `component`, `type`: 1 while the component's health check passes, else 0 |
 //! | `edgecar_capability_*` | counter/gauge | see [`capability_metrics`] |
 //! | `process_*` | counter/gauge | CPU seconds, resident and virtual memory, open and max fds, start time (Linux `/proc`) |
 
@@ -186,17 +189,32 @@ impl CallMetrics {
 
 /// Figures read when scraped.
 pub struct Snapshot {
+    /// When they were read (Unix ms), for ages.
+    pub now_ms: u64,
     /// Devices in the registry.
     pub devices_registered: usize,
     /// Devices with an open connection.
     pub devices_connected: usize,
     /// Messages waiting in device outboxes.
     pub outbox_messages: u64,
+    /// When the oldest of them was appended (Unix ms), if any waits and its time is known.
+    pub outbox_oldest_appended_ms: Option<u64>,
     /// The capability engine's status.
     pub capabilities: edgecar_capabilities::EngineStatus,
-    /// Messages waiting per (pub/sub, topic) in this process's queues.
-    pub queues: Vec<(String, String, u64)>,
+    /// This process's pub/sub queues.
+    pub queues: Vec<crate::blocks::pubsub::TopicQueue>,
+    /// Every component's health.
+    pub components: Vec<crate::components::health::ComponentHealth>,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentLabels {
+    component: String,
+    r#type: String,
+}
+
+/// A gauge of seconds (fractional).
+type Seconds = Gauge<f64, AtomicU64>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
@@ -236,19 +254,59 @@ pub fn encode(calls: &CallMetrics, snap: &Snapshot) -> String {
         "Messages waiting in device outboxes (mailbox commands and subscribed events)",
         i64::try_from(snap.outbox_messages).unwrap_or(i64::MAX),
     );
+    if let Some(at) = snap.outbox_oldest_appended_ms {
+        let age = Seconds::default();
+        age.set(snap.now_ms.saturating_sub(at) as f64 / 1000.0);
+        registry.register(
+            "edgecar_outbox_oldest_age_seconds",
+            "How long the oldest message in any open device outbox has waited",
+            age,
+        );
+    }
     let queues = Family::<QueueLabels, Gauge>::default();
-    for (pubsub, topic, n) in &snap.queues {
+    let ages = Family::<QueueLabels, Seconds>::default();
+    for q in &snap.queues {
+        let labels = QueueLabels {
+            pubsub: q.pubsub.clone(),
+            topic: q.topic.clone(),
+        };
         queues
-            .get_or_create(&QueueLabels {
-                pubsub: pubsub.clone(),
-                topic: topic.clone(),
-            })
-            .set(i64::try_from(*n).unwrap_or(i64::MAX));
+            .get_or_create(&labels)
+            .set(i64::try_from(q.stats.messages).unwrap_or(i64::MAX));
+        // An empty queue's oldest message has waited 0 s; one whose oldest message has no
+        // recorded time (written by an older edgecar) gets no sample.
+        let age = match q.stats.oldest_age_seconds(snap.now_ms) {
+            Some(a) => Some(a),
+            None if q.stats.messages == 0 => Some(0.0),
+            None => None,
+        };
+        if let Some(a) = age {
+            ages.get_or_create(&labels).set(a);
+        }
     }
     registry.register(
         "edgecar_queue_messages",
         "Messages waiting in a durable pub/sub queue (pubsub.sled), by pub/sub and topic",
         queues,
+    );
+    registry.register(
+        "edgecar_queue_oldest_age_seconds",
+        "How long the oldest message in a durable pub/sub queue (pubsub.sled) has waited, by pub/sub and topic",
+        ages,
+    );
+    let healthy = Family::<ComponentLabels, Gauge>::default();
+    for c in &snap.components {
+        healthy
+            .get_or_create(&ComponentLabels {
+                component: c.name.clone(),
+                r#type: c.type_name.clone(),
+            })
+            .set(i64::from(c.healthy));
+    }
+    registry.register(
+        "edgecar_component_healthy",
+        "1 while the component's health check passes (or it has nothing to check), 0 while it fails",
+        healthy,
     );
     capability_metrics(&mut registry, &snap.capabilities);
     process_metrics(&mut registry);
@@ -504,7 +562,10 @@ pub fn process() -> Option<ProcessStats> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blocks::pubsub::TopicQueue;
+    use crate::components::health::ComponentHealth;
     use crate::error::{Error, ErrorKind, codes};
+    use crate::queue::Stats;
 
     #[test]
     fn calls_are_counted_by_transport_op_and_outcome() {
@@ -525,13 +586,43 @@ mod tests {
         let out = encode(
             &m,
             &Snapshot {
+                now_ms: 100_000,
                 devices_registered: 2,
                 devices_connected: 1,
-                outbox_messages: 0,
+                outbox_messages: 4,
+                outbox_oldest_appended_ms: Some(40_000),
                 capabilities: edgecar_capabilities::EngineStatus {
                     capabilities: vec![],
                 },
-                queues: vec![("pubsub".into(), "orders".into(), 3)],
+                queues: vec![
+                    TopicQueue {
+                        pubsub: "pubsub".into(),
+                        topic: "orders".into(),
+                        stats: Stats {
+                            messages: 3,
+                            bytes: 30,
+                            oldest_appended_ms: Some(97_500),
+                        },
+                    },
+                    TopicQueue {
+                        pubsub: "pubsub".into(),
+                        topic: "idle".into(),
+                        stats: Stats {
+                            messages: 0,
+                            bytes: 0,
+                            oldest_appended_ms: None,
+                        },
+                    },
+                ],
+                components: vec![ComponentHealth {
+                    name: "statestore".into(),
+                    type_name: "state.redis".into(),
+                    check: Some("Redis PING"),
+                    healthy: false,
+                    error: Some("redis: connection refused".into()),
+                    since_ms: 0,
+                    checked_ms: Some(0),
+                }],
             },
         );
         assert!(
@@ -554,6 +645,24 @@ mod tests {
         assert!(out.contains("edgecar_devices_connected 1"), "{out}");
         assert!(
             out.contains(r#"edgecar_queue_messages{pubsub="pubsub",topic="orders"} 3"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"edgecar_queue_oldest_age_seconds{pubsub="pubsub",topic="orders"} 2.5"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"edgecar_queue_oldest_age_seconds{pubsub="pubsub",topic="idle"} 0.0"#),
+            "{out}"
+        );
+        assert!(
+            out.contains("edgecar_outbox_oldest_age_seconds 60.0"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                r#"edgecar_component_healthy{component="statestore",type="state.redis"} 0"#
+            ),
             "{out}"
         );
         assert!(out.ends_with("# EOF\n"), "{out}");

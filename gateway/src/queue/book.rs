@@ -12,11 +12,26 @@
 //! message needs (its deadline) lives beside them in `held`, so that a message merely waiting
 //! costs its 16-byte entry and its place in `ready` (about 100 bytes less per queued message
 //! than with the deadline in every entry; docs/benchmarks.md).
+//!
+//! How long the oldest message has waited is kept the same way, without a time in every entry:
+//! `stamps` holds a sparse, bounded list of (sequence number, append time) — at most one stamp
+//! per interval, the interval starting at [`STAMP_EVERY_MS`]; when the list reaches
+//! [`MAX_STAMPS`], every other stamp goes and the interval doubles — and the oldest message's
+//! append time is read from the last stamp at or before it. That time is never later than the
+//! message's own append, so the age shown is never too young; it is too old by less than the gap
+//! between two kept stamps: a second, or about 1/256 of the backlog's age once a backlog has been
+//! waiting for longer than [`MAX_STAMPS`] seconds.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// Appends closer together than this share a stamp (see the module doc).
+pub const STAMP_EVERY_MS: u64 = 1_000;
+
+/// Most stamps kept; at this many, every other one is dropped (the oldest is always kept).
+pub const MAX_STAMPS: usize = 512;
 
 /// The bounds of one queue. An append that would cross either is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +117,11 @@ pub struct Book {
     held: HashMap<u64, Hold>,
     /// The same, by the instant they become deliverable again.
     timers: BTreeSet<(Instant, u64)>,
+    /// (first sequence number appended at or after, Unix ms), in both orders at once: sparse
+    /// append times for the age of the oldest message.
+    stamps: VecDeque<(u64, u64)>,
+    /// The stamp interval is `STAMP_EVERY_MS << stamp_shift`.
+    stamp_shift: u32,
     bytes: u64,
     next_seq: u64,
 }
@@ -134,6 +154,58 @@ impl Book {
     /// The limits this book enforces.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Notes that the messages from `seq` on were appended at `at_ms` (Unix milliseconds). Call
+    /// it once per append (or per record found on disk), in sequence order, after
+    /// [`Book::push`]. Cheap: most calls change nothing.
+    pub fn stamp(&mut self, seq: u64, at_ms: u64) {
+        let every = STAMP_EVERY_MS << self.stamp_shift;
+        let due = self.stamps.back().is_none_or(|&(last_seq, last_ms)| {
+            seq > last_seq && at_ms >= last_ms.saturating_add(every)
+        });
+        if !due {
+            return;
+        }
+        self.stamps.push_back((seq, at_ms));
+        self.prune_stamps();
+        if self.stamps.len() >= MAX_STAMPS {
+            // Every other one goes, the oldest stays, and new ones come half as often: the gaps
+            // (the error) stay even, about the backlog's age / 256.
+            let mut i = 0;
+            self.stamps.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+            self.stamp_shift = (self.stamp_shift + 1).min(20);
+        }
+    }
+
+    /// When the oldest message held (leased or not) was appended, in Unix milliseconds, at the
+    /// latest; `None` when nothing is held or the oldest message came with no time (a record
+    /// written before times were kept).
+    pub fn oldest_appended_ms(&self) -> Option<u64> {
+        let (&oldest, _) = self.entries.first_key_value()?;
+        let after = self.stamps.partition_point(|&(seq, _)| seq <= oldest);
+        after.checked_sub(1).map(|i| self.stamps[i].1)
+    }
+
+    /// Drops the stamps no held message needs: all but the last one at or before the oldest
+    /// message (and, with nothing held, all but the newest, which spaces the next stamp).
+    fn prune_stamps(&mut self) {
+        let oldest = self.entries.first_key_value().map(|(&s, _)| s);
+        while self.stamps.len() >= 2 {
+            let next = self.stamps[1].0;
+            if oldest.is_none_or(|o| next <= o) {
+                self.stamps.pop_front();
+            } else {
+                break;
+            }
+        }
+        // A backlog that drained needs fine stamps again.
+        if self.stamps.len() < MAX_STAMPS / 4 {
+            self.stamp_shift = self.stamp_shift.saturating_sub(1);
+        }
     }
 
     /// Checks the bounds for a message of `size` bytes and, if it fits, assigns its sequence
@@ -218,6 +290,9 @@ impl Book {
             self.hold(seq, until, true);
             grants.push(Grant { seq, attempt });
         }
+        if !expired.is_empty() {
+            self.prune_stamps();
+        }
         (grants, expired)
     }
 
@@ -243,6 +318,7 @@ impl Book {
         self.entries.remove(&grant.seq);
         self.unindex(grant.seq);
         self.bytes -= u64::from(e.size);
+        self.prune_stamps();
         Ok(u64::from(e.size))
     }
 
@@ -463,5 +539,84 @@ mod tests {
         assert_eq!(b.admit(1), Ok(42));
         let (g, _) = b.lease(Instant::now(), 0, 10, LEASE);
         assert_eq!(seqs(&g), [40, 41]);
+    }
+
+    #[test]
+    fn the_oldest_message_s_age_is_read_from_sparse_stamps_and_never_too_young() {
+        let mut b = book(100_000, 1 << 30);
+        assert_eq!(b.oldest_appended_ms(), None, "nothing held");
+        // Appends every 100 ms from t = 10 s: a stamp at most once a second.
+        for i in 0..30u64 {
+            let seq = append(&mut b, 1);
+            b.stamp(seq, 10_000 + i * 100);
+        }
+        assert_eq!(b.stamps.len(), 3);
+        assert_eq!(b.oldest_appended_ms(), Some(10_000));
+        let t = Instant::now();
+        // Settle the first 15 (appended 10.0 s .. 11.4 s): the oldest left was appended at
+        // 11.5 s and is dated by the stamp at 11.0 s, half a second early.
+        let (g, _) = b.lease(t, 0, 15, LEASE);
+        for grant in g {
+            b.ack(grant).unwrap();
+        }
+        assert_eq!(b.oldest_appended_ms(), Some(11_000));
+        assert_eq!(b.stamps.len(), 2, "the stamp nothing needs is gone");
+        let (g, _) = b.lease(t, 0, 100, LEASE);
+        for grant in g {
+            b.ack(grant).unwrap();
+        }
+        assert_eq!(b.oldest_appended_ms(), None);
+        assert_eq!(b.stamps.len(), 1, "the newest stays, to space the next");
+        let seq = append(&mut b, 1);
+        b.stamp(seq, 12_950);
+        assert_eq!(b.oldest_appended_ms(), Some(12_000), "within a second");
+        let seq = append(&mut b, 1);
+        b.stamp(seq, 20_000);
+        assert_eq!(b.oldest_appended_ms(), Some(12_000));
+    }
+
+    #[test]
+    fn stamps_stay_bounded_for_a_long_backlog_and_still_date_it_conservatively() {
+        let mut b = book(1_000_000, 1 << 30);
+        // A message a second for ten hours, nobody consuming.
+        let mut appended = Vec::new();
+        for i in 0..36_000u64 {
+            let seq = append(&mut b, 1);
+            let at = 1_000_000 + i * 1_000 + 17;
+            b.stamp(seq, at);
+            appended.push(at);
+        }
+        assert!(b.stamps.len() < MAX_STAMPS, "{}", b.stamps.len());
+        assert_eq!(b.oldest_appended_ms(), Some(appended[0]));
+        // Consume most of it: the oldest left is dated at or before its append, and close to it.
+        let (g, _) = b.lease(Instant::now(), 0, 30_000, LEASE);
+        for grant in g {
+            b.ack(grant).unwrap();
+        }
+        let dated = b.oldest_appended_ms().unwrap();
+        let real = appended[30_000];
+        let backlog_age = appended[35_999] - appended[0];
+        assert!(dated <= real, "{dated} > {real}");
+        assert!(
+            real - dated <= backlog_age / 128,
+            "dated {} s early",
+            (real - dated) / 1000
+        );
+    }
+
+    #[test]
+    fn a_message_with_no_time_makes_the_age_unknown_until_it_leaves() {
+        let mut b = Book::new(Limits::default(), Some(1));
+        // Found on disk in a record without a time.
+        b.push(0, 1, None);
+        b.push(1, 1, None);
+        let seq = append(&mut b, 1);
+        b.stamp(seq, 5_000);
+        assert_eq!(b.oldest_appended_ms(), None);
+        let (g, _) = b.lease(Instant::now(), 0, 2, LEASE);
+        for grant in g {
+            b.ack(grant).unwrap();
+        }
+        assert_eq!(b.oldest_appended_ms(), Some(5_000));
     }
 }

@@ -2,12 +2,15 @@
 //! run of several with consecutive sequence numbers.
 //!
 //! A record's key is the sequence number of its first message (big-endian, so the tree iterates
-//! in queue order). Two layouts, told apart by the first byte:
+//! in queue order). The first byte tells the layout:
 //!
-//! - `[1][expiry ms, u64 BE, 0 = none][payload]`: one message (what a single append writes).
-//! - `[2][count, u32 BE]` then `count` times `[expiry ms, u64 BE][length, u32 BE][payload]`: the
-//!   messages of one batch append, at most [`MAX_RECORD_BYTES`] of payload each (a larger message
-//!   gets a record of its own).
+//! - `[3][appended ms, u64 BE][expiry ms, u64 BE, 0 = none][payload]`: one message (what a
+//!   single append writes).
+//! - `[4][appended ms, u64 BE][count, u32 BE]` then `count` times `[expiry ms, u64 BE][length,
+//!   u32 BE][payload]`: the messages of one batch append, at most [`MAX_RECORD_BYTES`] of payload
+//!   each (a larger message gets a record of its own).
+//! - `[1]` and `[2]`: the same two without the append time, as written before the status page
+//!   showed the age of a queue's oldest message; still read (their age is unknown).
 //!
 //! Why several per record: a sled insert costs far more than copying a few hundred bytes (it
 //! copies and may split the tree's leaf), so a batch of device readings written as one record
@@ -18,35 +21,37 @@
 
 use std::collections::BTreeMap;
 
-/// Layout byte of a one-message record.
+/// Layout byte of a one-message record without its append time.
 const ONE: u8 = 1;
-/// Layout byte of a several-message record.
+/// Layout byte of a several-message record without its append time.
 const MANY: u8 = 2;
-/// Header of a one-message record: layout byte and expiry.
-const ONE_HEADER: usize = 9;
+/// Layout byte of a one-message record.
+const ONE_AT: u8 = 3;
+/// Layout byte of a several-message record.
+const MANY_AT: u8 = 4;
+/// What precedes the messages: the layout byte and the append time.
+const HEADER: usize = 9;
 /// Header of each message in a several-message record: expiry and length.
 const ITEM_HEADER: usize = 12;
 /// Most payload bytes a several-message record collects.
 pub const MAX_RECORD_BYTES: usize = 4 << 10;
 
-/// A record holding one message.
-pub fn encode_one(expires_at_ms: Option<u64>, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(ONE_HEADER + payload.len());
-    v.push(ONE);
-    v.extend_from_slice(&expires_at_ms.unwrap_or(0).to_be_bytes());
-    v.extend_from_slice(payload);
-    v
-}
-
-/// A record holding `items` in order (each `(payload, expiry)`); one item makes a one-message
-/// record. Payloads must be shorter than 4 GiB (the queue's byte bound is far below).
-pub fn encode(items: &[(&[u8], Option<u64>)]) -> Vec<u8> {
+/// A record holding `items` in order (each `(payload, expiry)`), appended at `appended_ms`
+/// (Unix milliseconds); one item makes a one-message record. Payloads must be shorter than
+/// 4 GiB (the queue's byte bound is far below).
+pub fn encode(items: &[(&[u8], Option<u64>)], appended_ms: u64) -> Vec<u8> {
     if let [(payload, expiry)] = items {
-        return encode_one(*expiry, payload);
+        let mut v = Vec::with_capacity(HEADER + 8 + payload.len());
+        v.push(ONE_AT);
+        v.extend_from_slice(&appended_ms.to_be_bytes());
+        v.extend_from_slice(&expiry.unwrap_or(0).to_be_bytes());
+        v.extend_from_slice(payload);
+        return v;
     }
     let size: usize = items.iter().map(|(p, _)| ITEM_HEADER + p.len()).sum();
-    let mut v = Vec::with_capacity(5 + size);
-    v.push(MANY);
+    let mut v = Vec::with_capacity(HEADER + 4 + size);
+    v.push(MANY_AT);
+    v.extend_from_slice(&appended_ms.to_be_bytes());
     v.extend_from_slice(&(items.len() as u32).to_be_bytes());
     for (payload, expiry) in items {
         v.extend_from_slice(&expiry.unwrap_or(0).to_be_bytes());
@@ -61,28 +66,53 @@ fn expiry(raw: [u8; 8]) -> Option<u64> {
     (at != 0).then_some(at)
 }
 
-/// The messages of a record, in order, as `(expiry, payload)`; `None` if it is not a record of
-/// ours or is cut short (then none of it can be trusted).
-pub fn decode(raw: &[u8]) -> Option<Vec<(Option<u64>, &[u8])>> {
+/// A record's layout: whether it holds several messages, its append time if it has one, and
+/// the bytes after its header.
+fn layout(raw: &[u8]) -> Option<(bool, Option<u64>, &[u8])> {
+    let time = || -> Option<u64> { Some(u64::from_be_bytes(raw.get(1..HEADER)?.try_into().ok()?)) };
     match *raw.first()? {
-        ONE => {
-            let head: [u8; 8] = raw.get(1..ONE_HEADER)?.try_into().ok()?;
-            Some(vec![(expiry(head), &raw[ONE_HEADER..])])
-        }
-        MANY => {
-            let count = u32::from_be_bytes(raw.get(1..5)?.try_into().ok()?) as usize;
-            let mut out = Vec::with_capacity(count.min(raw.len() / ITEM_HEADER));
-            let mut at = 5;
-            for _ in 0..count {
-                let (exp, len) = item_header(raw, at)?;
-                let payload = raw.get(at + ITEM_HEADER..at + ITEM_HEADER + len)?;
-                out.push((exp, payload));
-                at += ITEM_HEADER + len;
-            }
-            (at == raw.len()).then_some(out)
-        }
+        ONE => Some((false, None, &raw[1..])),
+        MANY => Some((true, None, &raw[1..])),
+        ONE_AT => Some((false, Some(time()?), &raw[HEADER..])),
+        MANY_AT => Some((true, Some(time()?), &raw[HEADER..])),
         _ => None,
     }
+}
+
+/// What a record holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded<'a> {
+    /// When it was appended (Unix milliseconds); `None` for records written before times were
+    /// kept.
+    pub appended_ms: Option<u64>,
+    /// The messages, in order, as `(expiry, payload)`.
+    pub messages: Vec<(Option<u64>, &'a [u8])>,
+}
+
+/// The messages of a record; `None` if it is not a record of ours or is cut short (then none of
+/// it can be trusted).
+pub fn decode(raw: &[u8]) -> Option<Decoded<'_>> {
+    let (many, appended_ms, body) = layout(raw)?;
+    if !many {
+        let head: [u8; 8] = body.get(..8)?.try_into().ok()?;
+        return Some(Decoded {
+            appended_ms,
+            messages: vec![(expiry(head), &body[8..])],
+        });
+    }
+    let count = u32::from_be_bytes(body.get(..4)?.try_into().ok()?) as usize;
+    let mut messages = Vec::with_capacity(count.min(body.len() / ITEM_HEADER));
+    let mut at = 4;
+    for _ in 0..count {
+        let (exp, len) = item_header(body, at)?;
+        let payload = body.get(at + ITEM_HEADER..at + ITEM_HEADER + len)?;
+        messages.push((exp, payload));
+        at += ITEM_HEADER + len;
+    }
+    (at == body.len()).then_some(Decoded {
+        appended_ms,
+        messages,
+    })
 }
 
 fn item_header(raw: &[u8], at: usize) -> Option<(Option<u64>, usize)> {
@@ -93,23 +123,21 @@ fn item_header(raw: &[u8], at: usize) -> Option<(Option<u64>, usize)> {
 
 /// The payload of message `index` of a record, without decoding the others' payloads.
 pub fn payload_at(raw: &[u8], index: usize) -> Option<&[u8]> {
-    match *raw.first()? {
-        ONE if index == 0 => raw.get(ONE_HEADER..),
-        MANY => {
-            let count = u32::from_be_bytes(raw.get(1..5)?.try_into().ok()?) as usize;
-            if index >= count {
-                return None;
-            }
-            let mut at = 5;
-            for _ in 0..index {
-                let (_, len) = item_header(raw, at)?;
-                at += ITEM_HEADER + len;
-            }
-            let (_, len) = item_header(raw, at)?;
-            raw.get(at + ITEM_HEADER..at + ITEM_HEADER + len)
-        }
-        _ => None,
+    let (many, _, body) = layout(raw)?;
+    if !many {
+        return if index == 0 { body.get(8..) } else { None };
     }
+    let count = u32::from_be_bytes(body.get(..4)?.try_into().ok()?) as usize;
+    if index >= count {
+        return None;
+    }
+    let mut at = 4;
+    for _ in 0..index {
+        let (_, len) = item_header(body, at)?;
+        at += ITEM_HEADER + len;
+    }
+    let (_, len) = item_header(body, at)?;
+    body.get(at + ITEM_HEADER..at + ITEM_HEADER + len)
 }
 
 /// Splits a run of payload sizes into records: consecutive index ranges of at most
@@ -189,15 +217,23 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_damaged_ones_are_refused() {
-        let one = encode(&[(b"hello", Some(7))]);
-        assert_eq!(one[0], ONE);
-        assert_eq!(decode(&one), Some(vec![(Some(7), &b"hello"[..])]));
+        let one = encode(&[(b"hello", Some(7))], 1_234);
+        assert_eq!(one[0], ONE_AT);
+        let d = decode(&one).unwrap();
+        assert_eq!(d.appended_ms, Some(1_234));
+        assert_eq!(d.messages, vec![(Some(7), &b"hello"[..])]);
         assert_eq!(payload_at(&one, 0), Some(&b"hello"[..]));
         assert_eq!(payload_at(&one, 1), None);
         let items: [(&[u8], Option<u64>); 3] = [(b"a", None), (b"", Some(5)), (b"ccc", None)];
-        let many = encode(&items);
+        let many = encode(&items, 99);
         let want: Vec<(Option<u64>, &[u8])> = items.iter().map(|(p, e)| (*e, *p)).collect();
-        assert_eq!(decode(&many), Some(want));
+        assert_eq!(
+            decode(&many),
+            Some(Decoded {
+                appended_ms: Some(99),
+                messages: want
+            })
+        );
         for (i, (p, _)) in items.iter().enumerate() {
             assert_eq!(payload_at(&many, i), Some(*p));
         }
@@ -210,8 +246,34 @@ mod tests {
         );
         assert_eq!(decode(&[9, 1, 2]), None, "unknown layout");
         assert_eq!(decode(&[]), None);
+        assert_eq!(decode(&[ONE_AT, 1, 2]), None, "a time cut short");
         // A count that promises more than the bytes hold does not allocate for it.
         assert_eq!(decode(&[MANY, 255, 255, 255, 255]), None);
+    }
+
+    #[test]
+    fn records_written_before_append_times_are_still_read() {
+        // Layout 1: [1][expiry][payload]; layout 2: [2][count] then [expiry][length][payload].
+        let one = [&[ONE][..], &7u64.to_be_bytes(), b"hi"].concat();
+        let d = decode(&one).unwrap();
+        assert_eq!(d.appended_ms, None);
+        assert_eq!(d.messages, vec![(Some(7), &b"hi"[..])]);
+        assert_eq!(payload_at(&one, 0), Some(&b"hi"[..]));
+        let many = [
+            &[MANY][..],
+            &2u32.to_be_bytes(),
+            &0u64.to_be_bytes(),
+            &1u32.to_be_bytes(),
+            b"a",
+            &5u64.to_be_bytes(),
+            &2u32.to_be_bytes(),
+            b"bb",
+        ]
+        .concat();
+        let d = decode(&many).unwrap();
+        assert_eq!(d.appended_ms, None);
+        assert_eq!(d.messages, vec![(None, &b"a"[..]), (Some(5), &b"bb"[..])]);
+        assert_eq!(payload_at(&many, 1), Some(&b"bb"[..]));
     }
 
     #[test]

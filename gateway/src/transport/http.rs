@@ -163,8 +163,12 @@ impl HttpApi {
                     "dapr is not ready: the app's subscriptions are not loaded yet",
                 ));
             }
-            Route::Healthz | Route::HealthzOutbound => {
+            Route::Healthz => {
                 self.runtime.health()?;
+                return Ok(Reply::no_content());
+            }
+            Route::HealthzOutbound => {
+                self.runtime.outbound_health().await?;
                 return Ok(Reply::no_content());
             }
             Route::Call(op, params) => (op, params),
