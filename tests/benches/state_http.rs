@@ -106,7 +106,36 @@ fn main() {
         .status,
         204
     );
-    let (mut on_sum, mut off_sum) = (0.0, 0.0);
+    // And a third with trace export on as well: every call a span, exported in batches over
+    // OTLP/HTTP to the echo server, which stands in for a collector (it answers 200 to anything).
+    let dir_traced = tempfile::tempdir().expect("tempdir");
+    let traced_cfg = dir_traced.path().join("edgecar.yaml");
+    std::fs::write(
+        &traced_cfg,
+        format!("tracing:\n  otlpEndpoint: http://127.0.0.1:{echo_port}/v1/traces\n"),
+    )
+    .expect("config");
+    let traced = Edgecar::start(
+        dir_traced.path(),
+        &[
+            "--log-level",
+            "warn",
+            "--config",
+            traced_cfg.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_eq!(
+        http(
+            traced.port,
+            "POST",
+            "/v1.0/state/statestore",
+            value.as_bytes(),
+            &[]
+        )
+        .status,
+        204
+    );
+    let (mut on_sum, mut off_sum, mut traced_sum) = (0.0, 0.0, 0.0);
     for round in 1..=3 {
         let on_r = rt.block_on(load(
             ec.port,
@@ -126,11 +155,29 @@ fn main() {
             secs,
         ));
         row(&format!("GET, metrics off, round {round}"), &off_r);
+        let traced_r = rt.block_on(load(
+            traced.port,
+            "GET",
+            "/v1.0/state/statestore/bench",
+            "",
+            conc,
+            secs,
+        ));
+        row(
+            &format!("GET, metrics and trace export on, round {round}"),
+            &traced_r,
+        );
         on_sum += on_r.ops_per_sec;
         off_sum += off_r.ops_per_sec;
+        traced_sum += traced_r.ops_per_sec;
     }
     println!("GET throughput metrics on / off: {:.3}", on_sum / off_sum);
+    println!(
+        "GET throughput metrics and trace export on / both off: {:.3}",
+        traced_sum / off_sum
+    );
     drop(off);
+    drop(traced);
     let loaded_rss = ec.rss_kib();
     println!();
     println!(
