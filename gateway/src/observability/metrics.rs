@@ -8,7 +8,7 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `edgecar_calls_total` | counter | `transport` (`http`, `mqtt`, `internal`), `op` (`state.get`, ...), `outcome` (`ok` or the Dapr error code) |
+//! | `edgecar_calls_total` | counter | `transport` (`http`, `grpc`, `mqtt`, `quic`, `internal`), `op` (`state.get`, ...), `outcome` (`ok` or the Dapr error code) |
 //! | `edgecar_call_duration_seconds` | histogram | `transport`, `op` |
 //! | `dapr_http_server_request_count_total` | counter | `app_id`, `method`, `status` (Dapr's name; OpenMetrics adds `_total`) |
 //! | `dapr_http_server_latency` | histogram, milliseconds | `app_id`, `method`, `status` (Dapr's name and unit) |
