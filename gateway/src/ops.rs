@@ -264,6 +264,14 @@ impl Spec {
         self
     }
 
+    /// Reads the operation from its arguments: the operation, and the parameters with the
+    /// arguments it did not read as options and metadata.
+    pub fn read(&self, mut args: Args) -> Result<(Op, Params), Error> {
+        args.op = self.name;
+        let op = (self.parse)(&mut args)?;
+        Ok((op, args.finish()))
+    }
+
     /// Whether `name` names this operation (its name or a legacy one).
     fn answers_to(&self, name: &str) -> bool {
         self.name == name || self.legacy.contains(&name)
@@ -543,14 +551,13 @@ pub fn names_for(caller: &Caller) -> String {
 /// Reads operation `name` (or a legacy name) from its arguments: the operation, and the
 /// parameters with the arguments it did not read as options and metadata (`metadata.<name>`), as
 /// Dapr's query strings do.
-pub fn parse(name: &str, mut args: Args) -> Result<(Op, Params), Error> {
-    let spec = lookup(name).ok_or_else(|| unknown(name, None))?;
-    args.op = spec.name;
-    let op = (spec.parse)(&mut args)?;
-    Ok((op, args.finish()))
+pub fn parse(name: &str, args: Args) -> Result<(Op, Params), Error> {
+    lookup(name).ok_or_else(|| unknown(name, None))?.read(args)
 }
 
-fn unknown(name: &str, caller: Option<&Caller>) -> Error {
+/// The error for an operation name the table does not have, listing the names `caller` (or,
+/// without one, anyone) may use.
+pub fn unknown(name: &str, caller: Option<&Caller>) -> Error {
     let names = match caller {
         Some(c) => names_for(c),
         None => TABLE.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
@@ -566,10 +573,8 @@ fn unknown(name: &str, caller: Option<&Caller>) -> Error {
 /// set), its body. Arguments the operation does not read become options and metadata
 /// (`metadata.<name>`), as Dapr's query strings do.
 pub fn decode(caller: Caller, name: &str, args: Args, body: Bytes) -> Result<Call, Error> {
-    if lookup(name).is_none() {
-        return Err(unknown(name, Some(&caller)));
-    }
-    let (op, params) = parse(name, args)?;
+    let spec = lookup(name).ok_or_else(|| unknown(name, Some(&caller)))?;
+    let (op, params) = spec.read(args)?;
     Ok(Call {
         caller,
         op,

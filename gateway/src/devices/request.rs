@@ -45,7 +45,7 @@ pub fn call(
         id: device.to_owned(),
     };
     let Some(spec) = ops::lookup(op) else {
-        return ops::decode(caller, op, args, body);
+        return Err(ops::unknown(op, Some(&caller)));
     };
     let p = &mut args.params;
     p.transport = transport;
@@ -57,7 +57,13 @@ pub fn call(
         None if spec.data_body => json_type(&body),
         ct => ct,
     };
-    ops::decode(caller, op, args, body)
+    let (op, params) = spec.read(args)?;
+    Ok(Call {
+        caller,
+        op,
+        body,
+        params,
+    })
 }
 
 /// The call storing a device's telemetry reading ([`Op::Telemetry`]), built without the table's
