@@ -7,10 +7,11 @@
 //! - telemetry acknowledged: QUIC readings each awaited until stored; MQTT readings published at
 //!   QoS 1 and counted by edgecar's PUBACKs (the library returns once queued, so MQTT keeps a
 //!   window of readings in flight, as MQTT clients do);
-//! - memory: edgecar's RSS with N idle authenticated QUIC devices, per device.
+//! - memory: edgecar's RSS with N idle authenticated devices, per device, QUIC and MQTT.
 //!
 //! Knobs: BENCH_SECONDS (default 5), BENCH_CONCURRENCY (default 16), BENCH_DEVICES (default
-//! 1000). Run with `scripts/bench.sh quic_requests`.
+//! 1000), BENCH_MEMORY_ONLY=1 (only the memory part), BENCH_HOLD_SECONDS (keep each set of idle
+//! devices connected this long after measuring, e.g. to attach a profiler). Run with `scripts/bench.sh quic_requests`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -160,6 +161,10 @@ async fn main() {
     .expect("config");
     let cfg = cfg.to_str().expect("utf-8 path");
     let args = ["--quic-port", "0", "--log-level", "warn", "--config", cfg];
+    if env("BENCH_MEMORY_ONLY", 0) == 1 {
+        memory(dir.path(), &args, devices).await;
+        return;
+    }
     let ec = Edgecar::start(dir.path(), &args);
     println!("## QUIC vs MQTT device requests ({conc} devices, {secs}s each)\n");
     header();
@@ -178,19 +183,42 @@ async fn main() {
     );
 
     drop(ec);
-    // Memory on a fresh daemon: after the load above its heap would hide the devices.
-    let ec = Edgecar::start(dir.path(), &args);
-    // After the start-up code is handed back (2 s after READY, gateway/src/memory.rs), so that
-    // its release is not counted against the devices.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let before = proc_kib(ec.pid(), "VmRSS");
-    let idle = clients(&ec, true, devices, 0).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = proc_kib(ec.pid(), "VmRSS");
+    memory(dir.path(), &args, devices).await;
+}
+
+/// Memory per idle device, QUIC and MQTT, each on a fresh daemon (after a load its heap would
+/// hide the devices): the RSS a tenth of the devices adds, then what the other nine tenths add,
+/// per device. The first tenth pays for the code and tables a transport's first devices bring
+/// in, once; the rest is what one more idle device costs.
+async fn memory(dir: &Path, args: &[&str], devices: u64) {
+    println!("\n## Memory per idle device ({devices} devices, fresh daemon each)\n");
     println!(
-        "\nRSS: {before} KiB before, {after} KiB with {} idle QUIC devices: {:.1} KiB per device",
-        idle.len(),
-        (after.saturating_sub(before)) as f64 / idle.len().max(1) as f64
+        "| transport | RSS before | with {} | with {devices} | per device, first tenth | **per device, the rest** |",
+        devices / 10
     );
-    drop(idle);
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let hold = env("BENCH_HOLD_SECONDS", 0);
+    for quic in [true, false] {
+        let ec = Edgecar::start(dir, args);
+        // After the start-up code is handed back (2 s after READY, gateway/src/memory.rs), so
+        // that its release is not counted against the devices.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let before = proc_kib(ec.pid(), "VmRSS");
+        let warm = (devices / 10).max(1);
+        let mut idle = clients(&ec, quic, warm, 0).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let first = proc_kib(ec.pid(), "VmRSS");
+        idle.extend(clients(&ec, quic, devices.saturating_sub(warm), warm).await);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let all = proc_kib(ec.pid(), "VmRSS");
+        let per = |a: u64, b: u64, n: u64| a.saturating_sub(b) as f64 / n.max(1) as f64;
+        println!(
+            "| {} | {before} KiB | {first} KiB | {all} KiB | {:.1} KiB | **{:.1} KiB** |",
+            if quic { "QUIC" } else { "MQTT" },
+            per(first, before, warm),
+            per(all, first, devices.saturating_sub(warm)),
+        );
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+        drop(idle);
+    }
 }
