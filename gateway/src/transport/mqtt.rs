@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 use crate::blocks::telemetry::Receipt;
 use crate::clock::unix_ms;
 use crate::config::MqttConfig;
+use crate::devices::inbox::{Next, Receiver};
 use crate::devices::{Presence, Registry};
 use crate::runtime::Runtime;
 use crate::transport::listener::{self, Admission, Protocol, Stop};
@@ -473,8 +474,7 @@ struct Started<S> {
     conn: Conn,
     stream: S,
     buf: BytesMut,
-    inbox: tokio::sync::mpsc::Receiver<Box<hub::Delivery>>,
-    kick: tokio::sync::oneshot::Receiver<DisconnectCode>,
+    inbox: Receiver<Box<hub::Delivery>, DisconnectCode>,
     /// How long the session outlives the connection.
     keep: Option<Duration>,
 }
@@ -555,7 +555,6 @@ fn prepare<S>(accepted: Accepted<S>) -> Result<Started<S>, Refused<S>> {
         stream,
         buf,
         inbox: attached.inbox,
-        kick: attached.kick,
         keep,
     })
 }
@@ -567,7 +566,6 @@ async fn session<S: Stream>(accepted: Box<Accepted<S>>) {
         stream,
         buf,
         inbox,
-        kick,
         keep,
     } = match prepare(*accepted) {
         Ok(started) => started,
@@ -578,7 +576,7 @@ async fn session<S: Stream>(accepted: Box<Accepted<S>>) {
         }
     };
     let (rd, mut wr) = tokio::io::split(stream);
-    let close = conn.run(rd, &mut wr, buf, inbox, kick).await;
+    let close = conn.run(rd, &mut wr, buf, inbox).await;
     // Tell an MQTT 5 client why edgecar ends the connection.
     if let Close::ByServer(code) = close {
         encode(
@@ -643,8 +641,7 @@ impl Conn {
         mut rd: ReadHalf<S>,
         wr: &mut WriteHalf<S>,
         mut buf: BytesMut,
-        mut inbox: tokio::sync::mpsc::Receiver<Box<hub::Delivery>>,
-        mut kick: tokio::sync::oneshot::Receiver<DisconnectCode>,
+        inbox: Receiver<Box<hub::Delivery>, DisconnectCode>,
     ) -> Close {
         // A packet read but not yet handled because the device's rate limit ran out. Boxed: it is
         // rarely there, and inline it would size every connection's task.
@@ -721,10 +718,12 @@ impl Conn {
                         return close;
                     }
                 }
-                Some(d) = inbox.recv() => self.deliver(*d),
-                r = &mut kick => {
-                    return Close::ByServer(r.unwrap_or(DisconnectCode::ServerShuttingDown));
-                }
+                next = inbox.next() => match next {
+                    Next::Item(d) => self.deliver(*d),
+                    Next::End(why) => {
+                        return Close::ByServer(why.unwrap_or(DisconnectCode::ServerShuttingDown));
+                    }
+                },
             }
         }
     }
