@@ -46,6 +46,7 @@
 //! - [`observability`]: logging, `/metrics`, the status page and the admin listener serving them.
 
 pub mod api;
+pub mod backoff;
 pub mod blocks;
 pub mod call;
 pub mod clock;

@@ -284,7 +284,10 @@ pub async fn run_inputs(inputs: Vec<Input>, invoke: Arc<InvokeBlock>, app_id: St
 
 /// The input bindings a gRPC app lists, asked once it answers.
 async fn listed_by(app: &dyn AppCallbacks) -> Vec<String> {
-    let mut delay = std::time::Duration::from_millis(200);
+    let mut backoff = crate::backoff::Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(5),
+    );
     let mut logged = false;
     loop {
         if app.healthy().await {
@@ -300,8 +303,7 @@ async fn listed_by(app: &dyn AppCallbacks) -> Vec<String> {
             info!("waiting for the app before starting input bindings");
             logged = true;
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+        tokio::time::sleep(backoff.next_wait()).await;
     }
 }
 

@@ -39,6 +39,7 @@ use tracing::{debug, error, info, warn};
 use super::mqtt::codec::{self, Message, Properties, Version};
 use super::mqtt::protocol::{self, Inbound, ReplyTo};
 use super::mqtt::topics::ROOT;
+use crate::backoff::Backoff;
 use crate::blocks::devices::{Command, CommandReply, DeviceLink, LinkError};
 use crate::call::{Call, Reply};
 use crate::clock::unix_ms;
@@ -379,15 +380,6 @@ pub fn device_of(topic: &str) -> Option<&str> {
     (!id.is_empty() && !after.is_empty()).then_some(id)
 }
 
-/// The next wait before reconnecting.
-fn next_backoff(current: Duration, max: Duration) -> Duration {
-    if current.is_zero() {
-        FIRST_BACKOFF.min(max)
-    } else {
-        current.saturating_mul(2).min(max)
-    }
-}
-
 impl BrokerLink {
     /// Hands `msg` to the client (QoS 1); `waiter` hears the broker's PUBACK reason.
     fn publish(&self, msg: &Message, waiter: Option<AckWaiter>) -> Result<(), SendError> {
@@ -678,14 +670,14 @@ async fn run_connection(
     link: Arc<BrokerLink>,
     deliveries: mpsc::Sender<Publish>,
 ) {
-    let mut backoff = Duration::ZERO;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, link.reconnect_max);
     let mut down_since: Option<Instant> = None;
     let mut failures: u64 = 0;
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 link.on_connack(&ack);
-                backoff = Duration::ZERO;
+                backoff.reset();
                 let down = down_since.take().map_or(Duration::ZERO, |t| t.elapsed());
                 info!(broker = %link.broker, session_present = ack.session_present,
                       failed_attempts = failures, down = ?down, "connected to the MQTT broker");
@@ -731,7 +723,7 @@ async fn run_connection(
             Err(e) => {
                 link.connected.store(false, Ordering::Relaxed);
                 let since = *down_since.get_or_insert_with(Instant::now);
-                backoff = next_backoff(backoff, link.reconnect_max);
+                let wait = backoff.next_wait();
                 failures += 1;
                 match &e {
                     ConnectionError::ConnectionRefused(code) => {
@@ -745,19 +737,19 @@ async fn run_connection(
                             }
                             _ => "",
                         };
-                        warn!(broker = %link.broker, code = ?code, retry_in = ?backoff,
+                        warn!(broker = %link.broker, code = ?code, retry_in = ?wait,
                               "the broker refused edgecar's connection{hint}");
                     }
                     _ if failures == 1 => {
-                        warn!(broker = %link.broker, error = %e, retry_in = ?backoff,
+                        warn!(broker = %link.broker, error = %e, retry_in = ?wait,
                               "no connection to the MQTT broker; retrying (requests from devices wait at the broker)");
                     }
                     _ => {
                         debug!(broker = %link.broker, error = %e, attempts = failures,
-                               down = ?since.elapsed(), retry_in = ?backoff, "still no connection to the MQTT broker");
+                               down = ?since.elapsed(), retry_in = ?wait, "still no connection to the MQTT broker");
                     }
                 }
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -1018,23 +1010,6 @@ mod tests {
         ] {
             assert_eq!(device_of(t), None, "{t}");
         }
-    }
-
-    #[test]
-    fn backoff_doubles_to_its_cap() {
-        let max = Duration::from_secs(4);
-        let mut b = Duration::ZERO;
-        let seen: Vec<u128> = (0..6)
-            .map(|_| {
-                b = next_backoff(b, max);
-                b.as_millis()
-            })
-            .collect();
-        assert_eq!(seen, [500, 1000, 2000, 4000, 4000, 4000]);
-        assert_eq!(
-            next_backoff(Duration::ZERO, Duration::from_millis(100)),
-            Duration::from_millis(100)
-        );
     }
 
     #[test]

@@ -20,6 +20,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use crate::backoff::Backoff;
+
 /// A session: serves one connection until it ends (the peer leaves, or shutdown asks it to).
 pub type Session = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -91,10 +93,6 @@ pub trait Protocol: Send + Sync + Sized + 'static {
     fn stopping(&self) {}
 }
 
-/// Delay after a failed accept (usually EMFILE): doubles from 5 ms up to 1 s, so a descriptor
-/// shortage is not a busy loop, and resets on the next success.
-const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
-
 /// Accepts connections from `acceptor` for `proto` until `stop` turns true (or the acceptor
 /// closes), then drains: open sessions get `drain` to end before they are aborted.
 pub async fn serve<A, P>(mut acceptor: A, proto: Arc<P>, mut stop: Stop, drain: Duration)
@@ -104,7 +102,9 @@ where
 {
     // Handshakes hand back their session; sessions and refusals hand back nothing.
     let mut tasks: JoinSet<Option<Session>> = JoinSet::new();
-    let mut backoff = ACCEPT_BACKOFF.0;
+    // After a failed accept (usually EMFILE): 5 ms doubling up to 1 s, so a descriptor shortage
+    // is not a busy loop; from 5 ms again after the next success.
+    let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
     loop {
         tokio::select! {
             accepted = acceptor.accept() => {
@@ -112,13 +112,13 @@ where
                     None => break,
                     Some(Ok(a)) => a,
                     Some(Err(e)) => {
-                        warn!(transport = proto.name(), error = %e, retry_in = ?backoff, "accept failed");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                        let wait = backoff.next_wait();
+                        warn!(transport = proto.name(), error = %e, retry_in = ?wait, "accept failed");
+                        tokio::time::sleep(wait).await;
                         continue;
                     }
                 };
-                backoff = ACCEPT_BACKOFF.0;
+                backoff.reset();
                 match proto.admit(conn, peer) {
                     Admission::Accept(conn, permit) => {
                         let shake = proto.clone().handshake(conn, peer, permit, stop.clone());

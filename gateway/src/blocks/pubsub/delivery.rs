@@ -312,7 +312,8 @@ impl AppChannel {
 
     /// `GET /dapr/subscribe`, retried while the app cannot be reached. `None` if stopped.
     pub async fn programmatic_subscriptions(&self, stop: &mut Stop) -> Option<Vec<Subscription>> {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             match self
                 .send(
@@ -343,9 +344,8 @@ impl AppChannel {
             }
             tokio::select! {
                 () = stopped(stop) => return None,
-                () = tokio::time::sleep(delay) => {}
+                () = tokio::time::sleep(backoff.next_wait()) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 }
