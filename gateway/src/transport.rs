@@ -176,6 +176,7 @@ pub fn start(
             listener,
             runtime,
             Some(cfg.http.api_token.clone()).filter(|t| !t.is_empty()),
+            cfg.http.max_connections,
             stop,
             drain,
         )));

@@ -10,7 +10,8 @@
 //! - memory: edgecar's RSS with N idle authenticated devices, per device, QUIC and MQTT.
 //!
 //! Knobs: BENCH_SECONDS (default 5), BENCH_CONCURRENCY (default 16), BENCH_DEVICES (default
-//! 1000), BENCH_MEMORY_ONLY=1 (only the memory part), BENCH_HOLD_SECONDS (keep each set of idle
+//! 1000), BENCH_MEMORY_ONLY=1 (only the memory part), BENCH_TRANSPORT=quic|mqtt (the memory
+//! part for one transport only), BENCH_HOLD_SECONDS (keep each set of idle
 //! devices connected this long after measuring, e.g. to attach a profiler). Run with `scripts/bench.sh quic_requests`.
 
 use std::path::Path;
@@ -198,7 +199,11 @@ async fn memory(dir: &Path, args: &[&str], devices: u64) {
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     let hold = env("BENCH_HOLD_SECONDS", 0);
+    let only = std::env::var("BENCH_TRANSPORT").unwrap_or_default();
     for quic in [true, false] {
+        if !only.is_empty() && only != if quic { "quic" } else { "mqtt" } {
+            continue;
+        }
         let ec = Edgecar::start(dir, args);
         // After the start-up code is handed back (2 s after READY, gateway/src/memory.rs), so
         // that its release is not counted against the devices.

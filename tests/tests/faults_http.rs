@@ -462,3 +462,45 @@ fn subscribe_with_reserved_bits_set_closes_the_connection() {
     assert_eq!(c.subscribe("edgecar/v1/dev1/res/#", 1, 1), [1]);
     assert_eq!(ec.req("GET", "/v1.0/healthz", b"", &[]).status, 204);
 }
+
+/// The gRPC API has the same connection limit (counted on its own): connections beyond
+/// `http.maxConnections` are closed at once, without a byte, and a slot that frees up serves
+/// again — an HTTP/2 client preface is answered with the server's SETTINGS frame.
+#[test]
+fn grpc_connections_beyond_max_connections_are_closed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = start_with_config(dir.path(), "http:\n  maxConnections: 2\n", &[]);
+    // Reads what the server sends to an HTTP/2 client preface: `None` if it closed the
+    // connection without a byte, else the first frame's type.
+    let greet = |s: &mut TcpStream| -> Option<u8> {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .ok()?;
+        let mut head = [0u8; 9];
+        match s.read_exact(&mut head) {
+            Ok(()) => Some(head[3]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => panic!("no answer: {e}"),
+            Err(_) => None,
+        }
+    };
+    let connect = || TcpStream::connect(("127.0.0.1", ec.grpc_port)).unwrap();
+    let mut held: Vec<TcpStream> = (0..2).map(|_| connect()).collect();
+    for s in &mut held {
+        assert_eq!(
+            greet(s),
+            Some(0x4),
+            "a connection within the limit is served"
+        );
+    }
+    for i in 0..5 {
+        let started = Instant::now();
+        let mut extra = connect();
+        assert_eq!(greet(&mut extra), None, "extra connection {i} is closed");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    drop(held.pop());
+    eventually(Duration::from_secs(5), "a freed gRPC slot", || {
+        (greet(&mut connect()) == Some(0x4)).then_some(())
+    });
+    assert_eq!(ec.req("GET", "/v1.0/healthz", b"", &[]).status, 204);
+}

@@ -1,26 +1,33 @@
 //! The gRPC transport: Dapr's `dapr.proto.runtime.v1.Dapr` service, as daprd serves it on
 //! `--dapr-grpc-port`.
 //!
-//! It owns the listener (tonic's HTTP/2 server on a socket the caller bound), the
-//! `dapr-api-token` check on request metadata, and the one map from [`ErrorKind`] to gRPC status
-//! codes ([`status`]), with Dapr's `google.rpc.ErrorInfo` detail so SDKs read the `errorCode`.
-//! Each RPC is a thin adapter in [`dapr`]: request message → [`Call`](crate::Call) → the one
-//! request path → reply message. RPCs edgecar does not serve answer `UNIMPLEMENTED` (the
-//! generated default stubs), which SDK fallbacks rely on. [`app`] is the other direction: the
+//! It owns the listener (hyper's HTTP/2 server on the listener skeleton, with its connection
+//! limit, on a socket the caller bound), the `dapr-api-token` check on request metadata, and the
+//! one map from [`ErrorKind`] to gRPC status codes ([`status`]), with Dapr's
+//! `google.rpc.ErrorInfo` detail so SDKs read the `errorCode`. Each RPC is a thin adapter in
+//! [`dapr`]: request message → [`Call`](crate::Call) → the one request path → reply message. RPCs
+//! edgecar does not serve answer `UNIMPLEMENTED` (the generated default stubs), which SDK
+//! fallbacks rely on. [`app`] is the other direction: the
 //! app's `AppCallback` service, for `--app-protocol grpc`.
 
 pub mod app;
 pub mod dapr;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
 use prost::Message;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use crate::error::{Error, ErrorKind};
 use crate::runtime::Runtime;
+use crate::transport::listener::{self, Admission, Protocol, Session, Stop};
 
 /// The code generated from Dapr's protos (pinned from dapr/dapr v1.18.3 in `gateway/proto`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -116,20 +123,18 @@ fn token_matches(given: &[u8], want: &[u8]) -> bool {
             == 0
 }
 
-/// Serves the Dapr gRPC API on `listener` until `shutdown` resolves; in-flight calls finish
-/// within `drain`.
+/// Serves the Dapr gRPC API on `listener` until `stop` turns true; in-flight calls then get
+/// `drain` to finish. At most `max_connections` app connections are served at once (the
+/// `http.maxConnections` setting, counted per API); beyond it a connection is closed at once.
 pub async fn serve(
     listener: TcpListener,
     runtime: Arc<Runtime>,
     api_token: Option<String>,
-    stop: tokio::sync::watch::Receiver<bool>,
-    drain: std::time::Duration,
+    max_connections: usize,
+    stop: Stop,
+    drain: Duration,
 ) {
-    let mut stopping = stop.clone();
-    let shutdown = async move {
-        let _ = stopping.wait_for(|s| *s).await;
-    };
-    let svc = dapr::DaprApi::new(runtime, stop);
+    let svc = dapr::DaprApi::new(runtime, stop.clone());
     let check = move |req: tonic::Request<()>| -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(want) = &api_token {
             let given = req.metadata().get("dapr-api-token").map(|v| v.as_bytes());
@@ -141,30 +146,85 @@ pub async fn serve(
         }
         Ok(req)
     };
-    let server = tonic::service::interceptor::InterceptedService::new(
+    let service = tonic::service::interceptor::InterceptedService::new(
         proto::runtime::v1::dapr_server::DaprServer::new(svc).max_decoding_message_size(16 << 20),
         check,
     );
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tonic::transport::Server::builder().serve_with_incoming_shutdown(
-        server,
-        incoming,
-        async move {
-            shutdown.await;
-            let _ = stopped_tx.send(());
-        },
-    );
-    tokio::pin!(serving);
-    tokio::select! {
-        r = &mut serving => {
-            if let Err(e) = r {
-                warn!(error = %e, "gRPC API stopped with an error");
+    let api = Api {
+        service: TowerToHyperService::new(service),
+        builder: hyper::server::conn::http2::Builder::new(TokioExecutor::new()),
+        slots: Arc::new(Semaphore::new(max_connections)),
+        max_connections,
+    };
+    listener::serve(listener, Arc::new(api), stop, drain).await;
+    info!(listener = "grpc", "stopped");
+}
+
+/// The Dapr gRPC API on the listener skeleton: one HTTP/2 connection per app channel.
+struct Api<S> {
+    service: S,
+    builder: hyper::server::conn::http2::Builder<TokioExecutor>,
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+impl<S, B> Protocol for Api<S>
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Conn = TcpStream;
+    type Permit = OwnedSemaphorePermit;
+
+    fn name(&self) -> &'static str {
+        "grpc"
+    }
+
+    fn admit(&self, stream: TcpStream, peer: SocketAddr) -> Admission<TcpStream, Self::Permit> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => Admission::Accept(stream, slot),
+            Err(_) => {
+                warn!(%peer, limit = self.max_connections, "gRPC connection refused: http.maxConnections reached");
+                Admission::Refuse(None)
             }
         }
-        _ = async {
-            let _ = stopped_rx.await;
-            tokio::time::sleep(drain).await;
-        } => warn!(timeout = ?drain, "gRPC drain timeout passed; closing remaining streams"),
+    }
+
+    async fn handshake(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: Self::Permit,
+        mut stop: Stop,
+    ) -> Option<Session> {
+        let _ = stream.set_nodelay(true);
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(stream), self.service.clone());
+        Some(Box::pin(async move {
+            let _slot = slot;
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                () = async { drop(stop.wait_for(|s| *s).await) } => {
+                    // GOAWAY: calls in progress finish, no new ones start.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                debug!(%peer, error = %e, "gRPC connection ended with an error");
+            }
+        }))
     }
 }

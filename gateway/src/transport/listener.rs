@@ -1,5 +1,5 @@
-//! The one listener skeleton every connection-oriented transport runs on (the HTTP API, the admin
-//! listener, MQTT, QUIC): accept with backoff, admission (the connection limits), a handshake
+//! The one listener skeleton every connection-oriented transport runs on (the HTTP API, the gRPC
+//! API, the admin listener, MQTT, QUIC): accept with backoff, admission (the connection limits), a handshake
 //! phase and a session phase as tasks the listener owns, and shutdown (stop accepting, ask open
 //! connections to end, wait at most the drain timeout, then abort what is left).
 //!
