@@ -266,6 +266,37 @@ fn an_http_app_gets_input_binding_events_only_when_it_answers_options() {
 }
 
 #[test]
+fn the_options_probe_waits_for_an_app_that_starts_late() {
+    let port = edgecar_tests::free_port();
+    let (dir, res) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_component(
+        res.path(),
+        "tick",
+        "bindings.cron",
+        &[("schedule", "@every 200ms")],
+    );
+    let _ec = Edgecar::start(
+        dir.path(),
+        &[
+            "--resources-path",
+            res.path().to_str().unwrap(),
+            "--app-port",
+            &port.to_string(),
+        ],
+    );
+    // Refused connections are not an answer: the binding starts once the app answers.
+    std::thread::sleep(Duration::from_millis(800));
+    let app = TestApp::start_on(port, |_| AppResponse::new(200, ""));
+    eventually(Duration::from_secs(15), "events once the app is up", || {
+        let got = app.received();
+        (got.iter()
+            .any(|r| r.method == "OPTIONS" && r.path == "/tick")
+            && got.iter().any(|r| r.method == "POST" && r.path == "/tick"))
+        .then_some(())
+    });
+}
+
+#[test]
 fn bad_binding_configuration_is_reported_by_check_config() {
     let res = tempfile::tempdir().unwrap();
     write_component(

@@ -274,18 +274,22 @@ pub async fn run_inputs(inputs: Vec<Input>, invoke: Arc<InvokeBlock>, app_id: St
     };
     let mut running = tokio::task::JoinSet::new();
     for input in inputs {
-        let wanted = match (&listed, input.declared_input) {
-            (_, true) => true,
-            (Some(listed), false) => listed.contains(&input.name),
-            (None, false) => http_app_wants(&invoke, &app_id, &input.name, &input.route).await,
-        };
-        if !wanted {
-            if grpc.is_some() {
-                info!(binding = %input.name, "the app does not list this input binding (ListInputBindings); not started");
-            }
+        if let Some(listed) = &listed
+            && !input.declared_input
+            && !listed.contains(&input.name)
+        {
+            info!(binding = %input.name, "the app does not list this input binding (ListInputBindings); not started");
             continue;
         }
-        running.spawn(run_input(input, invoke.clone(), app_id.clone()));
+        let (invoke, app_id) = (invoke.clone(), app_id.clone());
+        // Each HTTP probe waits for the app on its own: no binding waits for another's.
+        let probe = grpc.is_none() && !input.declared_input;
+        running.spawn(async move {
+            if probe && !http_app_wants(&invoke, &app_id, &input.name, &input.route).await {
+                return;
+            }
+            run_input(input, invoke, app_id).await;
+        });
     }
     while running.join_next().await.is_some() {}
 }
