@@ -124,11 +124,26 @@ fn event_data(ev: &Value) -> Vec<u8> {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) if is_string(content_type) => s.clone().into_bytes(),
         Some(v) if is_string(content_type) => v.to_string().into_bytes(),
-        Some(v) if is_json(content_type) || is_cloudevent(content_type) => {
-            v.to_string().into_bytes()
-        }
+        Some(v) if is_json(content_type) || is_cloudevent(content_type) => go_json(v),
         Some(_) => Vec::new(),
     }
+}
+
+/// A JSON value encoded as Go's `json.Marshal` encodes it (daprd's encoder): keys sorted, as
+/// serde_json's map keeps them, and `<`, `>`, `&`, U+2028 and U+2029 escaped. They can only occur
+/// inside strings, so escaping the encoded text is safe.
+fn go_json(v: &Value) -> Vec<u8> {
+    let text = v.to_string();
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        match ch {
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", u32::from(ch)));
+            }
+            _ => out.push(ch),
+        }
+    }
+    out.into_bytes()
 }
 
 /// A JSON value as a protobuf `Value`.
@@ -621,6 +636,11 @@ mod tests {
         assert_eq!(data("application/cloudevents+json", json!("hi")), r#""hi""#);
         assert_eq!(data("application/json", json!({"n": 1})), r#"{"n":1}"#);
         assert_eq!(data("application/json", json!(7)), "7");
+        // As Go's json.Marshal: HTML characters escaped, keys sorted.
+        assert_eq!(
+            data("application/json", json!({"b": "<a&b>", "a": 1})),
+            r#"{"a":1,"b":"\u003ca\u0026b\u003e"}"#
+        );
         // Text types: a string's text.
         assert_eq!(data("text/plain", json!("hello")), "hello");
         assert_eq!(data("application/xml", json!("<a/>")), "<a/>");
