@@ -580,11 +580,14 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
                 Ok((Vec::new(), None))
             })
         } else if is_mqtt_binding(&c.type_name) {
+            // An output-only binding has no route to check.
             let built = match input_route(c) {
-                Ok(route) => build_mqtt_binding(c)
+                Err(m) if is_input_binding(c) => Err(m),
+                route => build_mqtt_binding(c)
                     .await
-                    .map(|(bus, topic, input, output)| (bus, topic, input, output, route)),
-                Err(m) => Err(m),
+                    .map(|(bus, topic, input, output)| {
+                        (bus, topic, input, output, route.unwrap_or_default())
+                    }),
             };
             built.map(|(bus, topic, input, output, route)| {
                 let check = Some(bus.health_check());
@@ -702,9 +705,11 @@ fn input_route(c: &Component) -> Result<String, String> {
     })
 }
 
-/// Whether a binding type reads events for the app.
+/// Whether a binding reads events for the app (its `route` matters): a cron binding, or an
+/// MQTT binding whose `direction` includes input.
 fn is_input_binding(c: &Component) -> bool {
-    c.type_name == "bindings.cron" || is_mqtt_binding(&c.type_name)
+    c.type_name == "bindings.cron"
+        || (is_mqtt_binding(&c.type_name) && directions(c).is_ok_and(|(input, _)| input))
 }
 
 /// Which ways a binding works, from Dapr's `direction` metadata (both when absent).
@@ -859,5 +864,11 @@ mod tests {
         let errs = validate(&binding(&[("schedule", "@every 1s"), ("route", "/a?b")]));
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].to_string().contains("(route)"), "{}", errs[0]);
+        // An output-only MQTT binding's route is not read, so not checked.
+        let mut mqtt = binding(&[("direction", "output"), ("route", "http://x")]);
+        mqtt.type_name = "bindings.mqtt3".into();
+        assert!(!is_input_binding(&mqtt));
+        mqtt.metadata.remove(0);
+        assert!(is_input_binding(&mqtt));
     }
 }
