@@ -460,7 +460,7 @@ pub fn parse_programmatic(body: &[u8], grpc: bool) -> (Vec<Subscription>, Vec<St
             .filter(|d| !d.is_empty())
             .or_else(|| Some(json_str(f.get("route"))).filter(|r| !r.is_empty()));
         let mut problems = Vec::new();
-        let rules = build_rules(
+        let mut rules = build_rules(
             rules_in,
             default,
             |field, m| problems.push(format!("{field}: {m}")),
@@ -470,7 +470,6 @@ pub fn parse_programmatic(body: &[u8], grpc: bool) -> (Vec<Subscription>, Vec<St
             errors.push(format!("{pubsub}/{topic}: {}", problems.join("; ")));
             continue;
         }
-        let mut rules = rules;
         if rules.is_empty() && grpc {
             rules.push(Rule {
                 expr: None,

@@ -320,8 +320,8 @@ fn subscription_json(s: rt::TopicSubscription) -> Value {
         .iter()
         .map(|r| json!({"match": r.r#match, "path": r.path}))
         .collect();
-    // Empty stays empty: the pub/sub block gives a gRPC app's subscription without rules or a
-    // default the app's default path `""`, and one with rules no default, as daprd does.
+    // Empty stays empty: the pub/sub block gives a gRPC app's subscription with neither rules nor
+    // a default the app's default path `""`, and one with rules but no default none, as daprd.
     let default = routes.default;
     let mut v = json!({
         "pubsubname": s.pubsub_name,
