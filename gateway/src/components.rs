@@ -264,6 +264,11 @@ pub fn validate(c: &Component) -> Vec<ConfigError> {
             }
         }
     }
+    if is_input_binding(c)
+        && let Err(m) = input_route(c)
+    {
+        err(&meta_field(c, "route"), m);
+    }
     if c.type_name == "bindings.cron"
         && let Err(m) = Schedule::parse(c.meta("schedule").unwrap_or_default())
     {
@@ -565,37 +570,46 @@ pub async fn build(components: &[Component], storage: &Storage) -> Result<Regist
                 (Vec::new(), check)
             })
         } else if c.type_name == "bindings.cron" {
-            Schedule::parse(c.meta("schedule").unwrap_or_default()).map(|s| {
+            Schedule::parse(c.meta("schedule").unwrap_or_default()).and_then(|s| {
                 reg.input_bindings.push(Input::new(
                     &c.name,
                     InputBinding::Cron(s),
                     declares_input(c),
+                    input_route(c)?,
                 ));
-                (Vec::new(), None)
+                Ok((Vec::new(), None))
             })
         } else if is_mqtt_binding(&c.type_name) {
-            build_mqtt_binding(c)
-                .await
-                .map(|(bus, topic, input, output)| {
-                    let check = Some(bus.health_check());
-                    if output {
-                        reg.output_bindings.insert(
-                            c.name.clone(),
-                            OutputBinding::Mqtt {
-                                bus: bus.clone(),
-                                topic: topic.clone(),
-                            },
-                        );
-                    }
-                    if input {
-                        reg.input_bindings.push(Input::new(
-                            &c.name,
-                            InputBinding::Mqtt { bus, topic },
-                            declares_input(c),
-                        ));
-                    }
-                    (Vec::new(), check)
-                })
+            // An output-only binding has no route to check.
+            let built = match input_route(c) {
+                Err(m) if is_input_binding(c) => Err(m),
+                route => build_mqtt_binding(c)
+                    .await
+                    .map(|(bus, topic, input, output)| {
+                        (bus, topic, input, output, route.unwrap_or_default())
+                    }),
+            };
+            built.map(|(bus, topic, input, output, route)| {
+                let check = Some(bus.health_check());
+                if output {
+                    reg.output_bindings.insert(
+                        c.name.clone(),
+                        OutputBinding::Mqtt {
+                            bus: bus.clone(),
+                            topic: topic.clone(),
+                        },
+                    );
+                }
+                if input {
+                    reg.input_bindings.push(Input::new(
+                        &c.name,
+                        InputBinding::Mqtt { bus, topic },
+                        declares_input(c),
+                        route,
+                    ));
+                }
+                (Vec::new(), check)
+            })
         } else if c.type_name.starts_with("configuration.") {
             build_configuration(c).await.map(|(store, task, check)| {
                 reg.configuration.insert(c.name.clone(), store);
@@ -653,6 +667,49 @@ fn declares_input(c: &Component) -> bool {
             MetaValue::SecretRef { .. } => None,
         })
         .any(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case("input")))
+}
+
+/// The HTTP app path an input binding's events go to: Dapr's `route` metadata, else `/<name>`
+/// (daprd's `AddInputBindingRoute`). A route is a path on the app, `/` prepended when missing as
+/// daprd's app channel does; a URL, a query or fragment, `..`, spaces or control characters are
+/// refused.
+fn input_route(c: &Component) -> Result<String, String> {
+    let Some(route) = c.meta("route") else {
+        return Ok(format!("/{}", c.name));
+    };
+    let route = route.trim();
+    let bad = |why: &str| {
+        Err(format!(
+            "{route:?} {why}; give a path on the app such as /checkout"
+        ))
+    };
+    if route.is_empty() {
+        return bad("is empty");
+    }
+    if route.contains("://") {
+        return bad("is a URL, not a path");
+    }
+    if route
+        .chars()
+        .any(|ch| ch.is_whitespace() || ch.is_control() || ch == '?' || ch == '#')
+    {
+        return bad("must not hold spaces, control characters, '?' or '#'");
+    }
+    if route.split('/').any(|seg| seg == "..") {
+        return bad("must not hold '..'");
+    }
+    Ok(if route.starts_with('/') {
+        route.to_owned()
+    } else {
+        format!("/{route}")
+    })
+}
+
+/// Whether a binding reads events for the app (its `route` matters): a cron binding, or an
+/// MQTT binding whose `direction` includes input.
+fn is_input_binding(c: &Component) -> bool {
+    c.type_name == "bindings.cron"
+        || (is_mqtt_binding(&c.type_name) && directions(c).is_ok_and(|(input, _)| input))
 }
 
 /// Which ways a binding works, from Dapr's `direction` metadata (both when absent).
@@ -779,5 +836,39 @@ mod tests {
         assert!(declares_input(&binding(&[("Direction", "output, Input")])));
         assert!(!declares_input(&binding(&[("direction", "output")])));
         assert!(!declares_input(&binding(&[("schedule", "@every 1s")])));
+    }
+
+    #[test]
+    fn an_input_binding_route_is_its_name_or_a_checked_path() {
+        let route = |r: Option<&str>| {
+            let meta: Vec<(&str, &str)> = r.map(|r| ("route", r)).into_iter().collect();
+            input_route(&binding(&meta))
+        };
+        assert_eq!(route(None).unwrap(), "/b");
+        assert_eq!(route(Some("/jobs/nightly")).unwrap(), "/jobs/nightly");
+        assert_eq!(route(Some(" jobs ")).unwrap(), "/jobs");
+        assert_eq!(route(Some("/")).unwrap(), "/");
+        for bad in [
+            "",
+            "  ",
+            "http://app/x",
+            "/a b",
+            "/a?x=1",
+            "/a#f",
+            "/a/../b",
+            "/a\u{7}b",
+        ] {
+            assert!(route(Some(bad)).is_err(), "{bad:?} accepted");
+        }
+        // check-config names the field.
+        let errs = validate(&binding(&[("schedule", "@every 1s"), ("route", "/a?b")]));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].to_string().contains("(route)"), "{}", errs[0]);
+        // An output-only MQTT binding's route is not read, so not checked.
+        let mut mqtt = binding(&[("direction", "output"), ("route", "http://x")]);
+        mqtt.type_name = "bindings.mqtt3".into();
+        assert!(!is_input_binding(&mqtt));
+        mqtt.metadata.remove(0);
+        assert!(is_input_binding(&mqtt));
     }
 }

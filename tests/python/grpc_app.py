@@ -78,6 +78,12 @@ def orders(event: SubscriptionMessage) -> None:
            pubsub=event.pubsub_name(), type=event.type())
 
 
+# JSON string data: daprd hands a JSON-typed event's data over as its JSON encoding.
+@app.subscribe(pubsub_name='pubsub', topic='strings')
+def strings(event: SubscriptionMessage) -> None:
+    record('string', data=event.raw_data().decode(), content_type=event.data_content_type())
+
+
 # Routed by a rule: dapr-ext-grpc finds the handler by the path it gave (this function's name).
 @app.subscribe(pubsub_name='pubsub', topic='routed', rule=Rule('event.type == "com.dapr.event.sent"', 1))
 def on_routed(event: SubscriptionMessage) -> None:

@@ -132,6 +132,11 @@ with DaprClient() as d:
     again = sub.next_message()
     check(again is not None and again.id() == msg.id(), 'RETRY redelivers the same event')
     sub.respond_success(again)
+    d.publish_event('pubsub', 'stream-topic', data='"str"', data_content_type='application/json')
+    s = sub.next_message()
+    check(s is not None and s.raw_data() == b'"str"',
+          f'JSON string data arrives JSON-encoded, as daprd sends it ({s and s.raw_data()!r})')
+    sub.respond_success(s)
     sub.close()
 
     # --- invocation, HTTP protocol (the SDK's default) then gRPC's InvokeService

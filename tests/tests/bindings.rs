@@ -1,5 +1,6 @@
 //! Bindings end to end: `bindings.http` calling a real HTTP endpoint, `bindings.cron` delivering
-//! events to a real app.
+//! events to a real app at `/<binding>` or its `route`, only once the app answered daprd's
+//! `OPTIONS` probe with a 2xx or 405 (or the binding says `direction: input`).
 
 use std::time::Duration;
 
@@ -145,6 +146,157 @@ fn cron_input_binding_posts_to_the_app_on_schedule() {
 }
 
 #[test]
+fn input_binding_route_metadata_is_the_path_the_app_is_called_at() {
+    let app = TestApp::start(|_| AppResponse::new(200, ""));
+    let (dir, res) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_component(
+        res.path(),
+        "nightly",
+        "bindings.cron",
+        &[("schedule", "@every 300ms"), ("route", "/jobs/nightly")],
+    );
+    // Without the leading '/', as daprd's app channel adds it.
+    write_component(
+        res.path(),
+        "hourly",
+        "bindings.cron",
+        &[("schedule", "@every 300ms"), ("route", "jobs/hourly")],
+    );
+    let ec = Edgecar::start(
+        dir.path(),
+        &[
+            "--resources-path",
+            res.path().to_str().unwrap(),
+            "--app-port",
+            &app.port.to_string(),
+        ],
+    );
+    eventually(Duration::from_secs(10), "events at both routes", || {
+        let got = app.received();
+        let posts = |p: &str| {
+            got.iter()
+                .filter(|r| r.path == p && r.method == "POST")
+                .count()
+        };
+        (posts("/jobs/nightly") >= 2 && posts("/jobs/hourly") >= 2).then_some(())
+    });
+    let got = app.received();
+    // The probe asked the route too; nothing went to /<binding-name>.
+    assert!(
+        got.iter()
+            .any(|r| r.method == "OPTIONS" && r.path == "/jobs/nightly"),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .all(|r| r.path != "/nightly" && r.path != "/hourly"),
+        "{got:?}"
+    );
+    drop(ec);
+}
+
+#[test]
+fn an_http_app_gets_input_binding_events_only_when_it_answers_options() {
+    // daprd's rule: 2xx or 405 to `OPTIONS /<route>` starts the binding, anything else does not.
+    let app = TestApp::start(|r| match (r.method.as_str(), r.path.as_str()) {
+        ("OPTIONS", "/wanted") => AppResponse::new(200, ""),
+        ("OPTIONS", "/no-options") => AppResponse::new(405, ""),
+        ("OPTIONS", "/failing") => AppResponse::new(500, ""),
+        ("OPTIONS", _) => AppResponse::new(404, ""),
+        _ => AppResponse::new(200, ""),
+    });
+    let (dir, res) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for name in ["wanted", "no-options", "unwanted", "failing"] {
+        write_component(
+            res.path(),
+            name,
+            "bindings.cron",
+            &[("schedule", "@every 200ms")],
+        );
+    }
+    // `direction: input` skips the probe: it runs although OPTIONS would say 404.
+    write_component(
+        res.path(),
+        "declared",
+        "bindings.cron",
+        &[("schedule", "@every 200ms"), ("direction", "input")],
+    );
+    let ec = Edgecar::start(
+        dir.path(),
+        &[
+            "--resources-path",
+            res.path().to_str().unwrap(),
+            "--app-port",
+            &app.port.to_string(),
+        ],
+    );
+    let posts = |p: &str| {
+        app.received()
+            .iter()
+            .filter(|r| r.path == p && r.method == "POST")
+            .count()
+    };
+    eventually(
+        Duration::from_secs(10),
+        "events for the wanted bindings",
+        || {
+            (posts("/wanted") >= 3 && posts("/no-options") >= 3 && posts("/declared") >= 3)
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    let got = app.received();
+    assert_eq!(posts("/unwanted"), 0, "{got:?}");
+    assert_eq!(posts("/failing"), 0, "{got:?}");
+    assert!(
+        got.iter()
+            .any(|r| r.method == "OPTIONS" && r.path == "/unwanted"),
+        "{got:?}"
+    );
+    assert!(
+        !got.iter()
+            .any(|r| r.method == "OPTIONS" && r.path == "/declared"),
+        "a direction: input binding was probed: {got:?}"
+    );
+    let log = ec.log.lock().unwrap().clone();
+    assert!(
+        log.contains("unwanted") && log.contains("has not subscribed to this input binding"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_options_probe_waits_for_an_app_that_starts_late() {
+    let port = edgecar_tests::free_port();
+    let (dir, res) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_component(
+        res.path(),
+        "tick",
+        "bindings.cron",
+        &[("schedule", "@every 200ms")],
+    );
+    let _ec = Edgecar::start(
+        dir.path(),
+        &[
+            "--resources-path",
+            res.path().to_str().unwrap(),
+            "--app-port",
+            &port.to_string(),
+        ],
+    );
+    // Refused connections are not an answer: the binding starts once the app answers.
+    std::thread::sleep(Duration::from_millis(800));
+    let app = TestApp::start_on(port, |_| AppResponse::new(200, ""));
+    eventually(Duration::from_secs(15), "events once the app is up", || {
+        let got = app.received();
+        (got.iter()
+            .any(|r| r.method == "OPTIONS" && r.path == "/tick")
+            && got.iter().any(|r| r.method == "POST" && r.path == "/tick"))
+        .then_some(())
+    });
+}
+
+#[test]
 fn bad_binding_configuration_is_reported_by_check_config() {
     let res = tempfile::tempdir().unwrap();
     write_component(
@@ -154,6 +306,12 @@ fn bad_binding_configuration_is_reported_by_check_config() {
         &[("schedule", "every tuesday")],
     );
     write_component(res.path(), "erp", "bindings.http", &[("url", "ftp://x")]);
+    write_component(
+        res.path(),
+        "routed",
+        "bindings.cron",
+        &[("schedule", "@every 1s"), ("route", "http://app/x")],
+    );
     let out = std::process::Command::new(edgecar_tests::edgecar_bin())
         .args([
             "check-config",
@@ -170,6 +328,12 @@ fn bad_binding_configuration_is_reported_by_check_config() {
     );
     assert!(
         err.contains("erp.yaml: spec.metadata[0] (url): required: an http:// or https:// URL"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "routed.yaml: spec.metadata[1] (route): \"http://app/x\" is a URL, not a path"
+        ),
         "{err}"
     );
 }

@@ -3,7 +3,8 @@
 //! invocation (`OnInvoke`), topic events (`ListTopicSubscriptions` + `OnTopicEvent`, by its
 //! default path and by a rule's path), a bulk subscription's batches (`OnBulkTopicEvent`, with
 //! per-entry SUCCESS / RETRY / DROP) and input binding events (`OnBindingEvent`) for the bindings
-//! it lists in `ListInputBindings` only, as daprd delivers them.
+//! it lists in `ListInputBindings` only, as daprd delivers them: JSON-typed data JSON-encoded, a
+//! declarative route `/` as the path `/`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -107,6 +108,12 @@ fn a_dapr_ext_grpc_app_receives_invocations_events_batches_and_binding_events() 
         "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata:\n  name: batch\nspec:\n  pubsubname: pubsub\n  topic: batch\n  routes:\n    default: batch\n  deadLetterTopic: batch-dead\n  bulkSubscribe:\n    enabled: true\n    maxMessagesCount: 10\n    maxAwaitDurationMs: 500\n",
     )
     .unwrap();
+    // A declarative route `/` reaches the app as the path `/` (daprd sends routes verbatim).
+    std::fs::write(
+        res.path().join("slash.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nkind: Subscription\nmetadata:\n  name: slash\nspec:\n  pubsubname: pubsub\n  topic: slash\n  route: /\n",
+    )
+    .unwrap();
     let ec = Edgecar::start(
         dir.path(),
         &[
@@ -139,6 +146,23 @@ fn a_dapr_ext_grpc_app_receives_invocations_events_batches_and_binding_events() 
     assert_eq!(r.status, 204, "{}", r.text());
     let r = ec.req("POST", "/v1.0/publish/pubsub/routed", br#"{"r":1}"#, &json);
     assert_eq!(r.status, 204, "{}", r.text());
+    // A JSON string as data, published as JSON, inside a CloudEvent, and as text.
+    let r = ec.req("POST", "/v1.0/publish/pubsub/strings", br#""json""#, &json);
+    assert_eq!(r.status, 204, "{}", r.text());
+    let ce = serde_json::json!({"specversion": "1.0", "id": "ce-1", "source": "test", "type": "t",
+        "datacontenttype": "application/json", "data": "cloudevent"});
+    let r = ec.req(
+        "POST",
+        "/v1.0/publish/pubsub/strings",
+        ce.to_string().as_bytes(),
+        &[("content-type", "application/cloudevents+json")],
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let text = [("content-type", "text/plain")];
+    let r = ec.req("POST", "/v1.0/publish/pubsub/strings", b"text", &text);
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = ec.req("POST", "/v1.0/publish/pubsub/slash", br#"{"s":1}"#, &json);
+    assert_eq!(r.status, 204, "{}", r.text());
     let entries: Vec<_> = (1..=6)
         .map(|n| serde_json::json!({"entryId": n.to_string(), "event": {"n": n}, "contentType": "application/json"}))
         .collect();
@@ -161,6 +185,10 @@ fn a_dapr_ext_grpc_app_receives_invocations_events_batches_and_binding_events() 
             && n("routed") >= 1
             && n("binding") >= 2
             && n("dead") >= 1
+            && n("string") >= 3
+            && rpcs(&got, "OnTopicEvent")
+                .iter()
+                .any(|r| r["topic"] == "slash")
             && batched
         {
             break got;
@@ -188,6 +216,37 @@ fn a_dapr_ext_grpc_app_receives_invocations_events_batches_and_binding_events() 
         routed
             .iter()
             .any(|r| r["topic"] == "routed" && r["path"] == "on_routed"),
+        "{routed:?}"
+    );
+    // JSON-typed string data arrives JSON-encoded (quotes kept), text as its text, as daprd
+    // delivers them.
+    let mut strings: Vec<(String, String)> = of_kind(&got, "string")
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            (s("data"), s("content_type"))
+        })
+        .collect();
+    strings.sort();
+    assert_eq!(
+        strings,
+        [
+            (r#""cloudevent""#.to_owned(), "application/json".to_owned()),
+            (r#""json""#.to_owned(), "application/json".to_owned()),
+            ("text".to_owned(), "text/plain".to_owned()),
+        ]
+    );
+    // The declarative route `/` is sent as `/`; the app's own default path (the `orders`
+    // subscription, which lists no route) as "".
+    assert!(
+        routed
+            .iter()
+            .any(|r| r["topic"] == "slash" && r["path"] == "/"),
+        "{routed:?}"
+    );
+    let orders: Vec<_> = routed.iter().filter(|r| r["topic"] == "orders").collect();
+    assert!(
+        !orders.is_empty() && orders.iter().all(|r| r["path"] == ""),
         "{routed:?}"
     );
 

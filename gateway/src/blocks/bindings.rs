@@ -6,7 +6,10 @@
 //!
 //! Output: the request body is Dapr's `{"data", "metadata", "operation"}`; the binding's answer
 //! comes back as the body (204 when empty), its status as `metadata.statusCode`. Input: each
-//! event is POSTed to the app through service invocation, so the app's resiliency policy applies.
+//! event is POSTed to the app at the binding's route (`route` metadata, else `/<name>`) through
+//! service invocation, so the app's resiliency policy applies. Which input bindings start is
+//! decided as daprd decides it: a gRPC app's `ListInputBindings`, an HTTP app's answer to
+//! `OPTIONS <route>`, or the binding's own `direction: input`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::{debug, info, warn};
 
-use crate::blocks::invoke::{AppCallbacks, InvokeBlock};
+use crate::blocks::invoke::{AppCallbacks, InvokeBlock, InvokeError};
 use crate::call::Reply;
 use crate::components::binding_cron::Schedule;
 use crate::components::binding_http::{HttpBinding, HttpResult};
@@ -61,18 +64,22 @@ pub struct Input {
     pub name: String,
     /// What it reads from.
     pub binding: InputBinding,
-    /// Its `direction` metadata names `input`: it runs without asking a gRPC app's
-    /// `ListInputBindings`, as in daprd.
+    /// Its `direction` metadata names `input`: it runs without asking the app (a gRPC app's
+    /// `ListInputBindings`, an HTTP app's `OPTIONS <route>`), as in daprd.
     pub declared_input: bool,
+    /// The HTTP app path its events are POSTed to (`/<name>`, or the `route` metadata).
+    pub route: String,
 }
 
 impl Input {
-    /// The binding `name`; `declared_input` when its metadata says `direction: input`.
-    pub fn new(name: &str, binding: InputBinding, declared_input: bool) -> Self {
+    /// The binding `name`, called at `route` over HTTP; `declared_input` when its metadata says
+    /// `direction: input`.
+    pub fn new(name: &str, binding: InputBinding, declared_input: bool, route: String) -> Self {
         Input {
             name: name.to_owned(),
             binding,
             declared_input,
+            route,
         }
     }
 }
@@ -81,6 +88,7 @@ impl Input {
 /// message the app did not take.
 struct ToApp {
     name: String,
+    route: String,
     invoke: Arc<InvokeBlock>,
     app_id: String,
 }
@@ -97,7 +105,7 @@ impl Handler for ToApp {
         ];
         match self
             .invoke
-            .binding_event(&self.app_id, &self.name, &headers, msg.data)
+            .binding_event(&self.app_id, &self.name, &self.route, &headers, msg.data)
             .await
         {
             Ok(r) if r.status.is_success() => Outcome::Ack,
@@ -252,34 +260,80 @@ impl BindingsBlock {
 /// Runs the input bindings the app wants for as long as the gateway does (aborting this task
 /// stops them all).
 ///
-/// A gRPC app is asked once, when it is up, which bindings it wants (`ListInputBindings`, as
-/// daprd asks it); a binding it does not list is not started and its events never reach the
-/// app, unless the binding's metadata says `direction: input`. An HTTP app gets every input
-/// binding's events.
+/// A binding whose metadata says `direction: input` always runs. Otherwise, as daprd decides
+/// (`startInputBinding` in `pkg/runtime/processor/binding/send.go`): a gRPC app is asked once,
+/// when it is up, which bindings it wants (`ListInputBindings`); an HTTP app is asked
+/// `OPTIONS <route>` per binding once it accepts connections ([`http_app_wants`]). A binding the
+/// app does not want is not started and its events never reach the app.
 pub async fn run_inputs(inputs: Vec<Input>, invoke: Arc<InvokeBlock>, app_id: String) {
-    let wanted = match invoke.grpc_app(&app_id) {
-        Some(app) if inputs.iter().any(|i| !i.declared_input) => {
-            Some(listed_by(app.as_ref()).await)
-        }
+    let undeclared = inputs.iter().any(|i| !i.declared_input);
+    let grpc = invoke.grpc_app(&app_id);
+    let listed = match &grpc {
+        Some(app) if undeclared => Some(listed_by(app.as_ref()).await),
         _ => None,
     };
     let mut running = tokio::task::JoinSet::new();
     for input in inputs {
-        if let Some(wanted) = &wanted
+        if let Some(listed) = &listed
             && !input.declared_input
-            && !wanted.contains(&input.name)
+            && !listed.contains(&input.name)
         {
             info!(binding = %input.name, "the app does not list this input binding (ListInputBindings); not started");
             continue;
         }
-        running.spawn(run_input(
-            input.name,
-            input.binding,
-            invoke.clone(),
-            app_id.clone(),
-        ));
+        let (invoke, app_id) = (invoke.clone(), app_id.clone());
+        // Each HTTP probe waits for the app on its own: no binding waits for another's.
+        let probe = grpc.is_none() && !input.declared_input;
+        running.spawn(async move {
+            if probe && !http_app_wants(&invoke, &app_id, &input.name, &input.route).await {
+                return;
+            }
+            run_input(input, invoke, app_id).await;
+        });
     }
     while running.join_next().await.is_some() {}
+}
+
+/// Whether an HTTP app wants the input binding `name`: daprd's `isAppSubscribedToBinding` asks
+/// `OPTIONS <route>` and starts the binding on a 2xx or 405 only (a 404, or any other status, and
+/// it stays off). daprd asks once the app's port is open, so a refused connection here waits for
+/// the app; an answer that does not come within 3 s, as daprd's `appBindingOptionsTimeout`, or
+/// breaks off leaves the binding off, as daprd's error does.
+async fn http_app_wants(invoke: &InvokeBlock, app_id: &str, name: &str, route: &str) -> bool {
+    let mut delay = std::time::Duration::from_millis(200);
+    let mut logged = false;
+    loop {
+        let probe = invoke.call_once(app_id, route, &http::Method::OPTIONS);
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(3), probe).await;
+        let status = match answer {
+            Ok(Ok(r)) => r.status,
+            Ok(Err(InvokeError::Unreachable { reason, .. })) => {
+                debug!(binding = %name, error = %reason, "OPTIONS probe: the app cannot be reached yet");
+                if !logged {
+                    info!(binding = %name, "waiting for the app before starting the input binding");
+                    logged = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                continue;
+            }
+            Ok(Err(e)) => {
+                warn!(binding = %name, %route, error = %e, "OPTIONS probe failed; input binding not started");
+                return false;
+            }
+            Err(_) => {
+                warn!(binding = %name, %route, "OPTIONS probe not answered within 3s; input binding not started");
+                return false;
+            }
+        };
+        let wanted = status.is_success() || status == http::StatusCode::METHOD_NOT_ALLOWED;
+        if wanted {
+            debug!(binding = %name, %route, status = status.as_u16(), "the app answers OPTIONS; input binding starts");
+        } else {
+            info!(binding = %name, %route, status = status.as_u16(), "the app answers OPTIONS with neither 2xx nor 405: it has not subscribed to this input binding; not started");
+        }
+        return wanted;
+    }
 }
 
 /// The input bindings a gRPC app lists, asked once it answers.
@@ -308,19 +362,21 @@ async fn listed_by(app: &dyn AppCallbacks) -> Vec<String> {
 }
 
 /// Runs an input binding for as long as the gateway does: each event is POSTed to the app at
-/// `/<name>` (`OnBindingEvent` for a gRPC app).
-pub async fn run_input(
-    name: String,
-    binding: InputBinding,
-    invoke: Arc<InvokeBlock>,
-    app_id: String,
-) {
+/// its route (`OnBindingEvent` for a gRPC app).
+pub async fn run_input(input: Input, invoke: Arc<InvokeBlock>, app_id: String) {
+    let Input {
+        name,
+        binding,
+        route,
+        ..
+    } = input;
     match binding {
         InputBinding::Mqtt { bus, topic } => {
             // Runs until the runtime aborts it at shutdown; the sender only has to outlive it.
             let (_stop_tx, stop) = tokio::sync::watch::channel(false);
             let handler = Arc::new(ToApp {
                 name: name.clone(),
+                route,
                 invoke,
                 app_id: app_id.clone(),
             });
@@ -349,7 +405,7 @@ pub async fn run_input(
                     ("x-edgecar-cron-time".to_owned(), fired),
                 ];
                 match invoke
-                    .binding_event(&app_id, &name, &headers, Bytes::new())
+                    .binding_event(&app_id, &name, &route, &headers, Bytes::new())
                     .await
                 {
                     Ok(r) if r.status.is_success() => {}

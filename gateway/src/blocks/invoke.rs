@@ -184,12 +184,14 @@ impl InvokeBlock {
             .map(|(_, cb)| cb.clone())
     }
 
-    /// Delivers an input binding's event to the app: `POST /<name>` over HTTP, or
-    /// `OnBindingEvent` to a gRPC app (with the headers as its metadata).
+    /// Delivers an input binding's event to the app: `POST <route>` over HTTP (`/<name>` unless
+    /// the binding's `route` metadata says otherwise), or `OnBindingEvent` for `name` to a gRPC
+    /// app (with the headers as its metadata).
     pub async fn binding_event(
         &self,
         app_id: &str,
         name: &str,
+        route: &str,
         headers: &[(String, String)],
         body: Bytes,
     ) -> Result<AppReply, InvokeError> {
@@ -201,10 +203,7 @@ impl InvokeBlock {
                     app: app_id.to_owned(),
                     reason,
                 }),
-            None => {
-                self.call(app_id, &format!("/{name}"), &Method::POST, headers, body)
-                    .await
-            }
+            None => self.call(app_id, route, &Method::POST, headers, body).await,
         }
     }
 
@@ -265,6 +264,22 @@ impl InvokeBlock {
                 format!("failed to invoke, id: {app_id}, err: {e}"),
             )),
         }
+    }
+
+    /// One call to an HTTP app outside its resiliency policies and breaker, for probes (daprd
+    /// asks `OPTIONS <route>` straight on its app channel). Any status is `Ok`.
+    pub async fn call_once(
+        &self,
+        app_id: &str,
+        method: &str,
+        verb: &Method,
+    ) -> Result<AppReply, InvokeError> {
+        let base = self
+            .apps
+            .get(app_id)
+            .ok_or_else(|| InvokeError::UnknownApp(app_id.to_owned()))?;
+        let uri = format!("{base}{method}");
+        self.once(app_id, &uri, verb, &[], Bytes::new()).await
     }
 
     /// Calls an app under its resiliency policies. Any status is `Ok`; `Err` means no answer.

@@ -326,7 +326,7 @@ impl AppChannel {
                 .await
             {
                 Ok(a) if a.status.is_success() => {
-                    let (subs, errors) = parse_programmatic(&a.body);
+                    let (subs, errors) = parse_programmatic(&a.body, self.grpc.is_some());
                     for e in errors {
                         error!(error = %e, "ignoring a subscription from the app's /dapr/subscribe");
                     }

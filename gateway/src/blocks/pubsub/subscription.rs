@@ -419,9 +419,14 @@ fn json_str(v: Option<&&Json>) -> String {
     }
 }
 
-/// Reads the app's `GET /dapr/subscribe` answer. Entries that cannot be used are returned as
-/// errors (one line each) beside the ones that can.
-pub fn parse_programmatic(body: &[u8]) -> (Vec<Subscription>, Vec<String>) {
+/// Reads the app's `GET /dapr/subscribe` answer (`grpc`: a gRPC app's `ListTopicSubscriptions`
+/// in the same JSON shape). Entries that cannot be used are returned as errors (one line each)
+/// beside the ones that can.
+///
+/// A gRPC app's subscription with neither rules nor a default route gets the app's default path
+/// `""`, as daprd's `parseRoutingRulesGRPC` gives it (`pkg/runtime/pubsub/subscriptions.go`); an
+/// HTTP app's needs a route.
+pub fn parse_programmatic(body: &[u8], grpc: bool) -> (Vec<Subscription>, Vec<String>) {
     let mut subs = Vec::new();
     let mut errors = Vec::new();
     let items: Vec<Json> = match serde_json::from_slice::<Json>(body) {
@@ -455,7 +460,7 @@ pub fn parse_programmatic(body: &[u8]) -> (Vec<Subscription>, Vec<String>) {
             .filter(|d| !d.is_empty())
             .or_else(|| Some(json_str(f.get("route"))).filter(|r| !r.is_empty()));
         let mut problems = Vec::new();
-        let rules = build_rules(
+        let mut rules = build_rules(
             rules_in,
             default,
             |field, m| problems.push(format!("{field}: {m}")),
@@ -464,6 +469,12 @@ pub fn parse_programmatic(body: &[u8]) -> (Vec<Subscription>, Vec<String>) {
         if !problems.is_empty() {
             errors.push(format!("{pubsub}/{topic}: {}", problems.join("; ")));
             continue;
+        }
+        if rules.is_empty() && grpc {
+            rules.push(Rule {
+                expr: None,
+                path: String::new(),
+            });
         }
         if rules.is_empty() {
             errors.push(format!(
@@ -497,7 +508,12 @@ pub fn parse_programmatic(body: &[u8]) -> (Vec<Subscription>, Vec<String>) {
             dead_letter_topic: Some(json_str(f.get("deadlettertopic"))).filter(|s| !s.is_empty()),
             metadata,
             kind: Kind::Programmatic,
-            source: "/dapr/subscribe".into(),
+            source: if grpc {
+                "ListTopicSubscriptions"
+            } else {
+                "/dapr/subscribe"
+            }
+            .into(),
             bulk,
         });
     }
@@ -585,7 +601,7 @@ mod tests {
             {"pubsubname":"pubsub","topic":"c","routes":{"rules":[{"match":"bogus(","path":"/x"}]}},
             {"topic":"d","route":"/d"}
         ]"#;
-        let (subs, errs) = parse_programmatic(body);
+        let (subs, errs) = parse_programmatic(body, false);
         assert_eq!(subs.len(), 2);
         assert_eq!(subs[0].rules[0].path, "a-handler");
         assert!(subs[0].raw_payload());

@@ -100,19 +100,50 @@ fn field(ev: &Value, name: &str) -> String {
         .to_owned()
 }
 
-/// The event's data as bytes, as daprd hands it to gRPC apps: `data_base64` decoded, a string
-/// as its text, anything else as JSON.
+/// The event's data as bytes, as daprd hands it to gRPC apps (`GRPCEnvelopeFromSubscriptionMessage`
+/// and `extractCloudEvent` in daprd's `pkg/runtime/pubsub/subscriptions.go`, shared by
+/// `OnTopicEvent`, bulk entries and streaming subscriptions): `data_base64` decoded; for a
+/// `datacontenttype` of `text/*` or `application/xml` a string as its text; for
+/// `application/json` or `application/cloudevents+json` the JSON encoding (a JSON string keeps
+/// its quotes); for any other type, nothing.
+///
+/// daprd retries a text-typed event whose `data` is not a string; edgecar hands over its JSON
+/// instead of retrying an event that can never be delivered.
 fn event_data(ev: &Value) -> Vec<u8> {
+    use crate::blocks::pubsub::cloudevent::{is_cloudevent, is_json, is_string};
     if let Some(b64) = ev.get("data_base64").and_then(Value::as_str) {
         return base64::engine::general_purpose::STANDARD
             .decode(b64)
             .unwrap_or_default();
     }
+    let content_type = ev
+        .get("datacontenttype")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     match ev.get("data") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => s.clone().into_bytes(),
-        Some(v) => v.to_string().into_bytes(),
+        Some(Value::String(s)) if is_string(content_type) => s.clone().into_bytes(),
+        Some(v) if is_string(content_type) => v.to_string().into_bytes(),
+        Some(v) if is_json(content_type) || is_cloudevent(content_type) => go_json(v),
+        Some(_) => Vec::new(),
     }
+}
+
+/// A JSON value encoded as Go's `json.Marshal` encodes it (daprd's encoder): keys sorted, as
+/// serde_json's map keeps them, and `<`, `>`, `&`, U+2028 and U+2029 escaped. They can only occur
+/// inside strings, so escaping the encoded text is safe.
+fn go_json(v: &Value) -> Vec<u8> {
+    let text = v.to_string();
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        match ch {
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", u32::from(ch)));
+            }
+            _ => out.push(ch),
+        }
+    }
+    out.into_bytes()
 }
 
 /// A JSON value as a protobuf `Value`.
@@ -133,23 +164,9 @@ fn pb_value(v: &Value) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
-/// The app's empty default path as a route the pub/sub block keeps (`/`); other paths as given.
-fn or_root(path: String) -> String {
-    if path.trim().is_empty() {
-        "/".to_owned()
-    } else {
-        path
-    }
-}
-
-/// The path an event carries to the app: the route as the subscription gave it (daprd sends
-/// `handler` as `handler`, `/orders` as `/orders`), `/` being the app's empty default path.
-fn app_path(route: &str) -> &str {
-    if route == "/" { "" } else { route }
-}
-
 /// A stored CloudEvent as `TopicEventRequest` for a subscription to `topic` of `pubsub`, as
-/// daprd builds it for gRPC subscribers; `path` as it is sent (see [`app_path`]).
+/// daprd builds it for gRPC subscribers; `path` is the subscription rule's path as given: a
+/// declarative route `/` is sent as `/`, a gRPC app's own default as `""`.
 pub(super) fn topic_event_request(
     pubsub: &str,
     topic: &str,
@@ -303,14 +320,16 @@ fn subscription_json(s: rt::TopicSubscription) -> Value {
         .iter()
         .map(|r| json!({"match": r.r#match, "path": r.path}))
         .collect();
-    let default = or_root(routes.default);
+    // Empty stays empty: the pub/sub block gives a gRPC app's subscription with neither rules nor
+    // a default the app's default path `""`, and one with rules but no default none, as daprd.
+    let default = routes.default;
     let mut v = json!({
         "pubsubname": s.pubsub_name,
         "topic": s.topic,
         "metadata": s.metadata,
     });
     // A gRPC app's events all go to OnTopicEvent; the path only travels in the event, as the
-    // app gave it ([`app_path`]).
+    // app gave it.
     if rules.is_empty() {
         v["route"] = Value::String(default);
     } else {
@@ -402,7 +421,7 @@ impl AppCallbacks for GrpcApp {
         path: &str,
         event: Bytes,
     ) -> Result<AppReply, String> {
-        let req = topic_event_request(pubsub, topic, app_path(path), &event);
+        let req = topic_event_request(pubsub, topic, path, &event);
         match self.client.clone().on_topic_event(req).await {
             Ok(r) => Ok(AppReply {
                 status: StatusCode::OK,
@@ -418,7 +437,7 @@ impl AppCallbacks for GrpcApp {
 
     async fn bulk_topic_event(&self, path: &str, batch: Bytes) -> Result<AppReply, String> {
         use std::sync::atomic::Ordering;
-        let req = bulk_request(app_path(path), &batch)?;
+        let req = bulk_request(path, &batch)?;
         // daprd asks AppCallback first and AppCallbackAlpha when that is not implemented.
         let alpha = || async {
             // Deprecated in the proto, and still daprd's fallback.
@@ -511,7 +530,7 @@ mod tests {
             ..Default::default()
         };
         let body = Value::from(vec![subscription_json(sub)]).to_string();
-        let (subs, errors) = parse_programmatic(body.as_bytes());
+        let (subs, errors) = parse_programmatic(body.as_bytes(), true);
         assert!(errors.is_empty(), "{errors:?}");
         let bulk = subs[0].bulk.clone().expect("bulk subscription");
         assert_eq!(bulk.max_messages, 7);
@@ -539,15 +558,21 @@ mod tests {
         let list: Vec<Value> = vec![
             subscription_json(sub("a", "", Some("handler"))),
             subscription_json(sub("b", "/orders", None)),
+            subscription_json(sub("c", "", None)),
+            subscription_json(sub("d", "/", None)),
         ];
-        let (subs, errors) = parse_programmatic(Value::from(list).to_string().as_bytes());
+        let (subs, errors) = parse_programmatic(Value::from(list).to_string().as_bytes(), true);
         assert!(errors.is_empty(), "{errors:?}");
-        let sent: Vec<&str> = subs
+        let sent: Vec<Vec<&str>> = subs
             .iter()
-            .flat_map(|s| s.rules.iter().map(|r| app_path(&r.path)))
+            .map(|s| s.rules.iter().map(|r| r.path.as_str()).collect())
             .collect();
-        // daprd sends a rule's path as the app gave it, "" for the default.
-        assert_eq!(sent, ["handler", "", "/orders"]);
+        // daprd sends a rule's path as the app gave it; with rules and no default, nothing else
+        // matches; with neither, the app's default path "".
+        assert_eq!(
+            sent,
+            [vec!["handler"], vec!["/orders"], vec![""], vec!["/"]]
+        );
     }
 
     #[test]
@@ -594,6 +619,41 @@ mod tests {
         let e2 = &req.entries[1];
         assert_eq!(e2.event, Some(Event::Bytes(vec![0xff, 0x00, 0xfe])));
         assert_eq!(e2.content_type, "application/octet-stream");
+    }
+
+    #[test]
+    fn event_data_follows_the_content_type_as_daprd_does() {
+        let data = |ct: &str, data: Value| {
+            let ev = json!({"datacontenttype": ct, "data": data});
+            String::from_utf8(event_data(&ev)).unwrap()
+        };
+        // JSON types: the JSON encoding, so a JSON string keeps its quotes.
+        assert_eq!(data("application/json", json!("hello")), r#""hello""#);
+        assert_eq!(
+            data("application/json; charset=utf-8", json!("hi")),
+            r#""hi""#
+        );
+        assert_eq!(data("application/cloudevents+json", json!("hi")), r#""hi""#);
+        assert_eq!(data("application/json", json!({"n": 1})), r#"{"n":1}"#);
+        assert_eq!(data("application/json", json!(7)), "7");
+        // As Go's json.Marshal: HTML characters escaped, keys sorted.
+        assert_eq!(
+            data("application/json", json!({"b": "<a&b>", "a": 1})),
+            r#"{"a":1,"b":"\u003ca\u0026b\u003e"}"#
+        );
+        // Text types: a string's text.
+        assert_eq!(data("text/plain", json!("hello")), "hello");
+        assert_eq!(data("application/xml", json!("<a/>")), "<a/>");
+        assert_eq!(data("TEXT/CSV", json!("a,b")), "a,b");
+        // Any other type (or none): daprd sends no data.
+        assert_eq!(data("application/vnd.x+json", json!("hello")), "");
+        assert_eq!(data("", json!({"n": 1})), "");
+        // data_base64 wins, whatever the type.
+        let ev = json!({"datacontenttype": "application/json", "data_base64": "aGk="});
+        assert_eq!(event_data(&ev), b"hi");
+        // The bulk entries' CloudEvents share the rule.
+        let ev = json!({"datacontenttype": "application/json", "data": "s"});
+        assert_eq!(cloud_event(&ev).data, br#""s""#);
     }
 
     #[test]

@@ -536,7 +536,8 @@ impl rt::dapr_server::Dapr for DaprApi {
                     tokio::select! {
                         ev = events.recv() => {
                             let Some(ev) = ev else { break };
-                            let msg = super::app::topic_event_request(&pubsub, &topic, "", &ev.data);
+                            // daprd's streaming subscription routes to `/` (`AddStreamSubscription`).
+                            let msg = super::app::topic_event_request(&pubsub, &topic, "/", &ev.data);
                             let id = msg.id.clone();
                             pending.insert(id, ev.done);
                             let out = rt::SubscribeTopicEventsResponseAlpha1 {
