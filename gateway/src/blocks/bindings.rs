@@ -300,7 +300,10 @@ pub async fn run_inputs(inputs: Vec<Input>, invoke: Arc<InvokeBlock>, app_id: St
 /// the app; an answer that does not come within 3 s, as daprd's `appBindingOptionsTimeout`, or
 /// breaks off leaves the binding off, as daprd's error does.
 async fn http_app_wants(invoke: &InvokeBlock, app_id: &str, name: &str, route: &str) -> bool {
-    let mut delay = std::time::Duration::from_millis(200);
+    let mut backoff = crate::backoff::Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(5),
+    );
     let mut logged = false;
     loop {
         let probe = invoke.call_once(app_id, route, &http::Method::OPTIONS);
@@ -313,8 +316,7 @@ async fn http_app_wants(invoke: &InvokeBlock, app_id: &str, name: &str, route: &
                     info!(binding = %name, "waiting for the app before starting the input binding");
                     logged = true;
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_wait()).await;
                 continue;
             }
             Ok(Err(e)) => {
