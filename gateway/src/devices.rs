@@ -1,6 +1,5 @@
 //! Devices: who they are (the registry), how they prove it (passwords), and whether they are here
-//! (presence), and what a connection is handed ([`inbox`]). Transport-neutral: the MQTT and QUIC
-//! endpoints authenticate against it.
+//! (presence). Transport-neutral: the MQTT and QUIC endpoints authenticate against it.
 //!
 //! The registry is the file [`file`] describes, held in memory as an immutable snapshot and
 //! swapped when the file changes ([`watch`]), so `edgecar device add|remove` work while the daemon
@@ -10,7 +9,6 @@
 
 pub mod budget;
 pub mod file;
-pub mod inbox;
 pub mod link;
 pub mod logins;
 pub mod password;

@@ -36,7 +36,6 @@ use tracing::{debug, info, warn};
 use crate::blocks::telemetry::Receipt;
 use crate::clock::unix_ms;
 use crate::config::MqttConfig;
-use crate::devices::inbox::{Next, Receiver};
 use crate::devices::{Presence, Registry};
 use crate::runtime::Runtime;
 use crate::transport::listener::{self, Admission, Protocol, Stop};
@@ -474,7 +473,8 @@ struct Started<S> {
     conn: Conn,
     stream: S,
     buf: BytesMut,
-    inbox: Receiver<Box<hub::Delivery>, DisconnectCode>,
+    inbox: tokio::sync::mpsc::Receiver<Box<hub::Delivery>>,
+    kick: tokio::sync::oneshot::Receiver<DisconnectCode>,
     /// How long the session outlives the connection.
     keep: Option<Duration>,
 }
@@ -555,6 +555,7 @@ fn prepare<S>(accepted: Accepted<S>) -> Result<Started<S>, Refused<S>> {
         stream,
         buf,
         inbox: attached.inbox,
+        kick: attached.kick,
         keep,
     })
 }
@@ -566,6 +567,7 @@ async fn session<S: Stream>(accepted: Box<Accepted<S>>) {
         stream,
         buf,
         inbox,
+        kick,
         keep,
     } = match prepare(*accepted) {
         Ok(started) => started,
@@ -576,7 +578,7 @@ async fn session<S: Stream>(accepted: Box<Accepted<S>>) {
         }
     };
     let (rd, mut wr) = tokio::io::split(stream);
-    let close = conn.run(rd, &mut wr, buf, inbox).await;
+    let close = conn.run(rd, &mut wr, buf, inbox, kick).await;
     // Tell an MQTT 5 client why edgecar ends the connection.
     if let Close::ByServer(code) = close {
         encode(
@@ -641,7 +643,8 @@ impl Conn {
         mut rd: ReadHalf<S>,
         wr: &mut WriteHalf<S>,
         mut buf: BytesMut,
-        inbox: Receiver<Box<hub::Delivery>, DisconnectCode>,
+        mut inbox: tokio::sync::mpsc::Receiver<Box<hub::Delivery>>,
+        mut kick: tokio::sync::oneshot::Receiver<DisconnectCode>,
     ) -> Close {
         // A packet read but not yet handled because the device's rate limit ran out. Boxed: it is
         // rarely there, and inline it would size every connection's task.
@@ -718,12 +721,10 @@ impl Conn {
                         return close;
                     }
                 }
-                next = inbox.next() => match next {
-                    Next::Item(d) => self.deliver(*d),
-                    Next::End(why) => {
-                        return Close::ByServer(why.unwrap_or(DisconnectCode::ServerShuttingDown));
-                    }
-                },
+                Some(d) = inbox.recv() => self.deliver(*d),
+                r = &mut kick => {
+                    return Close::ByServer(r.unwrap_or(DisconnectCode::ServerShuttingDown));
+                }
             }
         }
     }

@@ -34,7 +34,6 @@ use crate::call::{Call, Reply, Transport};
 use crate::clock::unix_ms;
 use crate::config::QuicConfig;
 use crate::devices::budget::Budgets;
-use crate::devices::inbox::Next;
 use crate::devices::link::{DeviceMessage, Links};
 use crate::devices::request::{self, Meta};
 use crate::devices::{Credential, Presence, Registry};
@@ -413,7 +412,7 @@ struct Ctx {
 async fn session(conn: quinn::Connection, credential: Credential, ep: Arc<Endpoint>) {
     let device = credential.id.clone();
     let peer = conn.remote_address();
-    let attached = match ep.link.attach(&credential, &conn) {
+    let mut attached = match ep.link.attach(&credential, &conn) {
         Ok(a) => a,
         Err(full) => {
             warn!(device = %device, ?full, "device connection refused: connection limit");
@@ -446,18 +445,16 @@ async fn session(conn: quinn::Connection, credential: Credential, ep: Arc<Endpoi
                 }
                 Err(e) => break closed_reason(&e),
             },
-            next = attached.inbox.next() => match next {
-                Next::Item(d) => {
-                    let ctx = ctx.clone();
-                    tasks.spawn(async move { push(ctx, d).await });
-                }
-                Next::End(k) => {
-                    let (code, why) = k.unwrap_or((close::SHUTTING_DOWN, "server shutting down"));
-                    refuse(&conn, code, why);
-                    break why.to_owned();
-                }
-            },
+            Some(d) = attached.push.recv() => {
+                let ctx = ctx.clone();
+                tasks.spawn(async move { push(ctx, d).await });
+            }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            k = &mut attached.kick => {
+                let (code, why) = k.unwrap_or((close::SHUTTING_DOWN, "server shutting down"));
+                refuse(&conn, code, why);
+                break why.to_owned();
+            }
         }
     };
     ep.link.detach(&device, attached.id);

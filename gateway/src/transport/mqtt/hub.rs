@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -21,7 +21,6 @@ use super::protocol;
 use super::topics;
 use crate::blocks::devices::{Command, CommandReply, DeviceLink, LinkError};
 use crate::devices::budget::Budgets;
-use crate::devices::inbox::{self, Receiver, Sender};
 use crate::devices::link::DeviceMessage;
 use crate::devices::link::Links;
 use crate::devices::{Credential, Registry};
@@ -62,17 +61,21 @@ struct Conn {
     id: u64,
     client_id: String,
     credential: Credential,
-    /// Deliveries to the connection (boxed: an idle connection's inbox keeps room for a few),
-    /// and the order to end it.
-    inbox: Sender<Box<Delivery>, DisconnectCode>,
+    /// Deliveries to the connection, boxed: a tokio channel allocates a block of 32 slots up
+    /// front, and 32 pointers cost a connection 256 bytes where 32 deliveries would cost 6 KB.
+    inbox: mpsc::Sender<Box<Delivery>>,
+    /// Tells the connection to end, and why (taken when used).
+    kick: Option<oneshot::Sender<DisconnectCode>>,
     /// Its subscriptions (kept in step by the connection).
     subs: Vec<(String, u8)>,
 }
 
 impl Conn {
     /// Tells the connection to end (once; later calls change nothing).
-    fn kick(&self, code: DisconnectCode) {
-        self.inbox.kick(code);
+    fn kick(&mut self, code: DisconnectCode) {
+        if let Some(tx) = self.kick.take() {
+            let _ = tx.send(code);
+        }
     }
 }
 
@@ -99,9 +102,10 @@ struct Table {
 pub struct Attached {
     /// Its id in the hub.
     pub id: u64,
-    /// Deliveries for it, and the order to end, with why (`None` if the hub forgot it:
-    /// shutting down).
-    pub inbox: Receiver<Box<Delivery>, DisconnectCode>,
+    /// Deliveries for it.
+    pub inbox: mpsc::Receiver<Box<Delivery>>,
+    /// Resolves when it must end, with why (an error if the hub forgot it: shutting down).
+    pub kick: oneshot::Receiver<DisconnectCode>,
     /// The subscriptions of the resumed session, if one was resumed.
     pub restored: Option<Vec<(String, u8)>>,
 }
@@ -192,7 +196,7 @@ impl Hub {
             let mut restored = None;
             let mut freed = 0;
             if let Some(i) = d.conns.iter().position(|c| c.client_id == client_id) {
-                let old = d.conns.swap_remove(i);
+                let mut old = d.conns.swap_remove(i);
                 old.kick(DisconnectCode::SessionTakenOver);
                 restored = Some(old.subs);
                 freed = 1;
@@ -212,7 +216,8 @@ impl Hub {
                 restored = None;
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let (tx, inbox) = inbox::inbox(INBOX);
+            let (tx, inbox) = mpsc::channel(INBOX);
+            let (kick_tx, kick) = oneshot::channel();
             if d.conns.capacity() == 0 {
                 // Most devices hold one connection: no room for four.
                 d.conns.reserve_exact(1);
@@ -222,12 +227,14 @@ impl Hub {
                 client_id: client_id.to_owned(),
                 credential: credential.clone(),
                 inbox: tx,
+                kick: Some(kick_tx),
                 subs: restored.clone().unwrap_or_default(),
             });
             t.total += 1;
             Ok(Attached {
                 id,
                 inbox,
+                kick,
                 restored,
             })
         });
@@ -324,7 +331,7 @@ impl Hub {
                         msg: msg.clone(),
                         receipt: receipt.cloned(),
                     });
-                    let taken = c.inbox.push(d).is_ok();
+                    let taken = c.inbox.try_send(d).is_ok();
                     if !taken {
                         debug!(device, client = %c.client_id, topic = %msg.topic, "delivery dropped: the connection is not reading");
                     }
@@ -339,7 +346,7 @@ impl Hub {
     pub fn revalidate(&self, registry: &Registry) {
         self.with(|t| {
             t.devices.retain(|id, d| {
-                for c in &d.conns {
+                for c in &mut d.conns {
                     if !registry.still_valid(&c.credential) {
                         c.kick(DisconnectCode::AdministrativeAction);
                     }
@@ -355,8 +362,8 @@ impl Hub {
     /// Tells every connection to end (shutdown).
     pub fn kick_all(&self, code: DisconnectCode) {
         self.with(|t| {
-            for d in t.devices.values() {
-                for c in &d.conns {
+            for d in t.devices.values_mut() {
+                for c in &mut d.conns {
                     c.kick(code);
                 }
             }
@@ -453,7 +460,6 @@ impl DeviceLink for Hub {
 mod tests {
     use std::collections::BTreeSet;
 
-    use crate::devices::inbox::Next;
     use bytes::Bytes;
 
     use super::*;
@@ -487,18 +493,18 @@ mod tests {
         let (_reg, a, b) = registry(dir.path()).await;
         let hub = Hub::new(limits());
         let now = Instant::now();
-        let ca = hub.attach(&a, "x", true, now).unwrap();
-        let cb = hub.attach(&b, "x", true, now).unwrap();
+        let mut ca = hub.attach(&a, "x", true, now).unwrap();
+        let mut cb = hub.attach(&b, "x", true, now).unwrap();
         hub.set_subscriptions("a", ca.id, &[("edgecar/v1/a/#".into(), 1)]);
         hub.set_subscriptions("b", cb.id, &[("edgecar/v1/b/#".into(), 1)]);
         let m = Message::new("edgecar/v1/a/res/x/1/200".into(), Bytes::new());
         assert_eq!(hub.route("a", &m, None), 1);
-        assert!(matches!(ca.inbox.try_next(), Some(Next::Item(_))));
-        assert!(cb.inbox.try_next().is_none());
+        assert!(ca.inbox.try_recv().is_ok());
+        assert!(cb.inbox.try_recv().is_err());
         // Even a topic naming b's tree, routed for a, reaches only a's matching connections.
         let m = Message::new("edgecar/v1/b/res/x/1/200".into(), Bytes::new());
         assert_eq!(hub.route("a", &m, None), 0);
-        assert!(cb.inbox.try_next().is_none());
+        assert!(cb.inbox.try_recv().is_err());
     }
 
     #[tokio::test(start_paused = true)]
@@ -507,7 +513,7 @@ mod tests {
         let (reg, a, b) = registry(dir.path()).await;
         let hub = Hub::new(limits());
         let now = Instant::now();
-        let c1 = hub.attach(&a, "one", false, now).unwrap();
+        let mut c1 = hub.attach(&a, "one", false, now).unwrap();
         let _c2 = hub.attach(&a, "two", true, now).unwrap();
         assert_eq!(
             hub.attach(&a, "three", true, now).err(),
@@ -522,10 +528,10 @@ mod tests {
         let subs = vec![("edgecar/v1/a/cmd/#".to_string(), 1u8)];
         hub.set_subscriptions("a", c1.id, &subs);
         let c1b = hub.attach(&a, "one", false, now).unwrap();
-        assert!(matches!(
-            c1.inbox.try_next(),
-            Some(Next::End(Some(DisconnectCode::SessionTakenOver)))
-        ));
+        assert_eq!(
+            c1.kick.try_recv().ok(),
+            Some(DisconnectCode::SessionTakenOver)
+        );
         assert_eq!(c1b.restored.as_deref(), Some(&subs[..]));
         hub.detach("a", c1.id, None, Vec::new(), now); // the old one leaving changes nothing
         assert_eq!(hub.connections(), 3);
@@ -547,16 +553,16 @@ mod tests {
             now,
         );
         tokio::time::advance(Duration::from_secs(31)).await;
-        let late = hub.attach(&a, "one", false, Instant::now()).unwrap();
+        let mut late = hub.attach(&a, "one", false, Instant::now()).unwrap();
         assert_eq!(late.restored, None);
         // Removing a device ends its connections.
         crate::devices::file::remove(reg.path(), "a").unwrap();
         reg.reload().unwrap();
         hub.revalidate(&reg);
-        assert!(matches!(
-            late.inbox.try_next(),
-            Some(Next::End(Some(DisconnectCode::AdministrativeAction)))
-        ));
+        assert_eq!(
+            late.kick.try_recv().ok(),
+            Some(DisconnectCode::AdministrativeAction)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -577,7 +583,7 @@ mod tests {
             Err(LinkError::NotConnected(_))
         ));
         let now = Instant::now();
-        let ca = hub.attach(&a, "x", true, now).unwrap();
+        let mut ca = hub.attach(&a, "x", true, now).unwrap();
         let _cb = hub.attach(&b, "x", true, now).unwrap();
         assert!(matches!(
             hub.command("a", cmd.clone()).await,
@@ -586,10 +592,7 @@ mod tests {
         hub.set_subscriptions("a", ca.id, &[("edgecar/v1/a/cmd/#".into(), 1)]);
         let h = hub.clone();
         let call = tokio::spawn(async move { h.command("a", cmd).await });
-        let Next::Item(sent) = ca.inbox.next().await else {
-            panic!("a command, not an end");
-        };
-        let sent = sent.msg;
+        let sent = ca.inbox.recv().await.unwrap().msg;
         let rid = sent.topic.rsplit('/').next().unwrap().to_owned();
         let reply = CommandReply {
             status: 200,

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
 
 use super::frame::{self, Push};
 use crate::blocks::devices::{Command, CommandReply, DeviceLink, LinkError};
-use crate::devices::inbox::{self, Receiver, Sender};
 use crate::devices::link::DeviceMessage;
 use crate::devices::{Credential, Registry};
 use crate::outbox::Receipt;
@@ -25,7 +25,8 @@ pub const PUSH_QUEUE: usize = 16;
 
 /// A stored message for a connection to send, and the receipt its acknowledgement confirms.
 pub struct Delivery {
-    /// The message, boxed: an idle connection's inbox keeps room for a few items.
+    /// The message, boxed: the push channel allocates a block of slots per connection up
+    /// front, so its item is kept to two pointers.
     pub msg: Box<DeviceMessage>,
     /// Confirmed when the device acknowledges it; dropped unconfirmed, the message goes back.
     pub receipt: Arc<Receipt>,
@@ -36,19 +37,20 @@ struct Session {
     id: u64,
     conn: quinn::Connection,
     credential: Credential,
-    /// Stored messages for the connection's task, and the order to end it.
-    inbox: Arc<Sender<Delivery, Kick>>,
+    /// Stored messages for the connection's task.
+    push: mpsc::Sender<Delivery>,
+    /// Tells the connection's task to end, with a close code (taken when used).
+    kick: Option<oneshot::Sender<(u32, &'static str)>>,
 }
-
-/// Why a connection must end: its close code and reason.
-pub type Kick = (u32, &'static str);
 
 /// What a connection gets when it is registered.
 pub struct Attached {
     /// Its id in the table.
     pub id: u64,
-    /// Stored messages to send, and the order to end (close code, reason).
-    pub inbox: Receiver<Delivery, Kick>,
+    /// Stored messages to send.
+    pub push: mpsc::Receiver<Delivery>,
+    /// Resolves when the connection must end: (close code, reason).
+    pub kick: oneshot::Receiver<(u32, &'static str)>,
 }
 
 /// Why a connection could not be registered.
@@ -124,15 +126,17 @@ impl QuicLink {
                 return Err(Full::Device);
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let (tx, inbox) = inbox::inbox(PUSH_QUEUE);
+            let (push_tx, push) = mpsc::channel(PUSH_QUEUE);
+            let (kick_tx, kick) = oneshot::channel();
             list.push(Session {
                 id,
                 conn: conn.clone(),
                 credential: credential.clone(),
-                inbox: Arc::new(tx),
+                push: push_tx,
+                kick: Some(kick_tx),
             });
             self.total.fetch_add(1, Ordering::Relaxed);
-            Ok(Attached { id, inbox })
+            Ok(Attached { id, push, kick })
         })
     }
 
@@ -156,9 +160,11 @@ impl QuicLink {
     /// replaced).
     pub fn revalidate(&self, registry: &Registry) {
         self.with(|t| {
-            for s in t.values().flatten() {
-                if !registry.still_valid(&s.credential) {
-                    s.inbox.kick((
+            for s in t.values_mut().flatten() {
+                if !registry.still_valid(&s.credential)
+                    && let Some(k) = s.kick.take()
+                {
+                    let _ = k.send((
                         frame::close::REVOKED,
                         "the device was removed or its password replaced",
                     ));
@@ -168,11 +174,11 @@ impl QuicLink {
     }
 
     /// The device's newest connection.
-    fn newest(&self, device: &str) -> Option<(quinn::Connection, Arc<Sender<Delivery, Kick>>)> {
+    fn newest(&self, device: &str) -> Option<(quinn::Connection, mpsc::Sender<Delivery>)> {
         self.with(|t| {
             t.get(device)
                 .and_then(|l| l.iter().max_by_key(|s| s.id))
-                .map(|s| (s.conn.clone(), s.inbox.clone()))
+                .map(|s| (s.conn.clone(), s.push.clone()))
         })
     }
 }
@@ -304,8 +310,8 @@ impl DeviceLink for QuicLink {
 
     fn deliver(&self, device: &str, msg: DeviceMessage, receipt: Arc<Receipt>) -> bool {
         match self.newest(device) {
-            Some((_, inbox)) => inbox
-                .push(Delivery {
+            Some((_, push)) => push
+                .try_send(Delivery {
                     msg: Box::new(msg),
                     receipt,
                 })
