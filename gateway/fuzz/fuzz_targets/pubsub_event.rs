@@ -25,7 +25,9 @@ fuzz_target!(|data: &[u8]| {
     let event = f[1];
     let parsed: Option<serde_json::Value> = serde_json::from_slice(event).ok();
 
-    let (subs, _errors) = subscription::parse_programmatic(f[0]);
+    // The app's subscription list as an HTTP app and as a gRPC app hands it over.
+    let (mut subs, _errors) = subscription::parse_programmatic(f[0], false);
+    subs.extend(subscription::parse_programmatic(f[0], true).0);
     for sub in &subs {
         let _ = sub.info();
         let _ = sub.raw_payload();
