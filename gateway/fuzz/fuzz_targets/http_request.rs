@@ -26,15 +26,21 @@ fn head_body(data: &[u8]) -> (&[u8], &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     let (head, body) = head_body(data);
-    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let Some(first) = lines.next() else { return };
     let mut parts = first.splitn(3, |&b| b == b' ');
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
         return;
     };
     // What hyper would refuse never reaches the transport.
-    let Ok(method) = Method::from_bytes(method) else { return };
-    let Ok(uri) = Uri::try_from(target) else { return };
+    let Ok(method) = Method::from_bytes(method) else {
+        return;
+    };
+    let Ok(uri) = Uri::try_from(target) else {
+        return;
+    };
     let mut headers = HeaderMap::new();
     for line in lines {
         let Some(colon) = line.iter().position(|&b| b == b':') else {

@@ -63,7 +63,13 @@ fn run_actions(s: &mut Session, actions: Vec<Action>, depth: u8) -> bool {
                             &reply_to,
                             Err(edgecar::Error::malformed("fuzz")),
                         );
-                        send(Outgoing::Publish { pkid: 0, msg: reply }, version);
+                        send(
+                            Outgoing::Publish {
+                                pkid: 0,
+                                msg: reply,
+                            },
+                            version,
+                        );
                     }
                     Inbound::CommandReply { .. } => {}
                 }

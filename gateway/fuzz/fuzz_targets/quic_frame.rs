@@ -27,6 +27,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // What the gateway writes back must read as what it wrote.
-    assert_eq!(frame::request(&frame::encode(&r)[frame::PREFIX..]).ok(), Some(r.clone()));
+    assert_eq!(
+        frame::request(&frame::encode(&r)[frame::PREFIX..]).ok(),
+        Some(r.clone())
+    );
     let _ = quic::call_of("sensor-1", r, Bytes::copy_from_slice(body));
 });

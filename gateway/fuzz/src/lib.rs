@@ -76,8 +76,11 @@ fn build() -> Harness {
     let config_file = dir.path().join("config.yaml");
     std::fs::write(&config_file, "feature-a: on\nlimit: \"10\"\n").expect("config file");
     let secrets_file = dir.path().join("secrets.json");
-    std::fs::write(&secrets_file, r#"{"db":{"user":"u","pass":"p"},"token":"t"}"#)
-        .expect("secrets file");
+    std::fs::write(
+        &secrets_file,
+        r#"{"db":{"user":"u","pass":"p"},"token":"t"}"#,
+    )
+    .expect("secrets file");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -198,7 +201,9 @@ fn build() -> Harness {
             component_health: Arc::new(registry.health),
             shutdown: tokio::sync::Notify::new(),
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-            metrics: Arc::new(edgecar::observability::metrics::CallMetrics::new(APP_ID, false)),
+            metrics: Arc::new(edgecar::observability::metrics::CallMetrics::new(
+                APP_ID, false,
+            )),
             tracer: None,
         })
     });
