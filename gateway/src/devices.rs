@@ -6,6 +6,9 @@
 //! runs. Each change bumps a generation that transports watch to drop sessions whose credentials
 //! were removed or replaced. A device id doubles as a state key owner (`<id>||<key>`) and an invoke
 //! target, so it may not equal an app id the gateway serves.
+//!
+//! [`Layer`] bundles what every device transport shares: the registry, presence, the links
+//! ([`link`]) and the outbox; a transport gets a clone of it and records devices attaching there.
 
 pub mod budget;
 pub mod file;
@@ -26,6 +29,21 @@ use tracing::{error, info};
 use crate::config::ConfigError;
 pub use file::Device;
 use password::PasswordHash;
+
+/// The device layer as the transports see it: who may connect, who is connected and on which
+/// link, and what waits on disk for each device. Every device transport gets a clone; no
+/// transport keeps its own copy of any of these.
+#[derive(Clone)]
+pub struct Layer {
+    /// Device credentials, hot-reloaded.
+    pub registry: Arc<Registry>,
+    /// Who is connected, and over what; "last seen".
+    pub presence: Arc<Presence>,
+    /// Each device's current link: a transport records a device attaching to it here.
+    pub links: Arc<link::Links>,
+    /// What waits on disk for each device, woken when its device attaches or leaves.
+    pub outbox: Arc<crate::outbox::Outbox>,
+}
 
 /// At most this many password checks run at once: each is tens of milliseconds of CPU, and a
 /// storm of CONNECTs must queue rather than take every core from the request path.

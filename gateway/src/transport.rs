@@ -24,9 +24,7 @@ use tracing::{info, warn};
 
 use crate::StartError;
 use crate::config::{self, Config};
-use crate::devices::link::Links;
-use crate::devices::{Presence, Registry};
-use crate::outbox::Outbox;
+use crate::devices::Layer;
 use crate::runtime::Runtime;
 use listener::Stop;
 use mqtt::hub::Hub;
@@ -35,14 +33,8 @@ use mqtt::hub::Hub;
 pub struct Shared {
     /// The request path.
     pub runtime: Arc<Runtime>,
-    /// Device credentials.
-    pub registry: Arc<Registry>,
-    /// Who is connected, and on what.
-    pub presence: Arc<Presence>,
-    /// The device layer's links: each device transport joins it.
-    pub links: Arc<Links>,
-    /// What waits on disk for devices, delivered on their current link.
-    pub outbox: Arc<Outbox>,
+    /// The device layer: each device transport joins its links.
+    pub devices: Layer,
     /// `true` once the gateway is stopping.
     pub stop: Stop,
 }
@@ -68,18 +60,16 @@ pub fn start(
 ) -> Result<Vec<JoinHandle<()>>, StartError> {
     let Shared {
         runtime,
-        registry,
-        presence,
-        links,
-        outbox,
+        devices,
         stop,
     } = shared;
+    let (registry, links) = (&devices.registry, &devices.links);
     let drain = cfg.shutdown_timeout.0;
     let mut servers = Vec::new();
     // One rate budget per device, whatever carries its messages: QUIC shares the hub's.
     let hub = Arc::new(Hub::new(mqtt::Endpoint::hub_limits(&cfg.mqtt)));
     if let Some(listener) = sockets.mqtt {
-        hub.join(outbox.clone(), &links);
+        hub.join(devices.outbox.clone(), links);
         let tls = if cfg.mqtt.tls.enabled() {
             Some(tls::acceptor(&cfg.mqtt.tls).map_err(StartError::Tls)?)
         } else {
@@ -112,8 +102,7 @@ pub fn start(
         let ep = Arc::new(mqtt::Endpoint {
             runtime: runtime.clone(),
             hub: hub.clone(),
-            registry: registry.clone(),
-            presence: presence.clone(),
+            devices: devices.clone(),
             limits: mqtt::Endpoint::session_limits(&cfg.mqtt),
             connect_timeout: cfg.mqtt.connect_timeout.0,
             handshakes: mqtt::Handshakes::new(
@@ -132,10 +121,7 @@ pub fn start(
         info!(broker = ?settings, devices = registry.snapshot().len(), "devices are served through an external MQTT broker");
         let served = broker::Served {
             runtime: runtime.clone(),
-            registry: registry.clone(),
-            presence: presence.clone(),
-            links: links.clone(),
-            outbox: outbox.clone(),
+            devices: devices.clone(),
         };
         servers.push(tokio::spawn(broker::serve(
             link,
@@ -158,12 +144,9 @@ pub fn start(
         }
         let ep = Arc::new(quic::Endpoint {
             runtime: runtime.clone(),
-            registry,
-            presence,
-            links,
+            devices: devices.clone(),
             link,
             budgets: hub.budgets(),
-            outbox,
             cfg: cfg.quic.clone(),
         });
         servers.push(tokio::spawn(quic::serve(endpoint, ep, stop.clone(), drain)));

@@ -44,10 +44,10 @@ use crate::blocks::devices::{Command, CommandReply, DeviceLink, LinkError};
 use crate::call::{Call, Reply};
 use crate::clock::unix_ms;
 use crate::config::Config;
-use crate::devices::link::{DeviceMessage, Links};
-use crate::devices::{Presence, Registry};
+use crate::devices::Layer;
+use crate::devices::link::DeviceMessage;
 use crate::error::{Error, ErrorKind, codes};
-use crate::outbox::{Outbox, Receipt};
+use crate::outbox::Receipt;
 use crate::runtime::Runtime;
 
 /// What edgecar subscribes to: everything devices send it.
@@ -602,14 +602,9 @@ impl DeviceLink for BrokerLink {
 pub struct Served {
     /// The request path.
     pub runtime: Arc<Runtime>,
-    /// Which device ids exist.
-    pub registry: Arc<Registry>,
-    /// Where "last seen" is recorded.
-    pub presence: Arc<Presence>,
-    /// The device layer's links: a device heard here is on the broker link.
-    pub links: Arc<Links>,
-    /// Device outboxes, woken when their device is heard.
-    pub outbox: Arc<Outbox>,
+    /// The device layer: which ids exist, "last seen", and a device heard here is on the broker
+    /// link, its outbox woken.
+    pub devices: Layer,
 }
 
 /// Serves devices through the broker until `stop` turns true; then stops taking deliveries
@@ -811,7 +806,7 @@ impl Dispatcher {
             self.link.ack(&p);
             return;
         };
-        if device == self.link.username || !self.served.registry.contains(&device) {
+        if device == self.link.username || !self.served.devices.registry.contains(&device) {
             if let Some(more) = self.refused.tick() {
                 warn!(device = %device, topic = %msg.topic, also_refused = more,
                       "message under the tree of an id that is not in the device registry; ignored (no reply)");
@@ -819,14 +814,17 @@ impl Dispatcher {
             self.link.ack(&p);
             return;
         }
-        self.served.presence.heard(&device, PROTOCOL, unix_ms());
+        self.served
+            .devices
+            .presence
+            .heard(&device, PROTOCOL, unix_ms());
         let fresh = locked(&self.link.heard)
             .insert(device.clone(), tokio::time::Instant::now())
             .is_none_or(|at| at.elapsed() >= PRESENT_FOR);
         if fresh {
             // The device is back (or new): what waits for it goes out now.
-            self.served.links.attached(&device, "mqtt-broker");
-            self.served.outbox.kick(&device);
+            self.served.devices.links.attached(&device, "mqtt-broker");
+            self.served.devices.outbox.kick(&device);
         }
         match protocol::classify(&device, &msg) {
             Inbound::CommandReply { rid, reply } => {

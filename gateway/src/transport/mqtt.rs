@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 use crate::blocks::telemetry::Receipt;
 use crate::clock::unix_ms;
 use crate::config::MqttConfig;
-use crate::devices::{Presence, Registry};
+use crate::devices::Layer;
 use crate::runtime::Runtime;
 use crate::transport::listener::{self, Admission, Protocol, Stop};
 use crate::transport::tls;
@@ -68,10 +68,8 @@ pub struct Endpoint {
     pub runtime: Arc<Runtime>,
     /// Open connections and routing.
     pub hub: Arc<Hub>,
-    /// Device credentials.
-    pub registry: Arc<Registry>,
-    /// Who is connected.
-    pub presence: Arc<Presence>,
+    /// The device layer: credentials and presence (the hub holds its links and outboxes).
+    pub devices: Layer,
     /// Session limits.
     pub limits: Limits,
     /// How long a new connection may take to send CONNECT (and finish its TLS handshake).
@@ -203,7 +201,7 @@ pub async fn serve(listener: TcpListener, ep: Arc<Endpoint>, stop: Stop, drain: 
     let mut background = JoinSet::new();
     {
         // Removed devices and replaced passwords end the sessions that used them.
-        let (hub, registry) = (ep.hub.clone(), ep.registry.clone());
+        let (hub, registry) = (ep.hub.clone(), ep.devices.registry.clone());
         let mut changes = registry.changes();
         background.spawn(async move {
             while changes.changed().await.is_ok() {
@@ -373,6 +371,7 @@ async fn authenticate(
     })?;
     match login {
         session::Login::Password { id, password } => ep
+            .devices
             .registry
             .authenticate(&id, password.as_bytes())
             .await
@@ -383,7 +382,7 @@ async fn authenticate(
             }),
         session::Login::Certificate { id } => {
             debug!(%peer, certificate = %id, "device presents a verified certificate");
-            ep.registry.authenticate_certificate(&id).ok_or_else(|| {
+            ep.devices.registry.authenticate_certificate(&id).ok_or_else(|| {
                 warn!(%peer, certificate = %id, "device certificate valid, but no such device in the registry");
                 let reason = format!("the certificate names device {id:?}, which is not registered");
                 (ConnectCode::NotAuthorized, reason)
@@ -546,7 +545,8 @@ fn prepare<S>(accepted: Accepted<S>) -> Result<Started<S>, Refused<S>> {
         ep.hub
             .set_subscriptions(&conn.device, conn.conn_id, conn.session.subscriptions());
     }
-    ep.presence
+    ep.devices
+        .presence
         .connected(&conn.device, version.label(), unix_ms());
     info!(device = %conn.device, client = %conn.session.client_id(), %peer, protocol = version.label(),
           keep_alive = ?conn.session.keep_alive(), "device connected");
@@ -780,7 +780,7 @@ impl Conn {
         }
         if now.duration_since(*presence_at) >= PRESENCE_EVERY {
             *presence_at = now;
-            self.ep.presence.seen(&self.device, unix_ms());
+            self.ep.devices.presence.seen(&self.device, unix_ms());
         }
         let actions = self.session.on_packet(p, now);
         match self.perform(actions) {
@@ -943,7 +943,8 @@ impl Conn {
             // Wills stay inside the device's own tree: its other connections may hear it.
             ep.hub.route(device, &will, None);
         }
-        ep.presence
+        ep.devices
+            .presence
             .disconnected(device, close.describe(), unix_ms());
         info!(device = %device, client = %self.session.client_id(), reason = close.describe(), "device disconnected");
     }

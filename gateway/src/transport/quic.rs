@@ -34,9 +34,9 @@ use crate::call::{Call, Reply, Transport};
 use crate::clock::unix_ms;
 use crate::config::QuicConfig;
 use crate::devices::budget::Budgets;
-use crate::devices::link::{DeviceMessage, Links};
+use crate::devices::link::DeviceMessage;
 use crate::devices::request::{self, Meta};
-use crate::devices::{Credential, Presence, Registry};
+use crate::devices::{Credential, Layer};
 use crate::error::{Error, ErrorKind, codes};
 use crate::ops::{Args, Op};
 use crate::runtime::Runtime;
@@ -58,18 +58,12 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Endpoint {
     /// The request path.
     pub runtime: Arc<Runtime>,
-    /// Device credentials.
-    pub registry: Arc<Registry>,
-    /// Who is connected.
-    pub presence: Arc<Presence>,
-    /// Which link each device is on.
-    pub links: Arc<Links>,
+    /// The device layer: credentials, presence, links, outboxes.
+    pub devices: Layer,
     /// The QUIC connections.
     pub link: Arc<QuicLink>,
     /// The per-device rate limit, shared with MQTT.
     pub budgets: Arc<Budgets>,
-    /// What waits for devices: woken when a device connects or leaves here.
-    pub outbox: Arc<crate::outbox::Outbox>,
     /// Limits and timeouts.
     pub cfg: QuicConfig,
 }
@@ -167,7 +161,7 @@ impl quinn::AsyncUdpSocket for OneDatagram {
 pub async fn serve(endpoint: quinn::Endpoint, ep: Arc<Endpoint>, stop: Stop, drain: Duration) {
     let mut background = JoinSet::new();
     {
-        let (link, registry) = (ep.link.clone(), ep.registry.clone());
+        let (link, registry) = (ep.link.clone(), ep.devices.registry.clone());
         let mut changes = registry.changes();
         background.spawn(async move {
             while changes.changed().await.is_ok() {
@@ -309,7 +303,7 @@ async fn authenticate(
             .ok()
     });
     let by_cert = match identity_of(certs.as_deref().and_then(|c| c.first())) {
-        ClientCert::Device(id) => match ep.registry.authenticate_certificate(&id) {
+        ClientCert::Device(id) => match ep.devices.registry.authenticate_certificate(&id) {
             Some(c) => Some(c),
             None => {
                 warn!(%peer, certificate = %id, "device certificate valid, but no such device in the registry");
@@ -355,7 +349,12 @@ async fn authenticate(
         }
         None => {
             let password = header.params.get("password").cloned().unwrap_or_default();
-            match ep.registry.authenticate(&id, password.as_bytes()).await {
+            match ep
+                .devices
+                .registry
+                .authenticate(&id, password.as_bytes())
+                .await
+            {
                 Some(c) => c,
                 None => {
                     warn!(%peer, username = %id, "device authentication failed");
@@ -424,9 +423,9 @@ async fn session(conn: quinn::Connection, credential: Credential, ep: Arc<Endpoi
             return;
         }
     };
-    ep.presence.connected(&device, "quic", unix_ms());
-    ep.links.attached(&device, "quic");
-    ep.outbox.kick(&device);
+    ep.devices.presence.connected(&device, "quic", unix_ms());
+    ep.devices.links.attached(&device, "quic");
+    ep.devices.outbox.kick(&device);
     info!(device = %device, %peer, protocol = "quic", "device connected");
     let ctx = Arc::new(Ctx {
         ep: ep.clone(),
@@ -458,8 +457,10 @@ async fn session(conn: quinn::Connection, credential: Credential, ep: Arc<Endpoi
         }
     };
     ep.link.detach(&device, attached.id);
-    ep.outbox.kick(&device);
-    ep.presence.disconnected(&device, &reason, unix_ms());
+    ep.devices.outbox.kick(&device);
+    ep.devices
+        .presence
+        .disconnected(&device, &reason, unix_ms());
     info!(device = %device, reason = %reason, protocol = "quic", "device disconnected");
     // Requests already taken finish (telemetry handed over is stored all the same); their
     // replies have nowhere to go.
@@ -629,7 +630,7 @@ impl Ctx {
             return;
         }
         self.seen_ms.store(now, Ordering::Relaxed);
-        self.ep.presence.seen(&self.device, now);
+        self.ep.devices.presence.seen(&self.device, now);
     }
 
     fn check_address(&self) {
