@@ -251,27 +251,41 @@ impl Protocol for Endpoint {
                 handshake(stream, peer, self, permit, window, tls::ClientCert::None).await?;
             return Some(Box::pin(session(accepted)));
         };
-        match tokio::time::timeout(window, tls.accept(stream)).await {
-            Ok(Ok(s)) => {
-                let cert = tls::client_identity(s.get_ref().1);
-                let accepted = handshake(s, peer, self, permit, window, cert).await?;
-                return Some(Box::pin(session(accepted)));
-            }
-            Ok(Err(e)) => match tls::certificate_refusal(&e) {
-                Some(why) => {
-                    warn!(%peer, reason = %why, "device certificate refused in the TLS handshake");
-                }
-                None => debug!(%peer, error = %e, "TLS handshake failed"),
-            },
-            Err(_) => debug!(%peer, "TLS handshake timed out"),
-        }
-        None
+        // Boxed: a TLS handshake holds rustls's connection and the CONNECT read over it inline,
+        // and unboxed it would size every plain connection's handshake task too.
+        Box::pin(tls_handshake(self, tls, stream, peer, permit, window)).await
     }
 
     /// Every session is told to end (MQTT 5 clients hear why).
     fn stopping(&self) {
         self.hub.kick_all(DisconnectCode::ServerShuttingDown);
     }
+}
+
+/// The TLS handshake, then the MQTT one over it.
+async fn tls_handshake(
+    ep: Arc<Endpoint>,
+    tls: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    permit: HandshakeSlot,
+    window: Duration,
+) -> Option<listener::Session> {
+    match tokio::time::timeout(window, tls.accept(stream)).await {
+        Ok(Ok(s)) => {
+            let cert = tls::client_identity(s.get_ref().1);
+            let accepted = handshake(s, peer, ep, permit, window, cert).await?;
+            return Some(Box::pin(session(accepted)));
+        }
+        Ok(Err(e)) => match tls::certificate_refusal(&e) {
+            Some(why) => {
+                warn!(%peer, reason = %why, "device certificate refused in the TLS handshake");
+            }
+            None => debug!(%peer, error = %e, "TLS handshake failed"),
+        },
+        Err(_) => debug!(%peer, "TLS handshake timed out"),
+    }
+    None
 }
 
 /// A device's byte stream: TCP, or TLS over TCP.
