@@ -60,7 +60,8 @@ step "Dapr JS SDK for the SDK tests"
 npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 
 # --- issue 13 (gRPC): tests/python/requirements.txt pins dapr[grpc] (DaprClient over gRPC and
-# dapr.ext.grpc for the gRPC app test); tests/js's @dapr/dapr runs in GRPC mode too. A venv made
+# dapr.ext.grpc for the gRPC app test); tests/js's @dapr/dapr runs in GRPC mode too. It also pins
+# aioquic, for the QUIC device written in Python from docs/device-protocol.md. A venv made
 # from an older requirements file is updated by the comparison below.
 step "Dapr Python SDK for the SDK tests"
 if [ ! -x target/python-sdk/bin/python ] || ! cmp -s tests/python/requirements.txt target/python-sdk/requirements.txt; then

@@ -43,6 +43,21 @@ pub fn device_cli_bin() -> PathBuf {
     bin
 }
 
+/// The Python interpreter of the venv scripts/test.sh makes (`target/python-sdk`, from
+/// tests/python/requirements.txt: the Dapr SDK, aioquic); `EDGECAR_PYTHON` may name another
+/// that has them.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("EDGECAR_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python-sdk/bin/python");
+    assert!(
+        venv.exists(),
+        "the test venv is missing: run `python3 -m venv target/python-sdk && target/python-sdk/bin/pip install -r tests/python/requirements.txt` (scripts/test.sh does)"
+    );
+    venv
+}
+
 /// Path of the `edgecar-sensor-simulator` firmware example, built beside `edgecar`
 /// (`cargo build -p edgecar-sensor-simulator`).
 pub fn sensor_simulator_bin() -> PathBuf {

@@ -12,19 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use edgecar_tests::mqtt::{RawMqtt, add_device, mosquitto_rr};
-use edgecar_tests::{Edgecar, eventually};
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("EDGECAR_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python-sdk/bin/python");
-    assert!(
-        venv.exists(),
-        "the Prometheus parser is not installed: run `python3 -m venv target/python-sdk && target/python-sdk/bin/pip install -r tests/python/requirements.txt` (scripts/test.sh does)"
-    );
-    venv
-}
+use edgecar_tests::{Edgecar, eventually, python};
 
 /// Every sample of an exposition, parsed by `prometheus_client`'s OpenMetrics parser:
 /// `name{k="v",...}` (labels sorted) → value. Panics if the parser rejects the text.

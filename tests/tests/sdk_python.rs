@@ -3,23 +3,11 @@
 //! Needs the SDK in the venv scripts/test.sh creates (`target/python-sdk`, from
 //! tests/python/requirements.txt); `EDGECAR_PYTHON` may name another interpreter that has it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use edgecar_tests::sdk::{sdk_app, sdk_resources};
-use edgecar_tests::{AppResponse, Edgecar, TestApp};
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("EDGECAR_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python-sdk/bin/python");
-    assert!(
-        venv.exists(),
-        "the Dapr Python SDK is not installed: run `python3 -m venv target/python-sdk && target/python-sdk/bin/pip install -r tests/python/requirements.txt` (scripts/test.sh does)"
-    );
-    venv
-}
+use edgecar_tests::{AppResponse, Edgecar, TestApp, python};
 
 #[test]
 fn dapr_python_sdk_http_invocation_works_unchanged() {

@@ -6,23 +6,11 @@
 //! it lists in `ListInputBindings` only, as daprd delivers them: JSON-typed data JSON-encoded, a
 //! declarative route `/` as the path `/`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use edgecar_tests::{Edgecar, eventually, free_port, write_component};
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("EDGECAR_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python-sdk/bin/python");
-    assert!(
-        venv.exists(),
-        "the Dapr Python SDK is not installed (scripts/test.sh installs tests/python/requirements.txt)"
-    );
-    venv
-}
+use edgecar_tests::{Edgecar, eventually, free_port, python, write_component};
 
 /// The Python app, killed when dropped.
 struct PyApp(Child);
