@@ -225,20 +225,22 @@ pub async fn run(
     if let Some(every) = sdnotify::watchdog_interval() {
         tasks.spawn(sdnotify::watchdog(every));
     }
-    tokio::join!(http, async {
+    let ((), stopping) = tokio::join!(http, async {
         tokio::select! {
             () = shutdown => {}
             () = runtime.shutdown.notified() => {}
         }
         sdnotify::notify("STOPPING=1");
         let _ = stop_tx.send(true);
+        tokio::time::Instant::now()
     });
-    // The HTTP API has drained; the other listeners drain in parallel, then deliveries settle.
+    // One budget for the whole drain: listeners and deliveries were all told at once and settle
+    // side by side, each within `shutdownTimeout` of that moment.
     for server in servers.into_iter().chain(admin) {
         let _ = server.await;
     }
     let abort = subscriber.abort_handle();
-    if tokio::time::timeout(cfg.shutdown_timeout.0, subscriber)
+    if tokio::time::timeout_at(stopping + cfg.shutdown_timeout.0, subscriber)
         .await
         .is_err()
     {

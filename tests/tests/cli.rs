@@ -197,3 +197,62 @@ fn the_shipped_configs_are_valid() {
         assert!(out.contains(name), "{name} missing from: {out}");
     }
 }
+
+/// Shutdown has one budget: in-flight requests and in-flight pub/sub deliveries drain at the same
+/// time, within `shutdownTimeout`, rather than one after the other (which took twice as long).
+#[test]
+fn sigterm_drains_requests_and_deliveries_within_one_shutdown_timeout() {
+    use edgecar_tests::{AppResponse, TestApp, eventually, http};
+    let app = TestApp::start(|r| match r.path.as_str() {
+        "/dapr/subscribe" => AppResponse::new(
+            200,
+            r#"[{"pubsubname":"pubsub","topic":"slow","route":"/slow"}]"#,
+        )
+        .header("content-type", "application/json"),
+        "/slow" | "/hang" => {
+            let mut r = AppResponse::new(200, "");
+            r.delay = Duration::from_secs(30);
+            r
+        }
+        _ => AppResponse::new(200, ""),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("edgecar.yaml");
+    std::fs::write(&cfg, "shutdownTimeout: 3s\n").unwrap();
+    let port = app.port.to_string();
+    let cfg_arg = cfg.to_str().unwrap();
+    let args = ["--config", cfg_arg, "--app-id", "web", "--app-port", &port];
+    let mut ec = Edgecar::start(dir.path(), &args);
+    let seen = |path: &str| app.received().iter().any(|r| r.path == path);
+    eventually(Duration::from_secs(10), "the app's subscriptions", || {
+        seen("/dapr/subscribe").then_some(())
+    });
+    // A delivery the app holds, and an invocation it holds.
+    let published = eventually(Duration::from_secs(10), "a publish", || {
+        let r = http(ec.port, "POST", "/v1.0/publish/pubsub/slow", b"{}", &[]);
+        (r.status == 204).then_some(r)
+    });
+    assert_eq!(published.status, 204);
+    let api = ec.port;
+    // Its connection is closed unanswered at the timeout: the reply is not awaited here.
+    let mut hold = TcpStream::connect(("127.0.0.1", api)).unwrap();
+    hold.write_all(
+        b"POST /v1.0/invoke/web/method/hang HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+    )
+    .unwrap();
+    eventually(Duration::from_secs(10), "both in flight", || {
+        (seen("/slow") && seen("/hang")).then_some(())
+    });
+    let started = std::time::Instant::now();
+    let status = ec.terminate();
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(2500),
+        "in-flight work was given the shutdown timeout: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(4500),
+        "shutdown took {took:?}: more than shutdownTimeout (3 s)"
+    );
+}
