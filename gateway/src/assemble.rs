@@ -221,7 +221,7 @@ impl Gateway {
         } else if !registry.input_bindings.is_empty() {
             background.push(Box::pin(blocks::bindings::run_inputs(
                 registry.input_bindings,
-                invoke,
+                invoke.clone(),
                 cfg.app_id.clone(),
             )));
         }
@@ -236,7 +236,8 @@ impl Gateway {
 
         // Events go to the app once it is ready, over gRPC when it is a gRPC app.
         let app = (cfg.app.port != 0).then(|| {
-            let channel = delivery::AppChannel::new(&cfg.app.address, cfg.app.port);
+            let channel =
+                delivery::AppChannel::new(&cfg.app.address, cfg.app.port, invoke.app_client());
             match grpc_app {
                 Some(cb) => channel.with_grpc(cb),
                 None => channel,

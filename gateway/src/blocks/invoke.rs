@@ -125,6 +125,9 @@ pub trait AppCallbacks: Send + Sync {
     ) -> Result<AppReply, String>;
 }
 
+/// HTTP/1.1 to local apps, pooled (cloning shares the pool).
+pub type AppClient = Client<HttpConnector, Full<Bytes>>;
+
 /// The invocation building block.
 pub struct InvokeBlock {
     /// The local app, when it speaks gRPC: its id and its callbacks.
@@ -132,7 +135,7 @@ pub struct InvokeBlock {
     /// App id → base URL (`http://host:port`), without a trailing slash.
     apps: HashMap<String, String>,
     /// Pooled keep-alive connections to the apps.
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: AppClient,
     /// Who may call which methods (Dapr's accessControl).
     acl: AccessControl,
     /// Resiliency documents in force.
@@ -169,6 +172,13 @@ impl InvokeBlock {
             breakers: Breakers::default(),
             max_response,
         }
+    }
+
+    /// The HTTP client to local apps, for the subscription manager's deliveries: one pool of
+    /// keep-alive connections and one set of settings (connect timeout, no Nagle) for every
+    /// request the sidecar makes to an app.
+    pub fn app_client(&self) -> AppClient {
+        self.client.clone()
     }
 
     /// Makes `app_id` a gRPC app: invocations and binding events go to `callbacks`.

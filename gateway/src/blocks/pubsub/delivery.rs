@@ -43,9 +43,6 @@ use edgecar_capabilities::resiliency::{
 };
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value as Json;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -55,6 +52,7 @@ use super::PubSubBlock;
 use super::cloudevent;
 use super::devices::{DeviceSubscriptions, TopicHandler, TopicKey};
 use super::subscription::{Subscription, parse_programmatic};
+use crate::blocks::invoke::AppClient;
 use crate::clock::unix_ms;
 use crate::components::pubsub::{Handler, InMessage, Outcome, Stop, SubscribeRequest, stopped};
 use crate::outbox::Outbox;
@@ -136,7 +134,8 @@ pub fn inbound_policy(docs: &[Resiliency], component: &str) -> DeliveryPolicy {
 /// HTTP to the local app.
 #[derive(Clone)]
 pub struct AppChannel {
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// The invocation block's client: one pool to the app.
+    client: AppClient,
     /// `http://<address>:<port>`.
     base: String,
     /// `<address>:<port>`, for the readiness probe.
@@ -154,17 +153,15 @@ struct Answer {
 }
 
 impl AppChannel {
-    /// A channel to the app at `address:port`, with pooled keep-alive connections.
-    pub fn new(address: &str, port: u16) -> AppChannel {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+    /// A channel to the app at `address:port` over `client` (the one invocation uses).
+    pub fn new(address: &str, port: u16, client: AppClient) -> AppChannel {
         let host = if address.contains(':') && !address.starts_with('[') {
             format!("[{address}]")
         } else {
             address.to_owned()
         };
         AppChannel {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client,
             base: format!("http://{host}:{port}"),
             authority: format!("{host}:{port}"),
             grpc: None,
