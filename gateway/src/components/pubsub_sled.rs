@@ -11,7 +11,9 @@
 //! subscribes to). A full queue refuses publishes (see [`crate::queue`]).
 //!
 //! Metadata: `maxMessages` and `maxBytes` bound each topic's queue (default 100000 messages,
-//! 64Mi), `redeliverInterval` is how long a nacked message waits (default 5s), `concurrency` /
+//! 64Mi), `maxTopics` the number of topics with a queue (default 1000: until the subscriptions are
+//! known, every topic a publisher names gets one, and each is a tree in the database),
+//! `redeliverInterval` is how long a nacked message waits (default 5s), `concurrency` /
 //! `concurrencyMode` bound deliveries in flight per subscription.
 
 use std::collections::{HashMap, HashSet};
@@ -35,11 +37,16 @@ use crate::storage::Storage;
 /// it every third of this, so it only runs out if a handler task is lost.
 const LEASE: Duration = Duration::from_secs(60);
 
+/// Topics with a queue when `maxTopics` is not set.
+const DEFAULT_MAX_TOPICS: usize = 1000;
+
 /// Settings from the component's metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SledSettings {
     /// Per-topic queue bounds.
     pub limits: Limits,
+    /// Topics with a queue, at most; a publish to one more is refused.
+    pub max_topics: usize,
     /// Delay before a nacked message is delivered again.
     pub redeliver: Duration,
     /// Deliveries in flight per subscription.
@@ -75,6 +82,16 @@ impl SledSettings {
                 }
             },
         };
+        let max_topics = match c.meta("maxTopics").filter(|s| !s.is_empty()) {
+            None => DEFAULT_MAX_TOPICS,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    errors.push(("maxTopics", format!("{s:?} is not a positive number")));
+                    DEFAULT_MAX_TOPICS
+                }
+            },
+        };
         let redeliver = duration_meta(c, "redeliverInterval", Duration::from_secs(5), &mut errors);
         let concurrency = concurrency(c, &mut errors);
         if errors.is_empty() {
@@ -83,6 +100,7 @@ impl SledSettings {
                     max_messages,
                     max_bytes,
                 },
+                max_topics,
                 redeliver,
                 concurrency,
             })
@@ -168,6 +186,13 @@ impl SledPubSub {
         let mut queues = self.inner.queues.lock().await;
         if let Some(q) = queues.get(topic) {
             return Ok(q.clone());
+        }
+        let max = self.inner.settings.max_topics;
+        if queues.len() >= max {
+            return Err(PubSubError::Rejected(format!(
+                "pubsub.sled {:?} already holds {max} topics (maxTopics); topic {topic:?} was not created",
+                self.inner.name
+            )));
         }
         let q = Queue::open(
             &self.inner.storage,
@@ -401,6 +426,7 @@ mod tests {
     fn settings() -> SledSettings {
         SledSettings {
             limits: Limits::default(),
+            max_topics: 1000,
             redeliver: Duration::from_millis(10),
             concurrency: 1,
         }
@@ -451,6 +477,29 @@ mod tests {
         assert_eq!(ps.queue("used").await.unwrap().stats().messages, 1);
     }
 
+    #[tokio::test]
+    async fn topics_beyond_max_topics_are_refused_and_known_ones_still_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), 1 << 20).await.unwrap();
+        let ps = SledPubSub::new(
+            &storage,
+            "p",
+            SledSettings {
+                max_topics: 2,
+                ..settings()
+            },
+        );
+        ps.publish(out("a", b"1")).await.unwrap();
+        ps.publish(out("b", b"1")).await.unwrap();
+        let e = ps.publish(out("c", b"1")).await.unwrap_err();
+        assert!(
+            matches!(&e, PubSubError::Rejected(m) if m.contains("maxTopics") && m.contains("\"c\"")),
+            "{e:?}"
+        );
+        ps.publish(out("a", b"2")).await.unwrap();
+        assert_eq!(ps.queue("a").await.unwrap().stats().messages, 2);
+    }
+
     #[test]
     fn settings_are_read_and_checked() {
         let c = |meta: &[(&str, &str)]| Component {
@@ -479,11 +528,20 @@ mod tests {
         assert_eq!(s.concurrency, 1);
         let errs = SledSettings::from_component(&c(&[
             ("maxMessages", "-1"),
+            ("maxTopics", "0"),
             ("redeliverInterval", "soon"),
             ("concurrency", "0"),
         ]))
         .unwrap_err();
         let fields: Vec<_> = errs.iter().map(|(f, _)| *f).collect();
-        assert_eq!(fields, ["maxMessages", "redeliverInterval", "concurrency"]);
+        assert_eq!(
+            fields,
+            [
+                "maxMessages",
+                "maxTopics",
+                "redeliverInterval",
+                "concurrency"
+            ]
+        );
     }
 }
