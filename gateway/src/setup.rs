@@ -169,6 +169,10 @@ fn prepare_resources(cfg: &Config) -> (Setup, Vec<ConfigError>) {
                 }
                 Err(e) => errors.extend(e.into_iter().map(|f| field_error(&doc.source, &f))),
             },
+            "" => setup.notes.push(format!(
+                "{}: not a Dapr resource (no kind, no dapr.io apiVersion); ignored",
+                doc.source.display()
+            )),
             other => setup.notes.push(format!(
                 "{}: kind {other:?} is not supported by this edgecar yet; ignored",
                 doc.source.display()

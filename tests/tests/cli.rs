@@ -256,3 +256,41 @@ fn sigterm_drains_requests_and_deliveries_within_one_shutdown_timeout() {
         "shutdown took {took:?}: more than shutdownTimeout (3 s)"
     );
 }
+
+/// A YAML file in a resources directory that is not a resource at all (a compose file) is left
+/// alone with a note, as daprd leaves it; a Dapr resource that lost its `kind` is still an error.
+#[test]
+fn yaml_that_is_not_a_resource_is_ignored_but_a_resource_without_kind_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = dir.path().join("resources");
+    std::fs::create_dir(&res).unwrap();
+    std::fs::write(
+        res.join("docker-compose.yaml"),
+        "services:\n  web:\n    image: nginx\n",
+    )
+    .unwrap();
+    std::fs::write(
+        res.join("state.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.in-memory\n  version: v1\n",
+    )
+    .unwrap();
+    let path = res.to_str().unwrap();
+    let (code, out, err) = edgecar(&["check-config", "--resources-path", path]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("statestore (state.in-memory)"), "{out}");
+    assert!(
+        err.contains("docker-compose.yaml: not a Dapr resource") && err.contains("ignored"),
+        "{err}"
+    );
+    std::fs::write(
+        res.join("broken.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nmetadata:\n  name: pubsub\nspec:\n  type: pubsub.sled\n  version: v1\n",
+    )
+    .unwrap();
+    let (code, _, err) = edgecar(&["check-config", "--resources-path", path]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("broken.yaml: kind: missing; expected e.g. Component"),
+        "{err}"
+    );
+}

@@ -206,7 +206,10 @@ pub fn load_file(file: &Path, app_id: &str, res: &mut Resources, errors: &mut Ve
                     }
                 }
             }
-            "" => errors.push(ConfigError::new(
+            // A Dapr or edgecar resource without its kind is a mistake; any other YAML (a compose
+            // file, a multi-app run file) is not a resource at all and is left alone, as daprd
+            // does.
+            "" if is_resource_api(&doc) => errors.push(ConfigError::new(
                 &source,
                 "kind",
                 "missing; expected e.g. Component",
@@ -218,6 +221,14 @@ pub fn load_file(file: &Path, app_id: &str, res: &mut Resources, errors: &mut Ve
             }),
         }
     }
+}
+
+/// Whether `doc` says it is a Dapr or edgecar resource (`apiVersion: dapr.io/...` or
+/// `edgecar.io/...`).
+fn is_resource_api(doc: &Value) -> bool {
+    doc.get("apiVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|v| v.starts_with("dapr.io/") || v.starts_with("edgecar.io/"))
 }
 
 fn scalar_string(v: &Value) -> Option<String> {
