@@ -7,8 +7,9 @@
 //! field path; [`Resiliency::policies_for_app`] and [`Resiliency::policies_for_component`] resolve a
 //! target's policy names.
 //!
-//! Not supported: `matching` (retry only on some status codes) is accepted and ignored, and
-//! `targets.actors` is parsed but edgecar has no actors.
+//! A retry policy's `matching` (retry only some statuses) is read here; the caller that knows the
+//! statuses applies it (the gateway's service invocation). `targets.actors` is parsed but
+//! edgecar has no actors.
 
 mod breaker;
 mod retry;
@@ -23,7 +24,9 @@ pub use breaker::{
     BreakerPolicy, BreakerState, CircuitBreaker, Counts, Rejected, Ticket, TripCounter, TripError,
     TripExpr, TripOp,
 };
-pub use retry::{Backoff, ConstantRetry, ExponentialRetry, RetryPolicy, jitter};
+pub use retry::{
+    Backoff, ConstantRetry, ExponentialRetry, Matching, RetryPolicy, StatusCodes, jitter,
+};
 
 use crate::yaml::{self, Errors, FieldError, Fields};
 
@@ -304,6 +307,38 @@ fn read_policies(v: &Value, path: &str, errs: &mut Errors) -> Policies {
     out
 }
 
+/// Reads `matching` (`httpStatusCodes`, `gRPCStatusCodes`: comma-separated codes and ranges).
+fn read_matching(v: &Value, path: &str, errs: &mut Errors) -> Matching {
+    let Some(mut f) = Fields::new(v, path, errs) else {
+        return Matching::default();
+    };
+    let mut codes = |key: &'static str, valid, errs: &mut Errors| {
+        let text = match f.get(key) {
+            None => return StatusCodes::default(),
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(_) => {
+                errs.push(FieldError::new(
+                    f.path(key),
+                    "must be a string of codes and ranges, e.g. \"429,500-599\"",
+                ));
+                return StatusCodes::default();
+            }
+        };
+        StatusCodes::parse(&text, valid).unwrap_or_else(|e| {
+            errs.push(FieldError::new(f.path(key), e));
+            StatusCodes::default()
+        })
+    };
+    let http_status_codes = codes("httpStatusCodes", 100..=599, errs);
+    let grpc_status_codes = codes("gRPCStatusCodes", 0..=16, errs);
+    f.finish(errs);
+    Matching {
+        http_status_codes,
+        grpc_status_codes,
+    }
+}
+
 /// Reads one retry policy (`policy: constant | exponential` and its settings).
 pub(crate) fn read_retry_policy(v: &Value, path: &str, errs: &mut Errors) -> Option<RetryPolicy> {
     let mut f = Fields::new(v, path, errs)?;
@@ -320,8 +355,10 @@ pub(crate) fn read_retry_policy(v: &Value, path: &str, errs: &mut Errors) -> Opt
             None
         }
     };
-    // Dapr's files sometimes carry `matching`; we accept and ignore it (module doc).
-    f.ignore("matching");
+    let matching = match f.get("matching") {
+        Some(m) => read_matching(m, &f.path("matching"), errs),
+        None => Matching::default(),
+    };
     let policy = match kind.as_deref() {
         Some("constant") => {
             let d = ConstantRetry::default();
@@ -329,6 +366,7 @@ pub(crate) fn read_retry_policy(v: &Value, path: &str, errs: &mut Errors) -> Opt
             Some(RetryPolicy::Constant(ConstantRetry {
                 duration,
                 max_retries,
+                matching,
             }))
         }
         Some("exponential") => {
@@ -365,6 +403,7 @@ pub(crate) fn read_retry_policy(v: &Value, path: &str, errs: &mut Errors) -> Opt
                 max_interval,
                 max_elapsed_time,
                 max_retries,
+                matching,
             }))
         }
         Some(other) => {
@@ -593,6 +632,49 @@ spec:
 "#;
 
     #[test]
+    fn matching_lists_the_statuses_a_retry_policy_retries() {
+        let doc = r#"
+apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: { name: m }
+spec:
+  policies:
+    retries:
+      some:
+        policy: constant
+        matching: { httpStatusCodes: "429,500-599", gRPCStatusCodes: "1-4,8-11,13,14" }
+      one: { policy: exponential, matching: { httpStatusCodes: 503 } }
+  targets: {}
+"#;
+        let r = parse_resiliency_str(doc).unwrap();
+        let m = r.policies.retries["some"].matching();
+        assert!(m.http_status_codes.contains(429) && m.http_status_codes.contains(503));
+        assert!(!m.http_status_codes.contains(404) && !m.http_status_codes.contains(428));
+        assert!(m.grpc_status_codes.contains(14) && !m.grpc_status_codes.contains(5));
+        let one = r.policies.retries["one"].matching();
+        assert!(one.http_status_codes.contains(503) && one.grpc_status_codes.is_empty());
+        let bad = doc
+            .replace("\"429,500-599\"", "\"429,600\"")
+            .replace("1-4,8-11", "4-1")
+            .replace("httpStatusCodes: 503", "httpStatus: 503");
+        let shown: Vec<String> = parse_resiliency_str(&bad)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for want in [
+            "spec.policies.retries.some.matching.httpStatusCodes: 600 is outside 100-599",
+            "spec.policies.retries.some.matching.gRPCStatusCodes: range 4-1 runs backwards",
+            "spec.policies.retries.one.matching.httpStatus: unknown field",
+        ] {
+            assert!(
+                shown.iter().any(|e| e.starts_with(want)),
+                "{want} in {shown:?}"
+            );
+        }
+    }
+
+    #[test]
     fn parses_the_dapr_documentation_example() {
         let r = parse_resiliency_str(DAPR_EXAMPLE).unwrap();
         assert_eq!(r.name, "myresiliency");
@@ -602,7 +684,8 @@ spec:
             r.policies.retries["pubsubRetry"],
             RetryPolicy::Constant(ConstantRetry {
                 duration: Duration::from_secs(5),
-                max_retries: Some(10)
+                max_retries: Some(10),
+                matching: Matching::default(),
             })
         );
         let RetryPolicy::Exponential(e) = &r.policies.retries["retryForever"] else {

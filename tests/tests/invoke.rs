@@ -252,3 +252,50 @@ fn resiliency_retries_times_out_and_trips_the_breaker() {
     );
     assert!(t.elapsed() < Duration::from_millis(200));
 }
+
+/// A retry policy's `matching.httpStatusCodes` retries the statuses it lists and no others, as
+/// daprd does: a 429 is retried (it is not a 5xx), a 503 is not (it is not listed).
+#[test]
+fn a_retry_policy_with_matching_retries_only_the_statuses_it_lists() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let app = TestApp::start(move |r| match r.path.as_str() {
+        "/limited" => {
+            seen.fetch_add(1, Ordering::SeqCst);
+            AppResponse::new(429, "slow down")
+        }
+        "/busy" => {
+            seen.fetch_add(1, Ordering::SeqCst);
+            AppResponse::new(503, "busy")
+        }
+        _ => AppResponse::new(404, ""),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let res = tempfile::tempdir().unwrap();
+    std::fs::write(
+        res.path().join("resiliency.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: r\nspec:\n  policies:\n    retries:\n      limited:\n        policy: constant\n        duration: 20ms\n        maxRetries: 2\n        matching:\n          httpStatusCodes: \"429,502\"\n  targets:\n    apps:\n      svc:\n        retry: limited\n",
+    )
+    .unwrap();
+    let ec = Edgecar::start(
+        dir.path(),
+        &[
+            "--app-id",
+            "svc",
+            "--app-port",
+            &app.port.to_string(),
+            "--resources-path",
+            res.path().to_str().unwrap(),
+        ],
+    );
+    let r = ec.req("GET", "/v1.0/invoke/svc/method/limited", b"", &[]);
+    assert_eq!(r.status, 429, "the last answer is passed through");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "a listed 429: 1 + 2 retries"
+    );
+    let r = ec.req("GET", "/v1.0/invoke/svc/method/busy", b"", &[]);
+    assert_eq!(r.status, 503);
+    assert_eq!(calls.load(Ordering::SeqCst), 4, "an unlisted 503: no retry");
+}

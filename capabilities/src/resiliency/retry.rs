@@ -32,6 +32,9 @@ pub struct ConstantRetry {
     /// `maxRetries`: retries after the first attempt; `None` is Dapr's `-1`, unlimited (the
     /// default).
     pub max_retries: Option<u64>,
+    /// `matching`: which answers are retried.
+    #[serde(skip_serializing_if = "Matching::is_empty")]
+    pub matching: Matching,
 }
 
 /// Settings of `policy: exponential`.
@@ -54,6 +57,97 @@ pub struct ExponentialRetry {
     pub max_elapsed_time: Option<Duration>,
     /// `maxRetries`: as for constant; `None` (`-1`, the default) is unlimited.
     pub max_retries: Option<u64>,
+    /// `matching`: which answers are retried.
+    #[serde(skip_serializing_if = "Matching::is_empty")]
+    pub matching: Matching,
+}
+
+/// `matching`: the statuses a retry policy retries. An empty list (Dapr's default) retries every
+/// failure; a list retries the statuses it names and no others.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Matching {
+    /// `httpStatusCodes`: HTTP statuses (100-599), e.g. `"429,500-599"`.
+    #[serde(
+        rename = "httpStatusCodes",
+        skip_serializing_if = "StatusCodes::is_empty"
+    )]
+    pub http_status_codes: StatusCodes,
+    /// `gRPCStatusCodes`: gRPC status codes (0-16), e.g. `"1-4,8-11,13,14"`.
+    #[serde(
+        rename = "gRPCStatusCodes",
+        skip_serializing_if = "StatusCodes::is_empty"
+    )]
+    pub grpc_status_codes: StatusCodes,
+}
+
+impl Matching {
+    /// Whether neither list is given.
+    pub fn is_empty(&self) -> bool {
+        self.http_status_codes.is_empty() && self.grpc_status_codes.is_empty()
+    }
+}
+
+/// A list of status codes and inclusive ranges, as Dapr writes them: `"429,500-599"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusCodes(Vec<(u16, u16)>);
+
+impl StatusCodes {
+    /// Reads `text`; every code must lie in `valid`. An empty text is an empty list.
+    pub fn parse(text: &str, valid: std::ops::RangeInclusive<u16>) -> Result<Self, String> {
+        let code = |s: &str| -> Result<u16, String> {
+            let n: u16 = s
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a status code"))?;
+            if valid.contains(&n) {
+                Ok(n)
+            } else {
+                Err(format!("{n} is outside {}-{}", valid.start(), valid.end()))
+            }
+        };
+        let mut ranges = Vec::new();
+        for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+            let (lo, hi) = match part.split_once('-') {
+                Some((a, b)) => (code(a)?, code(b)?),
+                None => {
+                    let c = code(part)?;
+                    (c, c)
+                }
+            };
+            if lo > hi {
+                return Err(format!("range {lo}-{hi} runs backwards"));
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(Self(ranges))
+    }
+
+    /// Whether no code is listed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `code` is listed.
+    pub fn contains(&self, code: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&code))
+    }
+}
+
+impl Serialize for StatusCodes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text: Vec<String> = self
+            .0
+            .iter()
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
+            .collect();
+        s.serialize_str(&text.join(","))
+    }
 }
 
 impl Default for ConstantRetry {
@@ -61,6 +155,7 @@ impl Default for ConstantRetry {
         Self {
             duration: Duration::from_secs(5),
             max_retries: None,
+            matching: Matching::default(),
         }
     }
 }
@@ -74,6 +169,7 @@ impl Default for ExponentialRetry {
             max_interval: Duration::from_secs(60),
             max_elapsed_time: Some(Duration::from_secs(15 * 60)),
             max_retries: None,
+            matching: Matching::default(),
         }
     }
 }
@@ -90,6 +186,14 @@ impl RetryPolicy {
             start,
             retries: 0,
             interval,
+        }
+    }
+
+    /// Which answers are retried (`matching`).
+    pub fn matching(&self) -> &Matching {
+        match self {
+            RetryPolicy::Constant(c) => &c.matching,
+            RetryPolicy::Exponential(e) => &e.matching,
         }
     }
 
@@ -184,6 +288,7 @@ mod tests {
         let policy = RetryPolicy::Constant(ConstantRetry {
             duration: Duration::from_secs(1),
             max_retries: Some(2),
+            matching: Matching::default(),
         });
         let now = Instant::now();
         let mut b = policy.backoff(now);

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use edgecar_capabilities::Resiliency;
+use edgecar_capabilities::resiliency::Matching;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
@@ -123,6 +124,28 @@ pub trait AppCallbacks: Send + Sync {
         data: Bytes,
         metadata: &[(String, String)],
     ) -> Result<AppReply, String>;
+}
+
+/// Whether an app's answer is a failure to retry (and to count against the circuit breaker).
+///
+/// Without a `matching` list, a 5xx is (as daprd retries HTTP errors). With one, the statuses it
+/// lists are and no others: `httpStatusCodes` for HTTP answers, `gRPCStatusCodes` for a gRPC
+/// app's errors (their `grpc-status`). No answer at all is always a failure.
+fn retried(reply: &AppReply, matching: Option<&Matching>) -> bool {
+    let grpc = reply
+        .headers
+        .iter()
+        .find(|(k, _)| k == "grpc-status")
+        .and_then(|(_, v)| v.parse::<u16>().ok());
+    match (matching, grpc) {
+        (Some(m), Some(code)) if !m.grpc_status_codes.is_empty() => {
+            m.grpc_status_codes.contains(code)
+        }
+        (Some(m), None) if !m.http_status_codes.is_empty() => {
+            m.http_status_codes.contains(reply.status.as_u16())
+        }
+        _ => reply.status.is_server_error(),
+    }
 }
 
 /// HTTP/1.1 to local apps, pooled (cloning shares the pool).
@@ -321,11 +344,12 @@ impl InvokeBlock {
                 None => self.once(app_id, &uri, verb, headers, body.clone()).await,
             }
         };
-        let server_error = |r: &Result<AppReply, InvokeError>| match r {
-            Ok(reply) => reply.status.is_server_error(),
+        let matching = policies.retry.as_ref().map(|r| r.matching());
+        let failed = |r: &Result<AppReply, InvokeError>| match r {
+            Ok(reply) => retried(reply, matching),
             Err(_) => true,
         };
-        match resilience::run(&policies, &self.breakers, app_id, attempt, server_error).await {
+        match resilience::run(&policies, &self.breakers, app_id, attempt, failed).await {
             Ok(result) => result,
             Err(Stopped::Timeout(_)) => Err(InvokeError::Timeout(app_id.to_owned())),
             Err(Stopped::BreakerOpen(r)) => Err(InvokeError::BreakerOpen {
@@ -382,5 +406,38 @@ impl InvokeBlock {
             headers,
             body,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgecar_capabilities::resiliency::StatusCodes;
+
+    fn reply(status: u16, grpc: Option<&str>) -> AppReply {
+        AppReply {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: grpc
+                .map(|c| vec![("grpc-status".to_owned(), c.to_owned())])
+                .unwrap_or_default(),
+            body: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn matching_decides_which_answers_are_retried() {
+        // No list: 5xx, as before.
+        assert!(retried(&reply(503, None), None));
+        assert!(!retried(&reply(429, None), None));
+        let m = Matching {
+            http_status_codes: StatusCodes::parse("429", 100..=599).unwrap(),
+            grpc_status_codes: StatusCodes::parse("14", 0..=16).unwrap(),
+        };
+        assert!(retried(&reply(429, None), Some(&m)));
+        assert!(!retried(&reply(503, None), Some(&m)));
+        // A gRPC app's error is judged by its gRPC code, not the HTTP status it maps to.
+        assert!(retried(&reply(500, Some("14")), Some(&m)));
+        assert!(!retried(&reply(500, Some("13")), Some(&m)));
+        assert!(!retried(&reply(200, None), Some(&m)));
     }
 }

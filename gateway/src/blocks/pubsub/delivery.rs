@@ -1006,7 +1006,8 @@ mod tests {
             p.retry,
             RetryPolicy::Constant(ConstantRetry {
                 duration: Duration::from_millis(100),
-                max_retries: Some(3)
+                max_retries: Some(3),
+                ..Default::default()
             })
         );
         assert_eq!(p.timeout, Some(Duration::from_secs(2)));
