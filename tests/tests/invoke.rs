@@ -23,6 +23,26 @@ fn echo_app() -> TestApp {
     })
 }
 
+/// edgecar as the sidecar of `app` (app id `svc`) with one Resiliency document; the directories
+/// live as long as the returned guard.
+fn svc_with_resiliency(app: &TestApp, resiliency: &str) -> (Edgecar, [tempfile::TempDir; 2]) {
+    let dir = tempfile::tempdir().unwrap();
+    let res = tempfile::tempdir().unwrap();
+    std::fs::write(res.path().join("resiliency.yaml"), resiliency).unwrap();
+    let ec = Edgecar::start(
+        dir.path(),
+        &[
+            "--app-id",
+            "svc",
+            "--app-port",
+            &app.port.to_string(),
+            "--resources-path",
+            res.path().to_str().unwrap(),
+        ],
+    );
+    (ec, [dir, res])
+}
+
 #[test]
 fn invokes_the_gateways_own_app_with_every_verb_path_query_and_header() {
     let app = echo_app();
@@ -190,23 +210,9 @@ fn resiliency_retries_times_out_and_trips_the_breaker() {
             _ => AppResponse::new(500, "broken"),
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let res = tempfile::tempdir().unwrap();
-    std::fs::write(
-        res.path().join("resiliency.yaml"),
+    let (ec, _dirs) = svc_with_resiliency(
+        &app,
         "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: r\nspec:\n  policies:\n    timeouts:\n      short: 500ms\n    retries:\n      few:\n        policy: constant\n        duration: 50ms\n        maxRetries: 2\n    circuitBreakers:\n      cb:\n        maxRequests: 1\n        timeout: 60s\n        trip: consecutiveFailures >= 6\n  targets:\n    apps:\n      svc:\n        timeout: short\n        retry: few\n        circuitBreaker: cb\n",
-    )
-    .unwrap();
-    let ec = Edgecar::start(
-        dir.path(),
-        &[
-            "--app-id",
-            "svc",
-            "--app-port",
-            &app.port.to_string(),
-            "--resources-path",
-            res.path().to_str().unwrap(),
-        ],
     );
     let r = ec.req("GET", "/v1.0/invoke/svc/method/flaky", b"", &[]);
     assert_eq!(
@@ -270,23 +276,9 @@ fn a_retry_policy_with_matching_retries_only_the_statuses_it_lists() {
         }
         _ => AppResponse::new(404, ""),
     });
-    let dir = tempfile::tempdir().unwrap();
-    let res = tempfile::tempdir().unwrap();
-    std::fs::write(
-        res.path().join("resiliency.yaml"),
+    let (ec, _dirs) = svc_with_resiliency(
+        &app,
         "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: r\nspec:\n  policies:\n    retries:\n      limited:\n        policy: constant\n        duration: 20ms\n        maxRetries: 2\n        matching:\n          httpStatusCodes: \"429,502\"\n  targets:\n    apps:\n      svc:\n        retry: limited\n",
-    )
-    .unwrap();
-    let ec = Edgecar::start(
-        dir.path(),
-        &[
-            "--app-id",
-            "svc",
-            "--app-port",
-            &app.port.to_string(),
-            "--resources-path",
-            res.path().to_str().unwrap(),
-        ],
     );
     let r = ec.req("GET", "/v1.0/invoke/svc/method/limited", b"", &[]);
     assert_eq!(r.status, 429, "the last answer is passed through");
