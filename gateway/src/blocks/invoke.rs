@@ -299,6 +299,15 @@ impl InvokeBlock {
         }
     }
 
+    /// The URL of `method` on the app `app_id`.
+    fn uri(&self, app_id: &str, method: &str) -> Result<String, InvokeError> {
+        let base = self
+            .apps
+            .get(app_id)
+            .ok_or_else(|| InvokeError::UnknownApp(app_id.to_owned()))?;
+        Ok(format!("{base}{method}"))
+    }
+
     /// One call to an HTTP app outside its resiliency policies and breaker, for probes (daprd
     /// asks `OPTIONS <route>` straight on its app channel). Any status is `Ok`.
     pub async fn call_once(
@@ -307,11 +316,7 @@ impl InvokeBlock {
         method: &str,
         verb: &Method,
     ) -> Result<AppReply, InvokeError> {
-        let base = self
-            .apps
-            .get(app_id)
-            .ok_or_else(|| InvokeError::UnknownApp(app_id.to_owned()))?;
-        let uri = format!("{base}{method}");
+        let uri = self.uri(app_id, method)?;
         self.once(app_id, &uri, verb, &[], Bytes::new()).await
     }
 
@@ -324,11 +329,7 @@ impl InvokeBlock {
         headers: &[(String, String)],
         body: Bytes,
     ) -> Result<AppReply, InvokeError> {
-        let base = self
-            .apps
-            .get(app_id)
-            .ok_or_else(|| InvokeError::UnknownApp(app_id.to_owned()))?;
-        let uri = format!("{base}{method}");
+        let uri = self.uri(app_id, method)?;
         let policies =
             resilience::first_policies(self.resiliency.iter().map(|r| r.policies_for_app(app_id)));
         let grpc = self.grpc_app(app_id);

@@ -205,7 +205,7 @@ where
         stream: TcpStream,
         peer: SocketAddr,
         slot: Self::Permit,
-        mut stop: Stop,
+        stop: Stop,
     ) -> Option<Session> {
         let _ = stream.set_nodelay(true);
         let conn = self
@@ -213,15 +213,7 @@ where
             .serve_connection(TokioIo::new(stream), self.service.clone());
         Some(Box::pin(async move {
             let _slot = slot;
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => r,
-                () = async { drop(stop.wait_for(|s| *s).await) } => {
-                    // GOAWAY: calls in progress finish, no new ones start.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
+            let ended = listener::until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
             if let Err(e) = ended {
                 debug!(%peer, error = %e, "gRPC connection ended with an error");
             }

@@ -330,7 +330,7 @@ impl<H: Handler> Protocol for Server<H> {
         stream: TcpStream,
         peer: SocketAddr,
         slot: Self::Permit,
-        mut stop: Stop,
+        stop: Stop,
     ) -> Option<Session> {
         let _ = stream.set_nodelay(true);
         let handler = self.handler.clone();
@@ -342,15 +342,7 @@ impl<H: Handler> Protocol for Server<H> {
         let conn = self.builder.serve_connection(io, svc);
         Some(Box::pin(async move {
             let _slot = slot;
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => r,
-                () = async { drop(stop.wait_for(|s| *s).await) } => {
-                    // Finish the request in progress, if any, then close.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
+            let ended = listener::until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
             if let Err(e) = ended {
                 debug!(%peer, error = %e, "connection ended with an error");
             }

@@ -162,6 +162,27 @@ where
     tasks.abort_all();
 }
 
+/// Runs a served connection (hyper's HTTP/1 or HTTP/2) until it ends, or until `stop`: then has
+/// it finish what is in progress and close (`graceful`: HTTP/1 ends after the current request,
+/// HTTP/2 sends GOAWAY), and waits for that.
+pub async fn until_stopped<C, E>(
+    conn: C,
+    mut stop: Stop,
+    graceful: fn(Pin<&mut C>),
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        () = async { drop(stop.wait_for(|s| *s).await) } => {
+            graceful(conn.as_mut());
+            conn.await
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
