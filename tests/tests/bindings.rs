@@ -7,6 +7,19 @@ use std::time::Duration;
 use edgecar_tests::{AppResponse, Edgecar, TestApp, eventually, write_component};
 use serde_json::json;
 
+/// edgecar with the resources in `res` and `app` as its app.
+fn with_app(dir: &tempfile::TempDir, res: &tempfile::TempDir, app: &TestApp) -> Edgecar {
+    Edgecar::start(
+        dir.path(),
+        &[
+            "--resources-path",
+            res.path().to_str().unwrap(),
+            "--app-port",
+            &app.port.to_string(),
+        ],
+    )
+}
+
 #[test]
 fn http_output_binding_calls_the_endpoint_as_dapr_does() {
     let api = TestApp::start(|r| {
@@ -120,15 +133,7 @@ fn cron_input_binding_posts_to_the_app_on_schedule() {
         "bindings.cron",
         &[("schedule", "* * * * * *")],
     );
-    let ec = Edgecar::start(
-        dir.path(),
-        &[
-            "--resources-path",
-            res.path().to_str().unwrap(),
-            "--app-port",
-            &app.port.to_string(),
-        ],
-    );
+    let ec = with_app(&dir, &res, &app);
     eventually(
         Duration::from_secs(10),
         "three ticks and two cron seconds",
@@ -162,15 +167,7 @@ fn input_binding_route_metadata_is_the_path_the_app_is_called_at() {
         "bindings.cron",
         &[("schedule", "@every 300ms"), ("route", "jobs/hourly")],
     );
-    let ec = Edgecar::start(
-        dir.path(),
-        &[
-            "--resources-path",
-            res.path().to_str().unwrap(),
-            "--app-port",
-            &app.port.to_string(),
-        ],
-    );
+    let ec = with_app(&dir, &res, &app);
     eventually(Duration::from_secs(10), "events at both routes", || {
         let got = app.received();
         let posts = |p: &str| {
@@ -221,15 +218,7 @@ fn an_http_app_gets_input_binding_events_only_when_it_answers_options() {
         "bindings.cron",
         &[("schedule", "@every 200ms"), ("direction", "input")],
     );
-    let ec = Edgecar::start(
-        dir.path(),
-        &[
-            "--resources-path",
-            res.path().to_str().unwrap(),
-            "--app-port",
-            &app.port.to_string(),
-        ],
-    );
+    let ec = with_app(&dir, &res, &app);
     let posts = |p: &str| {
         app.received()
             .iter()
@@ -364,15 +353,7 @@ fn mqtt_binding_publishes_and_delivers_through_a_real_mosquitto() {
         ],
     );
     let (mut sub, seen) = broker.subscribe("site/#");
-    let ec = Edgecar::start(
-        dir.path(),
-        &[
-            "--resources-path",
-            res.path().to_str().unwrap(),
-            "--app-port",
-            &app.port.to_string(),
-        ],
-    );
+    let ec = with_app(&dir, &res, &app);
 
     // Output: the binding publishes the data to its topic, or to the request's `topic`.
     let r = ec.req(
