@@ -58,16 +58,7 @@ impl SledSettings {
     pub fn from_component(c: &Component) -> Result<SledSettings, FieldErrors> {
         let mut errors = FieldErrors::new();
         let defaults = Limits::default();
-        let max_messages = match c.meta("maxMessages").filter(|s| !s.is_empty()) {
-            None => defaults.max_messages,
-            Some(s) => match s.parse::<u64>() {
-                Ok(n) if n > 0 => n,
-                _ => {
-                    errors.push(("maxMessages", format!("{s:?} is not a positive number")));
-                    defaults.max_messages
-                }
-            },
-        };
+        let max_messages = positive(c, "maxMessages", defaults.max_messages, &mut errors);
         let max_bytes = match c.meta("maxBytes").filter(|s| !s.is_empty()) {
             None => defaults.max_bytes,
             Some(s) => match parse_size(s) {
@@ -82,16 +73,7 @@ impl SledSettings {
                 }
             },
         };
-        let max_topics = match c.meta("maxTopics").filter(|s| !s.is_empty()) {
-            None => DEFAULT_MAX_TOPICS,
-            Some(s) => match s.parse::<usize>() {
-                Ok(n) if n > 0 => n,
-                _ => {
-                    errors.push(("maxTopics", format!("{s:?} is not a positive number")));
-                    DEFAULT_MAX_TOPICS
-                }
-            },
-        };
+        let max_topics = positive(c, "maxTopics", DEFAULT_MAX_TOPICS, &mut errors);
         let redeliver = duration_meta(c, "redeliverInterval", Duration::from_secs(5), &mut errors);
         let concurrency = concurrency(c, &mut errors);
         if errors.is_empty() {
@@ -107,6 +89,23 @@ impl SledSettings {
         } else {
             Err(errors)
         }
+    }
+}
+
+/// A positive whole number from the metadata field `key`, or `default` when it is not set.
+fn positive<T>(c: &Component, key: &'static str, default: T, errors: &mut FieldErrors) -> T
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+{
+    match c.meta(key).filter(|s| !s.is_empty()) {
+        None => default,
+        Some(s) => match s.parse::<T>() {
+            Ok(n) if n > T::from(0) => n,
+            _ => {
+                errors.push((key, format!("{s:?} is not a positive number")));
+                default
+            }
+        },
     }
 }
 
